@@ -1,0 +1,4 @@
+//! The Fleet device agent.
+
+/// The agent's version, as reported to the server.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,16 @@
+//! The Fleet protocol: everything the agent and the control plane must agree on.
+//!
+//! This crate is pure: it does no I/O and reads no clock. Functions that depend
+//! on time take `now` (seconds since the Unix epoch) as a parameter.
+
+pub mod dsse;
+pub mod id;
+pub mod lifecycle;
+pub mod message;
+
+pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
+pub use lifecycle::Phase;
+pub use message::{
+    AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Release, SCHEMA_VERSION,
+    StatusReport, Telemetry,
+};
