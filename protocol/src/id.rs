@@ -151,9 +151,9 @@ impl Digest {
     /// Parses `sha256:<64 lowercase hex>`.
     pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
         let value = value.into();
-        let ok = value
-            .strip_prefix("sha256:")
-            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        let ok = value.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
         if ok {
             Ok(Self(value))
         } else {
@@ -228,7 +228,10 @@ mod tests {
         for bad in ["", "Cam", "a/b", "a+b", "a#", "-lead", ".hidden", "a b"] {
             assert!(DeviceId::new(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(matches!(DeviceId::new("x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            DeviceId::new("x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
     }
 
     #[test]
