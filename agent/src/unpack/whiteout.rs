@@ -215,7 +215,9 @@ impl Flatten<'_> {
     }
 
     /// Removes `dest/rel` whatever it is, never following a symlink.
-    fn remove(&self, rel: &Path) -> Result<(), UnpackError> {
+    fn remove(&mut self, rel: &Path) -> Result<(), UnpackError> {
+        // Directories below that are gone get no deferred metadata.
+        self.dirs.retain(|k, _| !k.starts_with(rel));
         let d = self.dest.join(rel);
         match fs::symlink_metadata(&d) {
             Ok(m) if m.is_dir() => remove_tree(&d).map_err(|e| self.err("remove", rel, e)),
