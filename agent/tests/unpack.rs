@@ -346,6 +346,15 @@ fn decompression_bombs_stop_at_the_total_size_cap() {
 }
 
 #[test]
+fn an_oversized_pax_header_is_refused_before_it_is_buffered() {
+    let err = refuse("pax-bomb.tar.gz", GZIP, &Limits::default());
+    assert!(
+        matches!(err, UnpackError::MetadataTooLarge { max } if max == 1 << 20),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn a_file_over_the_single_file_cap_is_refused() {
     let limits = Limits {
         max_file_size: 1 << 20,
@@ -727,7 +736,6 @@ fn a_busybox_layer_made_by_umoci_unpacks_and_flattens() {
     std::os::unix::fs::symlink("/bin/busybox", rootfs.join("bin/ls")).unwrap();
     run(Command::new("umoci")
         .arg("repack")
-        .args(rootless)
         .arg("--image")
         .arg(format!("{}:latest", img.display()))
         .arg(&bundle));

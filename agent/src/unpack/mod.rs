@@ -35,6 +35,7 @@
 
 mod extract;
 mod fsutil;
+mod guard;
 mod whiteout;
 
 use std::cell::Cell;
@@ -62,16 +63,21 @@ pub struct Limits {
     pub max_path_len: usize,
     /// Cap on one file's size.
     pub max_file_size: u64,
+    /// Cap on one metadata record (PAX extended header, GNU long name or
+    /// link), which the tar parser holds in memory.
+    pub max_metadata_bytes: u64,
 }
 
 impl Default for Limits {
-    /// 8 GiB in all, 1 million entries, 4096-byte paths, 4 GiB per file.
+    /// 8 GiB in all, 1 million entries, 4096-byte paths, 4 GiB per file,
+    /// 1 MiB per metadata record.
     fn default() -> Self {
         Self {
             max_total_bytes: 8 << 30,
             max_entries: 1_000_000,
             max_path_len: 4096,
             max_file_size: 4 << 30,
+            max_metadata_bytes: 1 << 20,
         }
     }
 }
@@ -185,6 +191,8 @@ pub enum UnpackError {
     UnsupportedEntry { path: String, kind: u8 },
     #[error("whiteout {path:?} is malformed")]
     BadWhiteout { path: String },
+    #[error("layer has a PAX/GNU metadata record over {max} bytes")]
+    MetadataTooLarge { max: u64 },
     #[error("layer has more than {max} entries")]
     TooManyEntries { max: u64 },
     #[error("layer expands past {max} bytes (decompression bomb?)")]
@@ -289,22 +297,23 @@ fn unpack_into(
                 .map_err(|source| UnpackError::Read { source })?,
         ),
     };
-    let over_limit = Rc::new(Cell::new(false));
+    let over_limit = Rc::new(Cell::new(None));
     let hashing = HashingReader {
         inner: decoder,
         hasher: Sha256::new(),
         count: 0,
         max: limits.max_total_bytes,
+        guard: guard::HeaderGuard::new(limits.max_metadata_bytes),
         over_limit: over_limit.clone(),
     };
-    let read_err = |source: io::Error| {
-        if over_limit.get() {
-            UnpackError::TooLarge {
-                max: limits.max_total_bytes,
-            }
-        } else {
-            UnpackError::Read { source }
-        }
+    let read_err = |source: io::Error| match over_limit.get() {
+        Some(Over::Total) => UnpackError::TooLarge {
+            max: limits.max_total_bytes,
+        },
+        Some(Over::Metadata) => UnpackError::MetadataTooLarge {
+            max: limits.max_metadata_bytes,
+        },
+        None => UnpackError::Read { source },
     };
     let mut archive = tar::Archive::new(hashing);
     let mut stats = LayerStats {
@@ -384,13 +393,20 @@ fn sniff(reader: &mut BufReader<File>) -> io::Result<Compression> {
     })
 }
 
-/// Hashes and counts the uncompressed stream, failing past the cap.
+#[derive(Clone, Copy)]
+enum Over {
+    Total,
+    Metadata,
+}
+
+/// Hashes and counts the uncompressed stream, failing past the caps.
 struct HashingReader {
     inner: Box<dyn Read>,
     hasher: Sha256,
     count: u64,
     max: u64,
-    over_limit: Rc<Cell<bool>>,
+    guard: guard::HeaderGuard,
+    over_limit: Rc<Cell<Option<Over>>>,
 }
 
 impl Read for HashingReader {
@@ -398,10 +414,14 @@ impl Read for HashingReader {
         let n = self.inner.read(buf)?;
         self.count += n as u64;
         if self.count > self.max {
-            self.over_limit.set(true);
+            self.over_limit.set(Some(Over::Total));
             return Err(io::Error::other(
                 "layer exceeds the uncompressed size limit",
             ));
+        }
+        if self.guard.observe(&buf[..n]).is_err() {
+            self.over_limit.set(Some(Over::Metadata));
+            return Err(io::Error::other("layer has an oversized metadata record"));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
