@@ -5,10 +5,12 @@
 
 pub mod dsse;
 pub mod id;
+pub mod image_ref;
 pub mod lifecycle;
 pub mod message;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
+pub use image_ref::{ImageRef, ImageRefError};
 pub use lifecycle::Phase;
 pub use message::{
     AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Release, SCHEMA_VERSION,
