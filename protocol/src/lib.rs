@@ -8,11 +8,13 @@ pub mod id;
 pub mod image_ref;
 pub mod lifecycle;
 pub mod message;
+pub mod topic;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
 pub use image_ref::{ImageRef, ImageRefError};
 pub use lifecycle::Phase;
 pub use message::{
-    AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Release, SCHEMA_VERSION,
-    StatusReport, Telemetry,
+    AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Presence, Release,
+    SCHEMA_VERSION, StatusReport, Telemetry,
 };
+pub use topic::{Topic, TopicError, TopicKind, TopicScheme};

@@ -294,3 +294,33 @@ pub enum CommandKind {
     RestartApp { app: AppName },
     CollectLogs { app: AppName, max_bytes: u64 },
 }
+
+/// Agent → server on the `online` topic, retained, QoS 1. The agent publishes
+/// `online: true` once connected and registers `online: false` as its MQTT
+/// last will, so the broker announces an unclean disconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    pub device: DeviceId,
+    pub online: bool,
+}
+
+impl Presence {
+    pub fn online(device: DeviceId) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            device,
+            online: true,
+        }
+    }
+
+    /// The last-will payload.
+    pub fn offline(device: DeviceId) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            device,
+            online: false,
+        }
+    }
+}
