@@ -12,7 +12,7 @@ pub mod topic;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
 pub use image_ref::{ImageRef, ImageRefError};
-pub use lifecycle::Phase;
+pub use lifecycle::{Effect, ErrorCode, Event, LifecycleError, Phase, Transition};
 pub use message::{
     AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Presence, Release,
     SCHEMA_VERSION, StatusReport, Telemetry,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AppName, DeviceId, Digest};
-use crate::lifecycle::Phase;
+use crate::lifecycle::{ErrorCode, Phase};
 
 /// The version of the message formats defined here.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -156,8 +156,18 @@ pub struct DesiredState {
 /// A stable, machine-readable error code plus a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    pub code: String,
+    pub code: ErrorCode,
+    #[serde(default)]
     pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// Download progress of the app's content.
