@@ -14,7 +14,7 @@ pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
 pub use image_ref::{ImageRef, ImageRefError};
 pub use lifecycle::{Effect, ErrorCode, Event, LifecycleError, Phase, Transition};
 pub use message::{
-    AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Presence, Release,
-    SCHEMA_VERSION, StatusReport, Telemetry,
+    AppStatus, Command, CommandKind, DecodeError, DesiredApp, DesiredState, ErrorInfo,
+    MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
 pub use topic::{Topic, TopicError, TopicKind, TopicScheme};
