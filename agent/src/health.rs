@@ -153,12 +153,7 @@ fn connect_in_netns(
     Ok(stream)
 }
 
-async fn http_get(
-    port: u16,
-    path: &str,
-    net: &NetNs,
-    timeout: Duration,
-) -> Result<(), ProbeError> {
+async fn http_get(port: u16, path: &str, net: &NetNs, timeout: Duration) -> Result<(), ProbeError> {
     let http_err = |reason: String| ProbeError::Http { port, reason };
     let path = if path.starts_with('/') {
         path.to_owned()
@@ -236,7 +231,12 @@ impl HealthState {
     }
 
     /// Records one probe result.
-    pub fn record(&mut self, check: &HealthCheck, since_start: Duration, result: Result<(), String>) {
+    pub fn record(
+        &mut self,
+        check: &HealthCheck,
+        since_start: Duration,
+        result: Result<(), String>,
+    ) {
         match result {
             Ok(()) => {
                 self.health = Health::Healthy;
@@ -419,7 +419,9 @@ mod tests {
         assert!(err.to_string().contains("status 500"), "{err}");
         server.await.unwrap();
         // Nothing listens any more.
-        let err = probe_once(&Probe::Tcp { port }, &target, t).await.unwrap_err();
+        let err = probe_once(&Probe::Tcp { port }, &target, t)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProbeError::Connect { .. }), "{err}");
     }
 }

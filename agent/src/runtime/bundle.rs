@@ -8,7 +8,7 @@ use fleet_protocol::message::{NetworkMode, RuntimeSettings};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup, LinuxMemory, LinuxNamespaceType,
-    LinuxPids, LinuxResources, Mount, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
+    LinuxPids, LinuxResources, Mount, Process, Root, Spec, User,
 };
 
 /// Why a bundle could not be built or written.
@@ -18,7 +18,9 @@ pub enum BundleError {
         "the release asks for a privileged container but this device's trust metadata does not allow it"
     )]
     PrivilegedNotAllowed,
-    #[error("the release has no command: neither the image nor the release sets entrypoint/cmd/args")]
+    #[error(
+        "the release has no command: neither the image nor the release sets entrypoint/cmd/args"
+    )]
     NoCommand,
     #[error("working directory {0:?} is not an absolute path")]
     RelativeWorkingDir(String),
@@ -121,7 +123,6 @@ const ALL_CAPABILITIES: [Capability; 41] = [
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// CFS period used to express `cpu_millis` as a quota.
 pub const CPU_PERIOD_US: u64 = 100_000;
-const NOFILE: u64 = 65_536;
 
 /// The cgroup path of a container (relative to each controller's root).
 pub fn cgroups_path(id: &str) -> String {
@@ -193,20 +194,18 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .set_user(user)
         .set_capabilities(Some(capabilities))
         .set_no_new_privileges(Some(!privileged))
-        .set_rlimits(Some(vec![
-            PosixRlimitBuilder::default()
-                .typ(PosixRlimitType::RlimitNofile)
-                .soft(NOFILE)
-                .hard(NOFILE)
-                .build()?,
-        ]));
+        // Limits are inherited from the agent, as Docker inherits its
+        // daemon's: raising a hard limit would need CAP_SYS_RESOURCE.
+        .set_rlimits(None);
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
     if privileged {
         for mount in &mut mounts {
             if mount.destination() == Path::new("/sys") {
                 mount.set_options(Some(
-                    ["nosuid", "noexec", "nodev", "rw"].map(String::from).to_vec(),
+                    ["nosuid", "noexec", "nodev", "rw"]
+                        .map(String::from)
+                        .to_vec(),
                 ));
             }
         }
@@ -276,7 +275,7 @@ fn resources(settings: &RuntimeSettings, privileged: bool) -> Result<LinuxResour
             name: "memory_bytes",
             value: bytes,
         })?;
-        resources.set_memory(Some(LinuxMemory::default().set_limit(Some(limit)).clone()));
+        resources.set_memory(Some(*LinuxMemory::default().set_limit(Some(limit))));
     }
     if let Some(millis) = limits.cpu_millis {
         let quota = millis
@@ -303,7 +302,7 @@ fn resources(settings: &RuntimeSettings, privileged: bool) -> Result<LinuxResour
                 value: pids.unsigned_abs(),
             });
         }
-        resources.set_pids(Some(LinuxPids::default().set_limit(pids).clone()));
+        resources.set_pids(Some(*LinuxPids::default().set_limit(pids)));
     }
     Ok(resources)
 }
@@ -425,7 +424,7 @@ pub fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, BundleError> {
     let groups = read_group(rootfs);
     let gid = match group_part {
         None => passwd_gid.unwrap_or(0),
-        Some(g) if g.is_empty() => return Err(bad("empty group")),
+        Some("") => return Err(bad("empty group")),
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => groups
@@ -518,7 +517,12 @@ mod tests {
     #[test]
     fn image_entrypoint_cmd_env_and_workdir_are_used() {
         let root = rootfs_with_users();
-        let img = image(&["/bin/server"], &["--port", "80"], &["A=1", "PATH=/bin"], "");
+        let img = image(
+            &["/bin/server"],
+            &["--port", "80"],
+            &["A=1", "PATH=/bin"],
+            "",
+        );
         let spec = build(&RuntimeSettings::default(), &img, root.path());
         let process = spec.process().as_ref().unwrap();
         assert_eq!(
@@ -618,7 +622,13 @@ mod tests {
                 .unwrap()
                 .contains(&"/proc/sys".to_owned())
         );
-        let devices = linux.resources().as_ref().unwrap().devices().clone().unwrap();
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
         assert!(!devices[0].allow());
     }
 
@@ -649,7 +659,12 @@ mod tests {
         .unwrap();
         let process = spec.process().as_ref().unwrap();
         let caps = process.capabilities().clone().unwrap();
-        assert!(caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        assert!(
+            caps.bounding()
+                .as_ref()
+                .unwrap()
+                .contains(&Capability::SysAdmin)
+        );
         assert_eq!(process.no_new_privileges(), Some(false));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.masked_paths().as_ref().unwrap().is_empty());

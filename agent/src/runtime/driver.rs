@@ -51,7 +51,12 @@ impl RuntimeKind {
                 arg.push(path);
                 vec![arg]
             }
-            RuntimeKind::Runc => vec!["--log".into(), path.into()],
+            RuntimeKind::Runc => vec![
+                "--log".into(),
+                path.into(),
+                "--log-format".into(),
+                "json".into(),
+            ],
         }
     }
 }
@@ -452,6 +457,10 @@ impl Driver {
     /// `run --detach`: starts the container and returns once its process
     /// runs. The container inherits `stdio`; the runtime's own diagnostics go
     /// to `log` (truncated first) and are the error's stderr on failure.
+    ///
+    /// A process that exits at once may be reaped by the runtime before it
+    /// is re-parented, losing its exit code; [`Driver::create_with_stdio`] +
+    /// [`Driver::start`] avoids that race.
     pub async fn run_detached(
         &self,
         id: &str,
@@ -463,12 +472,33 @@ impl Driver {
             detach: true,
             ..opts.clone()
         };
-        let args = opts.args(id);
+        self.run_with_stdio(&opts.args(id), stdio, log).await
+    }
+
+    /// `create` with the container's stdio: the container's init waits for
+    /// `start` while the runtime exits, so it is re-parented (to a subreaper)
+    /// before it can run at all. Diagnostics as for [`Driver::run_detached`].
+    pub async fn create_with_stdio(
+        &self,
+        id: &str,
+        opts: &CreateOpts,
+        stdio: ContainerStdio,
+        log: &Path,
+    ) -> Result<(), DriverError> {
+        self.run_with_stdio(&opts.args(id), stdio, log).await
+    }
+
+    async fn run_with_stdio(
+        &self,
+        args: &[OsString],
+        stdio: ContainerStdio,
+        log: &Path,
+    ) -> Result<(), DriverError> {
         std::fs::write(log, b"").map_err(|source| DriverError::Io {
             path: log.to_owned(),
             source,
         })?;
-        let (mut cmd, rendered) = self.command(&args, Some(log));
+        let (mut cmd, rendered) = self.command(args, Some(log));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(stdio.stdout))
             .stderr(Stdio::from(stdio.stderr));
@@ -599,7 +629,15 @@ mod tests {
         };
         assert_eq!(
             strs(run.args("c1")),
-            ["run", "--bundle", "/b", "--detach", "--pid-file", "/b/pid", "c1"]
+            [
+                "run",
+                "--bundle",
+                "/b",
+                "--detach",
+                "--pid-file",
+                "/b/pid",
+                "c1"
+            ]
         );
         let create = CreateOpts {
             bundle: "/b".into(),
@@ -627,7 +665,16 @@ mod tests {
         assert_eq!(
             strs(exec.args("c1")),
             [
-                "exec", "--env", "A=1", "--cwd", "/tmp", "--user", "1000:1000", "c1", "sh", "-c",
+                "exec",
+                "--env",
+                "A=1",
+                "--cwd",
+                "/tmp",
+                "--user",
+                "1000:1000",
+                "c1",
+                "sh",
+                "-c",
                 "true"
             ]
         );
@@ -642,7 +689,7 @@ mod tests {
         );
         assert_eq!(
             strs(RuntimeKind::Runc.log_args(Path::new("/x/log"))),
-            ["--log", "/x/log"]
+            ["--log", "/x/log", "--log-format", "json"]
         );
     }
 

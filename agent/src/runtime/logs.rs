@@ -75,7 +75,10 @@ pub fn ensure_pipe(path: &Path) -> io::Result<()> {
 /// Opens the container's end of a FIFO: read-write, so that opening never
 /// blocks and the container never sees a reader-less pipe.
 pub fn open_container_end(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new().read(true).write(true).open(path)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
 }
 
 /// Opens the agent's reading end (non-blocking, read-only: end-of-file once

@@ -366,7 +366,7 @@ impl ContainerRuntime {
     }
 
     /// Benchmark hook: starts a staged container and measures "bundle ready
-    /// → container process running" (the runtime's `run --detach` until the
+    /// → container process running" (the runtime's `create` + `start` until the
     /// runtime reports the process running).
     pub async fn timed_start(
         &self,
@@ -397,7 +397,10 @@ mod tests {
         let digest = Digest::of(b"release");
         let id = ContainerId::for_release(&app, &digest);
         assert_eq!(id, ContainerId::for_release(&app, &digest));
-        assert_eq!(id.as_str(), format!("fleet-model-server-{}", &digest.hex()[..12]));
+        assert_eq!(
+            id.as_str(),
+            format!("fleet-model-server-{}", &digest.hex()[..12])
+        );
         assert_eq!(ContainerId::parse(id.as_str()), Some(id.clone()));
         assert_eq!(id.app(), Some(app));
         for foreign in [

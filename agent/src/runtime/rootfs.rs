@@ -153,15 +153,14 @@ fn mount_overlay(
     work: &Path,
     target: &Path,
 ) -> Result<(), RootfsError> {
-    let options = overlay_options(lowers_bottom_to_top, upper, work).map_err(|bad| {
-        RootfsError::Io {
+    let options =
+        overlay_options(lowers_bottom_to_top, upper, work).map_err(|bad| RootfsError::Io {
             path: PathBuf::from(bad),
             source: io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "path cannot be used in overlay options (non-UTF-8, ':' or ',')",
             ),
-        }
-    })?;
+        })?;
     if options.len() > MAX_OPTIONS {
         return Err(RootfsError::OptionsTooLong {
             target: target.to_owned(),
@@ -403,8 +402,14 @@ mod tests {
         let container = tmp.path().join("containers/c1");
         let rootfs = prepare(&container, &[bottom, top], RootfsMode::Copy).unwrap();
         assert_eq!(rootfs.kind, RootfsKind::Copy);
-        assert_eq!(std::fs::read_to_string(rootfs.path.join("etc/a")).unwrap(), "new");
-        assert_eq!(std::fs::read_to_string(rootfs.path.join("etc/b")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.path.join("etc/a")).unwrap(),
+            "new"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rootfs.path.join("etc/b")).unwrap(),
+            "keep"
+        );
         assert_eq!(
             std::fs::read_link(rootfs.path.join("link")).unwrap(),
             Path::new("etc/b")

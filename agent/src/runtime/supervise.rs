@@ -2,8 +2,8 @@
 //! process exits, restarts it per the restart policy with exponential
 //! backoff, counts crashes, pumps its logs, and stops it cleanly.
 //!
-//! The container's init is not the agent's child: the runtime (`run
-//! --detach`) exits once the container runs. The agent marks itself a child
+//! The container's init is not the agent's child: the runtime (`create`)
+//! exits once the container is set up. The agent marks itself a child
 //! subreaper ([`become_subreaper`]) so that orphaned container inits are
 //! re-parented to it and their exit status can be collected with `waitpid`.
 //! Containers adopted after an agent restart are someone else's children;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{ContainerStdio, DeleteOpts, Driver, KillOpts, RunOpts, Status};
+use super::driver::{ContainerStdio, CreateOpts, DeleteOpts, Driver, KillOpts, Status};
 use super::logs::{self, LogConfig, RotatingLog, Stream};
 use super::{ContainerId, RuntimeError};
 
@@ -293,7 +293,7 @@ impl Task {
         Ok(())
     }
 
-    /// Starts the container once (`run --detach`) and returns its pid.
+    /// Starts the container once (`create` + `start`) and returns its pid.
     async fn run_once(&mut self) -> Result<i32, RuntimeError> {
         let id = self.spec.id.as_str().to_owned();
         self.pumps.retain(|p| !p.is_finished());
@@ -318,19 +318,24 @@ impl Task {
         };
         let pid_file = dir.join("container.pid");
         let _ = std::fs::remove_file(&pid_file);
-        let opts = RunOpts {
+        let opts = CreateOpts {
             bundle: self.spec.bundle.clone(),
             pid_file: Some(pid_file.clone()),
-            detach: true,
         };
+        // create + start (not `run --detach`): the init is re-parented to
+        // this agent before it runs, so even an instant exit's code is ours.
         self.driver
-            .run_detached(
+            .create_with_stdio(
                 &id,
                 &opts,
                 ContainerStdio { stdout, stderr },
                 &dir.join("runtime.log"),
             )
             .await?;
+        if let Err(err) = self.driver.start(&id).await {
+            let _ = self.driver.delete(&id, &DeleteOpts { force: true }).await;
+            return Err(err.into());
+        }
         let text = std::fs::read_to_string(&pid_file).map_err(|source| RuntimeError::Io {
             path: pid_file.clone(),
             source,
@@ -440,10 +445,7 @@ impl Task {
         }
         // Reap the init if it was ours and `wait_exit` did not see it.
         if let Some(tracked) = self.tracked.take() {
-            let _ = nix::sys::wait::waitpid(
-                Pid::from_raw(tracked.pid),
-                Some(WaitPidFlag::WNOHANG),
-            );
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(tracked.pid), Some(WaitPidFlag::WNOHANG));
         }
         for pump in self.pumps.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
