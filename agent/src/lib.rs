@@ -5,3 +5,5 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod snapshot;
 pub mod unpack;
+pub mod health;
+pub mod runtime;
