@@ -7,10 +7,17 @@ pub mod dsse;
 pub mod id;
 pub mod lifecycle;
 pub mod message;
+pub mod trust;
+pub mod verify;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
 pub use lifecycle::Phase;
 pub use message::{
     AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Release, SCHEMA_VERSION,
     StatusReport, Telemetry,
+};
+pub use trust::{Role, Root, TrustedRoot};
+pub use verify::{
+    Verified, VerifiedDesiredState, VerifyError, verify_command, verify_desired_state,
+    verify_release,
 };
