@@ -3,7 +3,7 @@
 /// The agent's version, as reported to the server.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub mod snapshot;
-pub mod unpack;
 pub mod health;
 pub mod runtime;
+pub mod snapshot;
+pub mod unpack;

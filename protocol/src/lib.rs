@@ -9,6 +9,8 @@ pub mod image_ref;
 pub mod lifecycle;
 pub mod message;
 pub mod topic;
+pub mod trust;
+pub mod verify;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
 pub use image_ref::{ImageRef, ImageRefError};
@@ -18,3 +20,8 @@ pub use message::{
     MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
 pub use topic::{Topic, TopicError, TopicKind, TopicScheme};
+pub use trust::{Role, Root, TrustedRoot};
+pub use verify::{
+    Verified, VerifiedDesiredState, VerifyError, verify_command, verify_desired_state,
+    verify_release,
+};
