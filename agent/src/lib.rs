@@ -2,3 +2,6 @@
 
 /// The agent's version, as reported to the server.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(feature = "fetch")]
+pub mod fetch;

@@ -1,0 +1,22 @@
+//! OCI distribution (pull) client: manifests and indexes, platform selection,
+//! anonymous/basic/bearer auth, and verified, resumable, rate-capped blob
+//! downloads. Free of agent state, so the control plane uses it too
+//! (cargo feature `fetch`).
+
+mod auth;
+mod blob;
+mod client;
+mod error;
+mod limit;
+pub mod manifest;
+mod platform;
+pub mod reference;
+
+pub use auth::Credentials;
+pub use blob::{BlobDownload, Partial};
+pub use client::{Client, ClientConfig, FetchedManifest, Resolved, reference_of};
+pub use error::FetchError;
+pub use limit::{RateLimiter, RetryPolicy};
+pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError};
+pub use platform::{Platform, PlatformError};
+pub use reference::ImageRef;
