@@ -5,12 +5,16 @@
 
 pub mod dsse;
 pub mod id;
+pub mod image_ref;
 pub mod lifecycle;
 pub mod message;
+pub mod topic;
 
 pub use id::{AppName, DeviceId, Digest, GroupName, IdError};
-pub use lifecycle::Phase;
+pub use image_ref::{ImageRef, ImageRefError};
+pub use lifecycle::{Effect, ErrorCode, Event, LifecycleError, Phase, Transition};
 pub use message::{
-    AppStatus, Command, CommandKind, DesiredApp, DesiredState, ErrorInfo, Release, SCHEMA_VERSION,
-    StatusReport, Telemetry,
+    AppStatus, Command, CommandKind, DecodeError, DesiredApp, DesiredState, ErrorInfo,
+    MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
+pub use topic::{Topic, TopicError, TopicKind, TopicScheme};

@@ -3,20 +3,66 @@
 //! a newer server adds fields; a message whose `schema` major is newer than
 //! [`SCHEMA_VERSION`] is still decoded, and callers decide what to do with it.
 //!
-//! Times are seconds since the Unix epoch (`u64`).
+//! Times are seconds since the Unix epoch (`u64`). Absent optional fields and
+//! empty lists are left out of the JSON to keep messages small.
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AppName, DeviceId, Digest};
-use crate::lifecycle::Phase;
+use crate::lifecycle::{ErrorCode, Phase};
 
 /// The version of the message formats defined here.
 pub const SCHEMA_VERSION: u32 = 1;
 
 fn schema_version() -> u32 {
     SCHEMA_VERSION
+}
+
+/// The largest message [`decode`] accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{what} message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("invalid {what} message")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Decodes a JSON message of at most [`MAX_MESSAGE_BYTES`]. Unknown fields are
+/// ignored; the size is checked before any parsing.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let what = short_type_name::<T>();
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            what,
+            len: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { what, source })
+}
+
+/// Encodes a message as compact JSON.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(message)
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
 /// A release of one application, signed by a release key (offline, operator/CI).
@@ -41,24 +87,33 @@ pub struct Release {
 #[serde(default)]
 pub struct RuntimeSettings {
     /// Replaces the image's entrypoint + cmd when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// `uid[:gid]` or a name from the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     pub read_only_rootfs: bool,
     pub network: NetworkMode,
     /// CDI device names, e.g. `nvidia.com/gpu=all`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
     /// Granted only when the device's trust metadata allows it.
     pub privileged: bool,
     pub restart: RestartPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
     pub resources: Resources,
     /// Seconds the new release must stay healthy before it is committed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub probation_secs: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL on stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_secs: Option<u64>,
 }
 
@@ -90,9 +145,12 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     /// CPU in thousandths of a core.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_millis: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pids: Option<i64>,
 }
 
@@ -150,14 +208,25 @@ pub struct DesiredState {
     pub issued_at: u64,
     pub expires_at: u64,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<DesiredApp>,
 }
 
 /// A stable, machine-readable error code plus a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    pub code: String,
+    pub code: ErrorCode,
+    #[serde(default)]
     pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// Download progress of the app's content.
@@ -186,18 +255,23 @@ pub struct AppStatus {
     pub app: AppName,
     pub phase: Phase,
     /// Version and release digest of what runs now.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<ReleaseRef>,
     /// The release being installed, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<ReleaseRef>,
     /// The rollback target.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<ReleaseRef>,
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
     pub restarts: u32,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
 
@@ -215,64 +289,114 @@ pub struct StatusReport {
     pub device: DeviceId,
     pub reported_at: u64,
     /// The generation of the last desired state the agent accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppStatus>,
     /// Why the last desired state was refused, if it was.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<ErrorInfo>,
     /// Set on the first report after start: what the device is.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<DeviceInfo>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceInfo {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// `amd64`, `arm64`, `arm`.
     pub architecture: String,
     /// e.g. `v7`, `v8`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Jetson Linux release, e.g. `R36.4.0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub l4t_version: Option<String>,
     pub agent_version: String,
 }
 
 /// Agent → server, QoS 0. Sensors the device lacks are absent, never invented.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Telemetry {
     #[serde(default = "schema_version")]
     pub schema: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceId>,
     pub at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_total_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub store_used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_free_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub net_rx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub net_tx_bytes: Option<u64>,
     /// Thermal zone name → degrees Celsius.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub temperatures: BTreeMap<String, f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_load_percent: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_freq_hz: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub emc_load_percent: Option<f32>,
     /// Power rail name → milliwatts.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub power_mw: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppTelemetry>,
+}
+
+impl Default for Telemetry {
+    /// An empty report of the current schema.
+    fn default() -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            device: None,
+            at: 0,
+            uptime_secs: None,
+            cpu_percent: None,
+            memory_used_bytes: None,
+            memory_total_bytes: None,
+            store_used_bytes: None,
+            disk_free_bytes: None,
+            net_rx_bytes: None,
+            net_tx_bytes: None,
+            temperatures: BTreeMap::new(),
+            gpu_load_percent: None,
+            gpu_freq_hz: None,
+            emc_load_percent: None,
+            power_mw: BTreeMap::new(),
+            apps: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AppTelemetry {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<AppName>,
     pub running: bool,
     pub restarts: u32,
     pub health: Health,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
 }
 
@@ -294,3 +418,37 @@ pub enum CommandKind {
     RestartApp { app: AppName },
     CollectLogs { app: AppName, max_bytes: u64 },
 }
+
+/// Agent → server on the `online` topic, retained, QoS 1. The agent publishes
+/// `online: true` once connected and registers `online: false` as its MQTT
+/// last will, so the broker announces an unclean disconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    #[serde(default = "schema_version")]
+    pub schema: u32,
+    pub device: DeviceId,
+    pub online: bool,
+}
+
+impl Presence {
+    pub fn online(device: DeviceId) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            device,
+            online: true,
+        }
+    }
+
+    /// The last-will payload.
+    pub fn offline(device: DeviceId) -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            device,
+            online: false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "message_tests.rs"]
+mod tests;
