@@ -5,3 +5,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(feature = "fetch")]
 pub mod fetch;
+
+#[cfg(feature = "agent")]
+pub mod store;

@@ -18,7 +18,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use super::client::{Client, header_str};
 use super::error::FetchError;
 use super::manifest::Descriptor;
-use super::reference::ImageRef;
+use fleet_protocol::ImageRef;
 
 /// Where a download in progress lives: the data and its journal.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,10 +16,7 @@ use super::error::FetchError;
 use super::limit::{RateLimiter, RetryPolicy};
 use super::manifest::{ImageManifest, MANIFEST_ACCEPT, Manifest};
 use super::platform::Platform;
-use super::reference::ImageRef;
-
-/// Docker Hub's API host behind the `docker.io` name.
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+use fleet_protocol::ImageRef;
 
 /// How a [`Client`] behaves. `Default` suits a device.
 #[derive(Clone, Debug)]
@@ -31,9 +28,9 @@ pub struct ClientConfig {
     pub max_bandwidth: Option<u64>,
     /// Blob downloads running at once.
     pub max_concurrent_blobs: usize,
-    /// Credentials by registry (as written in references, e.g. `ghcr.io`).
+    /// Credentials by registry domain (as written in references, e.g. `ghcr.io`, `docker.io`).
     pub credentials: HashMap<String, Credentials>,
-    /// Registries reached over plain HTTP; loopback registries always are.
+    /// Registry domains reached over plain HTTP; loopback registries always are.
     pub plain_http: Vec<String>,
     pub connect_timeout: Duration,
     /// Longest silence while reading a response.
@@ -139,16 +136,12 @@ impl Client {
 
     /// `http(s)://host/v2/<repository>`.
     pub fn repo_url(&self, image: &ImageRef) -> String {
-        let registry = image.registry();
-        let host = if registry == super::reference::DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            registry
-        };
-        let name = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+        let host = image.registry();
+        let domain = image.domain();
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
         let loopback =
             matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
-        let plain = loopback || self.inner.cfg.plain_http.iter().any(|p| p == registry);
+        let plain = loopback || self.inner.cfg.plain_http.iter().any(|p| p == domain);
         let scheme = if plain { "http" } else { "https" };
         format!("{scheme}://{host}/v2/{}", image.repository())
     }
@@ -193,7 +186,7 @@ impl Client {
         url: &str,
         headers: HeaderMap,
     ) -> Result<Response, FetchError> {
-        let registry = image.registry();
+        let registry = image.domain();
         let scope = format!("repository:{}:pull", image.repository());
         let mut challenged = false;
         loop {
@@ -420,7 +413,7 @@ impl Client {
         platform: &Platform,
     ) -> Result<Resolved, FetchError> {
         let top = self
-            .fetch_manifest(image, &reference_of(image), image.digest())
+            .fetch_manifest(image, image.reference(), image.digest())
             .await?;
         match top.manifest.clone() {
             Manifest::Image(m) => Ok(Resolved {
@@ -449,15 +442,6 @@ impl Client {
                 })
             }
         }
-    }
-}
-
-/// The tag or digest to ask the registry for (the digest wins).
-pub fn reference_of(image: &ImageRef) -> String {
-    match (image.digest(), image.tag()) {
-        (Some(d), _) => d.to_string(),
-        (None, Some(t)) => t.to_owned(),
-        (None, None) => "latest".to_owned(),
     }
 }
 

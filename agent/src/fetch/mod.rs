@@ -10,13 +10,16 @@ mod error;
 mod limit;
 pub mod manifest;
 mod platform;
-pub mod reference;
+#[cfg(feature = "agent")]
+mod pull;
 
 pub use auth::Credentials;
 pub use blob::{BlobDownload, Partial};
-pub use client::{Client, ClientConfig, FetchedManifest, Resolved, reference_of};
+pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
 pub use error::FetchError;
+pub use fleet_protocol::ImageRef;
 pub use limit::{RateLimiter, RetryPolicy};
 pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError};
 pub use platform::{Platform, PlatformError};
-pub use reference::ImageRef;
+#[cfg(feature = "agent")]
+pub use pull::{EventSink, PullError, PullEvent, PullSummary, Puller};
