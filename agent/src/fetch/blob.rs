@@ -260,9 +260,12 @@ impl Client {
                     Ok(Some(c)) => c,
                     Ok(None) => break Ok(()),
                     Err(source) => {
-                        break Err(FetchError::Http {
+                        tracing::debug!(%digest, error = %source, "body read failed");
+                        break Err(FetchError::Truncated {
                             url: url.into(),
-                            source,
+                            digest: digest.clone(),
+                            expected: size,
+                            received: *offset,
                         });
                     }
                 };
