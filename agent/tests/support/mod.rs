@@ -486,11 +486,12 @@ async fn relay(
         let _ = cw.shutdown().await;
         false
     };
+    // Either side ending (or a cut) ends the relay; dropping both halves
+    // makes the client see the connection end, mid-body for a cut.
     tokio::select! {
-        cut = downstream => { if !cut { return; } }
-        _ = up => { return; }
+        _ = downstream => {}
+        _ = up => {}
     }
-    // Cut: drop both sides at once (the client sees the connection end mid-body).
 }
 
 /// A request as the raw server saw it.
