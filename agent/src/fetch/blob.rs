@@ -38,7 +38,11 @@ impl Partial {
 
     /// Removes both files (missing ones are fine).
     pub async fn remove(&self) {
-        for p in [&self.data, &self.journal] {
+        for p in [
+            &self.data,
+            &self.journal,
+            &self.journal.with_extension("journal.new"),
+        ] {
             let _ = tokio::fs::remove_file(p).await;
         }
     }

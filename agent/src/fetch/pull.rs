@@ -208,8 +208,14 @@ impl Puller {
             tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await });
         }
         while let Some(done) = tasks.join_next().await {
-            let dl = done.map_err(PullError::Task)??;
-            fetched += dl.fetched;
+            match done.map_err(PullError::Task).and_then(|r| r) {
+                Ok(dl) => fetched += dl.fetched,
+                Err(e) => {
+                    // Stop the other downloads (their partials stay for a resume).
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+            }
         }
 
         for m in index.iter().chain([&manifest]) {
