@@ -86,6 +86,8 @@ impl Registry {
         }
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
+        // Built before any child exists, so a failure here leaks no process.
+        let http = http();
         for _ in 0..5 {
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
@@ -106,7 +108,6 @@ impl Registry {
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            let http = http();
             for _ in 0..300 {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
