@@ -10,7 +10,8 @@ fi
 
 pkgs=(qemu-user-static crun runc mosquitto mosquitto-clients docker-registry skopeo umoci
       prometheus busybox-static iproute2 iptables curl jq zstd file
-      gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+      musl-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

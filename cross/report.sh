@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Writes cross/REPORT.md: the static agent's size per target against the
+# budget, a per-crate size breakdown (when cargo-bloat is installed), and the
+# agent's memory use (once the agent has the commands to measure).
+#
+#   cross/report.sh                 # builds (incrementally) with cross/build.sh first
+#   FLEET_REPORT_NO_BUILD=1 cross/report.sh   # report on target/cross as it is
+#
+# Memory figures are measured from /proc/<pid>/status (VmRSS, VmHWM) of the
+# agent process; see rss_after and peak_rss below. Set FLEET_REPORT_IDLE_CMD /
+# FLEET_REPORT_PULL_CMD to measure any command now (for example a prototype).
+#
+# Exits non-zero when a target is over its size budget.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+# shellcheck source=cross/targets.sh
+. "$repo/cross/targets.sh"
+
+out=${FLEET_CROSS_OUT:-$repo/target/cross}
+export FLEET_CROSS_OUT=$out
+report=$repo/cross/REPORT.md
+budget_aarch64=6000000 # bytes (6 MB): the stated budget for Jetsons / arm64 boxes
+build_secs="not measured (FLEET_REPORT_NO_BUILD)"
+
+# Budget in bytes per target; empty: no budget set.
+budget() {
+  case "$1" in
+    aarch64-*) echo "$budget_aarch64" ;;
+    armv7-*) echo "$budget_aarch64" ;; # no separate figure stated: hold armv7 to the same
+    *) echo "" ;;
+  esac
+}
+budget_note() {
+  case "$1" in
+    aarch64-*) echo "6 MB" ;;
+    armv7-*) echo "6 MB (assumed, same as aarch64)" ;;
+    *) echo "none set" ;;
+  esac
+}
+mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1000000 }'; }
+
+# --------------------------------------------------------------- memory ---
+
+# Prints "VmRSS=<n> kB VmHWM=<n> kB" of a pid, from /proc/<pid>/status.
+proc_mem() {
+  awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { if (r == "") exit 1; printf "VmRSS=%s kB VmHWM=%s kB\n", r, h }' \
+    "/proc/$1/status" 2>/dev/null
+}
+
+# rss_after SECONDS CMD...: starts CMD, waits SECONDS, prints its memory
+# (resident now and high-water mark), then stops it (TERM, KILL after 10 s).
+# Fails if CMD exited before the time was up.
+rss_after() {
+  local secs=$1; shift
+  "$@" >/dev/null 2>&1 &
+  local pid=$! i mem
+  for ((i = 0; i < secs; i++)); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" || true; echo "exited after ${i}s, before ${secs}s"; return 1; }
+    sleep 1
+  done
+  mem=$(proc_mem "$pid") || { echo "exited before measurement"; return 1; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "$mem"
+}
+
+# peak_rss CMD...: runs CMD to completion, sampling /proc/<pid>/status every
+# 0.1 s; prints the last high-water mark seen (VmHWM only grows, so the last
+# sample is the peak up to 0.1 s before exit) and CMD's exit status.
+peak_rss() {
+  "$@" >/dev/null 2>&1 &
+  local pid=$! mem last=""
+  while kill -0 "$pid" 2>/dev/null; do
+    mem=$(proc_mem "$pid") && last=$mem
+    sleep 0.1
+  done
+  local rc=0
+  wait "$pid" || rc=$?
+  [ -n "$last" ] || { echo "exited before the first sample (status $rc)"; return 1; }
+  echo "$last exit=$rc"
+}
+
+# The agent commands to measure. Empty: not measurable yet.
+# Idle: the agent connected to a broker (mosquitto on 127.0.0.1), nothing to do.
+# TODO(agent link): once `fleet-agent run` connects over MQTT, start mosquitto
+# on a free loopback port and set this to the x86_64 binary with a config for it.
+read -r -a idle_cmd <<<"${FLEET_REPORT_IDLE_CMD:-}"
+# Pull: the agent fetching and unpacking an image with a 1 GiB layer from a
+# local docker-registry.
+# TODO(agent pull): once `fleet-agent pull` exists, push a 1 GiB-layer image to
+# `docker-registry serve` on loopback and set this to the pull command.
+read -r -a pull_cmd <<<"${FLEET_REPORT_PULL_CMD:-}"
+
+# ------------------------------------------------------------------ build ---
+
+if [ -z "${FLEET_REPORT_NO_BUILD:-}" ]; then
+  times=$(mktemp)
+  trap 'rm -f "$times"' EXIT
+  FLEET_CROSS_TIMES=$times cross/build.sh
+  build_secs="$(cat "$times") s for this run's \`cross/build.sh\` (incremental when already built; clean figures are in cross/README.md)"
+fi
+
+# ------------------------------------------------------------------ write ---
+
+over=0
+{
+  echo "# Static agent report"
+  echo
+  echo "Written by \`cross/report.sh\` on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'),"
+  echo "$(rustc --version). Build time: $build_secs."
+  echo
+  echo "## Size (stripped, static, release profile)"
+  echo
+  echo "| target | bytes | size | zstd -19 | budget | within |"
+  echo "|---|---:|---:|---:|---|---|"
+  for t in "${all_targets[@]}"; do
+    bin=$out/$t/fleet-agent
+    if [ ! -f "$bin" ]; then
+      echo "| $t | — | not built | — | $(budget_note "$t") | — |"
+      continue
+    fi
+    size=$(stat -c %s "$bin")
+    z=$(zstd -19 -q -c "$bin" | wc -c)
+    b=$(budget "$t")
+    verdict="—"
+    if [ -n "$b" ]; then
+      if [ "$size" -le "$b" ]; then verdict="yes"; else verdict="**NO**"; over=1; fi
+    fi
+    echo "| $t | $size | $(mb "$size") | $(mb "$z") | $(budget_note "$t") | $verdict |"
+  done
+  echo
+  echo "zstd -19 is roughly what an agent self-update would send over the air."
+  echo
+  echo "## Where the bytes go (aarch64-unknown-linux-musl)"
+  echo
+  if command -v cargo-bloat >/dev/null; then
+    echo "\`cargo bloat --crates\` (cargo-bloat $(cargo bloat --version 2>/dev/null | awk '{print $NF}'),"
+    echo "installed with \`cargo install cargo-bloat --locked\` from crates.io), on the same"
+    echo "release profile without \`strip\` (it needs the symbols). Sizes are of \`.text\`."
+    echo
+    echo '```'
+    (
+      t=aarch64-unknown-linux-musl
+      target_env "$t"
+      CARGO_PROFILE_RELEASE_STRIP=false cargo bloat --release --locked -p fleet-agent --bin fleet-agent \
+        --target "$t" --crates -n 25 2>/dev/null
+    ) || echo "cargo bloat failed"
+    echo '```'
+  else
+    echo "Not measured: cargo-bloat is not installed (\`cargo install cargo-bloat --locked\`)."
+  fi
+  echo
+  echo "## Memory"
+  echo
+  echo "Measured from \`/proc/<pid>/status\` of the agent process (\`rss_after\`, \`peak_rss\` in"
+  echo "\`cross/report.sh\`), on the x86_64 musl binary run natively: under qemu-user the"
+  echo "figures would be the emulator's. Real arm64 figures come from running the same"
+  echo "functions on a device."
+  echo
+  echo "| what | figure |"
+  echo "|---|---|"
+  if [ "${#idle_cmd[@]}" -gt 0 ]; then
+    echo "| idle RSS after 60 s connected | $(rss_after 60 "${idle_cmd[@]}" || true) |"
+  else
+    echo "| idle RSS after 60 s connected | not measurable yet: needs the agent's MQTT link |"
+  fi
+  if [ "${#pull_cmd[@]}" -gt 0 ]; then
+    echo "| peak RSS while pulling + unpacking a 1 GiB layer | $(peak_rss "${pull_cmd[@]}" || true) |"
+  else
+    echo "| peak RSS while pulling + unpacking a 1 GiB layer | not measurable yet: needs the agent's pull command |"
+  fi
+} >"$report"
+
+echo "cross/report.sh: wrote $report"
+cat "$report"
+[ "$over" -eq 0 ] || { echo "cross/report.sh: a target is over its size budget" >&2; exit 1; }
