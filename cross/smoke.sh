@@ -76,29 +76,105 @@ check_help() {
   grep -q 'fleet-agent' <<<"$got" || { echo "help does not name fleet-agent: $got"; return 1; }
 }
 
-# NEXT CHECK (not implemented yet: needs `fleet-agent verify`):
-#   check_verify: `fleet-agent verify --trust trust.json desired.json` against
-#   the protocol's fixtures (a good signed desired state must pass; a tampered,
-#   expired and replayed one must each fail with its distinct exit code).
-#   Fixtures: create them with the native fleetctl (keys, trust.json, signed
-#   desired state) in a temp dir, then run the cross binary on them.
+# `fleet-agent verify` on the protocol's signed fixtures (checked at their
+# fixed time for device cam-01, last generation 5): the good desired state
+# verifies; a tampered, an expired and a replayed one are each rejected with
+# exit status 1 and their own error code.
+fixtures=$repo/protocol/tests/fixtures
+check_verify() {
+  local t=$1 bin=$2 got rc f code
+  local common=(verify --trust "$fixtures/trust.json" --device cam-01 --last-generation 5 --now 1767225600)
+  got=$(run_bin "$t" "$bin" "${common[@]}" "$fixtures/desired.json" 2>&1) \
+    || { echo "good desired state rejected: $got"; return 1; }
+  grep -q 'generation 6' <<<"$got" || { echo "unexpected output: $got"; return 1; }
+  for f in tampered_payload:bad_signature expired:expired replayed_generation:replayed_generation; do
+    code=${f#*:}; f=${f%%:*}
+    got=$(run_bin "$t" "$bin" "${common[@]}" "$fixtures/$f.json" 2>&1); rc=$?
+    [ "$rc" -eq 1 ] || { echo "$f.json: exit status $rc, want 1: $got"; return 1; }
+    grep -q "$code" <<<"$got" || { echo "$f.json: no '$code' in: $got"; return 1; }
+  done
+}
 
-# NEXT CHECK (not implemented yet: needs `fleet-agent pull`):
-#   check_pull: start `docker-registry serve cfg.yml` on 127.0.0.1:<free port>,
-#   push an arm64 busybox image with umoci+skopeo (see notes/machine.md),
-#   run `fleet-agent pull` under qemu against it into a temp store, and check
-#   the unpacked rootfs (bin/busybox present, digests verified).
+# `fleet-agent pull --unpack` of an image for the target's architecture from
+# Debian's docker-registry on loopback (image made by umoci, pushed by
+# skopeo): the layers land in the store and unpack into a snapshot holding
+# bin/busybox.
+registry_port=
+start_registry() {
+  local dir; dir=$(mktemp -d -p "$smoke_tmp")
+  registry_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$dir/config.yml" <<YML
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$registry_port
+YML
+  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  registry_pid=$!
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null || { cat "$dir/registry.log"; return 1; }
+  # One image per architecture, made by outside tools.
+  (
+    set -e
+    cd "$dir"
+    umoci init --layout img
+    umoci new --image img:base
+    umoci unpack --rootless --image img:base ub >/dev/null
+    mkdir -p ub/rootfs/bin
+    cp /bin/busybox ub/rootfs/bin/
+    umoci repack --image img:base ub
+    for arch in arm64 arm amd64; do
+      umoci tag --image img:base "$arch"
+      umoci config --image "img:$arch" --architecture "$arch" --os linux --config.cmd /bin/sh
+      skopeo copy -q --dest-tls-verify=false "oci:img:$arch" "docker://127.0.0.1:$registry_port/edge/busybox:$arch"
+    done
+  ) >"$dir/push.log" 2>&1 || { cat "$dir/push.log"; return 1; }
+}
+
+check_pull() {
+  local t=$1 bin=$2 got state arch
+  case $t in
+    aarch64-*) arch=arm64 ;;
+    armv7-*) arch=arm ;;
+    *) arch=amd64 ;;
+  esac
+  state=$(mktemp -d -p "$smoke_tmp")
+  got=$(run_bin "$t" "$bin" pull --state-dir "$state" --unpack -o json \
+    "127.0.0.1:$registry_port/edge/busybox:$arch" 2>&1) || { echo "pull failed: $got"; return 1; }
+  grep -q '"event":"unpacked"' <<<"$got" || { echo "no unpacked event: $got"; return 1; }
+  ls "$state"/snapshots/sha256/*/fs/bin/busybox >/dev/null 2>&1 \
+    || { echo "no bin/busybox in the unpacked snapshot: $(find "$state/snapshots" -maxdepth 4)"; return 1; }
+  cmp -s "$(ls "$state"/snapshots/sha256/*/fs/bin/busybox | head -1)" /bin/busybox \
+    || { echo "unpacked busybox differs from the one pushed"; return 1; }
+}
 
 # NEXT CHECK (not implemented yet: needs the agent's MQTT link):
 #   check_broker: start mosquitto on 127.0.0.1:<free port>, run the agent under
 #   qemu with a config pointing at it, and wait (generous timeout) for the
 #   retained `fleet/v1/d/<device>/online` message with mosquitto_sub.
 
-checks=(version help) # add new checks here, e.g. verify pull broker
+checks=(version help verify pull) # add new checks here, e.g. broker
 
 # ------------------------------------------------------------------ main ---
 
-for tool in qemu-aarch64-static qemu-arm-static timeout file readelf; do
+smoke_tmp=$(mktemp -d)
+registry_pid=
+cleanup() {
+  if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; fi
+  rm -rf "$smoke_tmp"
+}
+trap cleanup EXIT
+
+for tool in qemu-aarch64-static qemu-arm-static timeout file readelf docker-registry umoci skopeo curl python3; do
   command -v "$tool" >/dev/null || { fail "tool $tool present (run scripts/setup.sh)"; }
 done
 [ "$failed" -eq 0 ] || finish
@@ -112,6 +188,12 @@ else
 fi
 
 version=$(crate_version) || { fail "read the fleet-agent crate version"; finish; }
+if start_registry >"$smoke_tmp/registry-setup.log" 2>&1; then
+  pass "docker-registry on 127.0.0.1:$registry_port with busybox images for arm64, arm, amd64"
+else
+  fail "docker-registry with test images" "$(cat "$smoke_tmp/registry-setup.log")"
+  finish
+fi
 
 for t in "${targets[@]}"; do
   bin=$out/$t/fleet-agent

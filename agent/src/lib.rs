@@ -9,6 +9,8 @@ pub mod fetch;
 #[cfg(feature = "agent")]
 pub mod health;
 #[cfg(feature = "agent")]
+pub mod image;
+#[cfg(feature = "agent")]
 pub mod runtime;
 #[cfg(feature = "agent")]
 pub mod snapshot;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::ValueEnum;
 use fleet_agent::fetch::{Client, ClientConfig, ImageRef, Platform, PullEvent, Puller};
+use fleet_agent::image::StoredImage;
+use fleet_agent::snapshot::SnapshotStore;
 use fleet_agent::store::{GcOptions, Store, StoreConfig};
 
 #[derive(clap::Args)]
@@ -42,6 +44,9 @@ pub struct PullArgs {
     /// Blob downloads at once.
     #[arg(long, default_value_t = 3)]
     concurrency: usize,
+    /// Also unpack the layers into read-only snapshots (what a release runs on).
+    #[arg(long)]
+    unpack: bool,
 }
 
 #[derive(clap::Args)]
@@ -74,10 +79,28 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
         ..ClientConfig::default()
     })?;
     let platform = args.platform.unwrap_or_else(Platform::host);
-    let puller = Puller::new(client, store, platform);
+    let puller = Puller::new(client, store.clone(), platform);
     let json = args.store.output == Output::Json;
     let sink = Arc::new(move |ev: PullEvent| print_event(&ev, json));
-    puller.pull(&args.image, sink).await?;
+    let summary = puller.pull(&args.image, sink).await?;
+    if args.unpack {
+        let state_dir = args.store.state_dir.clone();
+        let manifest = summary.manifest.clone();
+        let dirs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<PathBuf>> {
+            let snapshots = SnapshotStore::open(&state_dir)?;
+            let image = StoredImage::load(&store, &manifest)?;
+            Ok(image.ensure_snapshots(&store, &snapshots)?)
+        })
+        .await??;
+        if json {
+            let event = serde_json::json!({ "event": "unpacked", "snapshots": dirs });
+            println!("{event}");
+        } else {
+            for d in &dirs {
+                println!("  snapshot {}", d.display());
+            }
+        }
+    }
     Ok(())
 }
 
