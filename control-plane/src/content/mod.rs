@@ -19,6 +19,7 @@ pub mod cli;
 mod http;
 mod import;
 mod manifest;
+mod source;
 mod store;
 mod upstream;
 
