@@ -33,7 +33,7 @@ pub enum ImageError {
         manifest: Digest,
         index: usize,
         #[source]
-        source: SnapshotError,
+        source: Box<SnapshotError>,
     },
 }
 
@@ -131,7 +131,7 @@ impl StoredImage {
                     .map_err(|source| ImageError::Snapshot {
                         manifest: self.manifest.clone(),
                         index,
-                        source,
+                        source: Box::new(source),
                     })
             })
             .collect()

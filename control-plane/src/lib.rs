@@ -1,5 +1,6 @@
 //! The Fleet control plane.
 
+pub mod content;
 pub mod keys;
 pub mod sign;
 

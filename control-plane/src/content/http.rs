@@ -1,0 +1,548 @@
+//! HTTP: the OCI distribution pull API (`/v2/`) and the import endpoint.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use fleet_protocol::Digest;
+use http_body_util::BodyExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio_util::io::ReaderStream;
+
+use super::upstream::PullThrough;
+use super::{ContentError, ContentStore, import_archive, validate_repository};
+
+/// The largest upload `POST /api/v1/images/import` accepts.
+pub const MAX_IMPORT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+const API_VERSION: &str = "Docker-Distribution-API-Version";
+const CONTENT_DIGEST: &str = "Docker-Content-Digest";
+const STREAM_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct Pull {
+    store: ContentStore,
+    upstream: Option<Arc<dyn PullThrough>>,
+}
+
+/// The OCI distribution pull API under `/v2/`: base check, manifests (by tag
+/// or digest), blobs (with HTTP Range) and tag lists. Repository names may
+/// contain slashes. Pushes are refused (`UNSUPPORTED`).
+pub fn router(store: ContentStore) -> Router {
+    pull_router(Pull {
+        store,
+        upstream: None,
+    })
+}
+
+/// [`router`], asking `upstream` for manifests and blobs the store lacks.
+pub fn router_with_pull_through(store: ContentStore, upstream: Arc<dyn PullThrough>) -> Router {
+    pull_router(Pull {
+        store,
+        upstream: Some(upstream),
+    })
+}
+
+fn pull_router(state: Pull) -> Router {
+    Router::new()
+        .route("/v2", get(base))
+        .route("/v2/", get(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(state)
+}
+
+async fn base() -> Response {
+    with_api_version((StatusCode::OK, axum::Json(json!({}))).into_response())
+}
+
+fn with_api_version(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+/// A distribution API error: status, code and message as the spec lists them.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    detail: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    fn name_unknown(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+        )
+        .detail(json!({ "name": name }))
+    }
+
+    fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "content endpoint failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            err.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "errors": [{ "code": self.code, "message": self.message, "detail": self.detail }]
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+async fn dispatch(
+    State(state): State<Pull>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let response = match route(&state, &method, &rest, &query, &headers).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    with_api_version(response)
+}
+
+async fn route(
+    state: &Pull,
+    method: &Method,
+    rest: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let rest = rest.trim_start_matches('/');
+    let head = *method == Method::HEAD;
+    if *method != Method::GET && !head {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "this registry is read-only: import images with `fleetctl image import`",
+        ));
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        check_name(name)?;
+        return tags_list(state, name, query);
+    }
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        check_name(name)?;
+        return manifest(state, name, reference, head).await;
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        check_name(name)?;
+        return blob(state, name, digest, head, headers).await;
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "UNSUPPORTED",
+        format!("no such endpoint: /v2/{rest}"),
+    ))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    validate_repository(name).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+            .detail(json!({ "name": name }))
+    })
+}
+
+fn tags_list(
+    state: &Pull,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let tags = state
+        .store
+        .tags(name)
+        .ok_or_else(|| ApiError::name_unknown(name))?;
+    let last = query.get("last");
+    let mut tags: Vec<String> = tags
+        .into_iter()
+        .filter(|t| last.is_none_or(|l| t > l))
+        .collect();
+    let limit = query.get("n").and_then(|n| n.parse::<usize>().ok());
+    let mut response_headers = HeaderMap::new();
+    if let Some(n) = limit
+        && tags.len() > n
+    {
+        tags.truncate(n);
+        if let Some(last) = tags.last() {
+            let link = format!("</v2/{name}/tags/list?n={n}&last={last}>; rel=\"next\"");
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                response_headers.insert(header::LINK, v);
+            }
+        }
+    }
+    let body = json!({ "name": name, "tags": tags });
+    Ok((response_headers, axum::Json(body)).into_response())
+}
+
+async fn manifest(
+    state: &Pull,
+    name: &str,
+    reference: &str,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "manifest unknown to registry",
+        )
+        .detail(json!({ "name": name, "reference": reference }))
+    };
+    let lookup = |store: &ContentStore| -> Option<(Digest, super::ManifestEntry)> {
+        let digest = if reference.contains(':') {
+            Digest::new(reference).ok()?
+        } else {
+            store.resolve(name, reference)?
+        };
+        let entry = store.manifest(name, &digest)?;
+        Some((digest, entry))
+    };
+    let found = match lookup(&state.store) {
+        Some(found) => Some(found),
+        None => match &state.upstream {
+            Some(up) => {
+                let fetched = up
+                    .fetch_manifest(&state.store, name, reference)
+                    .await
+                    .map_err(upstream_error)?;
+                if fetched { lookup(&state.store) } else { None }
+            }
+            None => None,
+        },
+    };
+    let Some((digest, entry)) = found else {
+        return Err(if state.store.has_repository(name) {
+            unknown()
+        } else {
+            ApiError::name_unknown(name)
+        });
+    };
+    let mut headers = HeaderMap::new();
+    insert(&mut headers, header::CONTENT_TYPE, &entry.media_type);
+    insert(&mut headers, CONTENT_DIGEST, digest.as_str());
+    insert(&mut headers, header::ETAG, &format!("\"{digest}\""));
+    insert(
+        &mut headers,
+        header::CONTENT_LENGTH,
+        &entry.size.to_string(),
+    );
+    if head {
+        return Ok((headers, Body::empty()).into_response());
+    }
+    let path = state.store.blob_path(&digest);
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| ApiError::internal(ContentError::io("read", path, e)))?;
+    Ok((headers, bytes).into_response())
+}
+
+fn upstream_error(e: super::UpstreamError) -> ApiError {
+    tracing::warn!(error = %e, "pull-through failed");
+    ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
+}
+
+fn insert(headers: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// A parsed `Range` header against a blob of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    /// No (usable) Range header: the whole blob.
+    Full,
+    /// Inclusive `start..=end`.
+    Partial {
+        start: u64,
+        end: u64,
+    },
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range (RFC 9110). Several ranges, another unit
+/// or a malformed spec are refused as unsatisfiable.
+fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
+    let Some(value) = value else {
+        return ByteRange::Full;
+    };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return ByteRange::Unsatisfiable;
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Unsatisfiable;
+    };
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), num(first), num(last)) {
+        // bytes=-N: the last N bytes.
+        (true, _, Some(suffix)) if suffix > 0 && len > 0 => ByteRange::Partial {
+            start: len.saturating_sub(suffix),
+            end: len - 1,
+        },
+        (false, Some(start), end) if start < len => {
+            if !last.trim().is_empty() && end.is_none() {
+                return ByteRange::Unsatisfiable;
+            }
+            match end {
+                Some(end) if end < start => ByteRange::Unsatisfiable,
+                Some(end) => ByteRange::Partial {
+                    start,
+                    end: end.min(len - 1),
+                },
+                None => ByteRange::Partial {
+                    start,
+                    end: len - 1,
+                },
+            }
+        }
+        _ => ByteRange::Unsatisfiable,
+    }
+}
+
+async fn blob(
+    state: &Pull,
+    name: &str,
+    digest: &str,
+    head: bool,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let digest = Digest::new(digest).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+            .detail(json!({ "digest": digest }))
+    })?;
+    let mut size = state.store.blob_size(&digest);
+    if size.is_none()
+        && let Some(up) = &state.upstream
+        && up
+            .fetch_blob(&state.store, name, &digest)
+            .await
+            .map_err(upstream_error)?
+    {
+        size = state.store.blob_size(&digest);
+    }
+    if !state.store.has_repository(name) {
+        return Err(ApiError::name_unknown(name));
+    }
+    let Some(len) = size else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        )
+        .detail(json!({ "name": name, "digest": digest })));
+    };
+
+    let range = parse_range(
+        request_headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+        len,
+    );
+    let mut headers = HeaderMap::new();
+    insert(
+        &mut headers,
+        header::CONTENT_TYPE,
+        "application/octet-stream",
+    );
+    insert(&mut headers, CONTENT_DIGEST, digest.as_str());
+    insert(&mut headers, header::ETAG, &format!("\"{digest}\""));
+    insert(&mut headers, header::ACCEPT_RANGES, "bytes");
+    let (status, start, count) = match range {
+        ByteRange::Full => (StatusCode::OK, 0, len),
+        ByteRange::Partial { start, end } => {
+            insert(
+                &mut headers,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{len}"),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        ByteRange::Unsatisfiable => {
+            insert(
+                &mut headers,
+                header::CONTENT_RANGE,
+                &format!("bytes */{len}"),
+            );
+            let err = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RANGE_INVALID",
+                format!("range not satisfiable for a blob of {len} bytes"),
+            );
+            return Ok((headers, err).into_response());
+        }
+    };
+    insert(&mut headers, header::CONTENT_LENGTH, &count.to_string());
+    if head {
+        return Ok((status, headers, Body::empty()).into_response());
+    }
+    let path = state.store.blob_path(&digest);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::internal(ContentError::io("open", &path, e)))?;
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::internal(ContentError::io("seek", &path, e)))?;
+    }
+    let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
+    Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportParams {
+    repository: Option<String>,
+    tag: Option<String>,
+}
+
+/// `POST /api/v1/images/import?repository=R&tag=T`: the request body is an
+/// OCI archive or a `docker save` tar, streamed to a temporary file and
+/// imported. Answers the [`super::ImportSummary`] as JSON, or
+/// `{"code", "message"}` with 400 (bad archive), 413 (too large) or 500.
+/// Mount it behind authentication.
+pub fn import_router(store: ContentStore) -> Router {
+    Router::new()
+        .route("/api/v1/images/import", post(import))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(store)
+}
+
+async fn import(
+    State(store): State<ContentStore>,
+    Query(params): Query<ImportParams>,
+    body: Body,
+) -> Response {
+    match receive_and_import(&store, params, body).await {
+        Ok(summary) => (StatusCode::OK, axum::Json(summary)).into_response(),
+        Err(e) => {
+            let status = match &e {
+                ContentError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                e if e.is_client_error() => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            tracing::warn!(error = %e, "image import refused");
+            let body = json!({ "code": e.code(), "message": e.to_string() });
+            (status, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn receive_and_import(
+    store: &ContentStore,
+    params: ImportParams,
+    mut body: Body,
+) -> Result<super::ImportSummary, ContentError> {
+    let tmp_dir = store.tmp_dir().to_owned();
+    let tmp = tokio::task::spawn_blocking(move || {
+        tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(|e| ContentError::io("create", &tmp_dir, e))
+    })
+    .await??;
+    let path = tmp.path().to_owned();
+    let std_file = tmp
+        .reopen()
+        .map_err(|e| ContentError::io("open", &path, e))?;
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ContentError::io("receive upload into", &path, std::io::Error::other(e))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            if received > MAX_IMPORT_BYTES {
+                return Err(ContentError::TooLarge {
+                    limit: MAX_IMPORT_BYTES,
+                });
+            }
+            file.write_all(&data)
+                .await
+                .map_err(|e| ContentError::io("write", &path, e))?;
+        }
+    }
+    file.flush()
+        .await
+        .map_err(|e| ContentError::io("write", &path, e))?;
+    drop(file);
+    tracing::info!(bytes = received, repository = ?params.repository, tag = ?params.tag, "importing uploaded image");
+    let summary = import_archive(
+        store,
+        &path,
+        params.repository.as_deref(),
+        params.tag.as_deref(),
+    )
+    .await;
+    // The upload is removed when `tmp` drops, whatever the outcome.
+    drop(tmp);
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        use ByteRange::*;
+        let p = |s, e| Partial { start: s, end: e };
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), p(0, 3));
+        assert_eq!(parse_range(Some("bytes=4-"), 10), p(4, 9));
+        assert_eq!(parse_range(Some("bytes=5-100"), 10), p(5, 9));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), p(7, 9));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), p(0, 9));
+        assert_eq!(parse_range(Some("bytes=9-9"), 10), p(9, 9));
+        for bad in [
+            "bytes=10-",
+            "bytes=10-12",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=a-b",
+            "bytes=1-x",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=",
+        ] {
+            assert_eq!(parse_range(Some(bad), 10), Unsatisfiable, "{bad}");
+        }
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+}
