@@ -10,6 +10,7 @@
 //! - [`keys`], [`sign`]: key files and offline signing.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod director;

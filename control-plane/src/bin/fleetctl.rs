@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use fleet_control_plane::cli::{
+    self, DevicesCommand, GroupsCommand, LoginArgs, Remote, RolloutArgs,
+};
 use fleet_control_plane::keys::{self, KeyFile};
 use fleet_control_plane::sign;
 use fleet_protocol::DeviceId;
@@ -16,6 +19,8 @@ use fleet_protocol::trust::{Role, TrustedRoot};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 #[derive(Subcommand)]
@@ -29,6 +34,19 @@ enum Command {
     /// Desired states for one device, signed by the director key (offline / USB use).
     #[command(subcommand)]
     Desired(DesiredCommand),
+    /// Save the server URL and API token for the next commands.
+    Login(LoginArgs),
+    /// Roll an image out to a group: `fleetctl rollout IMAGE --group G`; or
+    /// follow and steer rollouts (status, pause, resume, abort, undo).
+    Rollout(RolloutArgs),
+    /// Devices known to the server.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// Groups of devices (by label selector or explicit members) and labels.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Print a shell completion script, e.g. `fleetctl completions bash`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -118,8 +136,34 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
+fn remote(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Login(args) => cli::login(args).await,
+            Command::Rollout(args) => cli::rollout(&cli.remote, args).await,
+            Command::Devices(c) => cli::devices(&cli.remote, c).await,
+            Command::Groups(c) => cli::groups(&cli.remote, c).await,
+            _ => Ok(()),
+        }
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Login(_) | Command::Rollout(_) | Command::Devices(_) | Command::Groups(_) => {
+            return remote(cli);
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fleetctl", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")?;
+        }
         Command::Keys(KeysCommand::Init {
             dir,
             expires_days,
