@@ -319,7 +319,8 @@ mod tests {
 
     #[test]
     fn bad_configs_are_refused_with_the_field_named() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[http]\nlisten = \"nope\"", &[], "not valid"),
             ("unknown = 1", &[], "unknown field"),
             (

@@ -17,7 +17,7 @@ pub enum DirectorError {
     #[error("director key: {source}")]
     Key {
         #[source]
-        source: KeyError,
+        source: Box<KeyError>,
     },
     #[error("device {device}: release {digest} of app {app} is not in the store")]
     MissingRelease {
@@ -29,7 +29,7 @@ pub enum DirectorError {
     Sign {
         device: DeviceId,
         #[source]
-        source: SignError,
+        source: Box<SignError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,8 +47,10 @@ impl Director {
         lifetime_secs: u64,
         renew_margin_secs: u64,
     ) -> Result<Self, DirectorError> {
-        let key = KeyFile::load_for(key_path, Role::Director)
-            .map_err(|source| DirectorError::Key { source })?;
+        let key =
+            KeyFile::load_for(key_path, Role::Director).map_err(|source| DirectorError::Key {
+                source: Box::new(source),
+            })?;
         Ok(Self::new(key, lifetime_secs, renew_margin_secs))
     }
 
@@ -102,7 +104,7 @@ impl Director {
         )
         .map_err(|source| DirectorError::Sign {
             device: device.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(DesiredRecord {
             device: device.clone(),

@@ -44,7 +44,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0} (create keys with `fleetctl keys init`, or set director.key)")]
-    Director(#[from] DirectorError),
+    Director(Box<DirectorError>),
     #[error("trust root {path}: {message} (set director.trust to the trust.json the devices use)")]
     Trust { path: PathBuf, message: String },
     #[error("cannot listen on {addr}: {source}")]
@@ -129,7 +129,8 @@ impl Server {
             &config.director.key,
             config.desired.lifetime_secs,
             config.desired.renew_margin_secs,
-        )?;
+        )
+        .map_err(|e| ServerError::Director(Box::new(e)))?;
         let trust = load_trust(&config.director.trust, now)?;
         let role = trust.role(fleet_protocol::trust::Role::Director);
         if !role.keyids.contains(&director.keyid()) {

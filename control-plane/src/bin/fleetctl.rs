@@ -6,9 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use clap::{CommandFactory as _, Parser, Subcommand};
-use fleet_control_plane::cli::{
-    self, DevicesCommand, GroupsCommand, LoginArgs, Remote, RolloutArgs,
-};
+use fleet_control_plane::cli::{self, DevicesArgs, GroupsArgs, LoginArgs, RolloutArgs};
 use fleet_control_plane::keys::{self, KeyFile};
 use fleet_control_plane::sign;
 use fleet_protocol::DeviceId;
@@ -19,8 +17,6 @@ use fleet_protocol::trust::{Role, TrustedRoot};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    remote: Remote,
 }
 
 #[derive(Subcommand)]
@@ -40,11 +36,9 @@ enum Command {
     /// follow and steer rollouts (status, pause, resume, abort, undo).
     Rollout(RolloutArgs),
     /// Devices known to the server.
-    #[command(subcommand)]
-    Devices(DevicesCommand),
+    Devices(DevicesArgs),
     /// Groups of devices (by label selector or explicit members) and labels.
-    #[command(subcommand)]
-    Groups(GroupsCommand),
+    Groups(GroupsArgs),
     /// Print a shell completion script, e.g. `fleetctl completions bash`.
     Completions { shell: clap_complete::Shell },
 }
@@ -144,9 +138,9 @@ fn remote(cli: Cli) -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Login(args) => cli::login(args).await,
-            Command::Rollout(args) => cli::rollout(&cli.remote, args).await,
-            Command::Devices(c) => cli::devices(&cli.remote, c).await,
-            Command::Groups(c) => cli::groups(&cli.remote, c).await,
+            Command::Rollout(args) => cli::rollout(args).await,
+            Command::Devices(args) => cli::devices(args).await,
+            Command::Groups(args) => cli::groups(args).await,
             _ => Ok(()),
         }
     })

@@ -58,6 +58,8 @@ pub struct LoginArgs {
 pub struct RolloutArgs {
     #[command(subcommand)]
     pub command: Option<RolloutCommand>,
+    #[command(flatten)]
+    pub remote: Remote,
     /// The image to roll out, e.g. registry.local:5000/edge/model:v2.
     #[arg(required = true)]
     pub image: Option<String>,
@@ -102,6 +104,22 @@ pub enum RolloutCommand {
     Abort { id: RolloutId },
     /// Give every device the rollout reached its previous release back.
     Undo { id: RolloutId },
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    #[command(subcommand)]
+    pub command: DevicesCommand,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    #[command(subcommand)]
+    pub command: GroupsCommand,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,7 +221,8 @@ pub fn app_name_from_repository(repository: &str) -> Option<AppName> {
     AppName::new(name).ok()
 }
 
-pub async fn rollout(remote: &Remote, args: RolloutArgs) -> Result<()> {
+pub async fn rollout(args: RolloutArgs) -> Result<()> {
+    let remote = &args.remote;
     let client = client(remote)?;
     match args.command {
         Some(RolloutCommand::Status { id, watch }) => {
@@ -364,9 +383,10 @@ async fn watch(client: &Client, output: Output, id: RolloutId) -> Result<()> {
     }
 }
 
-pub async fn devices(remote: &Remote, command: DevicesCommand) -> Result<()> {
+pub async fn devices(args: DevicesArgs) -> Result<()> {
+    let remote = &args.remote;
     let client = client(remote)?;
-    match command {
+    match args.command {
         DevicesCommand::Ls => {
             let all = client.devices().await?;
             match remote.output {
@@ -390,9 +410,10 @@ pub async fn devices(remote: &Remote, command: DevicesCommand) -> Result<()> {
     }
 }
 
-pub async fn groups(remote: &Remote, command: GroupsCommand) -> Result<()> {
+pub async fn groups(args: GroupsArgs) -> Result<()> {
+    let remote = &args.remote;
     let client = client(remote)?;
-    let group = match command {
+    let group = match args.command {
         GroupsCommand::Ls => {
             let all = client.groups().await?;
             return match remote.output {

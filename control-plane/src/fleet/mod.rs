@@ -44,9 +44,15 @@ pub enum FleetError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Director(#[from] DirectorError),
+    Director(Box<DirectorError>),
     #[error("internal task failed: {0}")]
     Task(String),
+}
+
+impl From<DirectorError> for FleetError {
+    fn from(e: DirectorError) -> Self {
+        FleetError::Director(Box::new(e))
+    }
 }
 
 impl FleetError {
@@ -697,14 +703,12 @@ impl Inner {
                             ),
                         });
                     }
+                    // Stored first: the director reads releases from the store.
                     if self.store.release(&record.digest)?.is_none() {
-                        writes.push(event(
-                            "release.added",
-                            &record.digest,
-                            "with a rollout",
-                            now,
-                        ));
-                        writes.push(Write::Release(record.clone()));
+                        self.store.commit(vec![
+                            event("release.added", &record.digest, "with a rollout", now),
+                            Write::Release(record.clone()),
+                        ])?;
                     }
                     record
                 }
