@@ -1,8 +1,25 @@
 //! The Fleet control plane.
+//!
+//! - [`config`]: the server's configuration (TOML + `FLEET_*` environment).
+//! - [`store`]: durable state behind the [`store::Store`] trait (sled).
+//! - [`director`]: builds and signs each device's desired state.
+//! - [`fleet`]: the engine (devices, groups, releases, rollouts) and the
+//!   ports the MQTT link and the content store plug into.
+//! - [`api`]: the REST API (axum); [`client`]: its typed client.
+//! - [`server`]: `run(config, shutdown)`.
+//! - [`keys`], [`sign`]: key files and offline signing.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod content;
+pub mod director;
+pub mod fleet;
 pub mod keys;
+pub mod server;
 pub mod sign;
+pub mod store;
 
 /// The control plane's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use fleet_control_plane::cli::{self, DevicesArgs, GroupsArgs, LoginArgs, RolloutArgs};
 use fleet_control_plane::keys::{self, KeyFile};
 use fleet_control_plane::sign;
 use fleet_protocol::DeviceId;
@@ -29,6 +30,17 @@ enum Command {
     /// Desired states for one device, signed by the director key (offline / USB use).
     #[command(subcommand)]
     Desired(DesiredCommand),
+    /// Save the server URL and API token for the next commands.
+    Login(LoginArgs),
+    /// Roll an image out to a group: `fleetctl rollout IMAGE --group G`; or
+    /// follow and steer rollouts (status, pause, resume, abort, undo).
+    Rollout(RolloutArgs),
+    /// Devices known to the server.
+    Devices(DevicesArgs),
+    /// Groups of devices (by label selector or explicit members) and labels.
+    Groups(GroupsArgs),
+    /// Print a shell completion script, e.g. `fleetctl completions bash`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -118,8 +130,34 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
+fn remote(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Login(args) => cli::login(args).await,
+            Command::Rollout(args) => cli::rollout(args).await,
+            Command::Devices(args) => cli::devices(args).await,
+            Command::Groups(args) => cli::groups(args).await,
+            _ => Ok(()),
+        }
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Login(_) | Command::Rollout(_) | Command::Devices(_) | Command::Groups(_) => {
+            return remote(cli);
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "fleetctl", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("cannot write the completion script")?;
+        }
         Command::Keys(KeysCommand::Init {
             dir,
             expires_days,

@@ -1,0 +1,287 @@
+//! The REST API (`/api/v1`, JSON, bearer tokens).
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/healthz` | liveness (no token) |
+//! | GET | `/api/v1/devices`, `/api/v1/devices/{id}` | devices with their latest status |
+//! | GET | `/api/v1/devices/{id}/desired` | the last signed desired state |
+//! | POST | `/api/v1/devices/{id}/labels` | set / remove operator labels |
+//! | GET, POST | `/api/v1/groups` | list, create |
+//! | GET | `/api/v1/groups/{name}` | one group |
+//! | POST | `/api/v1/groups/{name}/members` | add explicit members |
+//! | GET, POST | `/api/v1/releases` | list, add a signed release (verified) |
+//! | GET, POST | `/api/v1/rollouts` | list, start |
+//! | GET | `/api/v1/rollouts/{id}` | one rollout with per-device progress |
+//! | POST | `/api/v1/rollouts/{id}/{pause,resume,abort,undo}` | operator actions |
+//! | GET | `/api/v1/images/resolve?ref=` | tag → manifest digest |
+//! | GET | `/api/v1/events?limit=` | the event log |
+
+pub mod auth;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fleet_protocol::{GroupName, ImageRef};
+use serde::Deserialize;
+
+use crate::fleet::ports::ImageResolver;
+use crate::fleet::rollout::Action;
+use crate::fleet::{Fleet, FleetError};
+use crate::store::RolloutId;
+use types::{
+    AddMembers, CreateGroup, CreateRollout, ErrorBody, ResolveView, RolloutView, SetLabels,
+};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub fleet: Fleet,
+    pub resolver: Arc<dyn ImageResolver>,
+}
+
+/// An API error: HTTP status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        let status = match &e {
+            FleetError::NotFound { .. } => StatusCode::NOT_FOUND,
+            FleetError::Conflict { .. } => StatusCode::CONFLICT,
+            FleetError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            FleetError::Untrusted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            FleetError::Store(_) | FleetError::Director(_) | FleetError::Task(_) => {
+                tracing::error!(error = %e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                code: self.code,
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn parse<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("{what}: {e}"))
+    })
+}
+
+/// The API router; `auth` guards everything under `/api`.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/devices", get(devices))
+        .route("/devices/{id}", get(device))
+        .route("/devices/{id}/desired", get(device_desired))
+        .route("/devices/{id}/labels", post(set_labels))
+        .route("/groups", get(groups).post(create_group))
+        .route("/groups/{name}", get(group))
+        .route("/groups/{name}/members", post(add_members))
+        .route("/releases", get(releases).post(add_release))
+        .route("/rollouts", get(rollouts).post(start_rollout))
+        .route("/rollouts/{id}", get(rollout))
+        .route("/rollouts/{id}/{action}", post(rollout_action))
+        .route("/images/resolve", get(resolve))
+        .route("/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.fleet.store().clone(),
+            auth::require_token,
+        ))
+        .with_state(state);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+}
+
+async fn devices(State(s): State<ApiState>) -> ApiResult<Vec<types::DeviceView>> {
+    Ok(Json(s.fleet.devices().await?))
+}
+
+async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::DeviceView> {
+    Ok(Json(s.fleet.device(parse("device id", &id)?).await?))
+}
+
+async fn device_desired(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let bytes = s.fleet.device_desired(parse("device id", &id)?).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn set_labels(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Json(req): Json<SetLabels>,
+) -> ApiResult<types::DeviceView> {
+    Ok(Json(
+        s.fleet.set_labels(parse("device id", &id)?, req).await?,
+    ))
+}
+
+async fn groups(State(s): State<ApiState>) -> ApiResult<Vec<types::GroupView>> {
+    Ok(Json(s.fleet.groups().await?))
+}
+
+async fn group(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<types::GroupView> {
+    Ok(Json(
+        s.fleet
+            .group(parse::<GroupName>("group name", &name)?)
+            .await?,
+    ))
+}
+
+async fn create_group(
+    State(s): State<ApiState>,
+    Json(req): Json<CreateGroup>,
+) -> Result<(StatusCode, Json<types::GroupView>), ApiError> {
+    Ok((StatusCode::CREATED, Json(s.fleet.create_group(req).await?)))
+}
+
+async fn add_members(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Json(req): Json<AddMembers>,
+) -> ApiResult<types::GroupView> {
+    Ok(Json(
+        s.fleet
+            .add_members(parse("group name", &name)?, req)
+            .await?,
+    ))
+}
+
+async fn releases(State(s): State<ApiState>) -> ApiResult<Vec<types::ReleaseView>> {
+    Ok(Json(s.fleet.releases().await?))
+}
+
+async fn add_release(
+    State(s): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<types::ReleaseView>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.fleet.add_release(body.to_vec()).await?),
+    ))
+}
+
+async fn rollouts(State(s): State<ApiState>) -> ApiResult<Vec<RolloutView>> {
+    Ok(Json(s.fleet.rollouts().await?))
+}
+
+async fn start_rollout(
+    State(s): State<ApiState>,
+    Json(req): Json<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    Ok((StatusCode::CREATED, Json(s.fleet.start_rollout(req).await?)))
+}
+
+async fn rollout(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<RolloutView> {
+    Ok(Json(
+        s.fleet
+            .rollout(parse::<RolloutId>("rollout id", &id)?)
+            .await?,
+    ))
+}
+
+async fn rollout_action(
+    State(s): State<ApiState>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<RolloutView> {
+    let id: RolloutId = parse("rollout id", &id)?;
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "abort" => Action::Abort,
+        "undo" => Action::Undo,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no rollout action {other:?}; use pause, resume, abort or undo"),
+            ));
+        }
+    };
+    Ok(Json(s.fleet.rollout_action(id, action).await?))
+}
+
+#[derive(Deserialize)]
+struct ResolveQuery {
+    #[serde(rename = "ref")]
+    reference: String,
+}
+
+async fn resolve(
+    State(s): State<ApiState>,
+    Query(q): Query<ResolveQuery>,
+) -> ApiResult<ResolveView> {
+    let image = ImageRef::parse(&q.reference).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("image reference {:?}: {e}", q.reference),
+        )
+    })?;
+    let digest = s
+        .resolver
+        .resolve(&image)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unresolved", e.to_string()))?;
+    Ok(Json(ResolveView {
+        image: image.to_string(),
+        repository: image.name(),
+        digest,
+    }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Vec<crate::store::EventRecord>> {
+    Ok(Json(
+        s.fleet.events(q.limit.unwrap_or(100).min(10_000)).await?,
+    ))
+}

@@ -1,0 +1,201 @@
+//! Human output of `fleetctl`: tables, summaries, progress bars.
+
+use std::fmt::Display;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::api::types::{DeviceView, GroupView, RolloutView};
+use crate::store::{Labels, RolloutId};
+
+pub fn list<T: Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "-".into();
+    }
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn labels(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn devices(all: &[DeviceView]) {
+    println!(
+        "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} GROUPS",
+        "ID", "ONLINE", "ARCH", "L4T", "AGENT", "GEN", "LABELS"
+    );
+    for d in all {
+        println!(
+            "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} {}",
+            d.device.id,
+            if d.device.online { "yes" } else { "no" },
+            d.device.architecture,
+            d.device.l4t_version.as_deref().unwrap_or("-"),
+            d.device.agent_version,
+            d.desired
+                .as_ref()
+                .map_or("-".to_owned(), |s| s.generation.to_string()),
+            labels(&d.effective_labels),
+            list(&d.groups),
+        );
+    }
+}
+
+pub fn device(d: &DeviceView) {
+    let dev = &d.device;
+    println!("device       {}", dev.id);
+    println!("online       {}", dev.online);
+    println!("last seen    {}", dev.last_seen);
+    println!(
+        "platform     {} {} L4T {}",
+        dev.architecture,
+        dev.variant.as_deref().unwrap_or(""),
+        dev.l4t_version.as_deref().unwrap_or("-")
+    );
+    println!("agent        {}", dev.agent_version);
+    println!("labels       {}", labels(&d.effective_labels));
+    println!("groups       {}", list(&d.groups));
+    match &d.desired {
+        Some(s) => {
+            println!(
+                "desired      generation {} (expires {}, {})",
+                s.generation,
+                s.expires_at,
+                if s.published {
+                    "published"
+                } else {
+                    "not yet published"
+                }
+            );
+            for (app, digest) in &s.apps {
+                println!("  {app:<20} {digest}");
+            }
+        }
+        None => println!("desired      -"),
+    }
+    if let Some(st) = &dev.last_status {
+        println!(
+            "status       generation {} at {}",
+            st.generation.map_or("-".into(), |g| g.to_string()),
+            st.reported_at
+        );
+        for a in &st.apps {
+            println!(
+                "  {:<20} {:<12} running {} {}",
+                a.app,
+                a.phase.name(),
+                a.running.as_ref().map_or("-", |r| r.version.as_str()),
+                a.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("error: {}", e.message))
+            );
+        }
+        if let Some(r) = &st.rejected {
+            println!("  rejected: {}", r.message);
+        }
+    }
+}
+
+pub fn groups(all: &[GroupView]) {
+    println!("{:<20} {:<24} {:>7} DEVICES", "NAME", "SELECTOR", "COUNT");
+    for g in all {
+        println!(
+            "{:<20} {:<24} {:>7} {}",
+            g.group.name,
+            labels(&g.group.selector),
+            g.devices.len(),
+            list(&g.devices)
+        );
+    }
+}
+
+pub fn summary(v: &RolloutView) -> String {
+    let c = &v.counts;
+    format!(
+        "rollout {} {} {} -> {}: {} | committed {}/{} updating {} sent {} waiting {} failed {}",
+        v.id,
+        v.app,
+        v.version,
+        v.group,
+        v.state,
+        c.committed,
+        c.total,
+        c.updating,
+        c.sent,
+        c.waiting,
+        c.failed
+    )
+}
+
+pub fn rollouts(all: &[RolloutView]) {
+    println!(
+        "{:>4} {:<12} {:<20} {:<12} {:<16} PROGRESS",
+        "ID", "STATE", "APP", "VERSION", "GROUP"
+    );
+    for v in all {
+        println!(
+            "{:>4} {:<12} {:<20} {:<12} {:<16} {}/{} committed, {} failed",
+            v.id,
+            v.state,
+            v.app,
+            v.version,
+            v.group,
+            v.counts.committed,
+            v.counts.total,
+            v.counts.failed
+        );
+    }
+}
+
+pub fn rollout(v: &RolloutView) {
+    println!("{}", summary(v));
+    println!("release {}", v.release_digest);
+    for (i, w) in v.waves.iter().enumerate() {
+        println!("wave {}: {:?}, {} device(s)", i + 1, w.state, w.devices);
+    }
+    for p in &v.devices {
+        let bytes = match (p.bytes_done, p.bytes_total) {
+            (Some(d), Some(t)) if t > 0 => format!(" {d}/{t} bytes"),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<24} wave {} {:<10} {}{}{}",
+            p.device,
+            p.wave + 1,
+            format!("{:?}", p.state).to_lowercase(),
+            p.phase.as_deref().unwrap_or(""),
+            bytes,
+            p.error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" error: {e}"))
+        );
+    }
+}
+
+pub fn progress_bar(id: RolloutId) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {wide_msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("rollout {id}"));
+    bar
+}
+
+pub fn update_bar(bar: &ProgressBar, v: &RolloutView) {
+    bar.set_length(v.counts.total as u64);
+    bar.set_position((v.counts.committed + v.counts.failed) as u64);
+    bar.set_message(format!(
+        "{} | updating {} failed {}",
+        v.state, v.counts.updating, v.counts.failed
+    ));
+}

@@ -1,0 +1,227 @@
+//! A typed HTTP client of the REST API (used by `fleetctl` and tests).
+
+use fleet_protocol::dsse::Envelope;
+use fleet_protocol::{DeviceId, GroupName};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::types::{
+    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, GroupView, ReleaseView,
+    ResolveView, RolloutView, SetLabels,
+};
+use crate::fleet::rollout::Action;
+use crate::store::{EventRecord, RolloutId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the server at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error(
+        "the server refused the token ({message}); log in again: fleetctl login --server URL --token TOKEN"
+    )]
+    Unauthorized { message: String },
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let resp = req.send().await.map_err(|source| ClientError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp
+                .json()
+                .await
+                .map_err(|source| ClientError::Decode { url, source });
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => (e.code, e.message),
+            Err(_) => ("http".to_owned(), text),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized { message });
+        }
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.send(Method::POST, path, Some(bytes)).await
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, ClientError> {
+        self.get("/devices").await
+    }
+
+    pub async fn device(&self, id: &DeviceId) -> Result<DeviceView, ClientError> {
+        self.get(&format!("/devices/{id}")).await
+    }
+
+    /// The device's last signed desired state (DSSE envelope JSON).
+    pub async fn device_desired(&self, id: &DeviceId) -> Result<Envelope, ClientError> {
+        self.get(&format!("/devices/{id}/desired")).await
+    }
+
+    pub async fn set_labels(
+        &self,
+        id: &DeviceId,
+        req: &SetLabels,
+    ) -> Result<DeviceView, ClientError> {
+        self.post(&format!("/devices/{id}/labels"), req).await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>, ClientError> {
+        self.get("/groups").await
+    }
+
+    pub async fn group(&self, name: &GroupName) -> Result<GroupView, ClientError> {
+        self.get(&format!("/groups/{name}")).await
+    }
+
+    pub async fn create_group(&self, req: &CreateGroup) -> Result<GroupView, ClientError> {
+        self.post("/groups", req).await
+    }
+
+    pub async fn add_members(
+        &self,
+        name: &GroupName,
+        req: &AddMembers,
+    ) -> Result<GroupView, ClientError> {
+        self.post(&format!("/groups/{name}/members"), req).await
+    }
+
+    pub async fn releases(&self) -> Result<Vec<ReleaseView>, ClientError> {
+        self.get("/releases").await
+    }
+
+    /// Posts a signed release envelope (JSON bytes as signed).
+    pub async fn add_release(&self, envelope_json: Vec<u8>) -> Result<ReleaseView, ClientError> {
+        self.send(Method::POST, "/releases", Some(envelope_json))
+            .await
+    }
+
+    pub async fn start_rollout(&self, req: &CreateRollout) -> Result<RolloutView, ClientError> {
+        self.post("/rollouts", req).await
+    }
+
+    pub async fn rollouts(&self) -> Result<Vec<RolloutView>, ClientError> {
+        self.get("/rollouts").await
+    }
+
+    pub async fn rollout(&self, id: RolloutId) -> Result<RolloutView, ClientError> {
+        self.get(&format!("/rollouts/{id}")).await
+    }
+
+    pub async fn rollout_action(
+        &self,
+        id: RolloutId,
+        action: Action,
+    ) -> Result<RolloutView, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/rollouts/{id}/{}", action.as_str()),
+            None,
+        )
+        .await
+    }
+
+    pub async fn resolve(&self, image: &str) -> Result<ResolveView, ClientError> {
+        let q: String = url_encode(image);
+        self.get(&format!("/images/resolve?ref={q}")).await
+    }
+
+    pub async fn events(&self, limit: usize) -> Result<Vec<EventRecord>, ClientError> {
+        self.get(&format!("/events?limit={limit}")).await
+    }
+}
+
+/// Percent-encodes a query value.
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

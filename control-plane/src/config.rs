@@ -1,0 +1,354 @@
+//! `fleet-server` configuration: one serde tree read from TOML, then
+//! environment overrides (`FLEET_*`), then validated.
+//!
+//! Every field has a default that works out of the box next to a key
+//! directory made by `fleetctl keys init` (`fleet-keys/`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleet_protocol::TopicScheme;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {var}={value:?} is not valid: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("config: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store (sled) and content live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub broker: BrokerConfig,
+    pub director: DirectorConfig,
+    pub desired: DesiredConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the REST API (and the content endpoint `/v2`).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Run the embedded MQTT broker.
+    pub embedded: bool,
+    /// Where the embedded broker listens.
+    pub listen: SocketAddr,
+    /// An external broker (`mqtt://host:1883`, `mqtts://...`); with it,
+    /// `embedded` must be false.
+    pub url: Option<String>,
+    /// MQTT topic prefix.
+    pub topic_prefix: String,
+    /// The server's MQTT client id.
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectorConfig {
+    /// The director key file (`fleetctl keys init` makes `director.key`).
+    pub key: PathBuf,
+    /// The devices' trust root; releases are verified against its release role.
+    pub trust: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DesiredConfig {
+    /// How long a signed desired state is valid (seconds).
+    pub lifetime_secs: u64,
+    /// Re-sign a desired state this long before it expires (seconds).
+    pub renew_margin_secs: u64,
+    /// How often the renewal task looks for states to renew (seconds).
+    pub renew_check_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("fleet-data"),
+            http: HttpConfig::default(),
+            broker: BrokerConfig::default(),
+            director: DirectorConfig::default(),
+            desired: DesiredConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            embedded: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            url: None,
+            topic_prefix: fleet_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            client_id: "fleet-server".to_owned(),
+        }
+    }
+}
+
+impl Default for DirectorConfig {
+    fn default() -> Self {
+        Self {
+            key: PathBuf::from("fleet-keys/director.key"),
+            trust: PathBuf::from("fleet-keys/trust.json"),
+        }
+    }
+}
+
+const DAY: u64 = 86_400;
+
+impl Default for DesiredConfig {
+    fn default() -> Self {
+        Self {
+            lifetime_secs: 7 * DAY,
+            renew_margin_secs: 2 * DAY,
+            renew_check_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) over the defaults, applies `FLEET_*` overrides
+    /// from `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Applies the environment overrides. Recognised variables:
+    /// `FLEET_DATA_DIR`, `FLEET_HTTP_LISTEN`, `FLEET_BROKER_EMBEDDED`,
+    /// `FLEET_BROKER_LISTEN`, `FLEET_BROKER_URL`, `FLEET_TOPIC_PREFIX`,
+    /// `FLEET_DIRECTOR_KEY`, `FLEET_TRUST`, `FLEET_DESIRED_LIFETIME_SECS`,
+    /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`.
+    pub fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in env {
+            match key.as_str() {
+                "FLEET_DATA_DIR" => self.data_dir = value.into(),
+                "FLEET_HTTP_LISTEN" => self.http.listen = parse("FLEET_HTTP_LISTEN", value)?,
+                "FLEET_BROKER_EMBEDDED" => {
+                    self.broker.embedded = parse("FLEET_BROKER_EMBEDDED", value)?
+                }
+                "FLEET_BROKER_LISTEN" => self.broker.listen = parse("FLEET_BROKER_LISTEN", value)?,
+                "FLEET_BROKER_URL" => self.broker.url = Some(value).filter(|v| !v.is_empty()),
+                "FLEET_TOPIC_PREFIX" => self.broker.topic_prefix = value,
+                "FLEET_DIRECTOR_KEY" => self.director.key = value.into(),
+                "FLEET_TRUST" => self.director.trust = value.into(),
+                "FLEET_DESIRED_LIFETIME_SECS" => {
+                    self.desired.lifetime_secs = parse("FLEET_DESIRED_LIFETIME_SECS", value)?
+                }
+                "FLEET_DESIRED_RENEW_MARGIN_SECS" => {
+                    self.desired.renew_margin_secs =
+                        parse("FLEET_DESIRED_RENEW_MARGIN_SECS", value)?
+                }
+                "FLEET_DESIRED_RENEW_CHECK_SECS" => {
+                    self.desired.renew_check_secs = parse("FLEET_DESIRED_RENEW_CHECK_SECS", value)?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what can be checked without touching files (the key and trust
+    /// files are loaded, with their own errors, when the server starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.desired.lifetime_secs == 0 {
+            return Err(invalid("desired.lifetime_secs", "must be greater than 0"));
+        }
+        if self.desired.renew_margin_secs >= self.desired.lifetime_secs {
+            return Err(invalid(
+                "desired.renew_margin_secs",
+                "must be less than desired.lifetime_secs, or every state is renewed at once",
+            ));
+        }
+        if self.desired.renew_check_secs == 0 {
+            return Err(invalid(
+                "desired.renew_check_secs",
+                "must be greater than 0",
+            ));
+        }
+        if self.broker.embedded && self.broker.url.is_some() {
+            return Err(invalid(
+                "broker.url",
+                "an external broker URL is set while broker.embedded = true; set embedded = false to use it",
+            ));
+        }
+        if let Some(url) = &self.broker.url
+            && !["mqtt://", "mqtts://", "tcp://", "ssl://"]
+                .iter()
+                .any(|s| url.starts_with(s))
+        {
+            return Err(invalid(
+                "broker.url",
+                "must start with mqtt://, mqtts://, tcp:// or ssl://",
+            ));
+        }
+        TopicScheme::new(self.broker.topic_prefix.clone()).map_err(|e| ConfigError::Invalid {
+            field: "broker.topic_prefix",
+            reason: e.to_string(),
+        })?;
+        if self.broker.client_id.is_empty() {
+            return Err(invalid("broker.client_id", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+}
+
+fn parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Env {
+        var,
+        reason: e.to_string(),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_an_empty_file() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c, Config::from_toml("").unwrap());
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.broker.embedded);
+        assert_eq!(c.desired.lifetime_secs, 7 * DAY);
+    }
+
+    #[test]
+    fn file_values_then_env_overrides_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/fleet\"\n[http]\nlisten = \"0.0.0.0:9000\"\n[desired]\nlifetime_secs = 7200\nrenew_margin_secs = 600\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[("FLEET_HTTP_LISTEN", "127.0.0.1:9001"), ("OTHER", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/fleet"));
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.desired.lifetime_secs, 7200);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_field_named() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("[http]\nlisten = \"nope\"", &[], "not valid"),
+            ("unknown = 1", &[], "unknown field"),
+            (
+                "[desired]\nlifetime_secs = 10\nrenew_margin_secs = 10",
+                &[],
+                "renew_margin_secs",
+            ),
+            ("[broker]\nurl = \"mqtt://x:1883\"", &[], "embedded"),
+            (
+                "[broker]\nembedded = false\nurl = \"http://x\"",
+                &[],
+                "broker.url",
+            ),
+            (
+                "",
+                &[("FLEET_DESIRED_LIFETIME_SECS", "soon")],
+                "FLEET_DESIRED_LIFETIME_SECS",
+            ),
+            ("[broker]\ntopic_prefix = \"a/+/b\"", &[], "topic_prefix"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (toml, vars, needle)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            let err = Config::load(Some(&path), env(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "case {i}: {err}");
+        }
+    }
+}

@@ -1,0 +1,897 @@
+//! The fleet engine: devices, groups, releases and rollouts.
+//!
+//! [`Fleet`] is a cloneable handle. Every change runs as one blocking step
+//! (under a write lock, in `spawn_blocking`) that computes the new records,
+//! signs desired states and commits everything in one durable batch; only
+//! then are the affected devices' desired states published (the `published`
+//! flag of each record is the outbox: what a crash left unpublished is sent
+//! at the next start or sweep).
+
+pub mod ports;
+pub mod rollout;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use fleet_protocol::{DeviceId, Digest, GroupName, StatusReport, TrustedRoot, verify};
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::api::types::{
+    AddMembers, CreateGroup, CreateRollout, DesiredSummary, DeviceView, GroupView, ReleaseView,
+    RolloutView, SetLabels,
+};
+use crate::director::{Director, DirectorError};
+use crate::store::{
+    DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
+    RolloutState, Store, StoreError, WaveState, Write,
+};
+use ports::{DesiredPublisher, Inbound};
+use rollout::{Action, ProgressState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{what} {key} not found")]
+    NotFound { what: &'static str, key: String },
+    #[error("{message}")]
+    Conflict { message: String },
+    #[error("{message}")]
+    Invalid { message: String },
+    #[error("release refused: {source}")]
+    Untrusted {
+        #[source]
+        source: verify::VerifyError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Director(Box<DirectorError>),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl From<DirectorError> for FleetError {
+    fn from(e: DirectorError) -> Self {
+        FleetError::Director(Box::new(e))
+    }
+}
+
+impl FleetError {
+    /// A stable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FleetError::NotFound { .. } => "not_found",
+            FleetError::Conflict { .. } => "conflict",
+            FleetError::Invalid { .. } => "invalid",
+            FleetError::Untrusted { source } => source.code(),
+            FleetError::Store(_) => "store",
+            FleetError::Director(_) => "director",
+            FleetError::Task(_) => "internal",
+        }
+    }
+}
+
+fn not_found(what: &'static str, key: impl ToString) -> FleetError {
+    FleetError::NotFound {
+        what,
+        key: key.to_string(),
+    }
+}
+
+/// The unix time now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn event(kind: &str, subject: impl ToString, message: impl Into<String>, at: u64) -> Write {
+    Write::Event(EventRecord {
+        seq: 0,
+        at,
+        kind: kind.to_owned(),
+        subject: subject.to_string(),
+        message: message.into(),
+    })
+}
+
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    director: Director,
+    trust: TrustedRoot,
+    publisher: Arc<dyn DesiredPublisher>,
+    write: Mutex<()>,
+    publish: AsyncMutex<()>,
+}
+
+/// Desired records changed within one step, on top of the store.
+#[derive(Default)]
+struct Staged {
+    desired: BTreeMap<DeviceId, DesiredRecord>,
+}
+
+impl Staged {
+    fn current(
+        &self,
+        store: &dyn Store,
+        device: &DeviceId,
+    ) -> Result<Option<DesiredRecord>, StoreError> {
+        match self.desired.get(device) {
+            Some(r) => Ok(Some(r.clone())),
+            None => store.desired(device),
+        }
+    }
+
+    fn into_writes(self, writes: &mut Vec<Write>) -> Vec<DeviceId> {
+        let devices = self.desired.keys().cloned().collect();
+        writes.extend(self.desired.into_values().map(Write::Desired));
+        devices
+    }
+}
+
+impl Fleet {
+    pub fn new(
+        store: Arc<dyn Store>,
+        director: Director,
+        trust: TrustedRoot,
+        publisher: Arc<dyn DesiredPublisher>,
+    ) -> Fleet {
+        Fleet {
+            inner: Arc::new(Inner {
+                store,
+                director,
+                trust,
+                publisher,
+                write: Mutex::new(()),
+                publish: AsyncMutex::new(()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, FleetError> + Send + 'static,
+    ) -> Result<T, FleetError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| FleetError::Task(e.to_string()))?
+    }
+
+    /// Runs a change under the write lock, then publishes what it changed.
+    async fn change<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner, u64) -> Result<(T, Vec<DeviceId>), FleetError> + Send + 'static,
+    ) -> Result<T, FleetError> {
+        let (value, devices) = self
+            .blocking(move |inner| {
+                let _guard = inner
+                    .write
+                    .lock()
+                    .map_err(|_| FleetError::Task("write lock poisoned".into()))?;
+                f(inner, now())
+            })
+            .await?;
+        self.publish(devices).await;
+        Ok(value)
+    }
+
+    /// Publishes the latest unpublished desired state of each device, in
+    /// order; a failure leaves it for the next sweep.
+    pub async fn publish(&self, devices: Vec<DeviceId>) {
+        if devices.is_empty() {
+            return;
+        }
+        let _guard = self.inner.publish.lock().await;
+        for device in devices {
+            let d = device.clone();
+            let record = match self.blocking(move |i| Ok(i.store.desired(&d)?)).await {
+                Ok(Some(r)) if !r.published => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%device, error = %e, "cannot read desired state to publish");
+                    continue;
+                }
+            };
+            let generation = record.generation;
+            match self
+                .inner
+                .publisher
+                .publish_desired(&device, record.envelope)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(%device, generation, "desired state published");
+                    let d = device.clone();
+                    let marked = self
+                        .blocking(move |i| {
+                            let _guard = i
+                                .write
+                                .lock()
+                                .map_err(|_| FleetError::Task("write lock poisoned".into()))?;
+                            i.mark_published(&d, generation)
+                        })
+                        .await;
+                    if let Err(e) = marked {
+                        tracing::warn!(%device, error = %e, "cannot mark desired state published");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%device, generation, error = %e, "publishing desired state failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Publishes every desired state not yet published (after a start or a
+    /// link failure).
+    pub async fn publish_pending(&self) -> Result<usize, FleetError> {
+        let devices: Vec<DeviceId> = self
+            .blocking(|i| {
+                Ok(i.store
+                    .desired_all()?
+                    .into_iter()
+                    .filter(|r| !r.published)
+                    .map(|r| r.device)
+                    .collect())
+            })
+            .await?;
+        let n = devices.len();
+        self.publish(devices).await;
+        Ok(n)
+    }
+
+    /// Re-signs (new generation) every desired state within the renewal
+    /// margin of its expiry, then publishes them.
+    pub async fn renew_due(&self) -> Result<usize, FleetError> {
+        self.change(|inner, now| {
+            let mut staged = Staged::default();
+            for record in inner.store.desired_all()? {
+                if inner.director.needs_renewal(&record, now) {
+                    let next = inner.director.next(
+                        inner.store.as_ref(),
+                        &record.device,
+                        Some(&record),
+                        record.apps.clone(),
+                        now,
+                    )?;
+                    staged.desired.insert(record.device.clone(), next);
+                }
+            }
+            let mut writes = Vec::new();
+            let devices = staged.into_writes(&mut writes);
+            if !writes.is_empty() {
+                inner.store.commit(writes)?;
+                tracing::info!(count = devices.len(), "desired states renewed");
+            }
+            Ok((devices.len(), devices))
+        })
+        .await
+    }
+
+    /// Handles one message from a device.
+    pub async fn inbound(&self, message: Inbound) -> Result<(), FleetError> {
+        match message {
+            Inbound::Status(report) => self.change(move |i, now| i.on_status(report, now)).await,
+            Inbound::Presence { device, online } => {
+                self.change(move |i, now| {
+                    let Some(mut rec) = i.store.device(&device)? else {
+                        return Ok(((), vec![]));
+                    };
+                    rec.online = online;
+                    rec.last_seen = now;
+                    i.store.commit(vec![Write::Device(rec)])?;
+                    Ok(((), vec![]))
+                })
+                .await
+            }
+            // Telemetry feeds metrics (not kept in the store).
+            Inbound::Telemetry(_) => Ok(()),
+        }
+    }
+
+    pub async fn add_release(&self, envelope_json: Vec<u8>) -> Result<ReleaseView, FleetError> {
+        self.change(move |i, now| {
+            let record = i.verify_release(&envelope_json, now)?;
+            let view = ReleaseView::from(&record);
+            if i.store.release(&record.digest)?.is_none() {
+                let msg = format!(
+                    "{} {} ({}@{})",
+                    record.release.app,
+                    record.release.version,
+                    record.release.repository,
+                    record.release.manifest_digest
+                );
+                i.store.commit(vec![
+                    event("release.added", &record.digest, msg, now),
+                    Write::Release(record),
+                ])?;
+            }
+            Ok((view, vec![]))
+        })
+        .await
+    }
+
+    pub async fn releases(&self) -> Result<Vec<ReleaseView>, FleetError> {
+        self.blocking(|i| Ok(i.store.releases()?.iter().map(ReleaseView::from).collect()))
+            .await
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, FleetError> {
+        self.blocking(|i| {
+            let groups = i.store.groups()?;
+            i.store
+                .devices()?
+                .into_iter()
+                .map(|d| i.device_view(d, &groups))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn device(&self, id: DeviceId) -> Result<DeviceView, FleetError> {
+        self.blocking(move |i| {
+            let groups = i.store.groups()?;
+            let d = i
+                .store
+                .device(&id)?
+                .ok_or_else(|| not_found("device", &id))?;
+            i.device_view(d, &groups)
+        })
+        .await
+    }
+
+    /// The last signed desired state of a device, exactly as published.
+    pub async fn device_desired(&self, id: DeviceId) -> Result<Vec<u8>, FleetError> {
+        self.blocking(move |i| {
+            Ok(i.store
+                .desired(&id)?
+                .ok_or_else(|| not_found("desired state of device", &id))?
+                .envelope)
+        })
+        .await
+    }
+
+    pub async fn set_labels(&self, id: DeviceId, req: SetLabels) -> Result<DeviceView, FleetError> {
+        self.change(move |i, now| {
+            let mut d = i
+                .store
+                .device(&id)?
+                .ok_or_else(|| not_found("device", &id))?;
+            for k in &req.remove {
+                d.labels.remove(k);
+            }
+            d.labels.extend(req.set.clone());
+            let msg = format!("labels set {:?}, removed {:?}", req.set, req.remove);
+            i.store.commit(vec![
+                Write::Device(d.clone()),
+                event("device.labels", &id, msg, now),
+            ])?;
+            let groups = i.store.groups()?;
+            Ok((i.device_view(d, &groups)?, vec![]))
+        })
+        .await
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupView>, FleetError> {
+        self.blocking(|i| {
+            let devices = i.store.devices()?;
+            Ok(i.store
+                .groups()?
+                .into_iter()
+                .map(|g| group_view(g, &devices))
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn group(&self, name: GroupName) -> Result<GroupView, FleetError> {
+        self.blocking(move |i| {
+            let g = i
+                .store
+                .group(&name)?
+                .ok_or_else(|| not_found("group", &name))?;
+            Ok(group_view(g, &i.store.devices()?))
+        })
+        .await
+    }
+
+    pub async fn create_group(&self, req: CreateGroup) -> Result<GroupView, FleetError> {
+        self.change(move |i, now| {
+            if i.store.group(&req.name)?.is_some() {
+                return Err(FleetError::Conflict {
+                    message: format!(
+                        "group {} exists; add devices with `fleetctl groups add-members`",
+                        req.name
+                    ),
+                });
+            }
+            if req.selector.is_empty() && req.members.is_empty() {
+                return Err(FleetError::Invalid {
+                    message: "a group needs a label selector (e.g. role=camera) or members".into(),
+                });
+            }
+            let g = GroupRecord {
+                name: req.name.clone(),
+                selector: req.selector,
+                members: req.members.into_iter().collect(),
+                created_at: now,
+            };
+            let msg = format!("selector {:?}, members {:?}", g.selector, g.members);
+            i.store.commit(vec![
+                Write::Group(g.clone()),
+                event("group.created", &g.name, msg, now),
+            ])?;
+            Ok((group_view(g, &i.store.devices()?), vec![]))
+        })
+        .await
+    }
+
+    pub async fn add_members(
+        &self,
+        name: GroupName,
+        req: AddMembers,
+    ) -> Result<GroupView, FleetError> {
+        self.change(move |i, now| {
+            let mut g = i
+                .store
+                .group(&name)?
+                .ok_or_else(|| not_found("group", &name))?;
+            g.members.extend(req.devices.iter().cloned());
+            let msg = format!("members added {:?}", req.devices);
+            i.store.commit(vec![
+                Write::Group(g.clone()),
+                event("group.members", &name, msg, now),
+            ])?;
+            Ok((group_view(g, &i.store.devices()?), vec![]))
+        })
+        .await
+    }
+
+    pub async fn start_rollout(&self, req: CreateRollout) -> Result<RolloutView, FleetError> {
+        self.change(move |i, now| i.start_rollout(req, now)).await
+    }
+
+    pub async fn rollout_action(
+        &self,
+        id: RolloutId,
+        action: Action,
+    ) -> Result<RolloutView, FleetError> {
+        self.change(move |i, now| i.rollout_action(id, action, now))
+            .await
+    }
+
+    pub async fn rollouts(&self) -> Result<Vec<RolloutView>, FleetError> {
+        self.blocking(|i| {
+            i.store
+                .rollouts()?
+                .iter()
+                .map(|r| i.rollout_view(r))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn rollout(&self, id: RolloutId) -> Result<RolloutView, FleetError> {
+        self.blocking(move |i| {
+            let r = i
+                .store
+                .rollout(id)?
+                .ok_or_else(|| not_found("rollout", id))?;
+            i.rollout_view(&r)
+        })
+        .await
+    }
+
+    pub async fn events(&self, limit: usize) -> Result<Vec<EventRecord>, FleetError> {
+        self.blocking(move |i| Ok(i.store.events(limit)?)).await
+    }
+}
+
+fn group_view(group: GroupRecord, devices: &[DeviceRecord]) -> GroupView {
+    let members = devices
+        .iter()
+        .filter(|d| group.contains(d))
+        .map(|d| d.id.clone())
+        .collect();
+    GroupView {
+        group,
+        devices: members,
+    }
+}
+
+impl Inner {
+    fn device_view(
+        &self,
+        device: DeviceRecord,
+        groups: &[GroupRecord],
+    ) -> Result<DeviceView, FleetError> {
+        let desired = self.store.desired(&device.id)?;
+        Ok(DeviceView {
+            effective_labels: device.effective_labels(),
+            groups: groups
+                .iter()
+                .filter(|g| g.contains(&device))
+                .map(|g| g.name.clone())
+                .collect(),
+            desired: desired.as_ref().map(DesiredSummary::from),
+            device,
+        })
+    }
+
+    fn mark_published(&self, device: &DeviceId, generation: u64) -> Result<(), FleetError> {
+        if let Some(mut r) = self.store.desired(device)?
+            && r.generation == generation
+            && !r.published
+        {
+            r.published = true;
+            self.store.commit(vec![Write::Desired(r)])?;
+        }
+        Ok(())
+    }
+
+    fn verify_release(&self, envelope_json: &[u8], now: u64) -> Result<ReleaseRecord, FleetError> {
+        let verified = verify::verify_release(&self.trust, envelope_json, now)
+            .map_err(|source| FleetError::Untrusted { source })?;
+        let digest = verified.payload_digest().clone();
+        let envelope =
+            fleet_protocol::dsse::Envelope::from_json(envelope_json, verify::MAX_RELEASE_BYTES)
+                .map_err(|source| FleetError::Untrusted {
+                    source: verify::VerifyError::MalformedEnvelope { source },
+                })?;
+        Ok(ReleaseRecord {
+            digest,
+            release: verified.into_inner(),
+            envelope,
+            added_at: now,
+        })
+    }
+
+    fn on_status(&self, report: StatusReport, now: u64) -> Result<((), Vec<DeviceId>), FleetError> {
+        let id = report.device.clone();
+        let mut writes = Vec::new();
+        let mut device = match self.store.device(&id)? {
+            Some(d) => d,
+            None => {
+                if report.info.is_none() {
+                    tracing::debug!(device = %id, "status from an unregistered device without info; ignored");
+                    return Ok(((), vec![]));
+                }
+                writes.push(event("device.registered", &id, "first status report", now));
+                DeviceRecord::new(id.clone(), now)
+            }
+        };
+        if let Some(info) = &report.info {
+            device.reported_labels = info.labels.clone();
+            device.architecture = info.architecture.clone();
+            device.variant = info.variant.clone();
+            device.l4t_version = info.l4t_version.clone();
+            device.agent_version = info.agent_version.clone();
+        }
+        device.last_seen = now;
+        device.online = true;
+        device.last_status = Some(report);
+        writes.push(Write::Device(device));
+        // Persist the report first: wave progress reads it from the store.
+        self.store.commit(writes)?;
+
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        for mut r in self.store.rollouts()? {
+            if r.state != RolloutState::Running || !r.devices().any(|d| d == &id) {
+                continue;
+            }
+            if self.advance(&mut r, &mut staged, &mut writes, now)? {
+                r.updated_at = now;
+                writes.push(Write::Rollout(r));
+            }
+        }
+        let devices = staged.into_writes(&mut writes);
+        if !writes.is_empty() {
+            self.store.commit(writes)?;
+        }
+        Ok(((), devices))
+    }
+
+    fn status_of(&self, device: &DeviceId) -> Result<Option<StatusReport>, FleetError> {
+        Ok(self.store.device(device)?.and_then(|d| d.last_status))
+    }
+
+    /// Moves a running rollout on: starts the first pending wave, closes
+    /// waves whose devices all settled, completes the rollout after the last.
+    /// Returns whether the record changed.
+    fn advance(
+        &self,
+        r: &mut RolloutRecord,
+        staged: &mut Staged,
+        writes: &mut Vec<Write>,
+        now: u64,
+    ) -> Result<bool, FleetError> {
+        let mut changed = false;
+        while r.state == RolloutState::Running {
+            let Some(i) = r.waves.iter().position(|w| w.state != WaveState::Done) else {
+                r.state = RolloutState::Completed;
+                writes.push(event(
+                    "rollout.completed",
+                    format!("rollout/{}", r.id),
+                    "every wave settled",
+                    now,
+                ));
+                return Ok(true);
+            };
+            match r.waves[i].state {
+                WaveState::Pending => {
+                    self.activate_wave(r, i, staged, now)?;
+                    writes.push(event(
+                        "rollout.wave",
+                        format!("rollout/{}", r.id),
+                        format!(
+                            "wave {} started ({} devices)",
+                            i + 1,
+                            r.waves[i].devices.len()
+                        ),
+                        now,
+                    ));
+                    return Ok(true);
+                }
+                WaveState::Active => {
+                    let mut settled = true;
+                    for d in &r.waves[i].devices {
+                        let p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
+                        settled &= p.state.settled();
+                    }
+                    if !settled {
+                        return Ok(changed);
+                    }
+                    r.waves[i].state = WaveState::Done;
+                    changed = true;
+                }
+                WaveState::Done => {}
+            }
+        }
+        Ok(changed)
+    }
+
+    fn activate_wave(
+        &self,
+        r: &mut RolloutRecord,
+        wave: usize,
+        staged: &mut Staged,
+        now: u64,
+    ) -> Result<(), FleetError> {
+        for device in r.waves[wave].devices.clone() {
+            let current = staged.current(self.store.as_ref(), &device)?;
+            let mut apps = current.as_ref().map(|c| c.apps.clone()).unwrap_or_default();
+            let before = apps.insert(r.app.clone(), r.release_digest.clone());
+            r.previous.entry(device.clone()).or_insert(before);
+            let next =
+                self.director
+                    .next(self.store.as_ref(), &device, current.as_ref(), apps, now)?;
+            staged.desired.insert(device, next);
+        }
+        r.waves[wave].state = WaveState::Active;
+        r.waves[wave].started_at = Some(now);
+        Ok(())
+    }
+
+    fn start_rollout(
+        &self,
+        req: CreateRollout,
+        now: u64,
+    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        let mut writes = Vec::new();
+        let release =
+            match (&req.release, &req.release_digest) {
+                (Some(envelope), digest) => {
+                    let record = self.verify_release(&envelope.to_json(), now)?;
+                    if let Some(d) = digest
+                        && d != &record.digest
+                    {
+                        return Err(FleetError::Invalid {
+                            message: format!(
+                                "release_digest {d} does not match the given release ({})",
+                                record.digest
+                            ),
+                        });
+                    }
+                    // Stored first: the director reads releases from the store.
+                    if self.store.release(&record.digest)?.is_none() {
+                        self.store.commit(vec![
+                            event("release.added", &record.digest, "with a rollout", now),
+                            Write::Release(record.clone()),
+                        ])?;
+                    }
+                    record
+                }
+                (None, Some(digest)) => self.store.release(digest)?.ok_or_else(|| {
+                    FleetError::NotFound {
+                        what: "release",
+                        key: format!(
+                            "{digest} (post it first, or send the signed release with the rollout)"
+                        ),
+                    }
+                })?,
+                (None, None) => {
+                    return Err(FleetError::Invalid {
+                        message: "give release_digest or release".into(),
+                    });
+                }
+            };
+        // The release must still verify (the trust root may have changed).
+        verify::verify_release_envelope(&self.trust, &release.envelope, now)
+            .map_err(|source| FleetError::Untrusted { source })?;
+        let group = self.store.group(&req.group)?.ok_or_else(|| {
+            not_found(
+                "group",
+                format!("{} (create it with `fleetctl groups add`)", req.group),
+            )
+        })?;
+        let devices: Vec<DeviceId> = self
+            .store
+            .devices()?
+            .into_iter()
+            .filter(|d| group.contains(d))
+            .map(|d| d.id)
+            .collect();
+        if devices.is_empty() {
+            return Err(FleetError::Conflict {
+                message: format!(
+                    "group {} has no devices; label devices (`fleetctl groups label`) or add members first",
+                    req.group
+                ),
+            });
+        }
+        let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
+
+        // A newer rollout of the same app supersedes older unfinished ones
+        // on the same devices.
+        for mut old in self.store.rollouts()? {
+            if !old.state.is_final()
+                && old.app == release.release.app
+                && old.devices().any(|d| member_set.contains(d))
+            {
+                old.state = RolloutState::Aborted;
+                old.updated_at = now;
+                writes.push(event(
+                    "rollout.aborted",
+                    format!("rollout/{}", old.id),
+                    "superseded by a newer rollout of the same app",
+                    now,
+                ));
+                writes.push(Write::Rollout(old));
+            }
+        }
+
+        let id = self.store.next_rollout_id()?;
+        let mut r = RolloutRecord {
+            id,
+            release_digest: release.digest.clone(),
+            app: release.release.app.clone(),
+            version: release.release.version.clone(),
+            group: req.group.clone(),
+            state: RolloutState::Running,
+            waves: rollout::plan_waves(devices, &req.waves),
+            previous: BTreeMap::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        writes.push(event(
+            "rollout.started",
+            format!("rollout/{id}"),
+            format!(
+                "{} {} to group {} ({} devices, {} waves)",
+                r.app,
+                r.version,
+                r.group,
+                r.devices().count(),
+                r.waves.len()
+            ),
+            now,
+        ));
+        let mut staged = Staged::default();
+        self.advance(&mut r, &mut staged, &mut writes, now)?;
+        writes.push(Write::Rollout(r.clone()));
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = id, app = %r.app, group = %r.group, "rollout started");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    fn rollout_action(
+        &self,
+        id: RolloutId,
+        action: Action,
+        now: u64,
+    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        let mut r = self
+            .store
+            .rollout(id)?
+            .ok_or_else(|| not_found("rollout", id))?;
+        let next = rollout::apply(r.state, action).ok_or_else(|| FleetError::Conflict {
+            message: format!("rollout {id} is {}; it cannot {}", r.state, action.as_str()),
+        })?;
+        r.state = next;
+        r.updated_at = now;
+        let mut writes = vec![event(
+            &format!("rollout.{}", action.as_str()),
+            format!("rollout/{id}"),
+            format!("now {next}"),
+            now,
+        )];
+        let mut staged = Staged::default();
+        match action {
+            Action::Resume => {
+                self.advance(&mut r, &mut staged, &mut writes, now)?;
+            }
+            Action::Undo => {
+                for (device, previous) in &r.previous {
+                    let Some(current) = staged.current(self.store.as_ref(), device)? else {
+                        continue;
+                    };
+                    // Only where this rollout's release is still what the
+                    // device should run: a later rollout wins.
+                    if current.apps.get(&r.app) != Some(&r.release_digest) {
+                        continue;
+                    }
+                    let mut apps = current.apps.clone();
+                    match previous {
+                        Some(digest) => apps.insert(r.app.clone(), digest.clone()),
+                        None => apps.remove(&r.app),
+                    };
+                    let next = self.director.next(
+                        self.store.as_ref(),
+                        device,
+                        Some(&current),
+                        apps,
+                        now,
+                    )?;
+                    staged.desired.insert(device.clone(), next);
+                }
+            }
+            Action::Pause | Action::Abort => {}
+        }
+        writes.push(Write::Rollout(r.clone()));
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = id, action = action.as_str(), state = %r.state, "rollout action");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    fn rollout_view(&self, r: &RolloutRecord) -> Result<RolloutView, FleetError> {
+        let mut progress = Vec::new();
+        for (i, wave) in r.waves.iter().enumerate() {
+            for d in &wave.devices {
+                let mut p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
+                // After undo, what the device does is no longer this release.
+                if r.state == RolloutState::RolledBack && p.state == ProgressState::Sent {
+                    p.state = ProgressState::Waiting;
+                }
+                progress.push(p);
+            }
+        }
+        Ok(RolloutView::new(r, progress))
+    }
+}
+
+/// Consumes device messages until the channel closes.
+pub async fn run_inbound(fleet: Fleet, mut rx: tokio::sync::mpsc::Receiver<Inbound>) {
+    while let Some(message) = rx.recv().await {
+        if let Err(e) = fleet.inbound(message).await {
+            tracing::warn!(error = %e, "handling a device message failed");
+        }
+    }
+}
+
+/// Digest helper for tests and tools: the release digest of a signed release.
+pub fn release_digest(envelope: &fleet_protocol::dsse::Envelope) -> Option<Digest> {
+    envelope.payload_bytes().ok().map(|p| Digest::of(&p))
+}

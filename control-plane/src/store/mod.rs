@@ -1,0 +1,89 @@
+//! Durable state of the control plane behind one [`Store`] trait.
+//!
+//! Reads are per record type; every write goes through [`Store::commit`],
+//! which applies a batch atomically and durably (on return it is on disk), so
+//! that the fleet engine can persist a change (a new generation, a rollout
+//! step) before it publishes anything. The sled backend is [`SledStore`]; a
+//! SQL backend implements the same trait with one transaction per commit.
+//!
+//! Methods are blocking: async callers run them in `spawn_blocking`.
+
+mod model;
+mod sled_store;
+
+pub use model::*;
+pub use sled_store::SledStore;
+
+use fleet_protocol::{DeviceId, Digest, GroupName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store I/O on {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("stored {what} record {key:?} is corrupt: {source}")]
+    Corrupt {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode {what} record: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One write of a [`Store::commit`] batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Device(DeviceRecord),
+    Group(GroupRecord),
+    DeleteGroup(GroupName),
+    Release(ReleaseRecord),
+    Rollout(RolloutRecord),
+    Desired(DesiredRecord),
+    /// Appended with the next sequence number.
+    Event(EventRecord),
+    Token(TokenRecord),
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    fn group(&self, name: &GroupName) -> Result<Option<GroupRecord>, StoreError>;
+    fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+
+    fn release(&self, digest: &Digest) -> Result<Option<ReleaseRecord>, StoreError>;
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+
+    fn rollout(&self, id: RolloutId) -> Result<Option<RolloutRecord>, StoreError>;
+    /// All rollouts, oldest first.
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
+    /// A new rollout id, never handed out before (also across restarts).
+    fn next_rollout_id(&self) -> Result<RolloutId, StoreError>;
+
+    fn desired(&self, device: &DeviceId) -> Result<Option<DesiredRecord>, StoreError>;
+    fn desired_all(&self) -> Result<Vec<DesiredRecord>, StoreError>;
+
+    /// The newest `limit` events, oldest first.
+    fn events(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn token_count(&self) -> Result<usize, StoreError>;
+
+    /// Applies `writes` atomically and makes them durable before returning.
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+}

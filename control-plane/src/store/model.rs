@@ -1,0 +1,226 @@
+//! The records the control plane keeps. They are plain serde types so that
+//! any backend (sled today, SQL later) stores them as it likes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleet_protocol::dsse::Envelope;
+use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Release, StatusReport};
+use serde::{Deserialize, Serialize};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A device, as it registered itself (first `StatusReport` with `info`) and
+/// as the operator labelled it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    /// Labels the device reports about itself.
+    #[serde(default)]
+    pub reported_labels: Labels,
+    /// Labels set by the operator (`fleetctl groups label`); they win over
+    /// reported labels of the same key.
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub l4t_version: Option<String>,
+    #[serde(default)]
+    pub agent_version: String,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    #[serde(default)]
+    pub online: bool,
+    #[serde(default)]
+    pub last_status: Option<StatusReport>,
+}
+
+impl DeviceRecord {
+    pub fn new(id: DeviceId, now: u64) -> Self {
+        Self {
+            id,
+            reported_labels: Labels::new(),
+            labels: Labels::new(),
+            architecture: String::new(),
+            variant: None,
+            l4t_version: None,
+            agent_version: String::new(),
+            first_seen: now,
+            last_seen: now,
+            online: false,
+            last_status: None,
+        }
+    }
+
+    /// Reported labels overlaid with the operator's.
+    pub fn effective_labels(&self) -> Labels {
+        let mut all = self.reported_labels.clone();
+        all.extend(self.labels.clone());
+        all
+    }
+}
+
+/// A group: devices matching every `selector` label, plus explicit members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: GroupName,
+    #[serde(default)]
+    pub selector: Labels,
+    #[serde(default)]
+    pub members: BTreeSet<DeviceId>,
+    pub created_at: u64,
+}
+
+impl GroupRecord {
+    pub fn contains(&self, device: &DeviceRecord) -> bool {
+        if self.members.contains(&device.id) {
+            return true;
+        }
+        if self.selector.is_empty() {
+            return false;
+        }
+        let labels = device.effective_labels();
+        self.selector
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+    }
+}
+
+/// A verified, signed release, keyed by its release digest (sha256 of the
+/// signed payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub digest: Digest,
+    pub release: Release,
+    pub envelope: Envelope,
+    pub added_at: u64,
+}
+
+pub type RolloutId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    Paused,
+    Aborted,
+    Completed,
+    RolledBack,
+}
+
+impl RolloutState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Aborted => "aborted",
+            RolloutState::Completed => "completed",
+            RolloutState::RolledBack => "rolled_back",
+        }
+    }
+
+    /// No further change happens by itself (undo is still possible).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Aborted | RolloutState::Completed | RolloutState::RolledBack
+        )
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveState {
+    /// Its devices have not been given the release yet.
+    Pending,
+    /// Its devices have the release in their desired state.
+    Active,
+    /// Every device of the wave settled (committed or failed).
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    pub devices: Vec<DeviceId>,
+    pub state: WaveState,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+}
+
+/// A rollout of one release to a group, in waves. The device set of each wave
+/// is fixed when the rollout is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub id: RolloutId,
+    pub release_digest: Digest,
+    pub app: AppName,
+    pub version: String,
+    pub group: GroupName,
+    pub state: RolloutState,
+    pub waves: Vec<Wave>,
+    /// What each device ran for this app before its wave started (`None`: the
+    /// app was not deployed there): the target of `undo`.
+    #[serde(default)]
+    pub previous: BTreeMap<DeviceId, Option<Digest>>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl RolloutRecord {
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
+        self.waves.iter().flat_map(|w| w.devices.iter())
+    }
+}
+
+/// The last desired state the director made for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub device: DeviceId,
+    /// Strictly increasing; persisted before the envelope is published.
+    pub generation: u64,
+    /// App → release digest.
+    pub apps: BTreeMap<AppName, Digest>,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// The signed envelope (compact JSON), exactly as published.
+    pub envelope: Vec<u8>,
+    /// Whether the link accepted this generation (the outbox flag).
+    pub published: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Assigned by the store; increasing.
+    #[serde(default)]
+    pub seq: u64,
+    pub at: u64,
+    /// e.g. `device.registered`, `release.added`, `rollout.paused`.
+    pub kind: String,
+    /// What it is about: a device id, a digest, `rollout/7`.
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Admin,
+}
+
+/// An API token; only its sha256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Hex sha256 of the token.
+    pub hash: String,
+    pub name: String,
+    pub role: TokenRole,
+    pub created_at: u64,
+}

@@ -1,0 +1,322 @@
+//! The sled backend: one tree per record type, JSON values.
+
+use std::path::Path;
+
+use fleet_protocol::{DeviceId, Digest, GroupName};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::{
+    DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
+    Store, StoreError, TokenRecord, Write,
+};
+
+const NEXT_ROLLOUT: &[u8] = b"next_rollout_id";
+
+pub struct SledStore {
+    db: sled::Db,
+    devices: sled::Tree,
+    groups: sled::Tree,
+    releases: sled::Tree,
+    rollouts: sled::Tree,
+    desired: sled::Tree,
+    events: sled::Tree,
+    tokens: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn io(what: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::Io { what, source }
+}
+
+fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        what,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|source| StoreError::Encode { what, source })
+}
+
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    what: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match tree.get(key).map_err(io(what))? {
+        Some(bytes) => decode(what, key, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|item| {
+            let (k, v) = item.map_err(io(what))?;
+            decode(what, &k, &v)
+        })
+        .collect()
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        // A small cache: the server keeps little hot data.
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 * 1024 * 1024)
+            .open()
+            .map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        Ok(SledStore {
+            devices: tree("devices")?,
+            groups: tree("groups")?,
+            releases: tree("releases")?,
+            rollouts: tree("rollouts")?,
+            desired: tree("desired")?,
+            events: tree("events")?,
+            tokens: tree("tokens")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        get(&self.devices, "device", id.as_str().as_bytes())
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        all(&self.devices, "device")
+    }
+
+    fn group(&self, name: &GroupName) -> Result<Option<GroupRecord>, StoreError> {
+        get(&self.groups, "group", name.as_str().as_bytes())
+    }
+
+    fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        all(&self.groups, "group")
+    }
+
+    fn release(&self, digest: &Digest) -> Result<Option<ReleaseRecord>, StoreError> {
+        get(&self.releases, "release", digest.as_str().as_bytes())
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        all(&self.releases, "release")
+    }
+
+    fn rollout(&self, id: RolloutId) -> Result<Option<RolloutRecord>, StoreError> {
+        get(&self.rollouts, "rollout", &id.to_be_bytes())
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        all(&self.rollouts, "rollout")
+    }
+
+    fn next_rollout_id(&self) -> Result<RolloutId, StoreError> {
+        let next = self
+            .meta
+            .update_and_fetch(NEXT_ROLLOUT, |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some(n.saturating_add(1).to_be_bytes().to_vec())
+            })
+            .map_err(io("rollout id"))?;
+        self.db.flush().map_err(io("rollout id"))?;
+        Ok(next
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+
+    fn desired(&self, device: &DeviceId) -> Result<Option<DesiredRecord>, StoreError> {
+        get(&self.desired, "desired", device.as_str().as_bytes())
+    }
+
+    fn desired_all(&self) -> Result<Vec<DesiredRecord>, StoreError> {
+        all(&self.desired, "desired")
+    }
+
+    fn events(&self, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.events.iter().rev().take(limit) {
+            let (k, v) = item.map_err(io("event"))?;
+            out.push(decode("event", &k, &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.tokens, "token", hash.as_bytes())
+    }
+
+    fn token_count(&self) -> Result<usize, StoreError> {
+        Ok(self.tokens.len())
+    }
+
+    fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        // Encode first so the transaction closure cannot fail on serde.
+        enum Op {
+            Put(usize, Vec<u8>, Vec<u8>),
+            Del(usize, Vec<u8>),
+            Event(EventRecord),
+        }
+        let mut ops = Vec::with_capacity(writes.len());
+        for w in writes {
+            ops.push(match w {
+                Write::Device(r) => Op::Put(0, r.id.as_str().into(), encode("device", &r)?),
+                Write::Group(r) => Op::Put(1, r.name.as_str().into(), encode("group", &r)?),
+                Write::DeleteGroup(name) => Op::Del(1, name.as_str().into()),
+                Write::Release(r) => Op::Put(2, r.digest.as_str().into(), encode("release", &r)?),
+                Write::Rollout(r) => Op::Put(3, r.id.to_be_bytes().into(), encode("rollout", &r)?),
+                Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
+                Write::Event(r) => Op::Event(r),
+                Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
+            });
+        }
+        let trees = (
+            &self.devices,
+            &self.groups,
+            &self.releases,
+            &self.rollouts,
+            &self.desired,
+            &self.events,
+            &self.tokens,
+        );
+        let result: Result<(), TransactionError<StoreError>> = trees.transaction(
+            |(devices, groups, releases, rollouts, desired, events, tokens)| {
+                let trees = [devices, groups, releases, rollouts, desired, events, tokens];
+                for op in &ops {
+                    match op {
+                        Op::Put(t, k, v) => {
+                            trees[*t].insert(k.as_slice(), v.as_slice())?;
+                        }
+                        Op::Del(t, k) => {
+                            trees[*t].remove(k.as_slice())?;
+                        }
+                        Op::Event(e) => {
+                            let seq = events.generate_id()?;
+                            let mut e = e.clone();
+                            e.seq = seq;
+                            let bytes =
+                                encode("event", &e).map_err(ConflictableTransactionError::Abort)?;
+                            events.insert(&seq.to_be_bytes(), bytes)?;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(source)) => {
+                return Err(StoreError::Io {
+                    what: "commit",
+                    source,
+                });
+            }
+        }
+        self.db.flush().map_err(io("commit flush"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RolloutState, TokenRole, Wave, WaveState};
+    use fleet_protocol::AppName;
+
+    fn dev(id: &str) -> DeviceRecord {
+        DeviceRecord::new(DeviceId::new(id).unwrap(), 10)
+    }
+
+    #[test]
+    fn records_survive_reopen_and_ids_never_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = Digest::of(b"r");
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_eq!(s.next_rollout_id().unwrap(), 1);
+            assert_eq!(s.next_rollout_id().unwrap(), 2);
+            s.commit(vec![
+                Write::Device(dev("a")),
+                Write::Device(dev("b")),
+                Write::Rollout(RolloutRecord {
+                    id: 2,
+                    release_digest: digest.clone(),
+                    app: AppName::new("app").unwrap(),
+                    version: "1".into(),
+                    group: GroupName::new("g").unwrap(),
+                    state: RolloutState::Running,
+                    waves: vec![Wave {
+                        devices: vec![DeviceId::new("a").unwrap()],
+                        state: WaveState::Active,
+                        started_at: Some(10),
+                    }],
+                    previous: Default::default(),
+                    created_at: 10,
+                    updated_at: 10,
+                }),
+                Write::Event(EventRecord {
+                    seq: 0,
+                    at: 10,
+                    kind: "x".into(),
+                    subject: "a".into(),
+                    message: "first".into(),
+                }),
+                Write::Event(EventRecord {
+                    seq: 0,
+                    at: 11,
+                    kind: "x".into(),
+                    subject: "a".into(),
+                    message: "second".into(),
+                }),
+                Write::Token(TokenRecord {
+                    hash: "h".into(),
+                    name: "admin".into(),
+                    role: TokenRole::Admin,
+                    created_at: 10,
+                }),
+            ])
+            .unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.devices().unwrap().len(), 2);
+        assert_eq!(s.rollout(2).unwrap().unwrap().state, RolloutState::Running);
+        assert_eq!(s.next_rollout_id().unwrap(), 3);
+        let events = s.events(10).unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            ["first", "second"]
+        );
+        assert!(events[0].seq < events[1].seq);
+        assert_eq!(s.events(1).unwrap()[0].message, "second");
+        assert_eq!(s.token_count().unwrap(), 1);
+        assert!(s.token("h").unwrap().is_some());
+        s.commit(vec![Write::DeleteGroup(GroupName::new("none").unwrap())])
+            .unwrap();
+    }
+}
