@@ -4,6 +4,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod health;
+pub mod link;
 pub mod runtime;
 pub mod snapshot;
 pub mod unpack;

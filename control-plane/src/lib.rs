@@ -1,6 +1,8 @@
 //! The Fleet control plane.
 
+pub mod broker;
 pub mod keys;
+pub mod link;
 pub mod sign;
 
 /// The control plane's version.
