@@ -24,3 +24,8 @@ async fn last_will_marks_a_killed_agent_offline() {
 async fn status_is_buffered_on_disk_while_the_broker_is_down() {
     mqtt_support::status_is_buffered_on_disk_while_the_broker_is_down(Kind::Mosquitto).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_refused() {
+    mqtt_support::bad_credentials_are_refused(Kind::Mosquitto).await;
+}

@@ -623,3 +623,47 @@ pub async fn status_is_buffered_on_disk_while_the_broker_is_down(kind: Kind) {
     .expect("the outbox did not empty");
     cancel.cancel();
 }
+
+/// Wrong tokens, a client id that is not the user name, and (on the
+/// embedded broker) a last will on another device's topic are refused.
+pub async fn bad_credentials_are_refused(kind: Kind) {
+    let Some(broker) = TestBroker::start(kind).await else {
+        return;
+    };
+    let scheme = TopicScheme::default();
+    let attempt = |client_id: &str, user: &str, pass: &str, will: Option<String>| {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+        o.set_credentials(user, pass);
+        if let Some(topic) = will {
+            o.set_last_will(rumqttc::LastWill::new(topic, "x", QoS::AtLeastOnce, true));
+        }
+        async move {
+            let (_c, mut ev) = AsyncClient::new(o, 4);
+            tokio::time::timeout(WAIT, ev.poll())
+                .await
+                .expect("no answer")
+        }
+    };
+    let refused = |r: Result<Event, rumqttc::ConnectionError>| {
+        matches!(r, Err(rumqttc::ConnectionError::ConnectionRefused(_)))
+    };
+    assert!(refused(attempt("cam-a", "cam-a", "wrong", None).await));
+    assert!(refused(attempt("cam-a", "cam-a", "", None).await));
+    // Positive control.
+    assert!(matches!(
+        attempt("cam-a", "cam-a", token("cam-a"), None).await,
+        Ok(Event::Incoming(Packet::ConnAck(_)))
+    ));
+    if kind == Kind::Embedded {
+        // Mosquitto (use_username_as_clientid) silently replaces the client
+        // id instead; the embedded broker refuses the mismatch.
+        assert!(refused(
+            attempt("cam-b", "cam-a", token("cam-a"), None).await
+        ));
+        let foreign_will = scheme.render(&Topic::Online(dev("cam-b")));
+        assert!(refused(
+            attempt("cam-a", "cam-a", token("cam-a"), Some(foreign_will)).await
+        ));
+        assert!(refused(attempt(SERVER_ID, SERVER_ID, "wrong", None).await));
+    }
+}
