@@ -11,6 +11,8 @@ pub mod health;
 #[cfg(feature = "agent")]
 pub mod image;
 #[cfg(feature = "agent")]
+#[cfg(feature = "agent")]
+pub mod link;
 pub mod runtime;
 #[cfg(feature = "agent")]
 pub mod snapshot;

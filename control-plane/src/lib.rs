@@ -10,6 +10,7 @@
 //! - [`keys`], [`sign`]: key files and offline signing.
 
 pub mod api;
+pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod content;
 pub mod director;
 pub mod fleet;
 pub mod keys;
+pub mod link;
 pub mod server;
 pub mod sign;
 pub mod store;
