@@ -3,7 +3,17 @@
 /// The agent's version, as reported to the server.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+#[cfg(feature = "fetch")]
+pub mod fetch;
+
+#[cfg(feature = "agent")]
+pub mod store;
+
+#[cfg(feature = "agent")]
 pub mod health;
+#[cfg(feature = "agent")]
 pub mod runtime;
+#[cfg(feature = "agent")]
 pub mod snapshot;
+#[cfg(feature = "agent")]
 pub mod unpack;

@@ -1,11 +1,8 @@
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use fleet_protocol::dsse::Envelope;
-use fleet_protocol::verify::MAX_DESIRED_STATE_BYTES;
-use fleet_protocol::{DeviceId, TrustedRoot, VerifyError, verify_desired_state};
+
+mod cmd;
 
 #[derive(Parser)]
 #[command(name = "fleet-agent", version = fleet_agent::VERSION, about = "The Fleet device agent")]
@@ -18,115 +15,43 @@ struct Cli {
 enum Command {
     /// Verify a signed desired state against a trust root, as the agent does on receipt.
     /// Exit status: 0 verified, 1 rejected, 2 unreadable input or unusable trust root.
-    Verify {
-        /// The device's trust root (trust.json).
-        #[arg(long)]
-        trust: PathBuf,
-        /// This device's id; without it the id named in the desired state is used.
-        #[arg(long)]
-        device: Option<DeviceId>,
-        /// The last generation applied; the desired state must be newer.
-        #[arg(long)]
-        last_generation: Option<u64>,
-        /// Check at this time (Unix seconds) instead of the clock, e.g. for fixtures.
-        #[arg(long)]
-        now: Option<u64>,
-        /// The signed desired state (DSSE envelope JSON).
-        desired: PathBuf,
-    },
-}
-
-const EXIT_REJECTED: u8 = 1;
-const EXIT_BAD_INPUT: u8 = 2;
-
-fn read(path: &Path) -> Result<Vec<u8>, ExitCode> {
-    std::fs::read(path).map_err(|e| {
-        eprintln!("error: cannot read {}: {e}", path.display());
-        ExitCode::from(EXIT_BAD_INPUT)
-    })
-}
-
-/// The device named in an envelope's payload, read without verifying: only to
-/// choose what to verify against when `--device` is not given.
-fn named_device(bytes: &[u8]) -> Option<DeviceId> {
-    let envelope = Envelope::from_json(bytes, MAX_DESIRED_STATE_BYTES).ok()?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(&envelope.payload_bytes().ok()?).ok()?;
-    DeviceId::new(payload.get("device")?.as_str()?).ok()
-}
-
-fn rejected(what: &str, e: &VerifyError, exit: u8) -> ExitCode {
-    eprintln!("{what}: {}: {e}", e.code());
-    ExitCode::from(exit)
-}
-
-fn verify(
-    trust: &Path,
-    device: Option<DeviceId>,
-    last_generation: Option<u64>,
-    now: u64,
-    desired: &Path,
-) -> Result<(), ExitCode> {
-    let root = TrustedRoot::bootstrap(&read(trust)?, now)
-        .map_err(|e| rejected("trust root rejected", &e, EXIT_BAD_INPUT))?;
-    let bytes = read(desired)?;
-    let device = match device {
-        Some(d) => d,
-        None => {
-            let Some(d) = named_device(&bytes) else {
-                eprintln!(
-                    "rejected: malformed_envelope: no device id in {}",
-                    desired.display()
-                );
-                return Err(ExitCode::from(EXIT_REJECTED));
-            };
-            eprintln!("note: --device not given, checking for device {d}");
-            d
-        }
-    };
-    let state = verify_desired_state(&root, &bytes, &device, last_generation, now)
-        .map_err(|e| rejected("rejected", &e, EXIT_REJECTED))?;
-    println!(
-        "verified: device {} generation {} expires_at {} (trust root v{})",
-        state.device,
-        state.generation,
-        state.expires_at,
-        root.version()
-    );
-    for release in state.releases() {
-        println!(
-            "  app {} {} {}@{} release {}",
-            release.app,
-            release.version,
-            release.repository,
-            release.manifest_digest,
-            release.payload_digest()
-        );
-    }
-    Ok(())
+    Verify(cmd::verify::Args),
+    /// Pull an image (manifest, config, layers) into the content store.
+    Pull(cmd::pull::PullArgs),
+    /// Remove blobs no kept image references, and stale downloads.
+    Gc(cmd::pull::GcArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => ExitCode::SUCCESS,
-        Some(Command::Verify {
-            trust,
-            device,
-            last_generation,
-            now,
-            desired,
-        }) => {
-            let now = now.unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            });
-            match verify(&trust, device, last_generation, now, &desired) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(code) => code,
-            }
+    let result = match cli.command {
+        None => return ExitCode::SUCCESS,
+        Some(Command::Verify(args)) => return cmd::verify::run(args),
+        Some(Command::Pull(args)) => match tokio_runtime() {
+            Ok(rt) => rt.block_on(cmd::pull::pull(args)),
+            Err(e) => Err(e),
+        },
+        Some(Command::Gc(args)) => cmd::pull::gc(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-agent: {e:#}");
+            let disk_full = e
+                .downcast_ref::<fleet_agent::fetch::PullError>()
+                .is_some_and(|p| p.is_disk_full());
+            ExitCode::from(if disk_full {
+                cmd::pull::EXIT_DISK_FULL
+            } else {
+                1
+            })
         }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }

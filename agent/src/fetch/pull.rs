@@ -1,0 +1,347 @@
+//! Pulling an image into the content store: resolve the reference (index →
+//! this platform's manifest), skip what the store already has, check disk
+//! space before the first byte, download the rest (bounded, verified,
+//! resumable), then record the manifests and the image.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fleet_protocol::{Digest, ImageRef};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::{BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, Platform};
+use crate::store::{ImageRecord, Store, StoreError};
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("manifest {digest} in the store is invalid")]
+    StoredManifest {
+        digest: Digest,
+        #[source]
+        source: super::ManifestError,
+    },
+    #[error("{reference}: the index entry {digest} for {platform} is itself an index")]
+    NestedIndex {
+        reference: String,
+        digest: Digest,
+        platform: String,
+    },
+    #[error("a download task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl PullError {
+    /// The disk-space shortfall, if that is why the pull failed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, PullError::Store(StoreError::DiskFull { .. }))
+    }
+}
+
+/// Progress of a pull, as emitted to the caller (and as `-o json` lines).
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The manifest is known; `needed_bytes` will be downloaded at most.
+    Resolved {
+        reference: String,
+        manifest: Digest,
+        index: Option<Digest>,
+        blobs: usize,
+        total_bytes: u64,
+        reused_bytes: u64,
+        needed_bytes: u64,
+    },
+    /// Bytes of one blob present so far (throttled: about every 1%).
+    Progress {
+        digest: Digest,
+        done: u64,
+        total: u64,
+    },
+    /// One blob is verified and in the store.
+    BlobDone {
+        digest: Digest,
+        size: u64,
+        fetched: u64,
+        resumed_from: u64,
+    },
+    Done(PullSummary),
+}
+
+/// The outcome of a pull.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PullSummary {
+    pub reference: String,
+    pub manifest: Digest,
+    pub index: Option<Digest>,
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+    /// Sizes of the config and layers.
+    pub total_bytes: u64,
+    /// Body bytes received from the registry (manifests included).
+    pub bytes_fetched: u64,
+    /// Blob bytes that were already in the store.
+    pub bytes_reused: u64,
+    pub blobs_fetched: usize,
+    pub blobs_reused: usize,
+}
+
+/// Receives pull events; called from download tasks.
+pub type EventSink = Arc<dyn Fn(PullEvent) + Send + Sync>;
+
+/// Pulls images into a [`Store`] with a [`Client`].
+#[derive(Clone)]
+pub struct Puller {
+    client: Client,
+    store: Arc<Store>,
+    platform: Platform,
+}
+
+struct Got {
+    digest: Digest,
+    media_type: String,
+    bytes: Vec<u8>,
+    manifest: Manifest,
+    fetched: u64,
+}
+
+impl Puller {
+    pub fn new(client: Client, store: Arc<Store>, platform: Platform) -> Self {
+        Self {
+            client,
+            store,
+            platform,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Pulls `image` for this puller's platform and records it as kept.
+    pub async fn pull(
+        &self,
+        image: &ImageRef,
+        events: EventSink,
+    ) -> Result<PullSummary, PullError> {
+        let _lease = self.store.lease().await;
+        let reference = image.to_string();
+        let top = self
+            .manifest(image, image.reference(), image.digest())
+            .await?;
+        let mut fetched = top.fetched;
+        let (index, manifest) = match &top.manifest {
+            Manifest::Image(_) => (None, top),
+            Manifest::Index(idx) => {
+                let desc = idx
+                    .select(&self.platform)
+                    .ok_or_else(|| FetchError::NoPlatform {
+                        reference: reference.clone(),
+                        platform: self.platform.to_string(),
+                        available: idx.platforms().join(", "),
+                    })?;
+                let child = self
+                    .manifest(image, desc.digest.as_str(), Some(&desc.digest))
+                    .await?;
+                fetched += child.fetched;
+                (Some(top), child)
+            }
+        };
+        let Manifest::Image(image_manifest) = &manifest.manifest else {
+            return Err(PullError::NestedIndex {
+                reference,
+                digest: manifest.digest.clone(),
+                platform: self.platform.to_string(),
+            });
+        };
+
+        let blobs: Vec<Descriptor> = image_manifest.blobs().into_iter().cloned().collect();
+        let (present, missing): (Vec<_>, Vec<_>) = blobs
+            .iter()
+            .cloned()
+            .partition(|d| self.store.has_blob(&d.digest));
+        let total_bytes: u64 = blobs.iter().map(|d| d.size).sum();
+        let reused_bytes: u64 = present.iter().map(|d| d.size).sum();
+        let mut needed: u64 = missing
+            .iter()
+            .map(|d| {
+                d.size.saturating_sub(
+                    self.store
+                        .partial(&d.digest)
+                        .resumable_len(&d.digest, d.size),
+                )
+            })
+            .sum();
+        for m in index.iter().chain([&manifest]) {
+            if !self.store.has_blob(&m.digest) {
+                needed += m.bytes.len() as u64;
+            }
+        }
+        self.store.ensure_space(needed)?;
+        events(PullEvent::Resolved {
+            reference: reference.clone(),
+            manifest: manifest.digest.clone(),
+            index: index.as_ref().map(|i| i.digest.clone()),
+            blobs: blobs.len(),
+            total_bytes,
+            reused_bytes,
+            needed_bytes: needed,
+        });
+
+        let mut tasks = JoinSet::new();
+        for desc in missing.iter().cloned() {
+            let (client, store, image, events) = (
+                self.client.clone(),
+                self.store.clone(),
+                image.clone(),
+                events.clone(),
+            );
+            tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done.map_err(PullError::Task).and_then(|r| r) {
+                Ok(dl) => fetched += dl.fetched,
+                Err(e) => {
+                    // Stop the other downloads (their partials stay for a resume).
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+
+        for m in index.iter().chain([&manifest]) {
+            self.store.put_blob(&m.digest, &m.bytes, &m.media_type)?;
+        }
+        self.store.put_image(&ImageRecord {
+            reference: reference.clone(),
+            manifest: manifest.digest.clone(),
+            index: index.as_ref().map(|i| i.digest.clone()),
+            kept: true,
+        })?;
+        let summary = summarize(
+            reference,
+            &manifest.digest,
+            index.as_ref().map(|i| &i.digest),
+            image_manifest,
+            total_bytes,
+            fetched,
+            reused_bytes,
+            (missing.len(), present.len()),
+        );
+        events(PullEvent::Done(summary.clone()));
+        Ok(summary)
+    }
+
+    /// A manifest from the store when its digest is known and present (no
+    /// request at all), else from the registry.
+    async fn manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        digest: Option<&Digest>,
+    ) -> Result<Got, PullError> {
+        if let Some(d) = digest
+            && self.store.has_blob(d)
+        {
+            let bytes = self
+                .store
+                .read_blob(d, self.client.config().max_manifest_bytes)?;
+            let manifest =
+                Manifest::parse(&bytes, None).map_err(|source| PullError::StoredManifest {
+                    digest: d.clone(),
+                    source,
+                })?;
+            return Ok(Got {
+                digest: d.clone(),
+                media_type: manifest.media_type().to_owned(),
+                bytes,
+                manifest,
+                fetched: 0,
+            });
+        }
+        let m = self.client.fetch_manifest(image, reference, digest).await?;
+        Ok(Got {
+            fetched: m.bytes.len() as u64,
+            digest: m.digest,
+            media_type: m.media_type,
+            bytes: m.bytes,
+            manifest: m.manifest,
+        })
+    }
+}
+
+async fn fetch_blob(
+    client: Client,
+    store: Arc<Store>,
+    image: ImageRef,
+    desc: Descriptor,
+    events: EventSink,
+) -> Result<BlobDownload, PullError> {
+    let partial = store.partial(&desc.digest);
+    let step = (desc.size / 100).max(1024 * 1024);
+    let last = AtomicU64::new(0);
+    let progress = |done: u64| {
+        let prev = last.load(Ordering::Relaxed);
+        if done >= prev + step || (done == desc.size && prev != done) {
+            last.store(done, Ordering::Relaxed);
+            events(PullEvent::Progress {
+                digest: desc.digest.clone(),
+                done,
+                total: desc.size,
+            });
+        }
+    };
+    let dl = client
+        .download_blob(&image, &desc, &partial, &progress)
+        .await?;
+    let (st, d, mt, p) = (
+        store.clone(),
+        desc.digest.clone(),
+        desc.media_type.clone(),
+        partial.clone(),
+    );
+    tokio::task::spawn_blocking(move || st.commit_partial(&d, &p, &mt))
+        .await
+        .map_err(PullError::Task)??;
+    events(PullEvent::BlobDone {
+        digest: desc.digest.clone(),
+        size: desc.size,
+        fetched: dl.fetched,
+        resumed_from: dl.resumed_from,
+    });
+    Ok(dl)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    reference: String,
+    manifest: &Digest,
+    index: Option<&Digest>,
+    m: &ImageManifest,
+    total_bytes: u64,
+    bytes_fetched: u64,
+    bytes_reused: u64,
+    (blobs_fetched, blobs_reused): (usize, usize),
+) -> PullSummary {
+    PullSummary {
+        reference,
+        manifest: manifest.clone(),
+        index: index.cloned(),
+        config: m.config.digest.clone(),
+        layers: m.layers.iter().map(|l| l.digest.clone()).collect(),
+        total_bytes,
+        bytes_fetched,
+        bytes_reused,
+        blobs_fetched,
+        blobs_reused,
+    }
+}
