@@ -10,10 +10,16 @@ pub mod fetch;
 pub mod store;
 
 #[cfg(feature = "agent")]
+pub mod config;
+#[cfg(feature = "agent")]
+pub mod deploy;
+#[cfg(feature = "agent")]
 pub mod health;
 #[cfg(feature = "agent")]
 pub mod runtime;
 #[cfg(feature = "agent")]
 pub mod snapshot;
+#[cfg(feature = "agent")]
+pub mod state;
 #[cfg(feature = "agent")]
 pub mod unpack;

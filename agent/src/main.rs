@@ -20,6 +20,13 @@ enum Command {
     Pull(cmd::pull::PullArgs),
     /// Remove blobs no kept image references, and stale downloads.
     Gc(cmd::pull::GcArgs),
+    /// Apply a signed desired state (offline: --content), like one from MQTT.
+    /// Exit status: 0 committed, 1 rolled back or failed, 2 rejected, 3 error.
+    Apply(cmd::deploy::ApplyArgs),
+    /// Finish an update interrupted by a crash, from the stored phase.
+    Resume(cmd::deploy::ResumeArgs),
+    /// Per app: phase, running and previous release, health, restarts, last error.
+    Status(cmd::deploy::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +34,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => return ExitCode::SUCCESS,
         Some(Command::Verify(args)) => return cmd::verify::run(args),
+        Some(Command::Apply(args)) => return cmd::deploy::apply(args),
+        Some(Command::Resume(args)) => return cmd::deploy::resume(args),
+        Some(Command::Status(args)) => return cmd::deploy::status(args),
         Some(Command::Pull(args)) => match tokio_runtime() {
             Ok(rt) => rt.block_on(cmd::pull::pull(args)),
             Err(e) => Err(e),

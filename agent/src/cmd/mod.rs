@@ -1,5 +1,6 @@
 //! The subcommands of the `fleet-agent` binary, one module each.
 
+pub mod deploy;
 pub mod pull;
 pub mod verify;
 
