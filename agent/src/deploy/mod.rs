@@ -291,18 +291,27 @@ impl Inner {
         let now = unix_now();
         let digest = Digest::of(bytes);
         let last = self.state.generation()?;
-        if self.state.desired_digest()?.as_ref() == Some(&digest) {
-            // The desired state already accepted (a retained message seen
-            // again, or `apply` run again after a crash): resume it.
-            let outcomes = self.recover(source).await?;
-            return Ok(ApplyOutcome {
-                generation: last.unwrap_or(0),
-                apps: outcomes,
-                removed: Vec::new(),
-            });
-        }
-        let verified = match verify_desired_state(&self.trust(), bytes, &self.device, last, now) {
+        // The desired state already accepted (a retained message seen again,
+        // or `apply` run again after a crash) is not a replay: it resumes,
+        // and whatever of it was not started yet is started.
+        let again = self.state.desired_digest()?.as_ref() == Some(&digest);
+        let checked_generation = if again { None } else { last };
+        let verified = match verify_desired_state(
+            &self.trust(),
+            bytes,
+            &self.device,
+            checked_generation,
+            now,
+        ) {
             Ok(v) => v,
+            Err(_) if again => {
+                let outcomes = self.recover(source).await?;
+                return Ok(ApplyOutcome {
+                    generation: last.unwrap_or(0),
+                    apps: outcomes,
+                    removed: Vec::new(),
+                });
+            }
             Err(e) => {
                 let info = e.to_error_info();
                 tracing::warn!(code = %info.code, message = %info.message, "desired state rejected");
