@@ -159,6 +159,8 @@ impl Inner {
                         return Ok(Some(Event::StartFailed));
                     };
                     match self.start_release(&target).await {
+                        // Resumed in probation: it runs again, the deadline stands.
+                        Ok(()) if rec.phase != Phase::Starting => None,
                         Ok(()) => {
                             crash::point("after-start-new");
                             let probation = target
