@@ -312,6 +312,11 @@ impl Inner {
             )
         });
         rec.health = Health::Starting;
+        let verdict_by = unix_now().max(deadline)
+            + settings.health.as_ref().map_or(0, |c| {
+                (c.interval_secs.max(1) + c.timeout_secs.max(1)) * u64::from(c.retries.max(1))
+                    + c.start_period_secs
+            });
         let mut announced = false;
         let event = loop {
             let st = status.borrow().clone();
@@ -357,7 +362,13 @@ impl Inner {
                 }
             }
             let now = unix_now();
-            if now >= deadline {
+            // A check that has not concluded yet (e.g. resumed after the
+            // deadline passed) gets its retries before the verdict.
+            let undecided = monitor
+                .as_ref()
+                .is_some_and(|m| m.state().health == Health::Starting)
+                && now < verdict_by;
+            if now >= deadline && !undecided {
                 if let Some(m) = &monitor {
                     let h = m.state();
                     if h.health != Health::Healthy {
