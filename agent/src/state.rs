@@ -100,6 +100,9 @@ pub struct AppRecord {
     /// Health as last observed by the lifecycle (probation).
     #[serde(default)]
     pub health: Health,
+    /// A commit whose garbage collection has not finished yet.
+    #[serde(default)]
+    pub gc_pending: bool,
     /// Unix seconds of the last phase change.
     #[serde(default)]
     pub updated_at: u64,
@@ -116,6 +119,7 @@ impl AppRecord {
             restarts: 0,
             last_error: None,
             health: Health::Unknown,
+            gc_pending: false,
             updated_at: 0,
         }
     }

@@ -196,6 +196,7 @@ impl Inner {
                         }
                         rec.last_error = None;
                         rec.health = Health::Healthy;
+                        rec.gc_pending = true;
                         self.state.put_app(rec)?;
                     }
                     crash::point("after-commit-record");
@@ -203,6 +204,10 @@ impl Inner {
                 }
                 Effect::GcOld => {
                     self.gc().await?;
+                    if rec.gc_pending {
+                        rec.gc_pending = false;
+                        self.state.put_app(rec)?;
+                    }
                     None
                 }
                 Effect::StopNew => {

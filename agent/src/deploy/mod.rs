@@ -432,7 +432,13 @@ impl Inner {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for mut rec in self.state.apps()? {
-            if rec.phase.is_terminal() && rec.phase != Phase::Committed {
+            // A committed app has work left only if its commit or its
+            // garbage collection was interrupted.
+            let finished = match rec.phase {
+                Phase::Committed => rec.target.is_none() && !rec.gc_pending,
+                ref p => p.is_terminal(),
+            };
+            if finished {
                 continue;
             }
             let effects = rec.phase.resume_effects();

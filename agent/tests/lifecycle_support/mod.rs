@@ -209,13 +209,13 @@ pub enum Behaviour {
 }
 
 pub fn settings(behaviour: Behaviour) -> RuntimeSettings {
-    let check = |cmd: &str| HealthCheck {
+    let check = |cmd: &str, retries: u32| HealthCheck {
         probe: Probe::Exec {
             command: vec![cmd.to_owned()],
         },
         interval_secs: 1,
         timeout_secs: 5,
-        retries: 1,
+        retries,
         start_period_secs: 0,
     };
     let mut s = RuntimeSettings {
@@ -225,8 +225,8 @@ pub fn settings(behaviour: Behaviour) -> RuntimeSettings {
         ..RuntimeSettings::default()
     };
     match behaviour {
-        Behaviour::Good => s.health = Some(check("/bin/true")),
-        Behaviour::Unhealthy => s.health = Some(check("/bin/false")),
+        Behaviour::Good => s.health = Some(check("/bin/true", 3)),
+        Behaviour::Unhealthy => s.health = Some(check("/bin/false", 1)),
         Behaviour::CrashLoop => {
             s.args = Some(vec!["/bin/sh".into(), "-c".into(), "exit 3".into()]);
         }
