@@ -7,15 +7,21 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod fetch;
 
 #[cfg(feature = "agent")]
+pub mod config;
+#[cfg(feature = "agent")]
+pub mod deploy;
+#[cfg(feature = "agent")]
 pub mod health;
 #[cfg(feature = "agent")]
 pub mod image;
 #[cfg(feature = "agent")]
-#[cfg(feature = "agent")]
 pub mod link;
+#[cfg(feature = "agent")]
 pub mod runtime;
 #[cfg(feature = "agent")]
 pub mod snapshot;
+#[cfg(feature = "agent")]
+pub mod state;
 #[cfg(feature = "agent")]
 pub mod store;
 #[cfg(feature = "agent")]

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+mod cmd;
 
 #[derive(Parser)]
 #[command(name = "fleet-agent", version = fleet_agent::VERSION, about = "The Fleet device agent")]
@@ -14,30 +14,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Verify a signed desired state against a trust root, as the agent does on receipt.
-    Verify(cli::verify::VerifyArgs),
+    /// Exit status: 0 verified, 1 rejected, 2 unreadable input or unusable trust root.
+    Verify(cmd::verify::Args),
     /// Pull an image (manifest, config, layers) into the content store.
-    Pull(cli::pull::PullArgs),
+    Pull(cmd::pull::PullArgs),
     /// Remove blobs no kept image references, and stale downloads.
-    Gc(cli::pull::GcArgs),
+    Gc(cmd::pull::GcArgs),
+    /// Apply a signed desired state (offline: --content), like one from MQTT.
+    /// Exit status: 0 committed, 1 rolled back or failed, 2 rejected, 3 error.
+    Apply(cmd::deploy::ApplyArgs),
+    /// Finish an update interrupted by a crash, from the stored phase.
+    Resume(cmd::deploy::ResumeArgs),
+    /// Per app: phase, running and previous release, health, restarts, last error.
+    Status(cmd::deploy::StatusArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fleet-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let result = match cli.command {
-        Some(Command::Verify(args)) => return cli::verify::run(args),
-        Some(Command::Pull(args)) => rt.block_on(cli::pull::pull(args)),
-        Some(Command::Gc(args)) => cli::pull::gc(args),
-        None => Ok(()),
+        None => return ExitCode::SUCCESS,
+        Some(Command::Verify(args)) => return cmd::verify::run(args),
+        Some(Command::Apply(args)) => return cmd::deploy::apply(args),
+        Some(Command::Resume(args)) => return cmd::deploy::resume(args),
+        Some(Command::Status(args)) => return cmd::deploy::status(args),
+        Some(Command::Pull(args)) => match tokio_runtime() {
+            Ok(rt) => rt.block_on(cmd::pull::pull(args)),
+            Err(e) => Err(e),
+        },
+        Some(Command::Gc(args)) => cmd::pull::gc(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,10 +51,17 @@ fn main() -> ExitCode {
                 .downcast_ref::<fleet_agent::fetch::PullError>()
                 .is_some_and(|p| p.is_disk_full());
             ExitCode::from(if disk_full {
-                cli::pull::EXIT_DISK_FULL
+                cmd::pull::EXIT_DISK_FULL
             } else {
                 1
             })
         }
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }

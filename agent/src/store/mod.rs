@@ -177,6 +177,11 @@ impl Store {
         &self.cfg
     }
 
+    /// The agent's one sled database (other modules open their own trees in it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }

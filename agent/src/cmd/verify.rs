@@ -1,8 +1,7 @@
-//! `fleet-agent verify`: check a signed desired state as the agent does on receipt.
+//! `fleet-agent verify`: checks a signed desired state as the agent does on receipt.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleet_protocol::dsse::Envelope;
 use fleet_protocol::verify::MAX_DESIRED_STATE_BYTES;
@@ -11,7 +10,7 @@ use fleet_protocol::{DeviceId, TrustedRoot, VerifyError, verify_desired_state};
 /// Verify a signed desired state against a trust root, as the agent does on receipt.
 /// Exit status: 0 verified, 1 rejected, 2 unreadable input or unusable trust root.
 #[derive(clap::Args)]
-pub struct VerifyArgs {
+pub struct Args {
     /// The device's trust root (trust.json).
     #[arg(long)]
     trust: PathBuf,
@@ -28,13 +27,8 @@ pub struct VerifyArgs {
     desired: PathBuf,
 }
 
-pub fn run(args: VerifyArgs) -> ExitCode {
-    let now = args.now.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    });
+pub fn run(args: Args) -> ExitCode {
+    let now = args.now.unwrap_or_else(super::unix_now);
     match verify(
         &args.trust,
         args.device,

@@ -21,7 +21,7 @@ pub struct StoreArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+enum Output {
     Text,
     Json,
 }

@@ -1,4 +1,0 @@
-//! The subcommands of the `fleet-agent` binary.
-
-pub mod pull;
-pub mod verify;

@@ -1,0 +1,13 @@
+//! The subcommands of the `fleet-agent` binary, one module each.
+
+pub mod deploy;
+pub mod pull;
+pub mod verify;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
