@@ -118,7 +118,7 @@ over=0
 {
   echo "# Static agent report"
   echo
-  echo "Written by \`cross/report.sh\` on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'),"
+  echo "Written by \`cross/report.sh\` on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ':!cross/REPORT.md' 2>/dev/null || echo ' (with uncommitted changes)'),"
   echo "$(rustc --version). Build time: $build_secs."
   echo
   echo "## Size (stripped, static, release profile)"
