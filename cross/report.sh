@@ -7,7 +7,8 @@
 #   FLEET_REPORT_NO_BUILD=1 cross/report.sh   # report on target/cross as it is
 #
 # Memory figures are measured from /proc/<pid>/status (VmRSS, VmHWM) of the
-# agent process; see rss_after and peak_rss below. Set FLEET_REPORT_IDLE_CMD /
+# agent process; see rss_after and pull_peak below (the latter with
+# bench/lib.sh, the code bench/pull.sh measures with). Set FLEET_REPORT_IDLE_CMD /
 # FLEET_REPORT_PULL_CMD to measure any command now (for example a prototype).
 #
 # Exits non-zero when a target is over its size budget.
@@ -67,32 +68,40 @@ rss_after() {
   echo "$mem"
 }
 
-# peak_rss CMD...: runs CMD to completion, sampling /proc/<pid>/status every
-# 0.1 s; prints the last high-water mark seen (VmHWM only grows, so the last
-# sample is the peak up to 0.1 s before exit) and CMD's exit status.
-peak_rss() {
-  "$@" >/dev/null 2>&1 &
-  local pid=$! mem last=""
-  while kill -0 "$pid" 2>/dev/null; do
-    mem=$(proc_mem "$pid") && last=$mem
-    sleep 0.1
-  done
-  local rc=0
-  wait "$pid" || rc=$?
-  [ -n "$last" ] || { echo "exited before the first sample (status $rc)"; return 1; }
-  echo "$last exit=$rc"
-}
-
 # The agent commands to measure. Empty: not measurable yet.
 # Idle: the agent connected to a broker (mosquitto on 127.0.0.1), nothing to do.
 # TODO(agent link): once `fleet-agent run` connects over MQTT, start mosquitto
 # on a free loopback port and set this to the x86_64 binary with a config for it.
 read -r -a idle_cmd <<<"${FLEET_REPORT_IDLE_CMD:-}"
 # Pull: the agent fetching and unpacking an image with a 1 GiB layer from a
-# local docker-registry.
-# TODO(agent pull): once `fleet-agent pull` exists, push a 1 GiB-layer image to
-# `docker-registry serve` on loopback and set this to the pull command.
+# local docker-registry, measured with bench/pull.sh's code (bench/lib.sh):
+# FLEET_REPORT_PULL_MIB sets the layer's size (default 1024), FLEET_REPORT_NO_PULL=1 skips it.
 read -r -a pull_cmd <<<"${FLEET_REPORT_PULL_CMD:-}"
+
+# pull_peak BIN: prints the peak RSS of `BIN pull --unpack` of a fresh one-layer
+# image (bench_make_layer: real files, tar+gzip), with its wall time.
+pull_peak() {
+  local bin=$1 mib=${FLEET_REPORT_PULL_MIB:-1024}
+  (
+    # shellcheck source=bench/lib.sh
+    . "$repo/bench/lib.sh"
+    bench_work=$(mktemp -d)
+    trap bench_cleanup EXIT
+    bench_start_registry >&2
+    bench_make_layer "$mib" "$bench_work/layer.tar.gz"
+    bench_push_image report/files:1 "$bench_work/layer.tar.gz" \
+      application/vnd.oci.image.layer.v1.tar+gzip "$bench_layer_diff_id" >/dev/null
+    rm -f "$bench_work/layer.tar.gz"
+    if [ "${#pull_cmd[@]}" -gt 0 ]; then
+      bench_run_peak "${pull_cmd[@]}"
+    else
+      bench_run_peak "$bin" pull "$bench_addr/report/files:1" --state-dir "$bench_work/state" \
+        --reserve 0 --unpack -o json
+    fi
+    [ "$bench_rc" -eq 0 ] || { echo "the pull failed (exit $bench_rc)"; exit 1; }
+    echo "VmHWM=$bench_hwm_kb kB ($(bench_calc "$bench_hwm_kb / 1024" 1) MB) for $mib MiB of files in $bench_layer_files files ($bench_secs s in all; bench/pull.sh has the details)"
+  )
+}
 
 # ------------------------------------------------------------------ build ---
 
@@ -109,7 +118,7 @@ over=0
 {
   echo "# Static agent report"
   echo
-  echo "Written by \`cross/report.sh\` on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)'),"
+  echo "Written by \`cross/report.sh\` on $(date -u +%Y-%m-%d) from commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ':!cross/REPORT.md' 2>/dev/null || echo ' (with uncommitted changes)'),"
   echo "$(rustc --version). Build time: $build_secs."
   echo
   echo "## Size (stripped, static, release profile)"
@@ -155,8 +164,8 @@ over=0
   echo
   echo "## Memory"
   echo
-  echo "Measured from \`/proc/<pid>/status\` of the agent process (\`rss_after\`, \`peak_rss\` in"
-  echo "\`cross/report.sh\`), on the x86_64 musl binary run natively: under qemu-user the"
+  echo "Measured from \`/proc/<pid>/status\` of the agent process (\`rss_after\`, \`pull_peak\` in"
+  echo "\`cross/report.sh\`, the latter with bench/lib.sh), on the x86_64 musl binary run natively: under qemu-user the"
   echo "figures would be the emulator's. Real arm64 figures come from running the same"
   echo "functions on a device."
   echo
@@ -167,10 +176,13 @@ over=0
   else
     echo "| idle RSS after 60 s connected | not measurable yet: needs the agent's MQTT link |"
   fi
-  if [ "${#pull_cmd[@]}" -gt 0 ]; then
-    echo "| peak RSS while pulling + unpacking a 1 GiB layer | $(peak_rss "${pull_cmd[@]}" || true) |"
+  x86_bin=$out/x86_64-unknown-linux-musl/fleet-agent
+  if [ -n "${FLEET_REPORT_NO_PULL:-}" ]; then
+    echo "| peak RSS while pulling + unpacking a 1 GiB layer | not measured (FLEET_REPORT_NO_PULL) |"
+  elif [ ! -x "$x86_bin" ] && [ "${#pull_cmd[@]}" -eq 0 ]; then
+    echo "| peak RSS while pulling + unpacking a 1 GiB layer | not measured: x86_64-unknown-linux-musl not built |"
   else
-    echo "| peak RSS while pulling + unpacking a 1 GiB layer | not measurable yet: needs the agent's pull command |"
+    echo "| peak RSS while pulling + unpacking a 1 GiB layer | $(pull_peak "$x86_bin" || true) |"
   fi
 } >"$report"
 

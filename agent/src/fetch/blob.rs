@@ -13,11 +13,12 @@ use reqwest::StatusCode;
 use reqwest::header::{ETAG, HeaderMap, HeaderValue, IF_RANGE, RANGE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 
 use super::client::{Client, header_str};
 use super::error::FetchError;
 use super::manifest::Descriptor;
+use super::sink::BlobSink;
 use fleet_protocol::ImageRef;
 
 /// Where a download in progress lives: the data and its journal.
@@ -257,8 +258,10 @@ impl Client {
                 .truncate(*offset == 0)
                 .open(&dest.data)
                 .await
-                .map_err(io("open", &dest.data))?;
-            let mut out = BufWriter::with_capacity(256 * 1024, file);
+                .map_err(io("open", &dest.data))?
+                .into_std()
+                .await;
+            let sink = BlobSink::start(hasher, file, *offset);
             let outcome = loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
@@ -286,16 +289,18 @@ impl Client {
                 if let Some(l) = &self.inner.limiter {
                     l.consume(chunk.len()).await;
                 }
-                hasher.update(&chunk);
-                if let Err(e) = out.write_all(&chunk).await {
-                    break Err(io("write", &dest.data)(e));
+                if !sink.push(chunk).await {
+                    // The writer failed; finish() says why.
+                    break Ok(());
                 }
                 *offset += n;
                 progress(*offset);
             };
             // Keep what arrived intact for the next attempt.
-            out.flush().await.map_err(io("write", &dest.data))?;
+            let done = sink.finish().await;
+            done.write.map_err(io("write", &dest.data))?;
             outcome?;
+            hasher = done.hasher;
             if *offset < size {
                 return Err(FetchError::Truncated {
                     url: url.into(),
@@ -304,7 +309,10 @@ impl Client {
                     received: *offset,
                 });
             }
-            out.get_ref()
+            let file = done.file.ok_or_else(|| {
+                io("write", &dest.data)(std::io::Error::other("the writer thread failed"))
+            })?;
+            tokio::fs::File::from_std(file)
                 .sync_all()
                 .await
                 .map_err(io("sync", &dest.data))?;

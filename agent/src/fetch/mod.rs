@@ -12,6 +12,7 @@ pub mod manifest;
 mod platform;
 #[cfg(feature = "agent")]
 mod pull;
+mod sink;
 
 pub use auth::Credentials;
 pub use blob::{BlobDownload, Partial};
