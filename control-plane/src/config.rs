@@ -67,6 +67,9 @@ pub struct BrokerConfig {
     pub topic_prefix: String,
     /// The server's MQTT client id.
     pub client_id: String,
+    /// The server's MQTT password on an external broker (the embedded one
+    /// makes its own at every start). Environment: `FLEET_BROKER_PASSWORD`.
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,6 +120,7 @@ impl Default for BrokerConfig {
             url: None,
             topic_prefix: fleet_protocol::topic::DEFAULT_PREFIX.to_owned(),
             client_id: "fleet-server".to_owned(),
+            password: None,
         }
     }
 }
@@ -191,6 +195,9 @@ impl Config {
                 }
                 "FLEET_BROKER_LISTEN" => self.broker.listen = parse("FLEET_BROKER_LISTEN", value)?,
                 "FLEET_BROKER_URL" => self.broker.url = Some(value).filter(|v| !v.is_empty()),
+                "FLEET_BROKER_PASSWORD" => {
+                    self.broker.password = Some(value).filter(|v| !v.is_empty())
+                }
                 "FLEET_TOPIC_PREFIX" => self.broker.topic_prefix = value,
                 "FLEET_DIRECTOR_KEY" => self.director.key = value.into(),
                 "FLEET_TRUST" => self.director.trust = value.into(),

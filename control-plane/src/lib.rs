@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod content;
+pub mod device_token;
 pub mod director;
 pub mod fleet;
 pub mod keys;

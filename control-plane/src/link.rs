@@ -158,13 +158,8 @@ impl std::fmt::Debug for ServerLinkConfig {
     }
 }
 
-/// What devices sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
-    Status(StatusReport),
-    Presence { device: DeviceId, online: bool },
-    Telemetry(Telemetry),
-}
+/// What devices sent (the fleet engine's inbound port).
+pub use crate::fleet::ports::Inbound;
 
 enum Request {
     Publish {

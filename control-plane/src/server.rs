@@ -11,19 +11,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use fleet_protocol::TrustedRoot;
+use fleet_protocol::{Digest, ImageRef, TopicScheme, TrustedRoot};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
+use crate::broker::{BrokerConfig, EmbeddedBroker, ServerAccount};
 use crate::config::{Config, ConfigError};
+use crate::content::ContentStore;
+use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
-    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, RecordingPublisher,
+    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, PortError, RecordingPublisher,
 };
 use crate::fleet::{self, Fleet};
+use crate::link::{BrokerAddr, ServerLink, ServerLinkConfig};
 use crate::store::{SledStore, Store, StoreError};
 
 /// How long shutdown waits for requests and tasks to finish.
@@ -53,6 +57,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("content store: {0}")]
+    Content(#[from] crate::content::ContentError),
+    #[error(transparent)]
+    DeviceToken(#[from] crate::device_token::DeviceTokenError),
+    #[error("MQTT broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("MQTT link: {0}")]
+    Link(#[from] crate::link::LinkError),
     #[error("HTTP server failed: {source}")]
     Serve {
         #[source]
@@ -66,8 +78,12 @@ impl ServerError {
         match self {
             ServerError::Config(_) => 2,
             ServerError::Director(_) | ServerError::Trust { .. } => 3,
-            ServerError::DataDir { .. } | ServerError::Store(_) => 4,
-            ServerError::Bind { .. } => 5,
+            ServerError::DataDir { .. }
+            | ServerError::Store(_)
+            | ServerError::Content(_)
+            | ServerError::DeviceToken(_) => 4,
+            ServerError::Bind { .. } | ServerError::Broker(_) => 5,
+            ServerError::Link(_) => 6,
             ServerError::Serve { .. } => 1,
         }
     }
@@ -81,6 +97,9 @@ pub struct Plugins {
     pub resolver: Arc<dyn ImageResolver>,
     /// Extra routes merged at the root (e.g. the OCI pull API under `/v2`).
     pub routes: Router,
+    /// Extra routes merged at the root behind the API's token check (e.g.
+    /// image import).
+    pub authed_routes: Option<Router>,
 }
 
 impl Default for Plugins {
@@ -89,6 +108,7 @@ impl Default for Plugins {
             publisher: Arc::new(RecordingPublisher::new()),
             resolver: Arc::new(DigestOnlyResolver),
             routes: Router::new(),
+            authed_routes: None,
         }
     }
 }
@@ -99,6 +119,7 @@ pub struct Server {
     fleet: Fleet,
     resolver: Arc<dyn ImageResolver>,
     routes: Router,
+    authed_routes: Option<Router>,
     inbound_tx: mpsc::Sender<Inbound>,
     inbound_rx: mpsc::Receiver<Inbound>,
     admin_token: Option<String>,
@@ -172,6 +193,7 @@ impl Server {
             fleet,
             resolver: plugins.resolver,
             routes: plugins.routes,
+            authed_routes: plugins.authed_routes,
             inbound_tx,
             inbound_rx,
             admin_token,
@@ -210,6 +232,7 @@ impl Server {
             fleet,
             resolver,
             routes,
+            authed_routes,
             inbound_tx,
             mut inbound_rx,
             admin_token: _,
@@ -267,11 +290,17 @@ impl Server {
             });
         }
 
-        let app = api::router(ApiState {
+        let mut app = api::router(ApiState {
             fleet: fleet.clone(),
             resolver,
         })
         .merge(routes);
+        if let Some(authed) = authed_routes {
+            app = app.merge(authed.route_layer(axum::middleware::from_fn_with_state(
+                fleet.store().clone(),
+                api::auth::require_token,
+            )));
+        }
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Serve { source })?;
@@ -297,10 +326,55 @@ impl Server {
     }
 }
 
-/// Runs a server with `config` and no link or content plug-ins until
-/// `shutdown` is cancelled. The admin token of a first start goes to stdout.
+/// Runs the whole control plane with `config` until `shutdown`: the content
+/// store and its OCI pull API, the embedded MQTT broker (or a link to an
+/// external one), the MQTT link, the API and the engine.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let server = Server::bind(config, Plugins::default()).await?;
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let content = ContentStore::open(&data_dir)?;
+    let tokens = DeviceTokens::open(&data_dir)?;
+    let scheme = TopicScheme::new(config.broker.topic_prefix.clone()).map_err(|e| {
+        ServerError::Config(ConfigError::Invalid {
+            field: "broker.topic_prefix",
+            reason: e.to_string(),
+        })
+    })?;
+    let client_id = config.broker.client_id.clone();
+    let (broker, broker_addr, password) = if config.broker.embedded {
+        let password = random_password();
+        let mut broker_config = BrokerConfig::new(
+            ServerAccount {
+                client_id: client_id.clone(),
+                password: password.clone(),
+            },
+            Arc::new(tokens.clone()),
+        );
+        broker_config.listen = config.broker.listen;
+        broker_config.scheme = scheme.clone();
+        let broker = EmbeddedBroker::start(broker_config, shutdown.child_token()).await?;
+        let addr = BrokerAddr::parse(&broker.url())?;
+        (Some(broker), addr, password)
+    } else {
+        let url = config.broker.url.clone().unwrap_or_default();
+        let password = config.broker.password.clone().unwrap_or_default();
+        (None, BrokerAddr::parse(&url)?, password)
+    };
+    let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);
+    link_config.scheme = scheme;
+    let (link, mut from_devices, link_task) =
+        ServerLink::connect(link_config, shutdown.child_token());
+    let plugins = Plugins {
+        publisher: Arc::new(LinkPublisher(link)),
+        resolver: Arc::new(ContentResolver(content.clone())),
+        routes: crate::content::router(content.clone()),
+        authed_routes: Some(crate::content::import_router(content)),
+    };
+    let server = Server::bind(config, plugins).await?;
     if let Some(token) = server.admin_token() {
         println!("admin token (shown once, stored hashed): {token}");
         println!(
@@ -308,5 +382,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             server.local_addr()?
         );
     }
-    server.run(shutdown).await
+    let to_engine = server.inbound();
+    let forward = tokio::spawn(async move {
+        while let Some(message) = from_devices.recv().await {
+            if to_engine.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = server.run(shutdown.clone()).await;
+    shutdown.cancel();
+    forward.abort();
+    let _ = link_task.await;
+    drop(broker);
+    result
+}
+
+/// The MQTT link as the engine's desired-state publisher.
+struct LinkPublisher(ServerLink);
+
+#[async_trait::async_trait]
+impl DesiredPublisher for LinkPublisher {
+    async fn publish_desired(
+        &self,
+        device: &fleet_protocol::DeviceId,
+        envelope_json: Vec<u8>,
+    ) -> Result<(), PortError> {
+        self.0
+            .publish_desired(device, envelope_json)
+            .await
+            .map_err(|e| PortError::new(format!("MQTT link: {e}")))
+    }
+}
+
+/// Tags resolved in the server's own content store.
+struct ContentResolver(ContentStore);
+
+#[async_trait::async_trait]
+impl ImageResolver for ContentResolver {
+    async fn resolve(&self, image: &ImageRef) -> Result<Digest, PortError> {
+        if let Some(digest) = image.digest() {
+            return Ok(digest.clone());
+        }
+        let tag = image.tag().unwrap_or("latest");
+        self.0.resolve(image.repository(), tag).ok_or_else(|| {
+            PortError::new(format!(
+                "{}:{tag} is not in the server's content store; import it with `fleetctl image import <oci-layout|tar> --repository {}{}`, or give the image by digest",
+                image.repository(),
+                image.repository(),
+                if tag == "latest" { String::new() } else { format!(" --tag {tag}") }
+            ))
+        })
+    }
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    hex::encode(bytes)
 }

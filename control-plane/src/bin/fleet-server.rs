@@ -26,6 +26,15 @@ struct Cli {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+}
+
+#[derive(clap::Subcommand)]
+enum ServerCommand {
+    /// Print a device's MQTT token (its broker password; put it in the
+    /// device's agent.toml). Made from the server's secret in the data dir.
+    DeviceToken { device: fleet_protocol::DeviceId },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +58,18 @@ fn main() -> ExitCode {
     if cli.check {
         println!("configuration ok");
         return ExitCode::SUCCESS;
+    }
+    if let Some(ServerCommand::DeviceToken { device }) = cli.command {
+        return match fleet_control_plane::device_token::DeviceTokens::open(&config.data_dir) {
+            Ok(tokens) => {
+                println!("{}", tokens.token(&device));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-server: {e}");
+                ExitCode::from(4)
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -39,6 +39,8 @@ enum Command {
     Devices(DevicesArgs),
     /// Groups of devices (by label selector or explicit members) and labels.
     Groups(GroupsArgs),
+    /// Images in the server's content store.
+    Image(cli::ImageArgs),
     /// Print a shell completion script, e.g. `fleetctl completions bash`.
     Completions { shell: clap_complete::Shell },
 }
@@ -141,6 +143,7 @@ fn remote(cli: Cli) -> Result<()> {
             Command::Rollout(args) => cli::rollout(args).await,
             Command::Devices(args) => cli::devices(args).await,
             Command::Groups(args) => cli::groups(args).await,
+            Command::Image(args) => cli::image(args).await,
             _ => Ok(()),
         }
     })
@@ -148,7 +151,11 @@ fn remote(cli: Cli) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Login(_) | Command::Rollout(_) | Command::Devices(_) | Command::Groups(_) => {
+        Command::Login(_)
+        | Command::Rollout(_)
+        | Command::Devices(_)
+        | Command::Groups(_)
+        | Command::Image(_) => {
             return remote(cli);
         }
         Command::Completions { shell } => {

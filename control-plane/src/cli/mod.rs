@@ -115,6 +115,30 @@ pub struct DevicesArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load an OCI image layout directory, an OCI archive or a `docker save`
+    /// tar into the server's content store (served at /v2 to devices).
+    Import {
+        /// The layout directory or the tar file.
+        path: std::path::PathBuf,
+        /// Repository to store it under, e.g. `edge/model`.
+        #[arg(long)]
+        repository: String,
+        /// Tag (default: the tags the layout or archive names).
+        #[arg(long)]
+        tag: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct GroupsArgs {
     #[command(subcommand)]
     pub command: GroupsCommand,
@@ -479,6 +503,44 @@ pub async fn groups(args: GroupsArgs) -> Result<()> {
                 render::list(&group.devices)
             );
             Ok(())
+        }
+    }
+}
+
+pub async fn image(args: ImageArgs) -> Result<()> {
+    let Credentials { server, token } =
+        credentials::resolve(args.remote.server.clone(), args.remote.token.clone())?;
+    match args.command {
+        ImageCommand::Import {
+            path,
+            repository,
+            tag,
+        } => {
+            let summary = crate::content::cli::import_image(
+                &server,
+                Some(&token),
+                &path,
+                &repository,
+                tag.as_deref(),
+            )
+            .await
+            .with_context(|| format!("importing {}", path.display()))?;
+            match args.remote.output {
+                Output::Json => print_json(&summary),
+                Output::Text => {
+                    for image in &summary.images {
+                        println!(
+                            "imported {}:{} {}",
+                            image.repository, image.tag, image.digest
+                        );
+                    }
+                    println!(
+                        "{} blobs added, {} already present",
+                        summary.blobs_added, summary.blobs_present
+                    );
+                    Ok(())
+                }
+            }
         }
     }
 }

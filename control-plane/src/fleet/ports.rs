@@ -38,7 +38,7 @@ pub trait DesiredPublisher: Send + Sync + 'static {
 
 /// A message from a device, decoded and checked by the link (the topic's
 /// device id matches the message's).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
     Status(StatusReport),
     Presence { device: DeviceId, online: bool },
