@@ -1,16 +1,155 @@
 #!/usr/bin/env bash
 # The main job: a complete local fleet on the embedded defaults.
 #
-# What exists today: keys and trust metadata are created with fleetctl, a
-# release is signed, and the signature is verified the way a device verifies
-# it. The server, broker, agents and rollout steps join as they land.
+#   sudo scripts/fleet-local.sh          # runs until Ctrl-C, then stops everything
+#   sudo scripts/fleet-local.sh --once   # stops everything after the rollouts
+#
+# It builds the three programs, creates the signing keys and trust root,
+# starts fleet-server (REST API, embedded MQTT broker, OCI content endpoint),
+# three fleet-agent devices with their own state directories running real
+# containers with crun, imports a sample image (v1 and v2, made with umoci),
+# rolls out v1 and then v2 to the group `cameras` with fleetctl, and shows
+# the devices, their versions and what the runtime reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
+once=false
+[ "${1:-}" = "--once" ] && once=true
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "fleet-local: the devices run real containers (crun, overlayfs, cgroups): run as root (sudo $0)" >&2
+  exit 1
+fi
 scripts/setup.sh
-cargo build --release --locked --bins
-bin=target/release
-work=${FLEET_LOCAL_DIR:-target/fleet-local}
-rm -rf "$work"; mkdir -p "$work"
-echo "== fleet-local: working in $work"
-"$bin/fleetctl" --version
-"$bin/fleet-agent" --version
+for tool in crun umoci busybox curl; do
+  command -v "$tool" >/dev/null || { echo "fleet-local: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
+done
+
+echo "== building fleet-server, fleetctl, fleet-agent (release)"
+cargo build --release --locked --bins -q
+bin=$repo/target/release
+work=${FLEET_LOCAL_DIR:-$repo/target/fleet-local}
+http_port=${FLEET_LOCAL_HTTP_PORT:-8080}
+mqtt_port=${FLEET_LOCAL_MQTT_PORT:-1883}
+server=http://127.0.0.1:$http_port
+
+pids=()
+cleanup() {
+  echo "== stopping the local fleet"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # The agents leave containers running on purpose (an agent restart must not
+  # stop apps); the local fleet removes them.
+  for d in "$work"/devices/*/; do
+    [ -d "$d/runtime" ] || continue
+    for id in $(crun --root "$d/runtime" list -q 2>/dev/null); do
+      crun --root "$d/runtime" delete --force "$id" >/dev/null 2>&1 || true
+    done
+  done
+  grep " $work/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+}
+trap cleanup EXIT
+
+rm -rf "$work"; mkdir -p "$work"/devices
+cd "$work"
+echo "== working in $work"
+
+echo "== fleetctl keys init (root, release and director keys; trust.json)"
+"$bin/fleetctl" keys init --dir keys >/dev/null
+
+cat >server.toml <<TOML
+data_dir = "$work/server-data"
+[http]
+listen = "127.0.0.1:$http_port"
+[broker]
+embedded = true
+listen = "127.0.0.1:$mqtt_port"
+[director]
+key = "$work/keys/director.key"
+trust = "$work/keys/trust.json"
+TOML
+echo "== starting fleet-server (API $server, MQTT 127.0.0.1:$mqtt_port, content at $server/v2/)"
+"$bin/fleet-server" --config server.toml >server.out 2>server.log &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q 'admin token' server.out 2>/dev/null && break
+  sleep 0.1
+done
+token=$(grep -o 'fleet_[0-9a-f]*' server.out | head -1)
+[ -n "$token" ] || { echo "fleet-server did not start:"; cat server.log; exit 1; }
+export FLEET_CONFIG_DIR=$work/fleetctl
+"$bin/fleetctl" login --server "$server" --token "$token"
+
+echo "== building the sample image edge/demo (v1, v2) with umoci and importing it"
+make_image() { # tag version
+  umoci new --image "img:$1" >/dev/null 2>&1 || true
+  rm -rf ub; umoci unpack --rootless --image "img:$1" ub >/dev/null
+  mkdir -p ub/rootfs/bin ub/rootfs/etc
+  cp "$(command -v busybox)" ub/rootfs/bin/busybox
+  for a in sh sleep cat echo; do ln -sf busybox "ub/rootfs/bin/$a"; done
+  echo "$2" >ub/rootfs/etc/demo-version
+  umoci repack --image "img:$1" ub >/dev/null
+  umoci config --image "img:$1" --os linux --architecture amd64 \
+    --config.cmd /bin/sh --config.cmd -c \
+    --config.cmd 'echo "demo $(cat /etc/demo-version) started"; exec sleep 2147483647' >/dev/null
+}
+umoci init --layout img >/dev/null
+make_image v1 "v1"
+make_image v2 "v2"
+"$bin/fleetctl" image import img --repository edge/demo
+
+echo "== starting three devices (cam-01..cam-03), each with its own state dir and crun root"
+for i in 1 2 3; do
+  dev=cam-0$i
+  d=$work/devices/$dev
+  mkdir -p "$d"
+  dtoken=$("$bin/fleet-server" --config server.toml device-token "$dev")
+  cat >"$d/agent.toml" <<TOML
+device_id = "$dev"
+state_dir = "$d/state"
+trust = "$work/keys/trust.json"
+server = "$server"
+broker = "mqtt://127.0.0.1:$mqtt_port"
+token = "$dtoken"
+status_interval_secs = 5
+[labels]
+role = "camera"
+site = "lab"
+[runtime]
+kind = "crun"
+root = "$d/runtime"
+TOML
+  "$bin/fleet-agent" run --config "$d/agent.toml" >"$d/agent.log" 2>&1 &
+  pids+=($!)
+done
+
+echo "== waiting for the devices to register"
+for _ in $(seq 120); do
+  n=$("$bin/fleetctl" devices ls -o json | grep -c '"id"' || true)
+  [ "$n" -ge 3 ] && break
+  sleep 0.5
+done
+"$bin/fleetctl" groups add cameras --selector role=camera
+"$bin/fleetctl" devices ls
+
+for v in v1 v2; do
+  echo "== fleetctl rollout 127.0.0.1:$http_port/edge/demo:$v --group cameras"
+  "$bin/fleetctl" rollout "127.0.0.1:$http_port/edge/demo:$v" --group cameras \
+    --release-key keys/release.key --watch
+done
+
+echo "== devices and versions"
+"$bin/fleetctl" devices ls
+echo "== what crun reports on each device"
+for i in 1 2 3; do
+  d=$work/devices/cam-0$i
+  echo "-- cam-0$i"
+  crun --root "$d/runtime" list
+  "$bin/fleet-agent" status --config "$d/agent.toml" 2>/dev/null || true
+done
+
+if $once; then
+  exit 0
+fi
+echo "== the fleet runs; logs in $work (server.log, devices/*/agent.log). Ctrl-C stops it."
+wait
