@@ -3,6 +3,7 @@
 #
 #   sudo scripts/fleet-local.sh          # runs until Ctrl-C, then stops everything
 #   sudo scripts/fleet-local.sh --once   # stops everything after the rollouts
+#   scripts/fleet-local.sh --once --check  # also asserts the outcome (the test suite's end-to-end test)
 #
 # It builds the three programs, creates the signing keys and trust root,
 # starts fleet-server (REST API, embedded MQTT broker, OCI content endpoint),
@@ -14,7 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 once=false
-[ "${1:-}" = "--once" ] && once=true
+check=false
+for arg in "$@"; do
+  case $arg in
+    --once) once=true ;;
+    --check) check=true ;;
+    *) echo "usage: $0 [--once] [--check]" >&2; exit 2 ;;
+  esac
+done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "fleet-local: the devices run real containers (crun, overlayfs, cgroups): run as root (sudo $0)" >&2
@@ -148,6 +156,37 @@ for i in 1 2 3; do
   "$bin/fleet-agent" status --config "$d/agent.toml" 2>/dev/null || true
 done
 
+if $check; then
+  # End-to-end check: what the server says, what each agent says and what the
+  # runtime says agree — every device runs exactly one container, v2's.
+  echo "== checking the outcome"
+  passed=0; failed=0
+  ok() { passed=$((passed + 1)); echo "ok   - $1"; }
+  bad() { failed=$((failed + 1)); echo "FAIL - $1" >&2; }
+  devices_json=$("$bin/fleetctl" devices ls -o json)
+  for i in 1 2 3; do
+    dev=cam-0$i; d=$work/devices/$dev
+    want=""
+    for _ in $(seq 60); do
+      want=$(jq -r --arg d "$dev" '.[] | select(.id==$d) | .last_status.apps[]? | select(.app=="demo") | "\(.phase.phase) \(.running.version)"' <<<"$devices_json")
+      [ "$want" = "committed v2" ] && break
+      sleep 1; devices_json=$("$bin/fleetctl" devices ls -o json)
+    done
+    [ "$want" = "committed v2" ] && ok "$dev: the server reports demo committed on v2" || bad "$dev: the server reports '$want'"
+    running=$(crun --root "$d/runtime" list -q 2>/dev/null | while read -r id; do
+      crun --root "$d/runtime" state "$id" 2>/dev/null | jq -r 'select(.status=="running") | .id'; done)
+    n=$(grep -c . <<<"$running" || true)
+    [ "$n" -eq 1 ] && ok "$dev: crun runs exactly one container ($running)" || bad "$dev: crun runs $n containers: $running"
+    digest=$(jq -r --arg d "$dev" '.[] | select(.id==$d) | .last_status.apps[]? | select(.app=="demo") | .running.release_digest' <<<"$devices_json")
+    hex=${digest#sha256:}
+    [ "$running" = "fleet-demo-${hex:0:12}" ] && ok "$dev: the running container is the release the server reports" \
+      || bad "$dev: crun runs '$running', the server reports release $digest"
+    out=$(grep -h "demo v2 started" "$d"/state/containers/*/logs/stdout* 2>/dev/null | head -1 || true)
+    [ -n "$out" ] && ok "$dev: the v2 container's own output says it started" || bad "$dev: no 'demo v2 started' in the container logs"
+  done
+  echo "fleet-local: $passed passed, $failed failed"
+  [ "$failed" -eq 0 ] || exit 1
+fi
 if $once; then
   exit 0
 fi
