@@ -6,6 +6,15 @@
 //! device_id = "cam-01"                  # default: the host name
 //! state_dir = "/var/lib/fleet-agent"
 //! trust = "/etc/fleet-agent/trust.json"
+//! server = "http://10.0.0.2:8080"       # the control plane (content endpoint)
+//! broker = "mqtt://127.0.0.1:1883"      # the MQTT broker
+//! token = "..."                         # the device's MQTT password
+//! status_interval_secs = 30             # periodic status report
+//! supervise_interval_secs = 10          # periodic check that committed apps run
+//! runtime = "crun"                      # short for [runtime] kind = "crun"
+//!
+//! [labels]                              # reported to the server on start
+//! site = "north"
 //!
 //! [runtime]
 //! kind = "crun"                         # or "runc"
@@ -24,10 +33,12 @@
 //! ```
 //!
 //! Environment overrides: `FLEET_AGENT_DEVICE_ID`, `FLEET_AGENT_STATE_DIR`,
-//! `FLEET_AGENT_TRUST`, `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
+//! `FLEET_AGENT_TRUST`, `FLEET_AGENT_SERVER`, `FLEET_AGENT_BROKER`,
+//! `FLEET_AGENT_TOKEN`, `FLEET_AGENT_STATUS_INTERVAL_SECS`, `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
 //! `FLEET_AGENT_RUNTIME_ROOT`, `FLEET_AGENT_PROBATION_SECS`,
 //! `FLEET_AGENT_CRASH_LOOP_RESTARTS`, `FLEET_AGENT_RESERVE_BYTES`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +47,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::{BackoffConfig, DriverConfig, RuntimeConfig, RuntimeKind};
 use crate::store::StoreConfig;
+
+/// The broker when none is configured.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 
 /// Where the configuration file is looked for when none is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet-agent/config.toml";
@@ -72,19 +86,113 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The trust root the device was provisioned with (`trust.json`).
     pub trust: PathBuf,
+    /// The control plane's base URL. Release images name their registry
+    /// themselves (`<server host:port>/<repo>`); an `http://` server here
+    /// makes its host reachable over plain HTTP even when not on loopback.
+    pub server: Option<String>,
+    /// The MQTT broker: `mqtt://host:port` (TLS is not supported yet).
+    pub broker: String,
+    /// The device's MQTT password (its user name is the device id).
+    pub token: Secret,
+    /// Labels reported to the server with the device info.
+    pub labels: BTreeMap<String, String>,
+    /// Seconds between periodic status reports.
+    pub status_interval_secs: u64,
+    /// Seconds between checks that every committed app's container runs.
+    pub supervise_interval_secs: u64,
     pub runtime: RuntimeSection,
     pub deploy: DeploySection,
     pub store: StoreSection,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// `runtime = "crun"` or a `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuntimeSection {
     pub kind: RuntimeKind,
     pub binary: Option<PathBuf>,
     pub root: Option<PathBuf>,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+}
+
+/// The table form of [`RuntimeSection`].
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RuntimeTable {
+    kind: RuntimeKind,
+    binary: Option<PathBuf>,
+    root: Option<PathBuf>,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+}
+
+impl Default for RuntimeTable {
+    fn default() -> Self {
+        let d = RuntimeSection::default();
+        RuntimeTable {
+            kind: d.kind,
+            binary: d.binary,
+            root: d.root,
+            backoff_initial_ms: d.backoff_initial_ms,
+            backoff_max_ms: d.backoff_max_ms,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RuntimeSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RuntimeSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"crun\", \"runc\" or a [runtime] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RuntimeSection, E> {
+                let kind =
+                    RuntimeKind::deserialize(serde::de::value::StrDeserializer::<E>::new(v))?;
+                Ok(RuntimeSection {
+                    kind,
+                    ..RuntimeSection::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RuntimeSection, A::Error> {
+                let t =
+                    RuntimeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RuntimeSection {
+                    kind: t.kind,
+                    binary: t.binary,
+                    root: t.root,
+                    backoff_initial_ms: t.backoff_initial_ms,
+                    backoff_max_ms: t.backoff_max_ms,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +217,12 @@ impl Default for Config {
             device_id: None,
             state_dir: PathBuf::from("/var/lib/fleet-agent"),
             trust: PathBuf::from("/etc/fleet-agent/trust.json"),
+            server: None,
+            broker: DEFAULT_BROKER.to_owned(),
+            token: Secret::default(),
+            labels: BTreeMap::new(),
+            status_interval_secs: 30,
+            supervise_interval_secs: 10,
             runtime: RuntimeSection::default(),
             deploy: DeploySection::default(),
             store: StoreSection::default(),
@@ -197,6 +311,18 @@ impl Config {
         if let Some(v) = var("FLEET_AGENT_TRUST") {
             self.trust = PathBuf::from(v);
         }
+        if let Some(v) = var("FLEET_AGENT_SERVER") {
+            self.server = Some(v);
+        }
+        if let Some(v) = var("FLEET_AGENT_BROKER") {
+            self.broker = v;
+        }
+        if let Some(v) = var("FLEET_AGENT_TOKEN") {
+            self.token = Secret(v);
+        }
+        if let Some(v) = var("FLEET_AGENT_STATUS_INTERVAL_SECS") {
+            self.status_interval_secs = parse("FLEET_AGENT_STATUS_INTERVAL_SECS", v)?;
+        }
         if let Some(v) = var("FLEET_AGENT_RUNTIME") {
             self.runtime.kind = match v.as_str() {
                 "crun" => RuntimeKind::Crun,
@@ -231,6 +357,21 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.state_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("state_dir is empty".into()));
+        }
+        if self.broker.trim().is_empty() {
+            return Err(ConfigError::Invalid("broker is empty".into()));
+        }
+        if self.status_interval_secs == 0 || self.supervise_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "status_interval_secs and supervise_interval_secs must be at least 1".into(),
+            ));
+        }
+        if let Some(server) = &self.server
+            && !(server.starts_with("http://") || server.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "server {server:?} must start with http:// or https://"
+            )));
         }
         if self.deploy.crash_loop_restarts == 0 {
             return Err(ConfigError::Invalid(
@@ -278,6 +419,14 @@ impl Config {
         config
     }
 
+    /// The `host:port` of an `http://` server, which the registry client
+    /// then reaches over plain HTTP.
+    pub fn plain_http_server(&self) -> Option<String> {
+        let rest = self.server.as_deref()?.strip_prefix("http://")?;
+        let host = rest.split('/').next().unwrap_or(rest);
+        (!host.is_empty()).then(|| host.to_owned())
+    }
+
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
             reserve_bytes: self.store.reserve_bytes,
@@ -310,6 +459,29 @@ mod tests {
         assert_eq!(c.deploy.probation_secs, 2);
         assert_eq!(c.device_id().unwrap().as_str(), "cam-01");
         assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn the_documented_device_config_parses() {
+        let c: Config = toml::from_str(
+            "device_id = \"cam-0042\"\nserver = \"http://10.0.0.2:8080/\"\n\
+             broker = \"mqtt://10.0.0.2:1883\"\ntrust = \"/etc/fleet/trust.json\"\n\
+             runtime = \"runc\"\ntoken = \"s3cret\"\n[labels]\nsite = \"north\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.runtime.kind, RuntimeKind::Runc);
+        assert_eq!(c.runtime.backoff_max_ms, 60_000);
+        assert_eq!(c.broker, "mqtt://10.0.0.2:1883");
+        assert_eq!(c.labels.get("site").map(String::as_str), Some("north"));
+        assert_eq!(c.plain_http_server().as_deref(), Some("10.0.0.2:8080"));
+        assert_eq!(c.token.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(toml::from_str::<Config>("runtime = \"docker\"").is_err());
+        assert!(toml::from_str::<Config>("[runtime]\nbogus = 1").is_err());
+        let d = Config::default();
+        assert_eq!(d.broker, DEFAULT_BROKER);
+        assert_eq!(d.status_interval_secs, 30);
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod fetch;
 #[cfg(feature = "agent")]
 pub mod config;
 #[cfg(feature = "agent")]
+pub mod daemon;
+#[cfg(feature = "agent")]
 pub mod deploy;
 #[cfg(feature = "agent")]
 pub mod health;

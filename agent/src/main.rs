@@ -13,6 +13,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the device daemon: MQTT link, desired state in, containers out.
+    /// Exit status: 0 after SIGTERM/ctrl-c, 2 bad configuration, 1 error.
+    Run(cmd::run::RunArgs),
     /// Verify a signed desired state against a trust root, as the agent does on receipt.
     /// Exit status: 0 verified, 1 rejected, 2 unreadable input or unusable trust root.
     Verify(cmd::verify::Args),
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => return ExitCode::SUCCESS,
+        Some(Command::Run(args)) => return cmd::run::run(args),
         Some(Command::Verify(args)) => return cmd::verify::run(args),
         Some(Command::Apply(args)) => return cmd::deploy::apply(args),
         Some(Command::Resume(args)) => return cmd::deploy::resume(args),

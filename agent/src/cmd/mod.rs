@@ -2,6 +2,7 @@
 
 pub mod deploy;
 pub mod pull;
+pub mod run;
 pub mod verify;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

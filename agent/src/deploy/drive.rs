@@ -32,6 +32,7 @@ impl Inner {
         rec.phase = next;
         rec.updated_at = unix_now();
         self.state.put_app(rec)?;
+        self.phases.send_modify(|n| *n = n.wrapping_add(1));
         crash::point(&format!("after-{}", rec.phase.name()));
         Ok(())
     }

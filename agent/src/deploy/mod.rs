@@ -19,6 +19,11 @@
 //! - [`Deployer::status_report`]: the persisted state checked against the
 //!   runtime, as a [`StatusReport`].
 //! - [`Deployer::rotate_trust`]: installs the next trust root version.
+//! - [`Deployer::phase_changes`]: a counter bumped at every persisted phase
+//!   change, so a daemon can report status while an apply runs.
+//! - [`Deployer::supervise`]: the periodic check that exactly the expected
+//!   releases run (a committed app whose container is gone is started again).
+//! - [`Deployer::restart_app`]: stops and starts an app's running release.
 //! - [`Deployer::detach`]: at shutdown, stops supervising; containers keep
 //!   running.
 //!
@@ -139,6 +144,7 @@ pub(crate) struct Inner {
     supervisors: Mutex<HashMap<ContainerId, Supervisor>>,
     trust: std::sync::Mutex<TrustedRoot>,
     apply_lock: Mutex<()>,
+    phases: tokio::sync::watch::Sender<u64>,
 }
 
 impl Deployer {
@@ -165,6 +171,7 @@ impl Deployer {
                 supervisors: Mutex::new(HashMap::new()),
                 trust: std::sync::Mutex::new(trust),
                 apply_lock: Mutex::new(()),
+                phases: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -183,6 +190,11 @@ impl Deployer {
 
     pub fn runtime(&self) -> &ContainerRuntime {
         &self.inner.runtime
+    }
+
+    /// The trust root in force (to verify commands with).
+    pub fn trust_root(&self) -> TrustedRoot {
+        self.inner.trust()
     }
 
     /// The version of the trust root in force.
@@ -229,6 +241,36 @@ impl Deployer {
     /// The device's status, checked against the runtime.
     pub async fn status_report(&self) -> Result<StatusReport, DeployError> {
         self.inner.status_report().await
+    }
+
+    /// A counter bumped after every persisted phase change of any app.
+    pub fn phase_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.phases.subscribe()
+    }
+
+    /// Makes sure exactly the release each app's phase expects runs: one
+    /// whose container died (and whose supervisor gave up or is gone) is
+    /// started again, containers no phase expects are stopped. Waits for a
+    /// running apply to end first.
+    pub async fn supervise(&self, source: &ContentSource) -> Result<(), DeployError> {
+        let _guard = self.inner.apply_lock.lock().await;
+        self.inner.reconcile(source).await
+    }
+
+    /// Stops the running release of `app` and starts it again. Returns false
+    /// if the app has no release that should run.
+    pub async fn restart_app(&self, app: &AppName) -> Result<bool, DeployError> {
+        let _guard = self.inner.apply_lock.lock().await;
+        let Some(rec) = self.inner.state.app(app)? else {
+            return Ok(false);
+        };
+        let Some(release) = rec.expected_running().cloned() else {
+            return Ok(false);
+        };
+        tracing::info!(app = %app, container = %release.container, "restarting on request");
+        self.inner.stop_container(&release).await?;
+        self.inner.start_release(&release).await?;
+        Ok(true)
     }
 
     /// Stops supervising (the containers keep running).

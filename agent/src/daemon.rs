@@ -1,0 +1,297 @@
+//! `fleet-agent run`: the device daemon that ties the pieces together.
+//!
+//! [`run`] opens the lifecycle driver ([`Deployer`]), starts the MQTT link
+//! ([`AgentLink`]) and publishes a first status carrying the device info (so
+//! the server registers the device), finishes whatever a crash interrupted
+//! ([`Deployer::recover`]), then loops until `shutdown` fires:
+//!
+//! - a desired state from the link → [`Deployer::apply_desired`], which runs
+//!   every app to a terminal phase; a status is reported at every phase
+//!   change while it runs, and once it ends (a refused desired state shows
+//!   in the report's `rejected`). The same bytes delivered again (the
+//!   retained message on every reconnection) are not applied again.
+//! - a command → verified with the trust root ([`verify_command`]);
+//!   `restart_app` restarts the app's running release; others are logged as
+//!   unsupported.
+//! - every `status_interval_secs`: a status report;
+//! - every `supervise_interval_secs`: [`Deployer::supervise`], so a committed
+//!   app whose container is gone runs again.
+//!
+//! On shutdown the supervisors are detached (containers keep running), a
+//! last status is queued, and the link says `offline` and disconnects.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use fleet_protocol::message::CommandKind;
+use fleet_protocol::{Digest, StatusReport, verify_command};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
+use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
+use crate::link::{AgentLink, AgentLinkConfig, BrokerAddr, Downlink, LinkError};
+
+/// How long shutdown waits for the link to say `offline`.
+const LINK_GRACE: Duration = Duration::from_secs(5);
+/// Command ids remembered to drop duplicate deliveries (QoS 1).
+const SEEN_COMMANDS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the agent state: {0}")]
+    Deploy(#[source] DeployError),
+    #[error("cannot set up the registry client: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("MQTT link: {0}")]
+    Link(#[from] LinkError),
+}
+
+impl DaemonError {
+    /// The process exit code: 2 for a bad configuration, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Link(LinkError::BadAddress { .. }) => 2,
+            DaemonError::Link(LinkError::TlsUnsupported { .. }) => 2,
+            DaemonError::Deploy(DeployError::Config(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    config.validate()?;
+    let device = config.device_id()?;
+    let broker = BrokerAddr::parse(&config.broker)?;
+    let deployer = Deployer::open(config.clone())
+        .await
+        .map_err(DaemonError::Deploy)?;
+    let source = content_source(&config, &deployer)?;
+
+    let mut link_config = AgentLinkConfig::new(
+        broker,
+        device.clone(),
+        config.token.expose(),
+        config.state_dir.clone(),
+    );
+    link_config.labels = config.labels.clone();
+    let link_cancel = CancellationToken::new();
+    let (link, downlink, link_task) = AgentLink::start(link_config, link_cancel.clone()).await?;
+
+    let daemon = Daemon {
+        deployer: deployer.clone(),
+        link: link.clone(),
+        source,
+        last_desired: None,
+        seen_commands: VecDeque::new(),
+    };
+    let span = info_span!("agent", device = %device);
+    let result = daemon
+        .main_loop(&config, downlink, &shutdown)
+        .instrument(span)
+        .await;
+
+    info!(device = %device, "shutting down: containers keep running");
+    deployer.detach().await;
+    // The last word: what runs as the agent leaves.
+    if let Ok(report) = deployer.status_report().await {
+        let _ = tokio::time::timeout(LINK_GRACE, link.report_status(report)).await;
+    }
+    link_cancel.cancel();
+    if tokio::time::timeout(LINK_GRACE, link_task).await.is_err() {
+        warn!("the MQTT link did not stop in time");
+    }
+    result
+}
+
+/// Where release content comes from: registries through the fetch client
+/// (the server's content endpoint is one: releases name it as their
+/// registry).
+fn content_source(config: &Config, deployer: &Deployer) -> Result<ContentSource, DaemonError> {
+    let mut client = ClientConfig::default();
+    if let Some(host) = config.plain_http_server() {
+        client.plain_http.push(host);
+    }
+    let client = Client::new(client)?;
+    Ok(ContentSource::Registry(Puller::new(
+        client,
+        deployer.store().clone(),
+        Platform::host(),
+    )))
+}
+
+struct Daemon {
+    deployer: Deployer,
+    link: AgentLink,
+    source: ContentSource,
+    /// The digest of the last desired state handled by this process.
+    last_desired: Option<Digest>,
+    seen_commands: VecDeque<u64>,
+}
+
+impl Daemon {
+    async fn main_loop(
+        mut self,
+        config: &Config,
+        mut downlink: tokio::sync::mpsc::Receiver<Downlink>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DaemonError> {
+        // Register with the server first: the device info goes with it.
+        self.report(true).await;
+        info!("resuming from the stored state");
+        let recovered = self
+            .with_progress(self.deployer.recover(&self.source), shutdown)
+            .await;
+        match recovered {
+            Some(Ok(apps)) => info!(apps = apps.len(), "recovered"),
+            Some(Err(e)) => error!(error = %e, "recovery failed"),
+            None => return Ok(()),
+        }
+        self.report(false).await;
+
+        let mut status_tick =
+            tokio::time::interval(Duration::from_secs(config.status_interval_secs));
+        status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        status_tick.reset();
+        let mut supervise_tick =
+            tokio::time::interval(Duration::from_secs(config.supervise_interval_secs));
+        supervise_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        supervise_tick.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = downlink.recv() => match msg {
+                    Some(Downlink::Desired(bytes)) => {
+                        if !self.on_desired(bytes, shutdown).await {
+                            return Ok(());
+                        }
+                    }
+                    Some(Downlink::Command(bytes)) => self.on_command(&bytes).await,
+                    None => {
+                        error!("the MQTT link stopped");
+                        return Ok(());
+                    }
+                },
+                _ = status_tick.tick() => self.report(false).await,
+                _ = supervise_tick.tick() => {
+                    if let Err(e) = self.deployer.supervise(&self.source).await {
+                        warn!(error = %e, "supervision check failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a desired state. Returns false if shutdown interrupted it.
+    async fn on_desired(&mut self, bytes: Vec<u8>, shutdown: &CancellationToken) -> bool {
+        let digest = Digest::of(&bytes);
+        if self.last_desired.as_ref() == Some(&digest) {
+            debug!(%digest, "desired state seen again; already handled");
+            return true;
+        }
+        info!(%digest, "desired state received");
+        let span = info_span!("apply", desired = %digest);
+        let apply = self.deployer.apply_desired(&bytes, &self.source);
+        let Some(result) = self.with_progress(apply, shutdown).instrument(span).await else {
+            return false;
+        };
+        match result {
+            Ok(outcome) => {
+                info!(
+                    generation = outcome.generation,
+                    committed = outcome.committed(),
+                    "desired state applied"
+                );
+                self.last_desired = Some(digest);
+            }
+            Err(DeployError::Rejected(e)) => {
+                // Recorded by the deployer: the report's `rejected` says why.
+                warn!(code = %e.code, message = %e.message, "desired state refused");
+                self.last_desired = Some(digest);
+            }
+            Err(e) => error!(error = %e, "applying the desired state failed"),
+        }
+        self.report(false).await;
+        true
+    }
+
+    /// Runs `work` (an apply or a recovery) while reporting status at every
+    /// phase change. `None` if shutdown came first.
+    async fn with_progress<T>(
+        &self,
+        work: impl Future<Output = T>,
+        shutdown: &CancellationToken,
+    ) -> Option<T> {
+        let mut phases = self.deployer.phase_changes();
+        phases.mark_unchanged();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                out = &mut work => return Some(out),
+                changed = phases.changed() => {
+                    if changed.is_err() {
+                        return Some(work.await);
+                    }
+                    phases.mark_unchanged();
+                    self.report(false).await;
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, bytes: &[u8]) {
+        let root = self.deployer.trust_root();
+        let command = match verify_command(&root, bytes, self.deployer.device(), unix_now()) {
+            Ok(c) => c,
+            Err(e) => {
+                let info = e.to_error_info();
+                warn!(code = %info.code, message = %info.message, "command refused");
+                return;
+            }
+        };
+        if self.seen_commands.contains(&command.id) {
+            debug!(id = command.id, "command seen again; ignored");
+            return;
+        }
+        if self.seen_commands.len() >= SEEN_COMMANDS {
+            self.seen_commands.pop_front();
+        }
+        self.seen_commands.push_back(command.id);
+        match &command.kind {
+            CommandKind::RestartApp { app } => {
+                info!(id = command.id, app = %app, "command: restart app");
+                match self.deployer.restart_app(app).await {
+                    Ok(true) => {}
+                    Ok(false) => warn!(app = %app, "restart_app: the app runs no release"),
+                    Err(e) => error!(app = %app, error = %e, "restart_app failed"),
+                }
+                self.report(false).await;
+            }
+            other => warn!(id = command.id, command = ?other, "unsupported command ignored"),
+        }
+    }
+
+    /// Queues the current status (with the device info on request).
+    async fn report(&self, with_info: bool) {
+        let report = match self.deployer.status_report().await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot build a status report");
+                return;
+            }
+        };
+        let report = StatusReport {
+            info: with_info.then(|| self.link.device_info().clone()),
+            ..report
+        };
+        if let Err(e) = self.link.report_status(report).await {
+            error!(error = %e, "cannot queue a status report");
+        }
+    }
+}
