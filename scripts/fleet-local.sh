@@ -33,9 +33,15 @@ for tool in crun umoci busybox curl; do
   command -v "$tool" >/dev/null || { echo "fleet-local: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
-echo "== building fleet-server, fleetctl, fleet-agent (release)"
-cargo build --release --locked --bins -q
-bin=$repo/target/release
+# FLEET_LOCAL_PROFILE=debug reuses the test suite's debug build.
+profile=${FLEET_LOCAL_PROFILE:-release}
+echo "== building fleet-server, fleetctl, fleet-agent ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release --locked --bins -q
+else
+  cargo build --locked --bins -q
+fi
+bin=${CARGO_TARGET_DIR:-$repo/target}/$profile
 work=${FLEET_LOCAL_DIR:-$repo/target/fleet-local}
 http_port=${FLEET_LOCAL_HTTP_PORT:-8080}
 mqtt_port=${FLEET_LOCAL_MQTT_PORT:-1883}

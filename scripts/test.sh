@@ -9,6 +9,8 @@ scripts/setup.sh
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 scripts/fuzz-build.sh
+# End to end: server, embedded broker, three agents, real containers, two rollouts.
+FLEET_LOCAL_PROFILE=debug scripts/fleet-local.sh --once --check
 if [ -x cross/smoke.sh ]; then
   cross/smoke.sh
 fi
