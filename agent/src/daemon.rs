@@ -205,6 +205,8 @@ impl Daemon {
                 info!(
                     generation = outcome.generation,
                     committed = outcome.committed(),
+                    changed = outcome.apps.iter().filter(|a| a.changed).count(),
+                    removed = outcome.removed.len(),
                     "desired state applied"
                 );
                 self.last_desired = Some(digest);

@@ -1,0 +1,464 @@
+//! `fleet-agent run` end to end: a real Mosquitto with per-device ACLs, a
+//! real registry (Debian's `docker-registry`) holding a busybox image, crun,
+//! and the agent binary as a subprocess. The test plays the server: it
+//! publishes a signed desired state (retained) and reads the agent's status.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod lifecycle_support;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fleet_protocol::message::{StatusReport, decode};
+use fleet_protocol::topic::{Topic, TopicScheme};
+use fleet_protocol::{AppName, DeviceId, Phase, Release, SCHEMA_VERSION};
+use lifecycle_support as ls;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(120);
+const TOKEN: &str = "cam-01-token";
+const SERVER: &str = "fleet-server";
+const SERVER_PASSWORD: &str = "server-secret";
+
+fn tool(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Mosquitto with a password file and the protocol's ACL patterns.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Option<Self> {
+        let (Some(bin), Some(passwd_tool)) = (tool("mosquitto"), tool("mosquitto_passwd")) else {
+            eprintln!("SKIPPED: mosquitto / mosquitto_passwd not installed");
+            return None;
+        };
+        let passwd = dir.join("passwd");
+        for (i, (user, pass)) in [(ls::DEVICE, TOKEN), (SERVER, SERVER_PASSWORD)]
+            .iter()
+            .enumerate()
+        {
+            let mut cmd = Command::new(&passwd_tool);
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let st = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, pass])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "mosquitto_passwd failed");
+        }
+        let scheme = TopicScheme::default();
+        let acl = dir.join("acl");
+        std::fs::write(
+            &acl,
+            format!(
+                "{}\nuser {SERVER}\ntopic readwrite {}/#\n",
+                scheme.mosquitto_acl_patterns(),
+                scheme.prefix()
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n\
+                 use_username_as_clientid true\npersistence false\n",
+                passwd.display(),
+                acl.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { child, port })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The agent daemon as a subprocess; killed when dropped.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(device: &ls::Device, run: u32) -> Self {
+        let log = device.path(&format!("agent-{run}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_fleet-agent"))
+            .args(["run", "--config"])
+            .arg(device.path("config.toml"))
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .env_remove("FLEET_AGENT_CONFIG")
+            .env_remove("FLEET_AGENT_CRASH_AT")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent ignored SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server side: publishes desired states, collects status reports.
+struct Server {
+    client: AsyncClient,
+    statuses: mpsc::UnboundedReceiver<StatusReport>,
+}
+
+impl Server {
+    async fn connect(port: u16) -> Self {
+        let mut options = MqttOptions::new(SERVER, "127.0.0.1", port);
+        options
+            .set_credentials(SERVER, SERVER_PASSWORD)
+            .set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let scheme = TopicScheme::default();
+        let device = DeviceId::new(ls::DEVICE).unwrap();
+        let status_topic = scheme.render(&Topic::Status(device));
+        client
+            .subscribe(status_topic.clone(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (tx, statuses) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == status_topic => {
+                        if let Ok(r) = decode::<StatusReport>(&p.payload) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Server { client, statuses }
+    }
+
+    async fn publish_desired(&self, bytes: Vec<u8>) {
+        let topic =
+            TopicScheme::default().render(&Topic::Desired(DeviceId::new(ls::DEVICE).unwrap()));
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, bytes)
+            .await
+            .unwrap();
+    }
+
+    /// Waits for a status report matching `want`; returns it and every
+    /// report seen on the way.
+    async fn wait_status(
+        &mut self,
+        what: &str,
+        agent: &Agent,
+        want: impl Fn(&StatusReport) -> bool,
+    ) -> (StatusReport, Vec<StatusReport>) {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.statuses.recv()).await {
+                Ok(Some(r)) => {
+                    let hit = want(&r);
+                    seen.push(r.clone());
+                    if hit {
+                        return (r, seen);
+                    }
+                }
+                _ => panic!(
+                    "no status report {what}; seen: {seen:#?}\nagent log:\n{}",
+                    agent.log()
+                ),
+            }
+        }
+    }
+}
+
+/// A busybox image (one uncompressed layer) pushed to the registry.
+async fn push_busybox(registry: &support::Registry, scratch: &Path) -> fleet_protocol::Digest {
+    let _layout = ls::Layout::new(&scratch.join("layout"));
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder
+        .append_dir_all(".", scratch.join("busybox-rootfs"))
+        .unwrap();
+    let layer = support::raw_layer(builder.into_inner().unwrap());
+    support::push_image(&registry.base(), "edge/busybox", "1", &[layer], "amd64")
+        .await
+        .manifest
+}
+
+fn signed_release(
+    repository: &str,
+    manifest: &fleet_protocol::Digest,
+) -> fleet_protocol::dsse::Envelope {
+    let mut runtime = ls::settings(ls::Behaviour::Good);
+    runtime.args = Some(vec!["/bin/sh".into(), "-c".into(), "sleep 100000".into()]);
+    let release = Release {
+        schema: SCHEMA_VERSION,
+        app: AppName::new("cam").unwrap(),
+        version: "1.0.0".into(),
+        repository: repository.to_owned(),
+        manifest_digest: manifest.clone(),
+        runtime,
+    };
+    fleet_protocol::dsse::sign(
+        fleet_protocol::dsse::RELEASE_PAYLOAD_TYPE,
+        &serde_json::to_vec(&release).unwrap(),
+        &[&ls::release_key()],
+    )
+}
+
+fn write_config(device: &ls::Device, broker_port: u16) {
+    let config = format!(
+        "device_id = \"{dev}\"\nstate_dir = \"{state}\"\ntrust = \"{trust}\"\n\
+         broker = \"mqtt://127.0.0.1:{broker_port}\"\ntoken = \"{TOKEN}\"\n\
+         status_interval_secs = 2\nsupervise_interval_secs = 1\n\
+         [labels]\nsite = \"test-bench\"\n\
+         [runtime]\nkind = \"{runtime}\"\nbinary = \"{binary}\"\nroot = \"{root}\"\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 400\n\
+         [deploy]\nprobation_secs = 2\ncrash_loop_restarts = 2\n\
+         [store]\nreserve_bytes = 0\n",
+        dev = ls::DEVICE,
+        state = device.path("state").display(),
+        trust = device.path("trust.json").display(),
+        runtime = device.runtime,
+        binary = device.binary.display(),
+        root = device.path("runtime-root").display(),
+    );
+    std::fs::write(device.path("config.toml"), config).unwrap();
+}
+
+fn committed_running(r: &StatusReport, release: &fleet_protocol::Digest) -> bool {
+    r.generation == Some(1)
+        && r.apps.len() == 1
+        && r.apps[0].phase == Phase::Committed
+        && r.apps[0]
+            .running
+            .as_ref()
+            .is_some_and(|run| &run.release_digest == release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_pulls_runs_reports_and_survives_kill_9() {
+    const TEST: &str = "daemon_pulls_runs_reports_and_survives_kill_9";
+    if !ls::can_run(TEST) {
+        return;
+    }
+    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(scratch.path()) else {
+        return;
+    };
+    let Some(registry) = support::Registry::start().await else {
+        return;
+    };
+    let manifest = push_busybox(&registry, scratch.path()).await;
+    let release = signed_release(&format!("{}/edge/busybox", registry.addr), &manifest);
+    let release_digest = ls::release_digest(&release);
+    let container = ls::container_id("cam", &release);
+
+    let device = ls::Device::new("crun", &crun);
+    write_config(&device, broker.port);
+    let mut server = Server::connect(broker.port).await;
+    // Retained before the agent exists: it must pick it up on connect.
+    server
+        .publish_desired(ls::desired(
+            1,
+            ls::now() + 3600,
+            &[("cam", release.clone())],
+        ))
+        .await;
+
+    // First run: registers, pulls, runs, commits.
+    let mut agent = Agent::start(&device, 1);
+    let (first, _) = server
+        .wait_status("from the first start", &agent, |_| true)
+        .await;
+    let info = first
+        .info
+        .as_ref()
+        .expect("the first status carries the device info");
+    assert_eq!(
+        info.labels.get("site").map(String::as_str),
+        Some("test-bench")
+    );
+    assert_eq!(info.architecture, "amd64");
+    assert_eq!(first.device.as_str(), ls::DEVICE);
+    let (done, seen) = server
+        .wait_status("showing the release committed", &agent, |r| {
+            committed_running(r, &release_digest)
+        })
+        .await;
+    assert!(done.rejected.is_none(), "{done:?}");
+    // Progress was reported on the way, not only the end.
+    assert!(
+        seen.iter()
+            .any(|r| r.apps.iter().any(|a| a.phase != Phase::Committed)),
+        "no intermediate phase reported: {seen:#?}"
+    );
+    assert_eq!(
+        device.runtime_status(&container).as_deref(),
+        Some("running")
+    );
+    assert_eq!(
+        device.runtime_list().len(),
+        1,
+        "{:?}",
+        device.runtime_list()
+    );
+
+    // kill -9: the container keeps running; a new agent adopts it.
+    agent.kill9();
+    assert_eq!(
+        device.runtime_status(&container).as_deref(),
+        Some("running")
+    );
+    let mut agent = Agent::start(&device, 2);
+    let (after, _) = server
+        .wait_status("with device info after the restart", &agent, |r| {
+            r.info.is_some()
+        })
+        .await;
+    assert_eq!(after.generation, Some(1));
+    // The retained desired state is delivered again; give it time to be
+    // handled, then the status must still be right with one container.
+    let (again, _) = server
+        .wait_status("committed after the restart", &agent, |r| {
+            committed_running(r, &release_digest)
+        })
+        .await;
+    assert_eq!(again.apps[0].restarts, 0, "{again:?}");
+    for _ in 0..3 {
+        server
+            .wait_status("periodic after the restart", &agent, |r| {
+                committed_running(r, &release_digest)
+            })
+            .await;
+    }
+    assert_eq!(
+        device.runtime_list(),
+        vec![(container.clone(), "running".to_owned())]
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("desired state received"),
+        "the retained desired state was not delivered again:\n{log}"
+    );
+    assert!(
+        !log.contains(r#""message":"phase""#),
+        "the same desired state changed a phase again:\n{log}"
+    );
+
+    // The container dies: supervision brings it back.
+    let killed = Command::new(&crun)
+        .arg("--root")
+        .arg(device.path("runtime-root"))
+        .args(["kill", &container, "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        if device.runtime_status(&container).as_deref() == Some("running")
+            && device.runtime_list().len() == 1
+            && server
+                .statuses
+                .try_recv()
+                .is_ok_and(|r| committed_running(&r, &release_digest) && r.apps[0].restarts > 0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed container was not restarted: {:?}\n{}",
+            device.runtime_list(),
+            agent.log()
+        );
+    }
+
+    // SIGTERM: a clean exit, the container keeps running.
+    let st = agent.terminate();
+    assert!(st.success(), "exit {st:?}:\n{}", agent.log());
+    assert_eq!(
+        device.runtime_status(&container).as_deref(),
+        Some("running")
+    );
+}
