@@ -70,8 +70,8 @@ rss_after() {
 
 # The agent commands to measure. Empty: not measurable yet.
 # Idle: the agent connected to a broker (mosquitto on 127.0.0.1), nothing to do.
-# TODO(agent link): once `fleet-agent run` connects over MQTT, start mosquitto
-# on a free loopback port and set this to the x86_64 binary with a config for it.
+# By default: the x86_64 static binary's `fleet-agent run` against Mosquitto on
+# a free loopback port (agent_env in cross/targets.sh), no apps.
 read -r -a idle_cmd <<<"${FLEET_REPORT_IDLE_CMD:-}"
 # Pull: the agent fetching and unpacking an image with a 1 GiB layer from a
 # local docker-registry, measured with bench/pull.sh's code (bench/lib.sh):
@@ -171,12 +171,20 @@ over=0
   echo
   echo "| what | figure |"
   echo "|---|---|"
-  if [ "${#idle_cmd[@]}" -gt 0 ]; then
-    echo "| idle RSS after 60 s connected | $(rss_after 60 "${idle_cmd[@]}" || true) |"
-  else
-    echo "| idle RSS after 60 s connected | not measurable yet: needs the agent's MQTT link |"
-  fi
   x86_bin=$out/x86_64-unknown-linux-musl/fleet-agent
+  if [ "${#idle_cmd[@]}" -eq 0 ] && [ -x "$x86_bin" ]; then
+    idle_dir=$(mktemp -d)
+    idle_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    if agent_env "$idle_dir" "$idle_port" >"$idle_dir/setup.log" 2>&1; then
+      idle_cmd=("$x86_bin" run --config "$idle_dir/agent.toml" --device report-idle)
+    fi
+  fi
+  if [ "${#idle_cmd[@]}" -gt 0 ]; then
+    echo "| idle RSS after 60 s connected to Mosquitto (no apps) | $(rss_after 60 "${idle_cmd[@]}" || true) |"
+  else
+    echo "| idle RSS after 60 s connected | not measured: x86_64-unknown-linux-musl not built, or mosquitto missing |"
+  fi
+  if [ -n "${agent_env_pid:-}" ]; then kill "$agent_env_pid" 2>/dev/null || true; rm -rf "$idle_dir"; fi
   if [ -n "${FLEET_REPORT_NO_PULL:-}" ]; then
     echo "| peak RSS while pulling + unpacking a 1 GiB layer | not measured (FLEET_REPORT_NO_PULL) |"
   elif [ ! -x "$x86_bin" ] && [ "${#pull_cmd[@]}" -eq 0 ]; then

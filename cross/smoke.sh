@@ -157,24 +157,39 @@ check_pull() {
     || { echo "unpacked busybox differs from the one pushed"; return 1; }
 }
 
-# NEXT CHECK (not implemented yet: needs the agent's MQTT link):
-#   check_broker: start mosquitto on 127.0.0.1:<free port>, run the agent under
-#   qemu with a config pointing at it, and wait (generous timeout) for the
-#   retained `fleet/v1/d/<device>/online` message with mosquitto_sub.
+# `fleet-agent run` under qemu connects to Mosquitto on loopback and reports
+# its status: the retained status message names the device and the target's
+# architecture. (The daemon needs root for its container runtime.)
+broker_port=
+check_broker() {
+  local t=$1 bin=$2 dev got pid arch
+  arch=$(target_oci_arch "$t")
+  dev=smoke-${arch}
+  run_bin "$t" "$bin" run --config "$smoke_tmp/agent/agent.toml" \
+    --state-dir "$smoke_tmp/agent/state-$arch" --device "$dev" >"$smoke_tmp/agent/$dev.log" 2>&1 &
+  pid=$!
+  got=$(timeout 90 mosquitto_sub -h 127.0.0.1 -p "$broker_port" -C 1 -W 80 \
+    -t "fleet/v1/d/$dev/status" 2>&1) || true
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  jq -e --arg d "$dev" --arg a "$arch" '.device == $d and .info.architecture == $a' >/dev/null 2>&1 <<<"$got" \
+    || { echo "no status with device $dev and architecture $arch: '$got'"; tail -5 "$smoke_tmp/agent/$dev.log"; return 1; }
+}
 
-checks=(version help verify pull) # add new checks here, e.g. broker
+checks=(version help verify pull broker) # add new checks here
 
 # ------------------------------------------------------------------ main ---
 
 smoke_tmp=$(mktemp -d)
 registry_pid=
+agent_env_pid=
 cleanup() {
   if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null; fi
+  if [ -n "$agent_env_pid" ]; then kill "$agent_env_pid" 2>/dev/null; fi
   rm -rf "$smoke_tmp"
 }
 trap cleanup EXIT
 
-for tool in qemu-aarch64-static qemu-arm-static timeout file readelf docker-registry umoci skopeo curl python3; do
+for tool in qemu-aarch64-static qemu-arm-static timeout file readelf docker-registry umoci skopeo curl python3 mosquitto mosquitto_sub jq; do
   command -v "$tool" >/dev/null || { fail "tool $tool present (run scripts/setup.sh)"; }
 done
 [ "$failed" -eq 0 ] || finish
@@ -192,6 +207,13 @@ if start_registry >"$smoke_tmp/registry-setup.log" 2>&1; then
   pass "docker-registry on 127.0.0.1:$registry_port with busybox images for arm64, arm, amd64"
 else
   fail "docker-registry with test images" "$(cat "$smoke_tmp/registry-setup.log")"
+  finish
+fi
+broker_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+if agent_env "$smoke_tmp/agent" "$broker_port" >"$smoke_tmp/agent-setup.log" 2>&1; then
+  pass "mosquitto on 127.0.0.1:$broker_port, trust root and agent config"
+else
+  fail "mosquitto, trust root and agent config" "$(cat "$smoke_tmp/agent-setup.log")"
   finish
 fi
 

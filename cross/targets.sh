@@ -70,3 +70,42 @@ target_env() {
   export "CARGO_TARGET_${u}_LINKER=$linker"
   export "CARGO_TARGET_${u}_RUSTFLAGS=$rustflags"
 }
+
+# agent_env DIR PORT: what running the agent daemon on this machine needs (for
+# cross/smoke.sh and cross/report.sh): a trust root made by the native
+# fleetctl, Mosquitto on 127.0.0.1:PORT (anonymous, loopback only) started in
+# the background (its pid in agent_env_pid), and DIR/agent.toml pointing at
+# both. Callers give each run its own --state-dir and --device.
+agent_env() {
+  local dir=$1 port=$2 root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  mkdir -p "$dir"
+  (cd "$root" && cargo build -q --locked -p fleet-control-plane --bin fleetctl) || return 1
+  "${CARGO_TARGET_DIR:-$root/target}/debug/fleetctl" keys init --dir "$dir/keys" >/dev/null || return 1
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$dir/mosquitto.conf"
+  mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+  agent_env_pid=$!
+  local i
+  for ((i = 0; i < 50; i++)); do
+    mosquitto_pub -h 127.0.0.1 -p "$port" -t probe -m x 2>/dev/null && break
+    sleep 0.1
+  done
+  cat >"$dir/agent.toml" <<TOML
+state_dir = "$dir/state"
+trust = "$dir/keys/trust.json"
+broker = "mqtt://127.0.0.1:$port"
+token = "anonymous-broker"
+status_interval_secs = 5
+[labels]
+role = "smoke"
+TOML
+}
+
+# The OCI architecture name a target reports.
+target_oci_arch() {
+  case "$1" in
+    aarch64-*) echo arm64 ;;
+    armv7-*) echo arm ;;
+    x86_64-*) echo amd64 ;;
+  esac
+}
