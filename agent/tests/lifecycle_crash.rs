@@ -107,7 +107,7 @@ fn crash_everywhere(runtime: &str) {
             text(&again)
         );
         eprintln!("{point}: rerun: {}", text(&again));
-        let running = dev.assert_one_running(APP, &[&v1, &v2]);
+        let running = dev.assert_one_running_at(point, APP, &[&v1, &v2]);
         let status = dev.status();
         let app = app_status(&status, APP);
         let phase = app["phase"]["phase"].as_str().unwrap();
