@@ -107,7 +107,7 @@ fn crash_everywhere(runtime: &str) {
             text(&again)
         );
         eprintln!("{point}: rerun: {}", text(&again));
-        let running = dev.assert_one_running(APP, &[&v1, &v2]);
+        let running = dev.assert_one_running_at(point, APP, &[&v1, &v2]);
         let status = dev.status();
         let app = app_status(&status, APP);
         let phase = app["phase"]["phase"].as_str().unwrap();
@@ -147,4 +147,76 @@ fn every_crash_point_ends_with_one_running_release_with_crun() {
 #[test]
 fn every_crash_point_ends_with_one_running_release_with_runc() {
     crash_everywhere("runc");
+}
+
+/// A committed release whose container died (killed) or vanished (deleted)
+/// while no agent ran is started again by the next `resume` or `apply`.
+fn dead_container_is_restarted(runtime: &str) {
+    let test = format!("dead container with {runtime}");
+    if !can_run(&test) {
+        return;
+    }
+    let Some(binary) = runtime_binary(&test, runtime) else {
+        return;
+    };
+    let dev = Device::new(runtime, &binary);
+    let layout = Layout::new(&dev.path("layout"));
+    let v1 = signed_release(
+        APP,
+        "v1",
+        &layout.image("v1"),
+        Behaviour::Good,
+        &release_key(),
+    );
+    let d1 = dev.file("d1.json", &desired(1, now() + 3600, &[(APP, v1.clone())]));
+    let out = dev.apply(&d1, &layout.dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "v1: {}", text(&out));
+    let id = container_id(APP, &v1);
+    dev.assert_one_running_at("installed", APP, &[&v1]);
+
+    // Killed: the runtime holds it stopped.
+    let killed = std::process::Command::new(&binary)
+        .arg("--root")
+        .arg(dev.path("runtime-root"))
+        .args(["kill", &id, "KILL"])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "kill: {}", text(&killed));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while dev.runtime_status(&id).as_deref() == Some("running") {
+        assert!(std::time::Instant::now() < deadline, "{id} still runs");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = dev.agent(&["resume", "--content", layout.dir.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "resume: {}", text(&out));
+    dev.assert_one_running_at("after kill + resume", APP, &[&v1]);
+
+    // Deleted: the runtime does not know it any more.
+    let deleted = std::process::Command::new(&binary)
+        .arg("--root")
+        .arg(dev.path("runtime-root"))
+        .args(["delete", "--force", &id])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "delete: {}", text(&deleted));
+    assert_eq!(dev.runtime_status(&id), None);
+    let out = dev.apply(&d1, &layout.dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "apply again: {}", text(&out));
+    dev.assert_one_running_at("after delete + apply", APP, &[&v1]);
+    let status = dev.status();
+    assert_eq!(
+        app_status(&status, APP)["phase"]["phase"],
+        "committed",
+        "{status}"
+    );
+}
+
+#[test]
+fn a_dead_committed_container_is_restarted_with_crun() {
+    dead_container_is_restarted("crun");
+}
+
+#[test]
+fn a_dead_committed_container_is_restarted_with_runc() {
+    dead_container_is_restarted("runc");
 }

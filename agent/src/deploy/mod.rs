@@ -524,9 +524,19 @@ impl Inner {
             .filter_map(|r| r.expected_running().cloned())
             .collect();
         for release in expected {
-            if !self.is_running(&release.container).await
-                && let Err(e) = self.start_release(&release).await
-            {
+            if self.is_running(&release.container).await {
+                continue;
+            }
+            // A supervisor that lost the container (waiting to restart it,
+            // or tracking a process that died) would make `start_release` a
+            // no-op, and an agent that exits now would leave nothing
+            // running: it is replaced by a fresh start.
+            let stale = self.supervisors.lock().await.remove(&release.container);
+            if let Some(sup) = stale {
+                tracing::info!(container = %release.container, "the expected release is not running: starting it again");
+                sup.detach().await;
+            }
+            if let Err(e) = self.start_release(&release).await {
                 tracing::warn!(app = %release.release.app, error = %e, "cannot start the expected release");
             }
         }

@@ -499,9 +499,13 @@ impl Driver {
             source,
         })?;
         let (mut cmd, rendered) = self.command(args, Some(log));
+        // The container's init inherits the runtime's process group: its own
+        // group keeps a signal meant for the agent's (Ctrl-C at a terminal,
+        // a service manager killing the agent's group) from reaching it.
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(stdio.stdout))
-            .stderr(Stdio::from(stdio.stderr));
+            .stderr(Stdio::from(stdio.stderr))
+            .process_group(0);
         let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
             binary: self.config.binary.clone(),
             source,

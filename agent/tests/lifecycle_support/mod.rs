@@ -143,6 +143,23 @@ impl Layout {
         builder
             .append_data(&mut header, "etc/version", content.as_bytes())
             .unwrap();
+        // The layout's own path makes every device's images (so release
+        // digests, container ids and cgroup paths) its own: devices of tests
+        // running at the same time, here or in another checkout, built in
+        // the same second would otherwise share them, and one runtime's
+        // cgroup-wide kill would take the other's container with it.
+        let origin = format!("{}\n", self.dir.display());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(origin.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "etc/fleet-test-layout", origin.as_bytes())
+            .unwrap();
         let top = builder.into_inner().unwrap();
         let top_hex = self.blob(&top);
         let (base_hex, base_size) = &self.base_layer;
@@ -446,14 +463,30 @@ impl Device {
     /// Asserts exactly one container runs, it is one of `allowed`, and
     /// `status -o json` names the same release as running. Returns its id.
     pub fn assert_one_running(&self, app: &str, allowed: &[&Envelope]) -> String {
+        self.assert_one_running_at("", app, allowed)
+    }
+
+    /// [`Device::assert_one_running`], its panic messages prefixed with `at`
+    /// (e.g. the crash point).
+    pub fn assert_one_running_at(&self, at: &str, app: &str, allowed: &[&Envelope]) -> String {
         let list = self.runtime_list();
         let running = self.running();
-        assert_eq!(running.len(), 1, "exactly one running container: {list:?}");
-        assert_eq!(list.len(), 1, "no other container left: {list:?}");
+        assert_eq!(
+            running.len(),
+            1,
+            "{at}: exactly one running container: {list:?}\n{}",
+            self.diagnose()
+        );
+        assert_eq!(
+            list.len(),
+            1,
+            "{at}: no other container left: {list:?}\n{}",
+            self.diagnose()
+        );
         let id = running[0].clone();
         assert!(
             allowed.iter().any(|e| container_id(app, e) == id),
-            "{id} is none of the expected releases"
+            "{at}: {id} is none of the expected releases"
         );
         let status = self.status();
         let entry = status["apps"]
@@ -461,13 +494,55 @@ impl Device {
             .unwrap()
             .iter()
             .find(|a| a["app"] == app)
-            .unwrap_or_else(|| panic!("no app {app} in status {status}"));
+            .unwrap_or_else(|| panic!("{at}: no app {app} in status {status}"));
         let digest = entry["running"]["release_digest"]
             .as_str()
-            .unwrap_or_else(|| panic!("status says nothing runs: {entry}"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{at}: status says nothing runs: {entry}\n{}",
+                    self.diagnose()
+                )
+            });
         let hex = digest.strip_prefix("sha256:").unwrap();
-        assert_eq!(format!("fleet-{app}-{}", &hex[..12]), id, "status {entry}");
+        assert_eq!(
+            format!("fleet-{app}-{}", &hex[..12]),
+            id,
+            "{at}: status {entry}"
+        );
         id
+    }
+}
+
+impl Device {
+    /// What the runtime and the container directories say, for a failure
+    /// message: each container's state, pid file, process and runtime log.
+    pub fn diagnose(&self) -> String {
+        let mut out = format!("runtime list: {:?}\n", self.runtime_list());
+        let Ok(entries) = std::fs::read_dir(self.path("state/containers")) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let id = e.file_name().to_string_lossy().into_owned();
+            let pid = std::fs::read_to_string(dir.join("container.pid")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .unwrap_or_else(|e| format!("({e})"));
+            let state = self
+                .runtime_cmd()
+                .args(["state", &id])
+                .output()
+                .map(|o| text(&o))
+                .unwrap_or_default();
+            let log = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            out.push_str(&format!(
+                "container {id}: pid file {pid:?}, /proc stat {stat:?}\nstate: {state}\n\
+                 runtime.log: {}\nstdout: {}\nstderr: {}\n",
+                log("runtime.log"),
+                log("logs/stdout.log"),
+                log("logs/stderr.log"),
+            ));
+        }
+        out
     }
 }
 
