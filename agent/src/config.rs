@@ -411,6 +411,9 @@ impl Config {
             driver = driver.with_root(r);
         }
         let mut config = RuntimeConfig::new(driver, &self.state_dir);
+        if let Ok(device) = self.device_id() {
+            config.cgroup_parent = format!("/fleet/{device}");
+        }
         config.backoff = BackoffConfig {
             initial: Duration::from_millis(self.runtime.backoff_initial_ms),
             max: Duration::from_millis(self.runtime.backoff_max_ms),

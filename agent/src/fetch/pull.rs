@@ -286,6 +286,17 @@ async fn fetch_blob(
     desc: Descriptor,
     events: EventSink,
 ) -> Result<BlobDownload, PullError> {
+    let _downloading = store.download_lock(&desc.digest).await;
+    if store.has_blob(&desc.digest) {
+        // Another pull stored it while this one waited.
+        events(PullEvent::BlobDone {
+            digest: desc.digest.clone(),
+            size: desc.size,
+            fetched: 0,
+            resumed_from: 0,
+        });
+        return Ok(BlobDownload::default());
+    }
     let partial = store.partial(&desc.digest);
     let step = (desc.size / 100).max(1024 * 1024);
     let last = AtomicU64::new(0);

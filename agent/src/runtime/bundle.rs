@@ -47,6 +47,9 @@ pub enum BundleError {
 pub struct BundleParams<'a> {
     /// Runtime container id (also the cgroup leaf name).
     pub id: &'a str,
+    /// The cgroup under which the container's cgroup is made (see
+    /// [`RuntimeConfig::cgroup_parent`](super::RuntimeConfig::cgroup_parent)).
+    pub cgroup_parent: &'a str,
     pub hostname: &'a str,
     pub image: &'a ImageConfiguration,
     pub settings: &'a RuntimeSettings,
@@ -125,8 +128,8 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// The cgroup path of a container (relative to each controller's root).
-pub fn cgroups_path(id: &str) -> String {
-    format!("/fleet/{id}")
+pub fn cgroups_path(parent: &str, id: &str) -> String {
+    format!("{}/{id}", parent.trim_end_matches('/'))
 }
 
 /// Builds the container's OCI runtime spec.
@@ -239,7 +242,7 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
     }
     linux.set_namespaces(Some(namespaces));
-    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(p.id))));
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(p.cgroup_parent, p.id))));
     if privileged {
         linux.set_masked_paths(Some(Vec::new()));
         linux.set_readonly_paths(Some(Vec::new()));
@@ -504,6 +507,7 @@ mod tests {
     fn build(settings: &RuntimeSettings, img: &ImageConfiguration, rootfs: &Path) -> Spec {
         build_spec(&BundleParams {
             id: "fleet-app-0123456789ab",
+            cgroup_parent: "/fleet",
             hostname: "app",
             image: img,
             settings,
@@ -642,6 +646,7 @@ mod tests {
         };
         let params = BundleParams {
             id: "c",
+            cgroup_parent: "/fleet",
             hostname: "c",
             image: &img,
             settings: &settings,
@@ -743,6 +748,7 @@ mod tests {
         let params = |settings: &RuntimeSettings| {
             build_spec(&BundleParams {
                 id: "c",
+                cgroup_parent: "/fleet",
                 hostname: "c",
                 image: &img,
                 settings,

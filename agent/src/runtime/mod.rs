@@ -127,6 +127,12 @@ pub struct RuntimeConfig {
     pub rootfs_mode: RootfsMode,
     pub logs: LogConfig,
     pub backoff: BackoffConfig,
+    /// Parent of the containers' cgroups. Container ids are the same on every
+    /// device that runs a release, so two agents on one host (a test rig, a
+    /// local fleet) need different parents, or a cgroup-wide kill by one
+    /// would hit the other's container: the agent config sets
+    /// `/fleet/<device id>`.
+    pub cgroup_parent: String,
 }
 
 impl RuntimeConfig {
@@ -137,6 +143,7 @@ impl RuntimeConfig {
             rootfs_mode: RootfsMode::Auto,
             logs: LogConfig::default(),
             backoff: BackoffConfig::default(),
+            cgroup_parent: "/fleet".to_owned(),
         }
     }
 }
@@ -234,6 +241,7 @@ impl ContainerRuntime {
         ]);
         let spec = bundle::build_spec(&bundle::BundleParams {
             id: id.as_str(),
+            cgroup_parent: &self.config.cgroup_parent,
             hostname: req.app.as_str(),
             image: req.image,
             settings: req.settings,

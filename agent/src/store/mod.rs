@@ -125,6 +125,9 @@ pub struct Store {
     images: sled::Tree,
     /// Pulls hold it shared; garbage collection exclusively.
     lease: Arc<RwLock<()>>,
+    /// One download per blob at a time: two pulls (two apps sharing a layer)
+    /// would otherwise write the same partial file.
+    downloads: std::sync::Mutex<std::collections::HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Store {
@@ -166,7 +169,23 @@ impl Store {
             blobs,
             images,
             lease: Arc::new(RwLock::new(())),
+            downloads: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Held while a blob is downloaded into its partial file; a second
+    /// download of the same digest waits, then finds the blob present.
+    pub async fn download_lock(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = match self.downloads.lock() {
+            Ok(mut map) => {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+                map.entry(digest.clone()).or_default().clone()
+            }
+            // A poisoned map only means another thread panicked while
+            // pruning it; a fresh lock keeps this download going.
+            Err(_) => Arc::new(tokio::sync::Mutex::new(())),
+        };
+        lock.lock_owned().await
     }
 
     pub fn root(&self) -> &Path {
