@@ -426,7 +426,10 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
         "the same desired state changed a phase again:\n{log}"
     );
 
-    // The container dies: supervision brings it back.
+    // The container dies: supervision brings it back (the container's own
+    // supervisor or the daemon's periodic check; either starts a new process).
+    let old_pid = device.runtime_pid(&container);
+    assert!(old_pid.is_some(), "no pid for the running container");
     let killed = Command::new(&crun)
         .arg("--root")
         .arg(device.path("runtime-root"))
@@ -437,12 +440,16 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         std::thread::sleep(Duration::from_millis(300));
+        let mut reported = false;
+        while let Ok(r) = server.statuses.try_recv() {
+            reported |= committed_running(&r, &release_digest);
+        }
         if device.runtime_status(&container).as_deref() == Some("running")
+            && device
+                .runtime_pid(&container)
+                .is_some_and(|p| Some(p) != old_pid)
             && device.runtime_list().len() == 1
-            && server
-                .statuses
-                .try_recv()
-                .is_ok_and(|r| committed_running(&r, &release_digest) && r.apps[0].restarts > 0)
+            && reported
         {
             break;
         }

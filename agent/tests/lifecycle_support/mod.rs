@@ -424,6 +424,16 @@ impl Device {
         Some(v["status"].as_str().unwrap().to_owned())
     }
 
+    /// The pid `<runtime> state` reports for a container, if it has one.
+    pub fn runtime_pid(&self, id: &str) -> Option<i64> {
+        let out = self.runtime_cmd().args(["state", id]).output().unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["pid"].as_i64().filter(|p| *p > 0)
+    }
+
     /// `<runtime> --root R list`: (id, status) of every container.
     pub fn runtime_list(&self) -> Vec<(String, String)> {
         if !self.path("runtime-root").exists() {
