@@ -4,6 +4,7 @@
 #   sudo scripts/fleet-local.sh          # runs until Ctrl-C, then stops everything
 #   sudo scripts/fleet-local.sh --once   # stops everything after the rollouts
 #   scripts/fleet-local.sh --once --check  # also asserts the outcome (the test suite's end-to-end test)
+#   scripts/fleet-local.sh --broker mosquitto  # Mosquitto with an ACL file instead of the embedded broker
 #
 # It builds the three programs, creates the signing keys and trust root,
 # starts fleet-server (REST API, embedded MQTT broker, OCI content endpoint),
@@ -16,20 +17,24 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 once=false
 check=false
-for arg in "$@"; do
-  case $arg in
+broker=embedded
+while [ $# -gt 0 ]; do
+  case $1 in
     --once) once=true ;;
     --check) check=true ;;
-    *) echo "usage: $0 [--once] [--check]" >&2; exit 2 ;;
+    --broker) broker=${2:-}; shift ;;
+    *) echo "usage: $0 [--once] [--check] [--broker embedded|mosquitto]" >&2; exit 2 ;;
   esac
+  shift
 done
+case $broker in embedded | mosquitto) ;; *) echo "--broker embedded|mosquitto" >&2; exit 2 ;; esac
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "fleet-local: the devices run real containers (crun, overlayfs, cgroups): run as root (sudo $0)" >&2
   exit 1
 fi
 scripts/setup.sh
-for tool in crun umoci busybox curl; do
+for tool in crun umoci busybox curl jq mosquitto mosquitto_passwd; do
   command -v "$tool" >/dev/null || { echo "fleet-local: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
@@ -71,18 +76,44 @@ echo "== working in $work"
 echo "== fleetctl keys init (root, release and director keys; trust.json)"
 "$bin/fleetctl" keys init --dir keys >/dev/null
 
+if [ "$broker" = mosquitto ]; then
+  broker_section="embedded = false
+url = \"mqtt://127.0.0.1:$mqtt_port\""
+else
+  broker_section="embedded = true
+listen = \"127.0.0.1:$mqtt_port\""
+fi
 cat >server.toml <<TOML
 data_dir = "$work/server-data"
 [http]
 listen = "127.0.0.1:$http_port"
 [broker]
-embedded = true
-listen = "127.0.0.1:$mqtt_port"
+$broker_section
 [director]
 key = "$work/keys/director.key"
 trust = "$work/keys/trust.json"
 TOML
-echo "== starting fleet-server (API $server, MQTT 127.0.0.1:$mqtt_port, content at $server/v2/)"
+if [ "$broker" = mosquitto ]; then
+  echo "== starting Mosquitto on 127.0.0.1:$mqtt_port with per-device ACLs (fleet-server mosquitto-acl)"
+  server_password=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  mosquitto_passwd -b -c mosquitto.passwd fleet-server "$server_password"
+  for i in 1 2 3; do
+    mosquitto_passwd -b mosquitto.passwd "cam-0$i" "$("$bin/fleet-server" --config server.toml device-token "cam-0$i")"
+  done
+  "$bin/fleet-server" --config server.toml mosquitto-acl >mosquitto.acl
+  cat >mosquitto.conf <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous false
+password_file $work/mosquitto.passwd
+acl_file $work/mosquitto.acl
+use_username_as_clientid true
+persistence false
+CONF
+  mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
+  pids+=($!)
+  export FLEET_BROKER_PASSWORD=$server_password
+fi
+echo "== starting fleet-server (API $server, MQTT 127.0.0.1:$mqtt_port [$broker], content at $server/v2/)"
 "$bin/fleet-server" --config server.toml >server.out 2>server.log &
 pids+=($!)
 for _ in $(seq 100); do

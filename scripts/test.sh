@@ -11,6 +11,7 @@ cargo test --workspace --doc --locked
 scripts/fuzz-build.sh
 # End to end: server, embedded broker, three agents, real containers, two rollouts.
 FLEET_LOCAL_PROFILE=debug scripts/fleet-local.sh --once --check
+FLEET_LOCAL_PROFILE=debug scripts/fleet-local.sh --once --check --broker mosquitto
 if [ -x cross/smoke.sh ]; then
   cross/smoke.sh
 fi

@@ -35,6 +35,11 @@ enum ServerCommand {
     /// Print a device's MQTT token (its broker password; put it in the
     /// device's agent.toml). Made from the server's secret in the data dir.
     DeviceToken { device: fleet_protocol::DeviceId },
+    /// Print a Mosquitto `acl_file` for this configuration: each device may
+    /// read only its own desired/cmd topics and write only its own
+    /// status/telemetry/online; the server's account may do everything
+    /// under the prefix. Use it with `use_username_as_clientid true`.
+    MosquittoAcl,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,23 @@ fn main() -> ExitCode {
     if cli.check {
         println!("configuration ok");
         return ExitCode::SUCCESS;
+    }
+    if let Some(ServerCommand::MosquittoAcl) = cli.command {
+        return match fleet_protocol::TopicScheme::new(config.broker.topic_prefix.clone()) {
+            Ok(scheme) => {
+                print!(
+                    "{}\nuser {}\ntopic readwrite {}/#\n",
+                    scheme.mosquitto_acl_patterns(),
+                    config.broker.client_id,
+                    scheme.prefix()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleet-server: bad configuration: broker.topic_prefix: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     if let Some(ServerCommand::DeviceToken { device }) = cli.command {
         return match fleet_control_plane::device_token::DeviceTokens::open(&config.data_dir) {
