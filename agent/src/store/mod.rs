@@ -324,7 +324,15 @@ impl Store {
         media_type: &str,
     ) -> Result<(), StoreError> {
         let dest = self.blob_path(digest);
-        fs::rename(from, &dest).map_err(io("rename into", &dest))?;
+        if let Err(e) = fs::rename(from, &dest) {
+            // Blobs are content-addressed: when another writer (a second app
+            // sharing this layer) installed the same digest first, its
+            // verified copy is the one we wanted.
+            if !dest.is_file() {
+                return Err(io("rename into", &dest)(e));
+            }
+            let _ = fs::remove_file(from);
+        }
         let dir = self.blobs_dir();
         fs::File::open(&dir)
             .and_then(|d| d.sync_all())
