@@ -357,6 +357,14 @@ pub struct Telemetry {
     /// Power rail name → milliwatts.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub power_mw: BTreeMap<String, u64>,
+    /// Content bytes downloaded since the device's store was created
+    /// (monotonic counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched_bytes_total: Option<u64>,
+    /// Content bytes that did not need downloading because the device already
+    /// had them (monotonic counter, same origin as `fetched_bytes_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_bytes_total: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppTelemetry>,
 }
@@ -381,6 +389,8 @@ impl Default for Telemetry {
             gpu_freq_hz: None,
             emc_load_percent: None,
             power_mw: BTreeMap::new(),
+            fetched_bytes_total: None,
+            reused_bytes_total: None,
             apps: Vec::new(),
         }
     }

@@ -162,6 +162,8 @@ fn telemetry() -> Telemetry {
         gpu_freq_hz: Some(918_000_000),
         emc_load_percent: Some(20.0),
         power_mw: BTreeMap::from([("VDD_GPU_SOC".into(), 4200)]),
+        fetched_bytes_total: Some(5 << 20),
+        reused_bytes_total: Some(40 << 20),
         apps: vec![AppTelemetry {
             app: Some(app("model")),
             running: true,
