@@ -175,11 +175,7 @@ check_broker() {
     || { echo "no status with device $dev and architecture $arch: '$got'"; tail -5 "$smoke_tmp/agent/$dev.log"; return 1; }
 }
 
-# check_broker is not in the list yet: qemu-user rejects
-# prctl(PR_SET_CHILD_SUBREAPER) with EINVAL and `fleet-agent run` refuses to
-# start without it (it reaps container inits); the agent should degrade
-# instead (open issue). The check itself is ready.
-checks=(version help verify pull) # add new checks here
+checks=(version help verify pull broker) # add new checks here
 
 # ------------------------------------------------------------------ main ---
 

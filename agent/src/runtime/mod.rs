@@ -199,9 +199,17 @@ pub struct ContainerRuntime {
 const RELEASE_FILE: &str = "release.json";
 
 impl ContainerRuntime {
-    /// Also marks this process a child subreaper (see [`supervise`]).
+    /// Also marks this process a child subreaper (see [`supervise`]). Where
+    /// the kernel (or an emulator such as qemu-user) refuses that, containers
+    /// are supervised as if adopted: their exit is noticed through `/proc`
+    /// and its code is unknown, which restart policies tolerate.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        supervise::become_subreaper()?;
+        if let Err(e) = supervise::become_subreaper() {
+            tracing::warn!(
+                error = %e,
+                "cannot become a child subreaper; container exits are watched through /proc and their exit codes are unknown"
+            );
+        }
         let driver = Driver::new(config.driver.clone());
         Ok(ContainerRuntime {
             config: Arc::new(config),
