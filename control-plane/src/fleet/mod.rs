@@ -22,10 +22,13 @@ use crate::api::types::{
     RolloutView, SetLabels,
 };
 use crate::director::{Director, DirectorError};
+use crate::store::TelemetryRecord;
 use crate::store::{
     DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, Store,
     StoreError, Write,
 };
+use crate::telemetry::updates::Updates;
+use crate::telemetry::{IngestCounters, Live, MessageKind};
 use ports::{DesiredPublisher, Inbound};
 use rollout::Action;
 
@@ -86,6 +89,14 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The unix time now, with fractions of a second.
+pub fn now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn event(kind: &str, subject: impl ToString, message: impl Into<String>, at: u64) -> Write {
     Write::Event(EventRecord {
         seq: 0,
@@ -108,6 +119,10 @@ struct Inner {
     publisher: Arc<dyn DesiredPublisher>,
     write: Mutex<()>,
     publish: AsyncMutex<()>,
+    /// The latest state of every device (the store lags by one flush).
+    live: Live,
+    updates: Updates,
+    counters: Arc<IngestCounters>,
 }
 
 /// Desired records changed within one step, on top of the store.
@@ -141,6 +156,7 @@ impl Fleet {
         director: Director,
         trust: TrustedRoot,
         publisher: Arc<dyn DesiredPublisher>,
+        counters: Arc<IngestCounters>,
     ) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
@@ -150,8 +166,79 @@ impl Fleet {
                 publisher,
                 write: Mutex::new(()),
                 publish: AsyncMutex::new(()),
+                live: Live::new(),
+                updates: Updates::new(),
+                counters,
             }),
         }
+    }
+
+    /// Fills the in-memory latest state from the store (at start; blocking).
+    pub fn load_live(&self) -> Result<usize, FleetError> {
+        let i = &self.inner;
+        let devices = i.store.devices()?;
+        let n = devices.len();
+        i.live.load(devices, i.store.telemetry_all()?);
+        Ok(n)
+    }
+
+    pub fn counters(&self) -> &Arc<IngestCounters> {
+        &self.inner.counters
+    }
+
+    /// Writes every device whose latest state changed since the last flush
+    /// to the store, in one batch. Returns how many devices were written.
+    pub async fn flush(&self) -> Result<usize, FleetError> {
+        self.blocking(|i| {
+            let _guard = i
+                .write
+                .lock()
+                .map_err(|_| FleetError::Task("write lock poisoned".into()))?;
+            i.flush()
+        })
+        .await
+    }
+
+    /// The Prometheus exposition of the fleet now.
+    pub async fn metrics_text(&self) -> Result<String, FleetError> {
+        self.blocking(|i| {
+            let live = i.live.snapshot();
+            let devices = i
+                .store
+                .devices()?
+                .into_iter()
+                .map(|mut d| {
+                    if let Some(l) = live.get(&d.id) {
+                        l.overlay(&mut d);
+                    }
+                    d
+                })
+                .collect();
+            let mut rollouts = i.store.rollouts()?;
+            rollouts.reverse();
+            let mut finals = 0;
+            rollouts.retain(|r| {
+                if !r.state.is_final() {
+                    return true;
+                }
+                finals += 1;
+                finals <= crate::metrics::FINAL_ROLLOUTS_KEPT
+            });
+            rollouts.reverse();
+            let rollouts = rollouts
+                .iter()
+                .map(|r| i.rollout_view(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(crate::metrics::render(&crate::metrics::Input {
+                devices,
+                live,
+                groups: i.store.groups()?,
+                rollouts,
+                counters: &i.counters,
+                updates: i.updates.snapshot(),
+            }))
+        })
+        .await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -212,6 +299,12 @@ impl Fleet {
             {
                 Ok(()) => {
                     tracing::info!(%device, generation, "desired state published");
+                    self.inner.updates.published(
+                        &device,
+                        &record.apps,
+                        self.inner.live.status(&device).as_deref(),
+                        now_f64(),
+                    );
                     let d = device.clone();
                     let marked = self
                         .blocking(move |i| {
@@ -279,24 +372,46 @@ impl Fleet {
         .await
     }
 
-    /// Handles one message from a device.
+    /// Handles one message from a device: the in-memory latest state takes
+    /// it at once (persisted by the next [`Fleet::flush`]); a status that
+    /// registers a device or changes what it runs also goes through the
+    /// engine (registration, rollout waves).
     pub async fn inbound(&self, message: Inbound) -> Result<(), FleetError> {
+        let i = &self.inner;
+        let now = now();
         match message {
-            Inbound::Status(report) => self.change(move |i, now| i.on_status(report, now)).await,
-            Inbound::Presence { device, online } => {
-                self.change(move |i, now| {
-                    let Some(mut rec) = i.store.device(&device)? else {
-                        return Ok(((), vec![]));
-                    };
-                    rec.online = online;
-                    rec.last_seen = now;
-                    i.store.commit(vec![Write::Device(rec)])?;
-                    Ok(((), vec![]))
-                })
-                .await
+            Inbound::Status(report) => {
+                i.counters.ingested(MessageKind::Status);
+                let device = report.device.clone();
+                let ingest = i.live.on_status(report, now);
+                if ingest.repeat {
+                    return Ok(());
+                }
+                i.updates
+                    .on_status(ingest.previous.as_deref(), &ingest.current, now_f64());
+                let needs_engine = if ingest.registered {
+                    ingest.changed
+                } else {
+                    ingest.current.info.is_some()
+                };
+                if needs_engine {
+                    self.change(move |i, now| i.on_status(&device, now)).await?;
+                }
+                Ok(())
             }
-            // Telemetry feeds metrics (not kept in the store).
-            Inbound::Telemetry(_) => Ok(()),
+            Inbound::Presence { device, online } => {
+                i.counters.ingested(MessageKind::Presence);
+                i.live.on_presence(&device, online, now);
+                Ok(())
+            }
+            Inbound::Telemetry(t) => {
+                i.counters.ingested(MessageKind::Telemetry);
+                match t.device.clone() {
+                    Some(device) => i.live.on_telemetry(&device, t, now),
+                    None => i.counters.rejected(MessageKind::Telemetry),
+                }
+                Ok(())
+            }
         }
     }
 
@@ -368,6 +483,9 @@ impl Fleet {
                 .store
                 .device(&id)?
                 .ok_or_else(|| not_found("device", &id))?;
+            if let Some(l) = i.live.get(&id) {
+                l.overlay(&mut d);
+            }
             for k in &req.remove {
                 d.labels.remove(k);
             }
@@ -513,11 +631,21 @@ fn group_view(group: GroupRecord, devices: &[DeviceRecord]) -> GroupView {
 impl Inner {
     fn device_view(
         &self,
-        device: DeviceRecord,
+        mut device: DeviceRecord,
         groups: &[GroupRecord],
     ) -> Result<DeviceView, FleetError> {
         let desired = self.store.desired(&device.id)?;
+        let live = self.live.get(&device.id);
+        if let Some(l) = &live {
+            l.overlay(&mut device);
+        }
         Ok(DeviceView {
+            telemetry: live.as_ref().and_then(|l| {
+                Some(crate::api::types::TelemetryView {
+                    received_at: l.telemetry_received_at,
+                    telemetry: fleet_protocol::Telemetry::clone(l.telemetry.as_deref()?),
+                })
+            }),
             effective_labels: device.effective_labels(),
             groups: groups
                 .iter()
@@ -527,6 +655,41 @@ impl Inner {
             desired: desired.as_ref().map(DesiredSummary::from),
             device,
         })
+    }
+
+    /// See [`Fleet::flush`]; runs under the write lock.
+    fn flush(&self) -> Result<usize, FleetError> {
+        let dirty = self.live.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut writes = Vec::with_capacity(dirty.len() * 2);
+        let mut written = Vec::with_capacity(dirty.len());
+        for (id, live) in &dirty {
+            // Unregistered devices stay in memory until they register.
+            let Some(mut record) = self.store.device(id)? else {
+                continue;
+            };
+            live.overlay(&mut record);
+            writes.push(Write::Device(record));
+            if let Some(t) = &live.telemetry {
+                writes.push(Write::Telemetry(TelemetryRecord {
+                    device: id.clone(),
+                    received_at: live.telemetry_received_at,
+                    telemetry: fleet_protocol::Telemetry::clone(t),
+                }));
+            }
+            written.push(id.clone());
+        }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.commit(writes) {
+            self.live.mark_dirty(dirty.into_iter().map(|(id, _)| id));
+            return Err(e.into());
+        }
+        self.counters.batch_written();
+        Ok(written.len())
     }
 
     fn mark_published(&self, device: &DeviceId, generation: u64) -> Result<(), FleetError> {

@@ -2,6 +2,7 @@
 //! intake, wave progress, starting a rollout and acting on one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use fleet_protocol::{DeviceId, StatusReport, verify};
 
@@ -11,42 +12,32 @@ use crate::api::types::{CreateRollout, RolloutView};
 use crate::store::{DeviceRecord, RolloutId, RolloutRecord, RolloutState, WaveState, Write};
 
 impl Inner {
+    /// A status changed what `id` runs (its latest state is already in
+    /// memory): registers the device on its first report with info, then
+    /// moves on the running rollouts it is part of.
     pub(super) fn on_status(
         &self,
-        report: StatusReport,
+        id: &DeviceId,
         now: u64,
     ) -> Result<((), Vec<DeviceId>), FleetError> {
-        let id = report.device.clone();
-        let mut writes = Vec::new();
-        let mut device = match self.store.device(&id)? {
-            Some(d) => d,
-            None => {
-                if report.info.is_none() {
-                    tracing::debug!(device = %id, "status from an unregistered device without info; ignored");
-                    return Ok(((), vec![]));
-                }
-                writes.push(event("device.registered", &id, "first status report", now));
-                DeviceRecord::new(id.clone(), now)
-            }
-        };
-        if let Some(info) = &report.info {
-            device.reported_labels = info.labels.clone();
-            device.architecture = info.architecture.clone();
-            device.variant = info.variant.clone();
-            device.l4t_version = info.l4t_version.clone();
-            device.agent_version = info.agent_version.clone();
+        if self.store.device(id)?.is_none() {
+            let Some(live) = self.live.get(id).filter(|l| l.info.is_some()) else {
+                tracing::debug!(device = %id, "status from an unregistered device without info; ignored");
+                return Ok(((), vec![]));
+            };
+            let mut device = DeviceRecord::new(id.clone(), now);
+            live.overlay(&mut device);
+            self.store.commit(vec![
+                event("device.registered", id, "first status report", now),
+                Write::Device(device),
+            ])?;
+            self.live.mark_registered(id);
         }
-        device.last_seen = now;
-        device.online = true;
-        device.last_status = Some(report);
-        writes.push(Write::Device(device));
-        // Persist the report first: wave progress reads it from the store.
-        self.store.commit(writes)?;
 
         let mut staged = Staged::default();
         let mut writes = Vec::new();
         for mut r in self.store.rollouts()? {
-            if r.state != RolloutState::Running || !r.devices().any(|d| d == &id) {
+            if r.state != RolloutState::Running || !r.devices().any(|d| d == id) {
                 continue;
             }
             if self.advance(&mut r, &mut staged, &mut writes, now)? {
@@ -61,8 +52,19 @@ impl Inner {
         Ok(((), devices))
     }
 
-    pub(super) fn status_of(&self, device: &DeviceId) -> Result<Option<StatusReport>, FleetError> {
-        Ok(self.store.device(device)?.and_then(|d| d.last_status))
+    /// The latest status of `device`: in memory, else as stored.
+    pub(super) fn status_of(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<Arc<StatusReport>>, FleetError> {
+        if let Some(s) = self.live.status(device) {
+            return Ok(Some(s));
+        }
+        Ok(self
+            .store
+            .device(device)?
+            .and_then(|d| d.last_status)
+            .map(Arc::new))
     }
 
     /// Moves a running rollout on: starts the first pending wave, closes
@@ -105,7 +107,7 @@ impl Inner {
                 WaveState::Active => {
                     let mut settled = true;
                     for d in &r.waves[i].devices {
-                        let p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
+                        let p = rollout::device_progress(r, i, d, self.status_of(d)?.as_deref());
                         settled &= p.state.settled();
                     }
                     if !settled {
@@ -329,7 +331,7 @@ impl Inner {
         let mut progress = Vec::new();
         for (i, wave) in r.waves.iter().enumerate() {
             for d in &wave.devices {
-                let mut p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
+                let mut p = rollout::device_progress(r, i, d, self.status_of(d)?.as_deref());
                 // After undo, what the device does is no longer this release.
                 if r.state == RolloutState::RolledBack && p.state == ProgressState::Sent {
                     p.state = ProgressState::Waiting;
