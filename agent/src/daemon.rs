@@ -15,12 +15,18 @@
 //!   unsupported.
 //! - every `status_interval_secs`: a status report;
 //! - every `supervise_interval_secs`: [`Deployer::supervise`], so a committed
-//!   app whose container is gone runs again.
+//!   app whose container is gone runs again;
+//! - every `telemetry_interval_secs`, while connected: a
+//!   [`Telemetry`](fleet_protocol::message::Telemetry)
+//!   sample (host sensors under `host_root`, Tegra GPU/EMC/rails, per-app
+//!   cgroup CPU and memory, store figures), QoS 0, not retained; while the
+//!   broker is away nothing is sampled or kept.
 //!
 //! On shutdown the supervisors are detached (containers keep running), a
 //! last status is queued, and the link says `offline` and disconnects.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_protocol::message::CommandKind;
@@ -33,6 +39,7 @@ use crate::config::{Config, ConfigError};
 use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
 use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
 use crate::link::{AgentLink, AgentLinkConfig, BrokerAddr, Downlink, LinkError};
+use crate::telemetry::{AppSource, CgroupFs, HostRoot, Sampler, Sources, sample_blocking};
 
 /// How long shutdown waits for the link to say `offline`.
 const LINK_GRACE: Duration = Duration::from_secs(5);
@@ -49,6 +56,8 @@ pub enum DaemonError {
     Fetch(#[from] FetchError),
     #[error("MQTT link: {0}")]
     Link(#[from] LinkError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 impl DaemonError {
@@ -80,15 +89,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config.state_dir.clone(),
     );
     link_config.labels = config.labels.clone();
+    link_config.host_root = config.host_root.clone();
     let link_cancel = CancellationToken::new();
     let (link, downlink, link_task) = AgentLink::start(link_config, link_cancel.clone()).await?;
 
+    let sources = Sources {
+        host: HostRoot::new(&config.host_root),
+        cgroups: CgroupFs::default(),
+        state_dir: Some(config.state_dir.clone()),
+        store: Some(deployer.store().clone()),
+    };
+    let sampler = tokio::task::spawn_blocking(move || Sampler::new(sources))
+        .await
+        .map_err(|e| DaemonError::Telemetry(e.into()))?;
+    if let Some(tegra) = sampler.tegra() {
+        info!(l4t = ?tegra.l4t_version, soc = ?tegra.soc, "Tegra host: GPU, EMC and power rails in telemetry");
+    }
     let daemon = Daemon {
         deployer: deployer.clone(),
         link: link.clone(),
         source,
         last_desired: None,
         seen_commands: VecDeque::new(),
+        sampler: Arc::new(Mutex::new(sampler)),
+        cgroup_parent: config.runtime_config().cgroup_parent,
     };
     let span = info_span!("agent", device = %device);
     let result = daemon
@@ -132,6 +156,9 @@ struct Daemon {
     /// The digest of the last desired state handled by this process.
     last_desired: Option<Digest>,
     seen_commands: VecDeque<u64>,
+    sampler: Arc<Mutex<Sampler>>,
+    /// Where the runtime puts the containers' cgroups.
+    cgroup_parent: String,
 }
 
 impl Daemon {
@@ -162,6 +189,10 @@ impl Daemon {
             tokio::time::interval(Duration::from_secs(config.supervise_interval_secs));
         supervise_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         supervise_tick.reset();
+        let mut telemetry_tick =
+            tokio::time::interval(Duration::from_secs(config.telemetry_interval_secs));
+        telemetry_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        telemetry_tick.reset();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -178,6 +209,7 @@ impl Daemon {
                     }
                 },
                 _ = status_tick.tick() => self.report(false).await,
+                _ = telemetry_tick.tick() => self.telemetry().await,
                 _ = supervise_tick.tick() => {
                     if let Err(e) = self.deployer.supervise(&self.source).await {
                         warn!(error = %e, "supervision check failed");
@@ -276,6 +308,31 @@ impl Daemon {
                 self.report(false).await;
             }
             other => warn!(id = command.id, command = ?other, "unsupported command ignored"),
+        }
+    }
+
+    /// Samples and sends telemetry if the link is up (QoS 0: a message the
+    /// broker cannot take now is dropped, never stored).
+    async fn telemetry(&self) {
+        if !*self.link.connected().borrow() {
+            debug!("offline: no telemetry");
+            return;
+        }
+        let apps = match self.deployer.status_report().await {
+            Ok(r) => AppSource::from_status(&r, &self.cgroup_parent),
+            Err(e) => {
+                warn!(error = %e, "telemetry without apps: no status");
+                Vec::new()
+            }
+        };
+        let device = Some(self.deployer.device().clone());
+        match sample_blocking(self.sampler.clone(), unix_now(), device, apps).await {
+            Ok(t) => {
+                if !self.link.send_telemetry(t) {
+                    debug!("telemetry dropped");
+                }
+            }
+            Err(e) => warn!(error = %e, "telemetry sampling failed"),
         }
     }
 

@@ -27,4 +27,6 @@ pub mod state;
 #[cfg(feature = "agent")]
 pub mod store;
 #[cfg(feature = "agent")]
+pub mod telemetry;
+#[cfg(feature = "agent")]
 pub mod unpack;

@@ -30,6 +30,8 @@ enum Command {
     Resume(cmd::deploy::ResumeArgs),
     /// Per app: phase, running and previous release, health, restarts, last error.
     Status(cmd::deploy::StatusArgs),
+    /// Print one telemetry sample (host sensors, Tegra GPU/EMC/power rails).
+    Telemetry(cmd::telemetry::TelemetryArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some(Command::Gc(args)) => cmd::pull::gc(args),
+        Some(Command::Telemetry(args)) => cmd::telemetry::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

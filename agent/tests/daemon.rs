@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleet_protocol::message::{StatusReport, decode};
+use fleet_protocol::message::{StatusReport, Telemetry, decode};
 use fleet_protocol::topic::{Topic, TopicScheme};
 use fleet_protocol::{AppName, DeviceId, Phase, Release, SCHEMA_VERSION};
 use lifecycle_support as ls;
@@ -178,6 +178,7 @@ impl Drop for Agent {
 struct Server {
     client: AsyncClient,
     statuses: mpsc::UnboundedReceiver<StatusReport>,
+    telemetry: mpsc::UnboundedReceiver<Telemetry>,
 }
 
 impl Server {
@@ -189,12 +190,18 @@ impl Server {
         let (client, mut eventloop) = AsyncClient::new(options, 16);
         let scheme = TopicScheme::default();
         let device = DeviceId::new(ls::DEVICE).unwrap();
-        let status_topic = scheme.render(&Topic::Status(device));
+        let status_topic = scheme.render(&Topic::Status(device.clone()));
+        let telemetry_topic = scheme.render(&Topic::Telemetry(device));
         client
             .subscribe(status_topic.clone(), QoS::AtLeastOnce)
             .await
             .unwrap();
+        client
+            .subscribe(telemetry_topic.clone(), QoS::AtMostOnce)
+            .await
+            .unwrap();
         let (tx, statuses) = mpsc::unbounded_channel();
+        let (ttx, telemetry) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -203,12 +210,42 @@ impl Server {
                             let _ = tx.send(r);
                         }
                     }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == telemetry_topic => {
+                        if let Ok(t) = decode::<Telemetry>(&p.payload) {
+                            let _ = ttx.send(t);
+                        }
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
         });
-        Server { client, statuses }
+        Server {
+            client,
+            statuses,
+            telemetry,
+        }
+    }
+
+    /// Waits for a telemetry message matching `want`.
+    async fn wait_telemetry(
+        &mut self,
+        what: &str,
+        agent: &Agent,
+        want: impl Fn(&Telemetry) -> bool,
+    ) -> Telemetry {
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.telemetry.recv()).await {
+                Ok(Some(t)) if want(&t) => return t,
+                Ok(Some(t)) => last = Some(t),
+                _ => panic!(
+                    "no telemetry {what}; last: {last:#?}\nagent log:\n{}",
+                    agent.log()
+                ),
+            }
+        }
     }
 
     async fn publish_desired(&self, bytes: Vec<u8>) {
@@ -287,7 +324,7 @@ fn write_config(device: &ls::Device, broker_port: u16) {
     let config = format!(
         "device_id = \"{dev}\"\nstate_dir = \"{state}\"\ntrust = \"{trust}\"\n\
          broker = \"mqtt://127.0.0.1:{broker_port}\"\ntoken = \"{TOKEN}\"\n\
-         status_interval_secs = 2\nsupervise_interval_secs = 1\n\
+         status_interval_secs = 2\nsupervise_interval_secs = 1\ntelemetry_interval_secs = 1\n\
          [labels]\nsite = \"test-bench\"\n\
          [runtime]\nkind = \"{runtime}\"\nbinary = \"{binary}\"\nroot = \"{root}\"\n\
          backoff_initial_ms = 100\nbackoff_max_ms = 400\n\
@@ -384,6 +421,29 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
         device.runtime_list()
     );
 
+    // Telemetry: the running app with its container's cgroup readings (the
+    // runtime's real cgroups), and the pulled bytes counted.
+    let running_app = |t: &Telemetry| {
+        t.apps.len() == 1
+            && t.apps[0].app.as_ref().is_some_and(|a| a.as_str() == "cam")
+            && t.apps[0].running
+            && t.apps[0].memory_bytes.is_some_and(|m| m > 0)
+            && t.apps[0].cpu_percent.is_some()
+    };
+    let t = server
+        .wait_telemetry("with the app's cgroup figures", &agent, running_app)
+        .await;
+    let fetched = t.fetched_bytes_total.expect("fetched bytes counted");
+    assert!(fetched > 0, "{t:?}");
+    assert!(
+        t.store_used_bytes.is_some_and(|u| u > 0 && u <= fetched),
+        "{t:?}"
+    );
+    assert!(
+        t.gpu_load_percent.is_none() && t.power_mw.is_empty(),
+        "{t:?}"
+    );
+
     // kill -9: the container keeps running; a new agent adopts it.
     agent.kill9();
     assert_eq!(
@@ -405,6 +465,13 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
         })
         .await;
     assert_eq!(again.apps[0].restarts, 0, "{again:?}");
+    // The content counters survived the restart.
+    let t = server
+        .wait_telemetry("after the restart", &agent, |t| {
+            t.fetched_bytes_total.is_some()
+        })
+        .await;
+    assert!(t.fetched_bytes_total >= Some(fetched), "{t:?} vs {fetched}");
     for _ in 0..3 {
         server
             .wait_status("periodic after the restart", &agent, |r| {

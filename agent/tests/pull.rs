@@ -103,6 +103,13 @@ async fn pull_by_tag_then_by_digest_stores_gzip_and_zstd_layers() {
     assert!(rec.kept);
     assert_eq!(rec.manifest, pushed.manifest);
     assert!(tmp_files(dir.path()).is_empty());
+    // The store's counters: every content byte came over the network.
+    let counters = st.content_counters().unwrap();
+    assert_eq!(
+        (counters.fetched_bytes, counters.reused_bytes),
+        (blob_bytes + pushed.manifest_len, 0)
+    );
+    assert_eq!(st.used_bytes().unwrap(), blob_bytes + pushed.manifest_len);
     {
         let log = log.lock().unwrap();
         assert!(
@@ -123,6 +130,11 @@ async fn pull_by_tag_then_by_digest_stores_gzip_and_zstd_layers() {
     assert_eq!(again.bytes_fetched, 0);
     assert_eq!(p.client().bytes_received(), 0);
     assert_eq!(again.bytes_reused, blob_bytes);
+    let counters = st.content_counters().unwrap();
+    assert_eq!(
+        (counters.fetched_bytes, counters.reused_bytes),
+        (blob_bytes + pushed.manifest_len, blob_bytes)
+    );
 
     // By digest into an empty store: the manifest is checked against the digest.
     let dir2 = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 pub mod deploy;
 pub mod pull;
 pub mod run;
+pub mod telemetry;
 pub mod verify;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -197,6 +197,7 @@ impl Puller {
             needed_bytes: needed,
         });
 
+        let manifest_bytes = fetched;
         let mut tasks = JoinSet::new();
         for desc in missing.iter().cloned() {
             let (client, store, image, events) = (
@@ -221,6 +222,10 @@ impl Puller {
         for m in index.iter().chain([&manifest]) {
             self.store.put_blob(&m.digest, &m.bytes, &m.media_type)?;
         }
+        // Blobs were counted as they were committed; manifests and what the
+        // store already had are counted once here (before `put_image`
+        // flushes).
+        count_content(&self.store, manifest_bytes, reused_bytes);
         self.store.put_image(&ImageRecord {
             reference: reference.clone(),
             manifest: manifest.digest.clone(),
@@ -289,6 +294,7 @@ async fn fetch_blob(
     let _downloading = store.download_lock(&desc.digest).await;
     if store.has_blob(&desc.digest) {
         // Another pull stored it while this one waited.
+        count_content(&store, 0, desc.size);
         events(PullEvent::BlobDone {
             digest: desc.digest.clone(),
             size: desc.size,
@@ -323,6 +329,9 @@ async fn fetch_blob(
     tokio::task::spawn_blocking(move || st.commit_partial(&d, &p, &mt))
         .await
         .map_err(PullError::Task)??;
+    // The blob's content came over the network (in this or an earlier,
+    // resumed attempt); retransmitted bytes are not content.
+    count_content(&store, desc.size, 0);
     events(PullEvent::BlobDone {
         digest: desc.digest.clone(),
         size: desc.size,
@@ -330,6 +339,13 @@ async fn fetch_blob(
         resumed_from: dl.resumed_from,
     });
     Ok(dl)
+}
+
+/// Adds to the store's content counters; a failure costs only telemetry.
+fn count_content(store: &Store, fetched: u64, reused: u64) {
+    if let Err(e) = store.add_content_counters(fetched, reused) {
+        tracing::warn!(error = %e, "cannot update the content byte counters");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

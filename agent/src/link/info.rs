@@ -5,14 +5,16 @@ use std::path::Path;
 
 use fleet_protocol::message::DeviceInfo;
 
+pub use crate::telemetry::tegra::parse_nv_tegra_release;
+use crate::telemetry::{HostRoot, tegra};
+
 /// Builds the device description: labels from the config, the architecture
-/// this agent was compiled for, and the Jetson Linux (L4T) release read from
-/// `{host_root}/etc/nv_tegra_release` when that file exists.
+/// this agent was compiled for, and, on a Tegra host, the Jetson Linux (L4T)
+/// release (`/etc/nv_tegra_release`, else dpkg's `nvidia-l4t-core`), read
+/// under `host_root`.
 pub fn device_info(labels: BTreeMap<String, String>, host_root: &Path) -> DeviceInfo {
     let (architecture, variant) = architecture();
-    let l4t_version = std::fs::read_to_string(host_root.join("etc/nv_tegra_release"))
-        .ok()
-        .and_then(|s| parse_nv_tegra_release(&s));
+    let l4t_version = tegra::detect(&HostRoot::new(host_root)).and_then(|t| t.l4t_version);
     DeviceInfo {
         labels,
         architecture: architecture.to_owned(),
@@ -32,24 +34,6 @@ pub fn architecture() -> (&'static str, Option<&'static str>) {
         "riscv64" => ("riscv64", None),
         other => (other, None),
     }
-}
-
-/// `# R36 (release), REVISION: 4.0, GCID: …` → `R36.4.0`.
-pub fn parse_nv_tegra_release(text: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.contains("REVISION"))?;
-    let release = line
-        .trim_start_matches('#')
-        .split_whitespace()
-        .next()
-        .filter(|r| r.starts_with('R') && r[1..].chars().all(|c| c.is_ascii_digit()))?;
-    let revision = line
-        .split(',')
-        .find_map(|part| part.trim().strip_prefix("REVISION:"))?
-        .trim();
-    if revision.is_empty() || !revision.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return None;
-    }
-    Some(format!("{release}.{revision}"))
 }
 
 #[cfg(test)]

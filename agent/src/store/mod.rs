@@ -8,6 +8,7 @@
 //! directory. sled holds an exclusive lock on its directory, so one process
 //! owns a store at a time.
 
+mod counters;
 mod gc;
 
 use std::fs;
@@ -21,6 +22,7 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 
 use crate::fetch::Partial;
 
+pub use counters::ContentCounters;
 pub use gc::{GcOptions, GcReport};
 
 /// The metadata layout this code reads and writes.

@@ -11,6 +11,9 @@
 //! token = "..."                         # the device's MQTT password
 //! status_interval_secs = 30             # periodic status report
 //! supervise_interval_secs = 10          # periodic check that committed apps run
+//! telemetry_interval_secs = 60          # telemetry (QoS 0, dropped while offline)
+//! host_root = "/"                       # where sensors are read (a fixture tree
+//!                                       # makes a test device look like a Jetson)
 //! runtime = "crun"                      # short for [runtime] kind = "crun"
 //!
 //! [labels]                              # reported to the server on start
@@ -34,7 +37,9 @@
 //!
 //! Environment overrides: `FLEET_AGENT_DEVICE_ID`, `FLEET_AGENT_STATE_DIR`,
 //! `FLEET_AGENT_TRUST`, `FLEET_AGENT_SERVER`, `FLEET_AGENT_BROKER`,
-//! `FLEET_AGENT_TOKEN`, `FLEET_AGENT_STATUS_INTERVAL_SECS`, `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
+//! `FLEET_AGENT_TOKEN`, `FLEET_AGENT_STATUS_INTERVAL_SECS`,
+//! `FLEET_AGENT_TELEMETRY_INTERVAL_SECS`, `FLEET_AGENT_HOST_ROOT`,
+//! `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
 //! `FLEET_AGENT_RUNTIME_ROOT`, `FLEET_AGENT_PROBATION_SECS`,
 //! `FLEET_AGENT_CRASH_LOOP_RESTARTS`, `FLEET_AGENT_RESERVE_BYTES`.
 
@@ -100,6 +105,11 @@ pub struct Config {
     pub status_interval_secs: u64,
     /// Seconds between checks that every committed app's container runs.
     pub supervise_interval_secs: u64,
+    /// Seconds between telemetry messages (at least 1).
+    pub telemetry_interval_secs: u64,
+    /// Where the host's `/` is for sensor reads (`/proc`, `/sys`, `/etc`)
+    /// only; containers, cgroups and the store stay on the real paths.
+    pub host_root: PathBuf,
     pub runtime: RuntimeSection,
     pub deploy: DeploySection,
     pub store: StoreSection,
@@ -223,6 +233,8 @@ impl Default for Config {
             labels: BTreeMap::new(),
             status_interval_secs: 30,
             supervise_interval_secs: 10,
+            telemetry_interval_secs: 60,
+            host_root: PathBuf::from("/"),
             runtime: RuntimeSection::default(),
             deploy: DeploySection::default(),
             store: StoreSection::default(),
@@ -323,6 +335,12 @@ impl Config {
         if let Some(v) = var("FLEET_AGENT_STATUS_INTERVAL_SECS") {
             self.status_interval_secs = parse("FLEET_AGENT_STATUS_INTERVAL_SECS", v)?;
         }
+        if let Some(v) = var("FLEET_AGENT_TELEMETRY_INTERVAL_SECS") {
+            self.telemetry_interval_secs = parse("FLEET_AGENT_TELEMETRY_INTERVAL_SECS", v)?;
+        }
+        if let Some(v) = var("FLEET_AGENT_HOST_ROOT") {
+            self.host_root = PathBuf::from(v);
+        }
         if let Some(v) = var("FLEET_AGENT_RUNTIME") {
             self.runtime.kind = match v.as_str() {
                 "crun" => RuntimeKind::Crun,
@@ -361,10 +379,18 @@ impl Config {
         if self.broker.trim().is_empty() {
             return Err(ConfigError::Invalid("broker is empty".into()));
         }
-        if self.status_interval_secs == 0 || self.supervise_interval_secs == 0 {
+        if self.status_interval_secs == 0
+            || self.supervise_interval_secs == 0
+            || self.telemetry_interval_secs == 0
+        {
             return Err(ConfigError::Invalid(
-                "status_interval_secs and supervise_interval_secs must be at least 1".into(),
+                "status_interval_secs, supervise_interval_secs and telemetry_interval_secs \
+                 must be at least 1"
+                    .into(),
             ));
+        }
+        if self.host_root.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("host_root is empty".into()));
         }
         if let Some(server) = &self.server
             && !(server.starts_with("http://") || server.starts_with("https://"))
@@ -439,66 +465,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_env_overrides_the_file() {
-        Config::default().validate().unwrap();
-        let mut c: Config = toml::from_str(
-            "state_dir = \"/tmp/s\"\n[runtime]\nkind = \"runc\"\n[deploy]\nprobation_secs = 5\n",
-        )
-        .unwrap();
-        assert_eq!(c.runtime.kind, RuntimeKind::Runc);
-        assert_eq!(c.deploy.crash_loop_restarts, 3);
-        c.apply_env(|k| match k {
-            "FLEET_AGENT_RUNTIME" => Some("crun".into()),
-            "FLEET_AGENT_PROBATION_SECS" => Some("2".into()),
-            "FLEET_AGENT_DEVICE_ID" => Some("cam-01".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(c.runtime.kind, RuntimeKind::Crun);
-        assert_eq!(c.deploy.probation_secs, 2);
-        assert_eq!(c.device_id().unwrap().as_str(), "cam-01");
-        assert_eq!(c.state_dir, PathBuf::from("/tmp/s"));
-    }
-
-    #[test]
-    fn the_documented_device_config_parses() {
-        let c: Config = toml::from_str(
-            "device_id = \"cam-0042\"\nserver = \"http://10.0.0.2:8080/\"\n\
-             broker = \"mqtt://10.0.0.2:1883\"\ntrust = \"/etc/fleet/trust.json\"\n\
-             runtime = \"runc\"\ntoken = \"s3cret\"\n[labels]\nsite = \"north\"\n",
-        )
-        .unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.runtime.kind, RuntimeKind::Runc);
-        assert_eq!(c.runtime.backoff_max_ms, 60_000);
-        assert_eq!(c.broker, "mqtt://10.0.0.2:1883");
-        assert_eq!(c.labels.get("site").map(String::as_str), Some("north"));
-        assert_eq!(c.plain_http_server().as_deref(), Some("10.0.0.2:8080"));
-        assert_eq!(c.token.expose(), "s3cret");
-        assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(toml::from_str::<Config>("runtime = \"docker\"").is_err());
-        assert!(toml::from_str::<Config>("[runtime]\nbogus = 1").is_err());
-        let d = Config::default();
-        assert_eq!(d.broker, DEFAULT_BROKER);
-        assert_eq!(d.status_interval_secs, 30);
-    }
-
-    #[test]
-    fn bad_values_are_reported_with_their_source() {
-        let mut c = Config::default();
-        let err = c
-            .apply_env(|k| (k == "FLEET_AGENT_PROBATION_SECS").then(|| "soon".into()))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("FLEET_AGENT_PROBATION_SECS"),
-            "{err}"
-        );
-        assert!(toml::from_str::<Config>("bogus = 1").is_err());
-        c.deploy.crash_loop_restarts = 0;
-        assert!(c.validate().is_err());
-    }
-}
+mod tests;
