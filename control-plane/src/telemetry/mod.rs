@@ -14,7 +14,7 @@
 pub mod updates;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -168,9 +168,7 @@ impl Live {
     }
 
     fn shard(&self, device: &DeviceId) -> MutexGuard<'_, HashMap<DeviceId, DeviceLive>> {
-        let mut h = self.hasher.build_hasher();
-        device.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
+        let i = (self.hasher.hash_one(device) as usize) % self.shards.len();
         // A poisoned shard only means a panic elsewhere mid-update of plain
         // fields; the data is still usable.
         self.shards[i]
