@@ -11,7 +11,10 @@
 # three fleet-agent devices with their own state directories running real
 # containers with crun, imports a sample image (v1 and v2, made with umoci),
 # rolls out v1 and then v2 to the group `cameras` with fleetctl, and shows
-# the devices, their versions and what the runtime reports.
+# the devices, their versions and what the runtime reports. Prometheus scrapes
+# the server's /metrics (the Grafana dashboards in grafana/ read from it);
+# cam-03 reads its sensors from a Jetson Orin fixture tree, so the Jetson
+# dashboard has data too. --check also runs every dashboard query against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -34,7 +37,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
-for tool in crun umoci busybox curl jq mosquitto mosquitto_passwd; do
+for tool in crun umoci busybox curl jq mosquitto mosquitto_passwd prometheus ss; do
   command -v "$tool" >/dev/null || { echo "fleet-local: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
@@ -51,6 +54,15 @@ work=${FLEET_LOCAL_DIR:-$repo/target/fleet-local}
 http_port=${FLEET_LOCAL_HTTP_PORT:-8080}
 mqtt_port=${FLEET_LOCAL_MQTT_PORT:-1883}
 server=http://127.0.0.1:$http_port
+# Prometheus takes the first free loopback port from 9090 (or the one given).
+free_port() {
+  local p=$1
+  while [ -n "$(ss -Htln "sport = :$p")" ]; do p=$((p + 1)); done
+  echo "$p"
+}
+prom_port=${FLEET_LOCAL_PROMETHEUS_PORT:-$(free_port 9090)}
+prom=http://127.0.0.1:$prom_port
+jetson_fixture=$repo/agent/tests/fixtures/tegra/orin-r36
 
 pids=()
 cleanup() {
@@ -122,6 +134,25 @@ for _ in $(seq 100); do
 done
 token=$(grep -o 'fleet_[0-9a-f]*' server.out | head -1)
 [ -n "$token" ] || { echo "fleet-server did not start:"; cat server.log; exit 1; }
+
+echo "== starting Prometheus on $prom, scraping $server/metrics every 2 s"
+cat >prometheus.yml <<YAML
+global:
+  scrape_interval: 2s
+  evaluation_interval: 2s
+scrape_configs:
+  - job_name: fleet-server
+    static_configs:
+      - targets: ["127.0.0.1:$http_port"]
+YAML
+prometheus --config.file=prometheus.yml --storage.tsdb.path="$work/prometheus-data" \
+  --web.listen-address="127.0.0.1:$prom_port" >prometheus.log 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "$prom/-/ready" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -sf "$prom/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat prometheus.log; exit 1; }
 export FLEET_CONFIG_DIR=$work/fleetctl
 "$bin/fleetctl" login --server "$server" --token "$token"
 
@@ -143,12 +174,15 @@ make_image v1 "v1"
 make_image v2 "v2"
 "$bin/fleetctl" image import img --repository edge/demo
 
-echo "== starting three devices (cam-01..cam-03), each with its own state dir and crun root"
+echo "== starting three devices (cam-01..cam-03), each with its own state dir and crun root;"
+echo "   cam-03 reads its sensors from the Jetson Orin fixture $jetson_fixture"
 for i in 1 2 3; do
   dev=cam-0$i
   d=$work/devices/$dev
   mkdir -p "$d"
   dtoken=$("$bin/fleet-server" --config server.toml device-token "$dev")
+  host_root=""
+  [ "$i" -eq 3 ] && host_root="host_root = \"$jetson_fixture\""
   cat >"$d/agent.toml" <<TOML
 device_id = "$dev"
 state_dir = "$d/state"
@@ -157,6 +191,8 @@ server = "$server"
 broker = "mqtt://127.0.0.1:$mqtt_port"
 token = "$dtoken"
 status_interval_secs = 5
+telemetry_interval_secs = 2
+$host_root
 [labels]
 role = "camera"
 site = "lab"
@@ -221,6 +257,27 @@ if $check; then
     out=$(grep -h "demo v2 started" "$d"/state/containers/*/logs/stdout* 2>/dev/null | head -1 || true)
     [ -n "$out" ] && ok "$dev: the v2 container's own output says it started" || bad "$dev: no 'demo v2 started' in the container logs"
   done
+
+  # The Grafana dashboards: every panel query must return data from the
+  # Prometheus scraping this fleet, after at least two scrapes of the final state.
+  since=$(date +%s)
+  scrapes=0
+  for _ in $(seq 120); do
+    window=$(($(date +%s) - since + 1))
+    scrapes=$(curl -sf "$prom/api/v1/query" --data-urlencode \
+      "query=sum_over_time(up{job=\"fleet-server\"}[${window}s])" | jq -r '.data.result[0].value[1] // 0')
+    [ "$scrapes" -ge 2 ] && break
+    sleep 1
+  done
+  [ "$scrapes" -ge 2 ] && ok "Prometheus scraped fleet-server $scrapes times after the rollouts" \
+    || bad "Prometheus scraped fleet-server $scrapes times after the rollouts (see $work/prometheus.log)"
+  echo "== checking every Grafana dashboard query against $prom"
+  if (cd "$repo" && FLEET_PROMETHEUS_URL=$prom RUST_BACKTRACE=0 cargo test --locked -q -p fleet-control-plane \
+    --test dashboards every_panel_query_returns_data -- --nocapture); then
+    ok "every Grafana dashboard query returns data from Prometheus"
+  else
+    bad "Grafana dashboard queries without data (listed above)"
+  fi
   echo "fleet-local: $passed passed, $failed failed"
   [ "$failed" -eq 0 ] || exit 1
 fi
@@ -228,4 +285,7 @@ if $once; then
   exit 0
 fi
 echo "== the fleet runs; logs in $work (server.log, devices/*/agent.log). Ctrl-C stops it."
+echo "   Prometheus: $prom (metrics at $server/metrics). Grafana: add a Prometheus data source"
+echo "   with uid fleet-prometheus and URL $prom, then import grafana/dashboards/*.json"
+echo "   (or provision grafana/provisioning; README: \"See your fleet in Grafana\")."
 wait

@@ -44,13 +44,33 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub director: DirectorConfig,
     pub desired: DesiredConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the REST API (and the content endpoint `/v2`).
+    /// Address of the REST API (and the content endpoint `/v2`, and
+    /// `/metrics`).
     pub listen: SocketAddr,
+    /// Serve Prometheus metrics at `/metrics` (no token). Environment:
+    /// `FLEET_HTTP_METRICS`.
+    pub metrics: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// How often the devices' latest state (status, presence, telemetry) is
+    /// written to the store, in one batch (seconds). It is also written at
+    /// shutdown. Environment: `FLEET_TELEMETRY_FLUSH_SECS`.
+    pub flush_secs: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { flush_secs: 5 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -100,6 +120,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             director: DirectorConfig::default(),
             desired: DesiredConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -108,6 +129,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics: true,
         }
     }
 }
@@ -181,7 +203,8 @@ impl Config {
     /// `FLEET_DATA_DIR`, `FLEET_HTTP_LISTEN`, `FLEET_BROKER_EMBEDDED`,
     /// `FLEET_BROKER_LISTEN`, `FLEET_BROKER_URL`, `FLEET_TOPIC_PREFIX`,
     /// `FLEET_DIRECTOR_KEY`, `FLEET_TRUST`, `FLEET_DESIRED_LIFETIME_SECS`,
-    /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`.
+    /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`,
+    /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`.
     pub fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
@@ -190,6 +213,10 @@ impl Config {
             match key.as_str() {
                 "FLEET_DATA_DIR" => self.data_dir = value.into(),
                 "FLEET_HTTP_LISTEN" => self.http.listen = parse("FLEET_HTTP_LISTEN", value)?,
+                "FLEET_HTTP_METRICS" => self.http.metrics = parse("FLEET_HTTP_METRICS", value)?,
+                "FLEET_TELEMETRY_FLUSH_SECS" => {
+                    self.telemetry.flush_secs = parse("FLEET_TELEMETRY_FLUSH_SECS", value)?
+                }
                 "FLEET_BROKER_EMBEDDED" => {
                     self.broker.embedded = parse("FLEET_BROKER_EMBEDDED", value)?
                 }
@@ -241,6 +268,9 @@ impl Config {
                 "desired.renew_check_secs",
                 "must be greater than 0",
             ));
+        }
+        if self.telemetry.flush_secs == 0 {
+            return Err(invalid("telemetry.flush_secs", "must be greater than 0"));
         }
         if self.broker.embedded && self.broker.url.is_some() {
             return Err(invalid(

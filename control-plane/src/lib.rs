@@ -5,6 +5,8 @@
 //! - [`director`]: builds and signs each device's desired state.
 //! - [`fleet`]: the engine (devices, groups, releases, rollouts) and the
 //!   ports the MQTT link and the content store plug into.
+//! - [`telemetry`]: the in-memory latest state of every device, batched
+//!   into the store; [`metrics`]: `/metrics` (Prometheus).
 //! - [`api`]: the REST API (axum); [`client`]: its typed client.
 //! - [`server`]: `run(config, shutdown)`.
 //! - [`keys`], [`sign`]: key files and offline signing.
@@ -20,9 +22,11 @@ pub mod director;
 pub mod fleet;
 pub mod keys;
 pub mod link;
+pub mod metrics;
 pub mod server;
 pub mod sign;
 pub mod store;
+pub mod telemetry;
 
 /// The control plane's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

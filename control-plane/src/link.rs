@@ -11,12 +11,13 @@
 //! dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fleet_protocol::id::DeviceId;
 use fleet_protocol::message::{Presence, StatusReport, Telemetry, decode};
-use fleet_protocol::topic::{Topic, TopicScheme};
+use fleet_protocol::topic::{Topic, TopicKind, TopicScheme};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
     SubscribeFilter,
@@ -25,6 +26,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::telemetry::{IngestCounters, MessageKind};
 
 /// Largest packet the link sends or accepts.
 pub const MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
@@ -127,6 +130,8 @@ pub struct ServerLinkConfig {
     /// Capacity of the inbound channel; the link stops reading from the
     /// broker while it is full.
     pub inbound_capacity: usize,
+    /// Where rejected messages are counted.
+    pub counters: Arc<IngestCounters>,
 }
 
 impl ServerLinkConfig {
@@ -143,6 +148,7 @@ impl ServerLinkConfig {
             keep_alive: Duration::from_secs(30),
             backoff: Backoff::default(),
             inbound_capacity: 1024,
+            counters: IngestCounters::new(),
         }
     }
 }
@@ -202,6 +208,7 @@ impl ServerLink {
             backoff: config.backoff,
             client,
             inbound: inbound_tx,
+            counters: config.counters,
             connected: connected_tx,
             pending: BTreeMap::new(),
             latest_desired: HashMap::new(),
@@ -274,6 +281,7 @@ struct Actor {
     backoff: Backoff,
     client: AsyncClient,
     inbound: mpsc::Sender<Inbound>,
+    counters: Arc<IngestCounters>,
     connected: watch::Sender<bool>,
     pending: BTreeMap<u64, PendingPublish>,
     latest_desired: HashMap<DeviceId, u64>,
@@ -440,7 +448,19 @@ impl Actor {
                 warn!(codes = ?ack.return_codes, "broker refused a subscription");
             }
             Event::Incoming(Packet::Publish(p)) => {
-                if let Some(msg) = parse_inbound(&self.scheme, &p.topic, &p.payload) {
+                let msg = parse_inbound(&self.scheme, &p.topic, &p.payload);
+                if msg.is_none() && !p.payload.is_empty() {
+                    let kind = match self.scheme.parse(&p.topic).map(|t| t.kind()) {
+                        Ok(TopicKind::Status) => Some(MessageKind::Status),
+                        Ok(TopicKind::Telemetry) => Some(MessageKind::Telemetry),
+                        Ok(TopicKind::Online) => Some(MessageKind::Presence),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        self.counters.rejected(kind);
+                    }
+                }
+                if let Some(msg) = msg {
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         r = self.inbound.send(msg) => {

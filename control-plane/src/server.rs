@@ -29,6 +29,7 @@ use crate::fleet::ports::{
 use crate::fleet::{self, Fleet};
 use crate::link::{BrokerAddr, ServerLink, ServerLinkConfig};
 use crate::store::{SledStore, Store, StoreError};
+use crate::telemetry::IngestCounters;
 
 /// How long shutdown waits for requests and tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -100,6 +101,8 @@ pub struct Plugins {
     /// Extra routes merged at the root behind the API's token check (e.g.
     /// image import).
     pub authed_routes: Option<Router>,
+    /// Ingest counters shared with the MQTT link (which counts rejects).
+    pub counters: Arc<IngestCounters>,
 }
 
 impl Default for Plugins {
@@ -109,6 +112,7 @@ impl Default for Plugins {
             resolver: Arc::new(DigestOnlyResolver),
             routes: Router::new(),
             authed_routes: None,
+            counters: IngestCounters::new(),
         }
     }
 }
@@ -185,7 +189,19 @@ impl Server {
                 addr: config.http.listen,
                 source,
             })?;
-        let fleet = Fleet::new(store, director, trust, plugins.publisher);
+        let fleet = Fleet::new(store, director, trust, plugins.publisher, plugins.counters);
+        {
+            let fleet = fleet.clone();
+            let n = tokio::task::spawn_blocking(move || fleet.load_live())
+                .await
+                .map_err(|e| ServerError::Serve {
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|e| ServerError::Serve {
+                    source: std::io::Error::other(e),
+                })?;
+            tracing::debug!(devices = n, "latest device state loaded");
+        }
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         Ok(Server {
             config,
@@ -290,11 +306,36 @@ impl Server {
             });
         }
 
+        // Batched persistence of the devices' latest state.
+        {
+            let fleet = fleet.clone();
+            let stop = stop.clone();
+            let every = Duration::from_secs(config.telemetry.flush_secs);
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    match fleet.flush().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(devices = n, "device state flushed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "flushing device state failed; will retry")
+                        }
+                    }
+                }
+            });
+        }
+
         let mut app = api::router(ApiState {
             fleet: fleet.clone(),
             resolver,
         })
         .merge(routes);
+        if config.http.metrics {
+            app = app.merge(api::metrics_router(fleet.clone()));
+        }
         if let Some(authed) = authed_routes {
             app = app.merge(authed.route_layer(axum::middleware::from_fn_with_state(
                 fleet.store().clone(),
@@ -320,6 +361,11 @@ impl Server {
             .is_err()
         {
             tracing::warn!("tasks did not stop within the grace period");
+        }
+        // Every device message taken before the stop is in memory: write it.
+        match fleet.flush().await {
+            Ok(n) => tracing::info!(devices = n, "device state flushed at shutdown"),
+            Err(e) => tracing::error!(error = %e, "flushing device state at shutdown failed"),
         }
         tracing::info!("server stopped");
         served
@@ -364,8 +410,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         let password = config.broker.password.clone().unwrap_or_default();
         (None, BrokerAddr::parse(&url)?, password)
     };
+    let counters = IngestCounters::new();
     let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);
     link_config.scheme = scheme;
+    link_config.counters = counters.clone();
     let (link, mut from_devices, link_task) =
         ServerLink::connect(link_config, shutdown.child_token());
     let plugins = Plugins {
@@ -373,6 +421,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         resolver: Arc::new(ContentResolver(content.clone())),
         routes: crate::content::router(content.clone()),
         authed_routes: Some(crate::content::import_router(content)),
+        counters,
     };
     let server = Server::bind(config, plugins).await?;
     if let Some(token) = server.admin_token() {

@@ -3,6 +3,7 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | liveness (no token) |
+//! | GET | `/metrics` | Prometheus metrics (no token; `http.metrics`) |
 //! | GET | `/api/v1/devices`, `/api/v1/devices/{id}` | devices with their latest status |
 //! | GET | `/api/v1/devices/{id}/desired` | the last signed desired state |
 //! | POST | `/api/v1/devices/{id}/labels` | set / remove operator labels |
@@ -126,6 +127,26 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", api)
+}
+
+/// `/metrics`: the Prometheus exposition, without a token (as Prometheus
+/// scrapes it; see `control-plane/METRICS.md`).
+pub fn metrics_router(fleet: Fleet) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(fleet)
+}
+
+async fn metrics(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
+    let text = fleet.metrics_text().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn devices(State(s): State<ApiState>) -> ApiResult<Vec<types::DeviceView>> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use fleet_protocol::dsse::Envelope;
-use fleet_protocol::{AppName, DeviceId, Digest, GroupName};
+use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Telemetry};
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::rollout::{Counts, DeviceProgress};
@@ -47,6 +47,18 @@ pub struct DeviceView {
     pub effective_labels: Labels,
     pub groups: Vec<GroupName>,
     pub desired: Option<DesiredSummary>,
+    /// The latest telemetry the device sent.
+    #[serde(default)]
+    pub telemetry: Option<TelemetryView>,
+}
+
+/// A device's latest telemetry and when the server received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryView {
+    /// Unix seconds (server clock).
+    pub received_at: u64,
+    #[serde(flatten)]
+    pub telemetry: Telemetry,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

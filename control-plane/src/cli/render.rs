@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::api::types::{DeviceView, GroupView, RolloutView};
+use crate::api::types::{DeviceView, GroupView, RolloutView, TelemetryView};
 use crate::store::{Labels, RolloutId};
 
 pub fn list<T: Display>(items: &[T]) -> String {
@@ -104,6 +104,113 @@ pub fn device(d: &DeviceView) {
             println!("  rejected: {}", r.message);
         }
     }
+    match &d.telemetry {
+        Some(t) => print!("{}", telemetry(t)),
+        None => println!("telemetry    -"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The latest telemetry of a device, one line per reported sensor group.
+pub fn telemetry(v: &TelemetryView) -> String {
+    let t = &v.telemetry;
+    let mut out = format!("telemetry    at {} (received {})\n", t.at, v.received_at);
+    let mut line = |label: &str, parts: Vec<String>| {
+        if !parts.is_empty() {
+            out.push_str(&format!("  {label:<12} {}\n", parts.join(", ")));
+        }
+    };
+    let mut host = Vec::new();
+    if let Some(u) = t.uptime_secs {
+        host.push(format!("uptime {u} s"));
+    }
+    if let Some(c) = t.cpu_percent {
+        host.push(format!("cpu {c:.1}%"));
+    }
+    match (t.memory_used_bytes, t.memory_total_bytes) {
+        (Some(u), Some(m)) => host.push(format!("memory {} / {}", bytes(u), bytes(m))),
+        (Some(u), None) => host.push(format!("memory {}", bytes(u))),
+        _ => {}
+    }
+    line("host", host);
+    let mut disk = Vec::new();
+    if let Some(f) = t.disk_free_bytes {
+        disk.push(format!("free {}", bytes(f)));
+    }
+    if let Some(s) = t.store_used_bytes {
+        disk.push(format!("store {}", bytes(s)));
+    }
+    line("disk", disk);
+    line(
+        "temperature",
+        t.temperatures
+            .iter()
+            .map(|(zone, c)| format!("{zone} {c:.1} °C"))
+            .collect(),
+    );
+    let mut gpu = Vec::new();
+    if let Some(l) = t.gpu_load_percent {
+        gpu.push(format!("load {l:.1}%"));
+    }
+    if let Some(f) = t.gpu_freq_hz {
+        gpu.push(format!("{} MHz", f / 1_000_000));
+    }
+    if let Some(e) = t.emc_load_percent {
+        gpu.push(format!("emc {e:.1}%"));
+    }
+    line("gpu", gpu);
+    line(
+        "power",
+        t.power_mw
+            .iter()
+            .map(|(rail, mw)| format!("{rail} {mw} mW"))
+            .collect(),
+    );
+    let mut net = Vec::new();
+    if let Some(r) = t.net_rx_bytes {
+        net.push(format!("rx {}", bytes(r)));
+    }
+    if let Some(x) = t.net_tx_bytes {
+        net.push(format!("tx {}", bytes(x)));
+    }
+    line("network", net);
+    let mut content = Vec::new();
+    if let Some(f) = t.fetched_bytes_total {
+        content.push(format!("fetched {}", bytes(f)));
+    }
+    if let Some(r) = t.reused_bytes_total {
+        content.push(format!("reused {}", bytes(r)));
+    }
+    line("content", content);
+    line(
+        "apps",
+        t.apps
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} restarts {}",
+                    a.app.as_ref().map_or("-", |n| n.as_str()),
+                    if a.running { "running" } else { "stopped" },
+                    a.restarts
+                )
+            })
+            .collect(),
+    );
+    out
 }
 
 pub fn groups(all: &[GroupView]) {

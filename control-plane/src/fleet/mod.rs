@@ -9,11 +9,12 @@
 
 pub mod ports;
 pub mod rollout;
+mod steps;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use fleet_protocol::{DeviceId, Digest, GroupName, StatusReport, TrustedRoot, verify};
+use fleet_protocol::{DeviceId, Digest, GroupName, TrustedRoot, verify};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::api::types::{
@@ -21,12 +22,15 @@ use crate::api::types::{
     RolloutView, SetLabels,
 };
 use crate::director::{Director, DirectorError};
+use crate::store::TelemetryRecord;
 use crate::store::{
-    DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
-    RolloutState, Store, StoreError, WaveState, Write,
+    DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, Store,
+    StoreError, Write,
 };
+use crate::telemetry::updates::Updates;
+use crate::telemetry::{IngestCounters, Live, MessageKind};
 use ports::{DesiredPublisher, Inbound};
-use rollout::{Action, ProgressState};
+use rollout::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -85,6 +89,14 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The unix time now, with fractions of a second.
+pub fn now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn event(kind: &str, subject: impl ToString, message: impl Into<String>, at: u64) -> Write {
     Write::Event(EventRecord {
         seq: 0,
@@ -107,6 +119,10 @@ struct Inner {
     publisher: Arc<dyn DesiredPublisher>,
     write: Mutex<()>,
     publish: AsyncMutex<()>,
+    /// The latest state of every device (the store lags by one flush).
+    live: Live,
+    updates: Updates,
+    counters: Arc<IngestCounters>,
 }
 
 /// Desired records changed within one step, on top of the store.
@@ -140,6 +156,7 @@ impl Fleet {
         director: Director,
         trust: TrustedRoot,
         publisher: Arc<dyn DesiredPublisher>,
+        counters: Arc<IngestCounters>,
     ) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
@@ -149,8 +166,79 @@ impl Fleet {
                 publisher,
                 write: Mutex::new(()),
                 publish: AsyncMutex::new(()),
+                live: Live::new(),
+                updates: Updates::new(),
+                counters,
             }),
         }
+    }
+
+    /// Fills the in-memory latest state from the store (at start; blocking).
+    pub fn load_live(&self) -> Result<usize, FleetError> {
+        let i = &self.inner;
+        let devices = i.store.devices()?;
+        let n = devices.len();
+        i.live.load(devices, i.store.telemetry_all()?);
+        Ok(n)
+    }
+
+    pub fn counters(&self) -> &Arc<IngestCounters> {
+        &self.inner.counters
+    }
+
+    /// Writes every device whose latest state changed since the last flush
+    /// to the store, in one batch. Returns how many devices were written.
+    pub async fn flush(&self) -> Result<usize, FleetError> {
+        self.blocking(|i| {
+            let _guard = i
+                .write
+                .lock()
+                .map_err(|_| FleetError::Task("write lock poisoned".into()))?;
+            i.flush()
+        })
+        .await
+    }
+
+    /// The Prometheus exposition of the fleet now.
+    pub async fn metrics_text(&self) -> Result<String, FleetError> {
+        self.blocking(|i| {
+            let live = i.live.snapshot();
+            let devices = i
+                .store
+                .devices()?
+                .into_iter()
+                .map(|mut d| {
+                    if let Some(l) = live.get(&d.id) {
+                        l.overlay(&mut d);
+                    }
+                    d
+                })
+                .collect();
+            let mut rollouts = i.store.rollouts()?;
+            rollouts.reverse();
+            let mut finals = 0;
+            rollouts.retain(|r| {
+                if !r.state.is_final() {
+                    return true;
+                }
+                finals += 1;
+                finals <= crate::metrics::FINAL_ROLLOUTS_KEPT
+            });
+            rollouts.reverse();
+            let rollouts = rollouts
+                .iter()
+                .map(|r| i.rollout_view(r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(crate::metrics::render(&crate::metrics::Input {
+                devices,
+                live,
+                groups: i.store.groups()?,
+                rollouts,
+                counters: &i.counters,
+                updates: i.updates.snapshot(),
+            }))
+        })
+        .await
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -211,6 +299,12 @@ impl Fleet {
             {
                 Ok(()) => {
                     tracing::info!(%device, generation, "desired state published");
+                    self.inner.updates.published(
+                        &device,
+                        &record.apps,
+                        self.inner.live.status(&device).as_deref(),
+                        now_f64(),
+                    );
                     let d = device.clone();
                     let marked = self
                         .blocking(move |i| {
@@ -278,24 +372,46 @@ impl Fleet {
         .await
     }
 
-    /// Handles one message from a device.
+    /// Handles one message from a device: the in-memory latest state takes
+    /// it at once (persisted by the next [`Fleet::flush`]); a status that
+    /// registers a device or changes what it runs also goes through the
+    /// engine (registration, rollout waves).
     pub async fn inbound(&self, message: Inbound) -> Result<(), FleetError> {
+        let i = &self.inner;
+        let now = now();
         match message {
-            Inbound::Status(report) => self.change(move |i, now| i.on_status(report, now)).await,
-            Inbound::Presence { device, online } => {
-                self.change(move |i, now| {
-                    let Some(mut rec) = i.store.device(&device)? else {
-                        return Ok(((), vec![]));
-                    };
-                    rec.online = online;
-                    rec.last_seen = now;
-                    i.store.commit(vec![Write::Device(rec)])?;
-                    Ok(((), vec![]))
-                })
-                .await
+            Inbound::Status(report) => {
+                i.counters.ingested(MessageKind::Status);
+                let device = report.device.clone();
+                let ingest = i.live.on_status(report, now);
+                if ingest.repeat {
+                    return Ok(());
+                }
+                i.updates
+                    .on_status(ingest.previous.as_deref(), &ingest.current, now_f64());
+                let needs_engine = if ingest.registered {
+                    ingest.changed
+                } else {
+                    ingest.current.info.is_some()
+                };
+                if needs_engine {
+                    self.change(move |i, now| i.on_status(&device, now)).await?;
+                }
+                Ok(())
             }
-            // Telemetry feeds metrics (not kept in the store).
-            Inbound::Telemetry(_) => Ok(()),
+            Inbound::Presence { device, online } => {
+                i.counters.ingested(MessageKind::Presence);
+                i.live.on_presence(&device, online, now);
+                Ok(())
+            }
+            Inbound::Telemetry(t) => {
+                i.counters.ingested(MessageKind::Telemetry);
+                match t.device.clone() {
+                    Some(device) => i.live.on_telemetry(&device, t, now),
+                    None => i.counters.rejected(MessageKind::Telemetry),
+                }
+                Ok(())
+            }
         }
     }
 
@@ -367,6 +483,9 @@ impl Fleet {
                 .store
                 .device(&id)?
                 .ok_or_else(|| not_found("device", &id))?;
+            if let Some(l) = i.live.get(&id) {
+                l.overlay(&mut d);
+            }
             for k in &req.remove {
                 d.labels.remove(k);
             }
@@ -512,11 +631,21 @@ fn group_view(group: GroupRecord, devices: &[DeviceRecord]) -> GroupView {
 impl Inner {
     fn device_view(
         &self,
-        device: DeviceRecord,
+        mut device: DeviceRecord,
         groups: &[GroupRecord],
     ) -> Result<DeviceView, FleetError> {
         let desired = self.store.desired(&device.id)?;
+        let live = self.live.get(&device.id);
+        if let Some(l) = &live {
+            l.overlay(&mut device);
+        }
         Ok(DeviceView {
+            telemetry: live.as_ref().and_then(|l| {
+                Some(crate::api::types::TelemetryView {
+                    received_at: l.telemetry_received_at,
+                    telemetry: fleet_protocol::Telemetry::clone(l.telemetry.as_deref()?),
+                })
+            }),
             effective_labels: device.effective_labels(),
             groups: groups
                 .iter()
@@ -526,6 +655,41 @@ impl Inner {
             desired: desired.as_ref().map(DesiredSummary::from),
             device,
         })
+    }
+
+    /// See [`Fleet::flush`]; runs under the write lock.
+    fn flush(&self) -> Result<usize, FleetError> {
+        let dirty = self.live.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut writes = Vec::with_capacity(dirty.len() * 2);
+        let mut written = Vec::with_capacity(dirty.len());
+        for (id, live) in &dirty {
+            // Unregistered devices stay in memory until they register.
+            let Some(mut record) = self.store.device(id)? else {
+                continue;
+            };
+            live.overlay(&mut record);
+            writes.push(Write::Device(record));
+            if let Some(t) = &live.telemetry {
+                writes.push(Write::Telemetry(TelemetryRecord {
+                    device: id.clone(),
+                    received_at: live.telemetry_received_at,
+                    telemetry: fleet_protocol::Telemetry::clone(t),
+                }));
+            }
+            written.push(id.clone());
+        }
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.commit(writes) {
+            self.live.mark_dirty(dirty.into_iter().map(|(id, _)| id));
+            return Err(e.into());
+        }
+        self.counters.batch_written();
+        Ok(written.len())
     }
 
     fn mark_published(&self, device: &DeviceId, generation: u64) -> Result<(), FleetError> {
@@ -554,331 +718,6 @@ impl Inner {
             envelope,
             added_at: now,
         })
-    }
-
-    fn on_status(&self, report: StatusReport, now: u64) -> Result<((), Vec<DeviceId>), FleetError> {
-        let id = report.device.clone();
-        let mut writes = Vec::new();
-        let mut device = match self.store.device(&id)? {
-            Some(d) => d,
-            None => {
-                if report.info.is_none() {
-                    tracing::debug!(device = %id, "status from an unregistered device without info; ignored");
-                    return Ok(((), vec![]));
-                }
-                writes.push(event("device.registered", &id, "first status report", now));
-                DeviceRecord::new(id.clone(), now)
-            }
-        };
-        if let Some(info) = &report.info {
-            device.reported_labels = info.labels.clone();
-            device.architecture = info.architecture.clone();
-            device.variant = info.variant.clone();
-            device.l4t_version = info.l4t_version.clone();
-            device.agent_version = info.agent_version.clone();
-        }
-        device.last_seen = now;
-        device.online = true;
-        device.last_status = Some(report);
-        writes.push(Write::Device(device));
-        // Persist the report first: wave progress reads it from the store.
-        self.store.commit(writes)?;
-
-        let mut staged = Staged::default();
-        let mut writes = Vec::new();
-        for mut r in self.store.rollouts()? {
-            if r.state != RolloutState::Running || !r.devices().any(|d| d == &id) {
-                continue;
-            }
-            if self.advance(&mut r, &mut staged, &mut writes, now)? {
-                r.updated_at = now;
-                writes.push(Write::Rollout(r));
-            }
-        }
-        let devices = staged.into_writes(&mut writes);
-        if !writes.is_empty() {
-            self.store.commit(writes)?;
-        }
-        Ok(((), devices))
-    }
-
-    fn status_of(&self, device: &DeviceId) -> Result<Option<StatusReport>, FleetError> {
-        Ok(self.store.device(device)?.and_then(|d| d.last_status))
-    }
-
-    /// Moves a running rollout on: starts the first pending wave, closes
-    /// waves whose devices all settled, completes the rollout after the last.
-    /// Returns whether the record changed.
-    fn advance(
-        &self,
-        r: &mut RolloutRecord,
-        staged: &mut Staged,
-        writes: &mut Vec<Write>,
-        now: u64,
-    ) -> Result<bool, FleetError> {
-        let mut changed = false;
-        while r.state == RolloutState::Running {
-            let Some(i) = r.waves.iter().position(|w| w.state != WaveState::Done) else {
-                r.state = RolloutState::Completed;
-                writes.push(event(
-                    "rollout.completed",
-                    format!("rollout/{}", r.id),
-                    "every wave settled",
-                    now,
-                ));
-                return Ok(true);
-            };
-            match r.waves[i].state {
-                WaveState::Pending => {
-                    self.activate_wave(r, i, staged, now)?;
-                    writes.push(event(
-                        "rollout.wave",
-                        format!("rollout/{}", r.id),
-                        format!(
-                            "wave {} started ({} devices)",
-                            i + 1,
-                            r.waves[i].devices.len()
-                        ),
-                        now,
-                    ));
-                    return Ok(true);
-                }
-                WaveState::Active => {
-                    let mut settled = true;
-                    for d in &r.waves[i].devices {
-                        let p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
-                        settled &= p.state.settled();
-                    }
-                    if !settled {
-                        return Ok(changed);
-                    }
-                    r.waves[i].state = WaveState::Done;
-                    changed = true;
-                }
-                WaveState::Done => {}
-            }
-        }
-        Ok(changed)
-    }
-
-    fn activate_wave(
-        &self,
-        r: &mut RolloutRecord,
-        wave: usize,
-        staged: &mut Staged,
-        now: u64,
-    ) -> Result<(), FleetError> {
-        for device in r.waves[wave].devices.clone() {
-            let current = staged.current(self.store.as_ref(), &device)?;
-            let mut apps = current.as_ref().map(|c| c.apps.clone()).unwrap_or_default();
-            let before = apps.insert(r.app.clone(), r.release_digest.clone());
-            r.previous.entry(device.clone()).or_insert(before);
-            let next =
-                self.director
-                    .next(self.store.as_ref(), &device, current.as_ref(), apps, now)?;
-            staged.desired.insert(device, next);
-        }
-        r.waves[wave].state = WaveState::Active;
-        r.waves[wave].started_at = Some(now);
-        Ok(())
-    }
-
-    fn start_rollout(
-        &self,
-        req: CreateRollout,
-        now: u64,
-    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
-        let mut writes = Vec::new();
-        let release =
-            match (&req.release, &req.release_digest) {
-                (Some(envelope), digest) => {
-                    let record = self.verify_release(&envelope.to_json(), now)?;
-                    if let Some(d) = digest
-                        && d != &record.digest
-                    {
-                        return Err(FleetError::Invalid {
-                            message: format!(
-                                "release_digest {d} does not match the given release ({})",
-                                record.digest
-                            ),
-                        });
-                    }
-                    // Stored first: the director reads releases from the store.
-                    if self.store.release(&record.digest)?.is_none() {
-                        self.store.commit(vec![
-                            event("release.added", &record.digest, "with a rollout", now),
-                            Write::Release(record.clone()),
-                        ])?;
-                    }
-                    record
-                }
-                (None, Some(digest)) => self.store.release(digest)?.ok_or_else(|| {
-                    FleetError::NotFound {
-                        what: "release",
-                        key: format!(
-                            "{digest} (post it first, or send the signed release with the rollout)"
-                        ),
-                    }
-                })?,
-                (None, None) => {
-                    return Err(FleetError::Invalid {
-                        message: "give release_digest or release".into(),
-                    });
-                }
-            };
-        // The release must still verify (the trust root may have changed).
-        verify::verify_release_envelope(&self.trust, &release.envelope, now)
-            .map_err(|source| FleetError::Untrusted { source })?;
-        let group = self.store.group(&req.group)?.ok_or_else(|| {
-            not_found(
-                "group",
-                format!("{} (create it with `fleetctl groups add`)", req.group),
-            )
-        })?;
-        let devices: Vec<DeviceId> = self
-            .store
-            .devices()?
-            .into_iter()
-            .filter(|d| group.contains(d))
-            .map(|d| d.id)
-            .collect();
-        if devices.is_empty() {
-            return Err(FleetError::Conflict {
-                message: format!(
-                    "group {} has no devices; label devices (`fleetctl groups label`) or add members first",
-                    req.group
-                ),
-            });
-        }
-        let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
-
-        // A newer rollout of the same app supersedes older unfinished ones
-        // on the same devices.
-        for mut old in self.store.rollouts()? {
-            if !old.state.is_final()
-                && old.app == release.release.app
-                && old.devices().any(|d| member_set.contains(d))
-            {
-                old.state = RolloutState::Aborted;
-                old.updated_at = now;
-                writes.push(event(
-                    "rollout.aborted",
-                    format!("rollout/{}", old.id),
-                    "superseded by a newer rollout of the same app",
-                    now,
-                ));
-                writes.push(Write::Rollout(old));
-            }
-        }
-
-        let id = self.store.next_rollout_id()?;
-        let mut r = RolloutRecord {
-            id,
-            release_digest: release.digest.clone(),
-            app: release.release.app.clone(),
-            version: release.release.version.clone(),
-            group: req.group.clone(),
-            state: RolloutState::Running,
-            waves: rollout::plan_waves(devices, &req.waves),
-            previous: BTreeMap::new(),
-            created_at: now,
-            updated_at: now,
-        };
-        writes.push(event(
-            "rollout.started",
-            format!("rollout/{id}"),
-            format!(
-                "{} {} to group {} ({} devices, {} waves)",
-                r.app,
-                r.version,
-                r.group,
-                r.devices().count(),
-                r.waves.len()
-            ),
-            now,
-        ));
-        let mut staged = Staged::default();
-        self.advance(&mut r, &mut staged, &mut writes, now)?;
-        writes.push(Write::Rollout(r.clone()));
-        let devices = staged.into_writes(&mut writes);
-        self.store.commit(writes)?;
-        tracing::info!(rollout = id, app = %r.app, group = %r.group, "rollout started");
-        Ok((self.rollout_view(&r)?, devices))
-    }
-
-    fn rollout_action(
-        &self,
-        id: RolloutId,
-        action: Action,
-        now: u64,
-    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
-        let mut r = self
-            .store
-            .rollout(id)?
-            .ok_or_else(|| not_found("rollout", id))?;
-        let next = rollout::apply(r.state, action).ok_or_else(|| FleetError::Conflict {
-            message: format!("rollout {id} is {}; it cannot {}", r.state, action.as_str()),
-        })?;
-        r.state = next;
-        r.updated_at = now;
-        let mut writes = vec![event(
-            &format!("rollout.{}", action.as_str()),
-            format!("rollout/{id}"),
-            format!("now {next}"),
-            now,
-        )];
-        let mut staged = Staged::default();
-        match action {
-            Action::Resume => {
-                self.advance(&mut r, &mut staged, &mut writes, now)?;
-            }
-            Action::Undo => {
-                for (device, previous) in &r.previous {
-                    let Some(current) = staged.current(self.store.as_ref(), device)? else {
-                        continue;
-                    };
-                    // Only where this rollout's release is still what the
-                    // device should run: a later rollout wins.
-                    if current.apps.get(&r.app) != Some(&r.release_digest) {
-                        continue;
-                    }
-                    let mut apps = current.apps.clone();
-                    match previous {
-                        Some(digest) => apps.insert(r.app.clone(), digest.clone()),
-                        None => apps.remove(&r.app),
-                    };
-                    let next = self.director.next(
-                        self.store.as_ref(),
-                        device,
-                        Some(&current),
-                        apps,
-                        now,
-                    )?;
-                    staged.desired.insert(device.clone(), next);
-                }
-            }
-            Action::Pause | Action::Abort => {}
-        }
-        writes.push(Write::Rollout(r.clone()));
-        let devices = staged.into_writes(&mut writes);
-        self.store.commit(writes)?;
-        tracing::info!(rollout = id, action = action.as_str(), state = %r.state, "rollout action");
-        Ok((self.rollout_view(&r)?, devices))
-    }
-
-    fn rollout_view(&self, r: &RolloutRecord) -> Result<RolloutView, FleetError> {
-        let mut progress = Vec::new();
-        for (i, wave) in r.waves.iter().enumerate() {
-            for d in &wave.devices {
-                let mut p = rollout::device_progress(r, i, d, self.status_of(d)?.as_ref());
-                // After undo, what the device does is no longer this release.
-                if r.state == RolloutState::RolledBack && p.state == ProgressState::Sent {
-                    p.state = ProgressState::Waiting;
-                }
-                progress.push(p);
-            }
-        }
-        Ok(RolloutView::new(r, progress))
     }
 }
 

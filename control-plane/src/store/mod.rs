@@ -57,6 +57,8 @@ pub enum Write {
     /// Appended with the next sequence number.
     Event(EventRecord),
     Token(TokenRecord),
+    /// A device's latest telemetry (replaces the previous one).
+    Telemetry(TelemetryRecord),
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -83,6 +85,9 @@ pub trait Store: Send + Sync + 'static {
 
     fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     fn token_count(&self) -> Result<usize, StoreError>;
+
+    /// The latest telemetry of every device that sent some.
+    fn telemetry_all(&self) -> Result<Vec<TelemetryRecord>, StoreError>;
 
     /// Applies `writes` atomically and makes them durable before returning.
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_protocol::dsse::Envelope;
-use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Release, StatusReport};
+use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Release, StatusReport, Telemetry};
 use serde::{Deserialize, Serialize};
 
 pub type Labels = BTreeMap<String, String>;
@@ -223,4 +223,13 @@ pub struct TokenRecord {
     pub name: String,
     pub role: TokenRole,
     pub created_at: u64,
+}
+
+/// A device's latest telemetry, as the batched flusher last wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryRecord {
+    pub device: DeviceId,
+    /// Unix seconds (server clock) it arrived.
+    pub received_at: u64,
+    pub telemetry: Telemetry,
 }

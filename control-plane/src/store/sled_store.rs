@@ -10,7 +10,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
     DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
-    Store, StoreError, TokenRecord, Write,
+    Store, StoreError, TelemetryRecord, TokenRecord, Write,
 };
 
 const NEXT_ROLLOUT: &[u8] = b"next_rollout_id";
@@ -24,6 +24,7 @@ pub struct SledStore {
     desired: sled::Tree,
     events: sled::Tree,
     tokens: sled::Tree,
+    telemetry: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -89,6 +90,7 @@ impl SledStore {
             desired: tree("desired")?,
             events: tree("events")?,
             tokens: tree("tokens")?,
+            telemetry: tree("telemetry")?,
             meta: tree("meta")?,
             db,
         })
@@ -172,6 +174,10 @@ impl Store for SledStore {
         Ok(self.tokens.len())
     }
 
+    fn telemetry_all(&self) -> Result<Vec<TelemetryRecord>, StoreError> {
+        all(&self.telemetry, "telemetry")
+    }
+
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         // Encode first so the transaction closure cannot fail on serde.
         enum Op {
@@ -190,6 +196,9 @@ impl Store for SledStore {
                 Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
                 Write::Event(r) => Op::Event(r),
                 Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
+                Write::Telemetry(r) => {
+                    Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?)
+                }
             });
         }
         let trees = (
@@ -200,10 +209,13 @@ impl Store for SledStore {
             &self.desired,
             &self.events,
             &self.tokens,
+            &self.telemetry,
         );
         let result: Result<(), TransactionError<StoreError>> = trees.transaction(
-            |(devices, groups, releases, rollouts, desired, events, tokens)| {
-                let trees = [devices, groups, releases, rollouts, desired, events, tokens];
+            |(devices, groups, releases, rollouts, desired, events, tokens, telemetry)| {
+                let trees = [
+                    devices, groups, releases, rollouts, desired, events, tokens, telemetry,
+                ];
                 for op in &ops {
                     match op {
                         Op::Put(t, k, v) => {
