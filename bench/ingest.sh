@@ -306,7 +306,8 @@ goal_rate=$(awk -v r="$b_per_core" 'BEGIN { print (r >= 50000) ? "met" : "missed
 goal_rss=$(awk -v r="$rss1" 'BEGIN { print (r <= 300 * 1024) ? "met" : "missed" }')
 limit=$(awk -v a="$a_rate" -v b="$b_rate" -v u="$b_util" 'BEGIN {
   if (b < 0.9 * a) printf "the server: it ingests %.0f%% of what Mosquitto passes through to a plain subscriber on the same load, using %.2f cores", 100 * b / a, u
-  else printf "the broker: the server keeps up with Mosquitto'"'"'s pass-through rate (%.0f%%), using %.2f cores", 100 * b / a, u
+  else if (u >= 0.9) printf "both at par: the server ingests %.0f%% of Mosquitto'"'"'s pass-through rate but uses a full core (%.2f) for it; its ingest is one serial pipeline (the MQTT link task decodes, one task applies), so the server is the limit as soon as the broker is faster", 100 * b / a, u
+  else printf "the broker: the server keeps up with Mosquitto'"'"'s pass-through rate (%.0f%%) using %.2f cores", 100 * b / a, u
 }')
 {
   echo "# Ingest benchmark"
@@ -369,7 +370,9 @@ limit=$(awk -v a="$a_rate" -v b="$b_rate" -v u="$b_util" 'BEGIN {
     echo "The same telemetry ($rounds rounds) from $emb_devices devices, each on its own connection"
     echo "with its device token (client id = user = device id), through the embedded"
     echo "broker's ACL front and rumqttd, in fleet-server's process: the CPU figure is"
-    echo "broker and server together."
+    echo "broker and server together. The load generator opens at most 64 connections at"
+    echo "once (with 2,000 at once, about 7% timed out at rumqttc's default 5 s connect"
+    echo "timeout in a trial run)."
     echo
     echo "| broker | devices | published | ingested | seconds | msgs/s | process CPU s | msgs per CPU-s |"
     echo "|---|---|---|---|---|---|---|---|"

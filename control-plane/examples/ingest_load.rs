@@ -32,7 +32,10 @@ use fleet_protocol::message::{AppStatus, AppTelemetry, DeviceInfo, Health, Relea
 use fleet_protocol::{
     AppName, DeviceId, Digest, Phase, StatusReport, Telemetry, Topic, TopicKind, TopicScheme,
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Outgoing, Packet, QoS};
+
+/// Connections being opened at once.
+const CONNECTING: usize = 64;
 
 #[derive(Parser)]
 struct Cli {
@@ -285,6 +288,10 @@ async fn publish(a: PublishArgs) -> anyhow::Result<()> {
     };
 
     let sent = Arc::new(AtomicU64::new(0));
+    // Connections are opened at most CONNECTING at a time (as a fleet's
+    // reconnect backoff spreads them): thousands at once make some wait past
+    // any connect timeout.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (client_id, user, password, group) in groups {
@@ -298,7 +305,10 @@ async fn publish(a: PublishArgs) -> anyhow::Result<()> {
         let rounds = a.rounds;
         let with_status = a.status;
         let sent = sent.clone();
-        tasks.spawn(async move { run_connection(options, group, rounds, with_status, sent).await });
+        let connecting = connecting.clone();
+        tasks.spawn(async move {
+            run_connection(options, group, rounds, with_status, sent, connecting).await
+        });
     }
     let mut failed = 0usize;
     let mut first_error = String::new();
@@ -342,8 +352,13 @@ async fn run_connection(
     rounds: usize,
     with_status: bool,
     sent: Arc<AtomicU64>,
+    connecting: Arc<tokio::sync::Semaphore>,
 ) -> anyhow::Result<()> {
+    let mut permit = Some(connecting.acquire_owned().await?);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(30);
+    eventloop.set_network_options(network);
     let expect_acks = if with_status { group.len() } else { 0 };
     let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0usize);
     let producer = tokio::spawn(async move {
@@ -395,11 +410,12 @@ async fn run_connection(
                 acked_tx.send_replace(acked);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnecting = true,
-            Ok(Event::Incoming(Packet::ConnAck(ack)))
-                if ack.code != rumqttc::ConnectReturnCode::Success =>
-            {
-                producer.abort();
-                bail!("connection refused: {:?}", ack.code);
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if ack.code != rumqttc::ConnectReturnCode::Success {
+                    producer.abort();
+                    bail!("connection refused: {:?}", ack.code);
+                }
+                drop(permit.take());
             }
             Ok(_) => {}
             // The broker closed the connection after our DISCONNECT.
