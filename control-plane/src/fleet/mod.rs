@@ -190,7 +190,8 @@ impl Fleet {
     }
 
     /// Writes every device whose latest state changed since the last flush
-    /// to the store, in one batch. Returns how many devices were written.
+    /// to the store, in batches of up to 500 devices (one commit each).
+    /// Returns how many devices were written.
     pub async fn flush(&self) -> Result<usize, FleetError> {
         self.blocking(|i| {
             let _guard = i
