@@ -28,9 +28,12 @@ use crate::store::{
     StoreError, Write,
 };
 use crate::telemetry::updates::Updates;
-use crate::telemetry::{IngestCounters, Live, MessageKind};
+use crate::telemetry::{DeviceLive, IngestCounters, Live, MessageKind};
 use ports::{DesiredPublisher, Inbound};
 use rollout::Action;
+
+/// Devices written per store commit by [`Fleet::flush`].
+const FLUSH_BATCH_DEVICES: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -187,7 +190,8 @@ impl Fleet {
     }
 
     /// Writes every device whose latest state changed since the last flush
-    /// to the store, in one batch. Returns how many devices were written.
+    /// to the store, in batches of up to 500 devices (one commit each).
+    /// Returns how many devices were written.
     pub async fn flush(&self) -> Result<usize, FleetError> {
         self.blocking(|i| {
             let _guard = i
@@ -659,10 +663,26 @@ impl Inner {
 
     /// See [`Fleet::flush`]; runs under the write lock.
     fn flush(&self) -> Result<usize, FleetError> {
-        let dirty = self.live.take_dirty();
-        if dirty.is_empty() {
-            return Ok(0);
+        let mut dirty = self.live.take_dirty();
+        let mut written = 0;
+        // Bounded batches: sled holds a whole transaction (and keeps the
+        // memory it grew for it), so 10,000 devices in one commit cost
+        // hundreds of MB of RSS.
+        while !dirty.is_empty() {
+            let rest = dirty.split_off(dirty.len().min(FLUSH_BATCH_DEVICES));
+            match self.flush_batch(dirty) {
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.live.mark_dirty(rest.into_iter().map(|(id, _)| id));
+                    return Err(e);
+                }
+            }
+            dirty = rest;
         }
+        Ok(written)
+    }
+
+    fn flush_batch(&self, dirty: Vec<(DeviceId, DeviceLive)>) -> Result<usize, FleetError> {
         let mut writes = Vec::with_capacity(dirty.len() * 2);
         let mut written = Vec::with_capacity(dirty.len());
         for (id, live) in &dirty {

@@ -5,8 +5,9 @@
 //! is taken); each update holds one shard's mutex for a few field writes. A
 //! changed device is marked dirty and the background flusher
 //! ([`crate::fleet::Fleet::flush`]) writes every dirty device to the store in
-//! one batch every `telemetry.flush_secs` and at shutdown, so the store sees
-//! one commit (one fsync) per interval, never one per message.
+//! batches of up to 500 devices every `telemetry.flush_secs` and at shutdown,
+//! so the store sees one commit (one fsync) per 500 changed devices per
+//! interval, never one per message.
 //!
 //! [`IngestCounters`] count messages ingested and rejected per kind;
 //! [`updates::Updates`] measures update durations and results.
