@@ -663,29 +663,24 @@ impl Inner {
 
     /// See [`Fleet::flush`]; runs under the write lock.
     fn flush(&self) -> Result<usize, FleetError> {
-        let mut dirty = self.live.take_dirty();
-        let mut written = 0;
         // Bounded batches: sled holds a whole transaction (and keeps the
         // memory it grew for it), so 10,000 devices in one commit cost
         // hundreds of MB of RSS.
-        while !dirty.is_empty() {
-            let rest = dirty.split_off(dirty.len().min(FLUSH_BATCH_DEVICES));
-            match self.flush_batch(dirty) {
-                Ok(n) => written += n,
-                Err(e) => {
-                    self.live.mark_dirty(rest.into_iter().map(|(id, _)| id));
-                    return Err(e);
-                }
-            }
-            dirty = rest;
-        }
-        Ok(written)
+        in_batches(self.live.take_dirty(), FLUSH_BATCH_DEVICES, |batch| {
+            self.flush_batch(batch)
+        })
+        .map_err(|(e, unwritten)| {
+            // Whatever was not committed is written by the next flush.
+            self.live
+                .mark_dirty(unwritten.into_iter().map(|(id, _)| id));
+            e
+        })
     }
 
-    fn flush_batch(&self, dirty: Vec<(DeviceId, DeviceLive)>) -> Result<usize, FleetError> {
+    fn flush_batch(&self, dirty: &[(DeviceId, DeviceLive)]) -> Result<usize, FleetError> {
         let mut writes = Vec::with_capacity(dirty.len() * 2);
-        let mut written = Vec::with_capacity(dirty.len());
-        for (id, live) in &dirty {
+        let mut written = 0;
+        for (id, live) in dirty {
             // Unregistered devices stay in memory until they register.
             let Some(mut record) = self.store.device(id)? else {
                 continue;
@@ -699,17 +694,14 @@ impl Inner {
                     telemetry: fleet_protocol::Telemetry::clone(t),
                 }));
             }
-            written.push(id.clone());
+            written += 1;
         }
         if writes.is_empty() {
             return Ok(0);
         }
-        if let Err(e) = self.store.commit(writes) {
-            self.live.mark_dirty(dirty.into_iter().map(|(id, _)| id));
-            return Err(e.into());
-        }
+        self.store.commit(writes)?;
         self.counters.batch_written();
-        Ok(written.len())
+        Ok(written)
     }
 
     fn mark_published(&self, device: &DeviceId, generation: u64) -> Result<(), FleetError> {
@@ -753,4 +745,65 @@ pub async fn run_inbound(fleet: Fleet, mut rx: tokio::sync::mpsc::Receiver<Inbou
 /// Digest helper for tests and tools: the release digest of a signed release.
 pub fn release_digest(envelope: &fleet_protocol::dsse::Envelope) -> Option<Digest> {
     envelope.payload_bytes().ok().map(|p| Digest::of(&p))
+}
+
+/// Writes `items` in batches of at most `size` with `write`, in order, and sums
+/// what it returns. On the first error, hands back the error with every item
+/// not committed: the failed batch and all after it.
+fn in_batches<T, E>(
+    mut items: Vec<T>,
+    size: usize,
+    mut write: impl FnMut(&[T]) -> Result<usize, E>,
+) -> Result<usize, (E, Vec<T>)> {
+    let size = size.max(1);
+    let mut total = 0;
+    let mut start = 0;
+    while start < items.len() {
+        let end = items.len().min(start + size);
+        match write(&items[start..end]) {
+            Ok(n) => total += n,
+            Err(e) => return Err((e, items.split_off(start))),
+        }
+        start = end;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::in_batches;
+
+    #[test]
+    fn writes_everything_in_bounded_batches_in_order() {
+        let mut seen = Vec::new();
+        let n = in_batches((0..1_201).collect(), 500, |b: &[u32]| {
+            seen.push(b.to_vec());
+            Ok::<_, ()>(b.len())
+        })
+        .unwrap();
+        assert_eq!(n, 1_201);
+        assert_eq!(
+            seen.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![500, 500, 201]
+        );
+        assert_eq!(seen.concat(), (0..1_201).collect::<Vec<_>>());
+        assert_eq!(in_batches(Vec::<u32>::new(), 500, |_| Err("never")), Ok(0));
+    }
+
+    #[test]
+    fn a_failed_batch_hands_back_itself_and_everything_after_it() {
+        let mut calls = 0;
+        let (err, unwritten) = in_batches((0..1_201).collect(), 500, |b: &[u32]| {
+            calls += 1;
+            if calls == 2 {
+                Err("disk full")
+            } else {
+                Ok(b.len())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err, "disk full");
+        assert_eq!(unwritten, (500..1_201).collect::<Vec<_>>());
+        assert_eq!(calls, 2, "nothing is attempted after a failure");
+    }
 }
