@@ -26,6 +26,7 @@
 //! last status is queued, and the link says `offline` and disconnects.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
+use crate::deploy::{ContentSource, DeployError, Deployer, status_file, unix_now};
 use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
 use crate::link::{AgentLink, AgentLinkConfig, BrokerAddr, Downlink, LinkError};
 use crate::telemetry::{AppSource, CgroupFs, HostRoot, Sampler, Sources, sample_blocking};
@@ -113,6 +114,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         seen_commands: VecDeque::new(),
         sampler: Arc::new(Mutex::new(sampler)),
         cgroup_parent: config.runtime_config().cgroup_parent,
+        state_dir: config.state_dir.clone(),
     };
     let span = info_span!("agent", device = %device);
     let result = daemon
@@ -159,6 +161,8 @@ struct Daemon {
     sampler: Arc<Mutex<Sampler>>,
     /// Where the runtime puts the containers' cgroups.
     cgroup_parent: String,
+    /// Holds `status.json` for `fleet-agent status` ([`status_file`]).
+    state_dir: PathBuf,
 }
 
 impl Daemon {
@@ -349,6 +353,12 @@ impl Daemon {
             info: with_info.then(|| self.link.device_info().clone()),
             ..report
         };
+        let (dir, copy) = (self.state_dir.clone(), report.clone());
+        match tokio::task::spawn_blocking(move || status_file::write(&dir, &copy)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot write the local status file"),
+            Err(e) => warn!(error = %e, "cannot write the local status file"),
+        }
         if let Err(e) = self.link.report_status(report).await {
             error!(error = %e, "cannot queue a status report");
         }

@@ -414,6 +414,15 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
         device.runtime_status(&container).as_deref(),
         Some("running")
     );
+    // `fleet-agent status` beside the live daemon (which holds the state
+    // database) answers from the daemon's last report.
+    let local = device.status();
+    assert_eq!(local["device"], ls::DEVICE, "{local:#}");
+    assert_eq!(
+        local["apps"][0]["running"]["release_digest"],
+        release_digest.to_string(),
+        "{local:#}"
+    );
     assert_eq!(
         device.runtime_list().len(),
         1,

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use fleet_agent::config::Config;
 use fleet_agent::deploy::content::unpack_oci_archive;
-use fleet_agent::deploy::{AppOutcome, ApplyOutcome, ContentSource, DeployError, Deployer};
+use fleet_agent::deploy::{
+    AppOutcome, ApplyOutcome, ContentSource, DeployError, Deployer, status_file, unix_now,
+};
 use fleet_protocol::DeviceId;
 
 /// Exit codes of `apply` and `resume`.
@@ -200,16 +202,33 @@ pub fn resume(args: ResumeArgs) -> ExitCode {
     }
 }
 
+/// Where a status report came from.
+enum StatusSource {
+    /// This process opened the state and asked the runtime.
+    Direct,
+    /// A running daemon holds the state: its last report (`status.json`).
+    Daemon,
+}
+
 pub fn status(args: StatusArgs) -> ExitCode {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let deployer = Deployer::open(args.common.config()?).await?;
-            let report = deployer.status_report().await;
-            deployer.detach().await;
-            Ok::<_, anyhow::Error>(report?)
+            let config = args.common.config()?;
+            let state_dir = config.state_dir.clone();
+            match Deployer::open(config).await {
+                Ok(deployer) => {
+                    let report = deployer.status_report().await;
+                    deployer.detach().await;
+                    Ok::<_, anyhow::Error>((report?, StatusSource::Direct))
+                }
+                Err(e) if e.is_locked() => {
+                    Ok((status_file::read(&state_dir)?, StatusSource::Daemon))
+                }
+                Err(e) => Err(e.into()),
+            }
         })
     });
-    let report = match result {
+    let (report, source) = match result {
         Ok(r) => r,
         Err(e) => return report_error(&e),
     };
@@ -219,6 +238,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
             Err(e) => return report_error(&e.into()),
         }
         return ExitCode::SUCCESS;
+    }
+    if let StatusSource::Daemon = source {
+        println!(
+            "(the running agent's last report, {} s ago)",
+            unix_now().saturating_sub(report.reported_at)
+        );
     }
     println!(
         "device {} generation {}",

@@ -33,6 +33,7 @@
 pub mod content;
 pub mod crash;
 mod drive;
+pub mod status_file;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -90,6 +91,13 @@ pub enum DeployError {
     NotVerified(Digest),
     #[error("lifecycle: {0}")]
     Lifecycle(String),
+}
+
+impl DeployError {
+    /// The state database is held by another process (a running daemon).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, DeployError::Store(e) if e.is_locked())
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -79,6 +79,19 @@ pub enum StoreError {
     Busy,
 }
 
+impl StoreError {
+    /// Another process holds the database: sled takes an exclusive file
+    /// lock and reports a failure to get it only as this message (sled is
+    /// pinned in third_party/, so the text is stable).
+    pub fn is_locked(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db { source: sled::Error::Io(e), .. }
+                if e.to_string().starts_with("could not acquire lock on")
+        )
+    }
+}
+
 /// Store settings.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {

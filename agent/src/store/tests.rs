@@ -177,3 +177,25 @@ async fn gc_keeps_what_kept_images_reach_and_removes_the_rest() {
     assert_eq!(store.gc(&GcOptions::default()).unwrap().blobs_removed, 3);
     assert_eq!(fs::read_dir(store.blobs_dir()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_store_held_by_another_opener_says_it_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = open(dir.path());
+    let err = Store::open(
+        dir.path(),
+        StoreConfig {
+            reserve_bytes: 0,
+            cache_bytes: 256 * 1024,
+        },
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(err.is_locked(), "{err:?}");
+    drop(held);
+    let other = StoreError::Db {
+        path: dir.path().into(),
+        source: sled::Error::Io(std::io::Error::other("disk on fire")),
+    };
+    assert!(!other.is_locked());
+}
