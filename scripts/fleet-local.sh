@@ -226,7 +226,7 @@ for i in 1 2 3; do
   d=$work/devices/cam-0$i
   echo "-- cam-0$i"
   crun --root "$d/runtime" list
-  "$bin/fleet-agent" status --config "$d/agent.toml" 2>/dev/null || true
+  "$bin/fleet-agent" status --config "$d/agent.toml" || true
 done
 
 if $check; then
@@ -254,6 +254,15 @@ if $check; then
     hex=${digest#sha256:}
     [ "$running" = "fleet-demo-${hex:0:12}" ] && ok "$dev: the running container is the release the server reports" \
       || bad "$dev: crun runs '$running', the server reports release $digest"
+    mine=""
+    for _ in $(seq 30); do
+      mine=$("$bin/fleet-agent" status --config "$d/agent.toml" -o json 2>/dev/null \
+        | jq -r '.apps[]? | select(.app=="demo") | "\(.phase.phase) \(.running.release_digest)"' || true)
+      [ "$mine" = "committed $digest" ] && break
+      sleep 1
+    done
+    [ "$mine" = "committed $digest" ] && ok "$dev: fleet-agent status (beside the running agent) agrees" \
+      || bad "$dev: fleet-agent status says '$mine', the server reports committed $digest"
     out=$(grep -h "demo v2 started" "$d"/state/containers/*/logs/stdout* 2>/dev/null | head -1 || true)
     [ -n "$out" ] && ok "$dev: the v2 container's own output says it started" || bad "$dev: no 'demo v2 started' in the container logs"
   done
