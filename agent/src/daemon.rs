@@ -65,8 +65,7 @@ impl DaemonError {
     /// The process exit code: 2 for a bad configuration, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::Link(LinkError::BadAddress { .. }) => 2,
-            DaemonError::Link(LinkError::TlsUnsupported { .. }) => 2,
+            DaemonError::Config(_) | DaemonError::Link(LinkError::Address(_)) => 2,
             DaemonError::Deploy(DeployError::Config(_)) => 2,
             _ => 1,
         }
@@ -77,7 +76,7 @@ impl DaemonError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     config.validate()?;
     let device = config.device_id()?;
-    let broker = BrokerAddr::parse(&config.broker)?;
+    let broker = BrokerAddr::parse(&config.broker).map_err(LinkError::from)?;
     let deployer = Deployer::open(config.clone())
         .await
         .map_err(DaemonError::Deploy)?;

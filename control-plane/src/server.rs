@@ -27,7 +27,7 @@ use crate::fleet::ports::{
     DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, PortError, RecordingPublisher,
 };
 use crate::fleet::{self, Fleet};
-use crate::link::{BrokerAddr, ServerLink, ServerLinkConfig};
+use crate::link::{BrokerAddr, LinkError, ServerLink, ServerLinkConfig};
 use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::IngestCounters;
 
@@ -403,12 +403,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         broker_config.listen = config.broker.listen;
         broker_config.scheme = scheme.clone();
         let broker = EmbeddedBroker::start(broker_config, shutdown.child_token()).await?;
-        let addr = BrokerAddr::parse(&broker.url())?;
+        let addr = BrokerAddr::parse(&broker.url()).map_err(LinkError::from)?;
         (Some(broker), addr, password)
     } else {
         let url = config.broker.url.clone().unwrap_or_default();
         let password = config.broker.password.clone().unwrap_or_default();
-        (None, BrokerAddr::parse(&url)?, password)
+        (
+            None,
+            BrokerAddr::parse(&url).map_err(LinkError::from)?,
+            password,
+        )
     };
     let counters = IngestCounters::new();
     let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);

@@ -3,6 +3,7 @@
 //! This crate is pure: it does no I/O and reads no clock. Functions that depend
 //! on time take `now` (seconds since the Unix epoch) as a parameter.
 
+pub mod broker;
 pub mod dsse;
 pub mod id;
 pub mod image_ref;

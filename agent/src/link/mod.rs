@@ -39,10 +39,8 @@ pub const MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("invalid broker address {addr:?}: {reason}")]
-    BadAddress { addr: String, reason: &'static str },
-    #[error("MQTT over TLS (mqtts://) is not supported yet: {addr}")]
-    TlsUnsupported { addr: String },
+    #[error(transparent)]
+    Address(#[from] BrokerAddrError),
     #[error("status outbox")]
     Outbox(#[from] OutboxError),
     #[error("cannot encode a {what} message")]
@@ -55,61 +53,7 @@ pub enum LinkError {
     Stopped,
 }
 
-/// Where the broker is: `mqtt://host:port` or `host:port` (port 1883 when
-/// left out).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerAddr {
-    pub fn parse(addr: &str) -> Result<Self, LinkError> {
-        let bad = |reason| LinkError::BadAddress {
-            addr: addr.to_owned(),
-            reason,
-        };
-        if addr.starts_with("mqtts://") || addr.starts_with("ssl://") {
-            return Err(LinkError::TlsUnsupported {
-                addr: addr.to_owned(),
-            });
-        }
-        let rest = addr
-            .strip_prefix("mqtt://")
-            .or_else(|| addr.strip_prefix("tcp://"))
-            .unwrap_or(addr);
-        if rest.contains("://") {
-            return Err(bad("unknown scheme"));
-        }
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = if let Some(b) = rest.strip_prefix('[') {
-            let (h, after) = b.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            match after {
-                "" => (h, None),
-                a => (
-                    h,
-                    Some(a.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
-                ),
-            }
-        } else {
-            match rest.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
-            None => 1883,
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
+pub use fleet_protocol::broker::{BrokerAddr, BrokerAddrError};
 
 /// Reconnection delays: doubling from `initial` up to `max`.
 #[derive(Debug, Clone, Copy)]
@@ -601,27 +545,5 @@ impl Actor {
             }
             _ => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_addresses_parse() {
-        let a = BrokerAddr::parse("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 1884));
-        let a = BrokerAddr::parse("broker.local").unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("broker.local", 1883));
-        let a = BrokerAddr::parse("tcp://[::1]:1999/").unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
-        assert!(matches!(
-            BrokerAddr::parse("mqtts://x:8883"),
-            Err(LinkError::TlsUnsupported { .. })
-        ));
-        assert!(BrokerAddr::parse("http://x").is_err());
-        assert!(BrokerAddr::parse("x:port").is_err());
-        assert!(BrokerAddr::parse(":1883").is_err());
     }
 }
