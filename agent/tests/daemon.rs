@@ -23,22 +23,18 @@ const TOKEN: &str = "cam-01-token";
 const SERVER: &str = "fleet-server";
 const SERVER_PASSWORD: &str = "server-secret";
 
-fn tool(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 /// Mosquitto with a password file and the protocol's ACL patterns.
 struct Mosquitto {
-    child: Child,
+    _child: support::Killed,
     port: u16,
 }
 
 impl Mosquitto {
     fn start(dir: &Path) -> Option<Self> {
-        let (Some(bin), Some(passwd_tool)) = (tool("mosquitto"), tool("mosquitto_passwd")) else {
+        let (Some(bin), Some(passwd_tool)) = (
+            support::tool("mosquitto"),
+            support::tool("mosquitto_passwd"),
+        ) else {
             eprintln!("SKIPPED: mosquitto / mosquitto_passwd not installed");
             return None;
         };
@@ -87,29 +83,11 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self { child, port })
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = support::start_mosquitto(&bin, &conf, port);
+        Some(Self {
+            _child: child,
+            port,
+        })
     }
 }
 

@@ -5,9 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod lifecycle_support;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleet_protocol::DeviceId;
@@ -15,32 +16,9 @@ use fleet_protocol::message::{StatusReport, Telemetry, decode};
 use fleet_protocol::topic::{Topic, TopicScheme};
 use lifecycle_support as ls;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{Killed, free_port, start_mosquitto, tool};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn mosquitto() -> Option<PathBuf> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_broker(bin: &Path, dir: &Path) -> (Killed, u16) {
     let port = free_port();
@@ -50,27 +28,12 @@ fn start_broker(bin: &Path, dir: &Path) -> (Killed, u16) {
         format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
     )
     .unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Killed(child), port)
+    (start_mosquitto(bin, &conf, port), port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_publishes_the_fixture_jetson_telemetry() {
-    let Some(bin) = mosquitto() else {
+    let Some(bin) = tool("mosquitto") else {
         eprintln!("SKIPPED: mosquitto is not installed (apt-get install mosquitto)");
         return;
     };

@@ -61,12 +61,52 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A system tool's path, looked up in the sbin and bin directories.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mosquitto -c conf` and waits (up to 120 s) until it accepts
+/// connections on 127.0.0.1:`port` (the port `conf` names).
+pub fn start_mosquitto(bin: &Path, conf: &Path, port: u16) -> Killed {
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let broker = Killed(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker
 }
 
 /// A `docker-registry` serving a temp root on 127.0.0.1.
