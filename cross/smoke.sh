@@ -87,7 +87,7 @@ check_verify() {
   got=$(run_bin "$t" "$bin" "${common[@]}" "$fixtures/desired.json" 2>&1) \
     || { echo "good desired state rejected: $got"; return 1; }
   grep -q 'generation 6' <<<"$got" || { echo "unexpected output: $got"; return 1; }
-  for f in tampered_payload:bad_signature expired:expired replayed_generation:replayed_generation; do
+  for f in tampered_payload:bad_signature expired:expired replayed_generation:stale_generation; do
     code=${f#*:}; f=${f%%:*}
     got=$(run_bin "$t" "$bin" "${common[@]}" "$fixtures/$f.json" 2>&1); rc=$?
     [ "$rc" -eq 1 ] || { echo "$f.json: exit status $rc, want 1: $got"; return 1; }

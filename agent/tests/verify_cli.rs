@@ -53,7 +53,7 @@ fn rejections_exit_1_with_their_code() {
         ("unknown_key.json", "unknown_key"),
         ("wrong_role.json", "wrong_role"),
         ("expired.json", "expired"),
-        ("replayed_generation.json", "replayed_generation"),
+        ("replayed_generation.json", "stale_generation"),
         ("release_digest_mismatch.json", "release_digest_mismatch"),
         ("wrong_device.json", "wrong_device"),
     ] {

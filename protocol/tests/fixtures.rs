@@ -167,7 +167,7 @@ fn replayed_generation_is_rejected() {
         matches!(e, VerifyError::StaleGeneration { got: 5, last: 5 }),
         "{e:?}"
     );
-    assert_eq!(e.code(), "replayed_generation");
+    assert_eq!(e.code(), "stale_generation");
 }
 
 #[test]

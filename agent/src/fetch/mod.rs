@@ -8,8 +8,6 @@ mod blob;
 mod client;
 mod error;
 mod limit;
-pub mod manifest;
-mod platform;
 #[cfg(feature = "agent")]
 mod pull;
 mod sink;
@@ -19,8 +17,21 @@ pub use blob::{BlobDownload, Partial};
 pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
 pub use error::FetchError;
 pub use fleet_protocol::ImageRef;
+pub use fleet_protocol::oci::{
+    Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Platform, PlatformError,
+};
 pub use limit::{RateLimiter, RetryPolicy};
-pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError};
-pub use platform::{Platform, PlatformError};
+
+/// The OCI types, under the names the agent has always used for them
+/// (`fetch::manifest::OCI_MANIFEST`, `super::manifest::Descriptor`).
+pub mod manifest {
+    pub use fleet_protocol::oci::media_type::*;
+    pub use fleet_protocol::oci::*;
+}
+
+/// The platform type, where the client looks for it.
+mod platform {
+    pub use fleet_protocol::oci::Platform;
+}
 #[cfg(feature = "agent")]
 pub use pull::{EventSink, PullError, PullEvent, PullSummary, Puller};

@@ -10,22 +10,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fleet_protocol::{Digest, ImageRef};
-use serde::{Deserialize, Serialize};
-
-use super::manifest::{
-    AnyManifest, Descriptor, DockerArchiveEntry, ImageConfig, ImageManifestOut, LayoutIndex,
-    REF_NAME, media_type,
-};
 use super::source::{Extracted, Source, normalize};
 use super::store::{ContentStore, ManifestEntry};
 use super::{ContentError, validate_repository, validate_tag};
+use fleet_protocol::oci::{
+    ANNOTATION_REF_NAME, Descriptor, ImageConfig, ImageManifest, LayoutIndex, MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES, Manifest, ManifestError, media_type,
+};
+use fleet_protocol::{Digest, ImageRef};
+use serde::{Deserialize, Serialize};
 
 /// Manifests, indexes and the layout's own JSON files are read whole; they
 /// may not be larger than this.
-const MAX_JSON: u64 = 4 * 1024 * 1024;
+const MAX_JSON: u64 = MAX_MANIFEST_BYTES;
 /// Image configs may be larger (long histories).
-const MAX_CONFIG: u64 = 16 * 1024 * 1024;
+const MAX_CONFIG: u64 = MAX_CONFIG_BYTES;
 /// How deep indexes may nest.
 const MAX_DEPTH: usize = 4;
 
@@ -170,6 +169,18 @@ fn split_repo_tag(value: &str) -> Option<(String, String)> {
     Some((name.to_owned(), tag.to_owned()))
 }
 
+/// One entry of a `docker save` archive's `manifest.json` (Docker's own
+/// format, not OCI: only the importer reads it).
+#[derive(Debug, Deserialize)]
+struct DockerArchiveEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers", default)]
+    layers: Vec<String>,
+}
+
 /// What one repository gets from an import.
 #[derive(Default)]
 struct RepoCommit {
@@ -242,7 +253,7 @@ impl<'a> Importer<'a> {
         let named: Vec<(String, &Descriptor)> = index
             .manifests
             .iter()
-            .filter_map(|d| Some((ref_name_tag(d.annotations.get(REF_NAME)?)?, d)))
+            .filter_map(|d| Some((ref_name_tag(d.annotations.get(ANNOTATION_REF_NAME)?)?, d)))
             .collect();
         let selected: Vec<(String, &Descriptor)> = match tag {
             Some(tag) => {
@@ -326,42 +337,36 @@ impl<'a> Importer<'a> {
                 actual: bytes.len() as u64,
             });
         }
-        let manifest: AnyManifest =
-            serde_json::from_slice(&bytes).map_err(|source| ContentError::BadJson {
-                what: "manifest",
-                path: self.source.display(&rel),
-                source,
-            })?;
-        let media = manifest.effective_media_type(Some(&desc.media_type));
-        if !media_type::is_manifest(&media) {
-            return Err(ContentError::UnsupportedMediaType {
+        let manifest = Manifest::parse(&bytes, Some(&desc.media_type)).map_err(|e| match e {
+            ManifestError::MediaType(media_type) => ContentError::UnsupportedMediaType {
                 digest: desc.digest.clone(),
-                media_type: media,
-            });
-        }
-        if media_type::is_index(&media) {
-            for child in &manifest.manifests {
-                if media_type::is_manifest(&child.media_type) {
-                    self.manifest_tree(child, depth + 1)?;
-                } else {
-                    self.blob(child)?;
+                media_type,
+            },
+            other => ContentError::BadManifest {
+                path: self.source.display(&rel),
+                source: other,
+            },
+        })?;
+        let media = manifest.media_type().to_owned();
+        match &manifest {
+            Manifest::Index(index) => {
+                for child in &index.manifests {
+                    if media_type::is_manifest(&child.media_type) {
+                        self.manifest_tree(child, depth + 1)?;
+                    } else {
+                        self.blob(child)?;
+                    }
                 }
             }
-        } else {
-            let config = manifest
-                .config
-                .as_ref()
-                .ok_or_else(|| ContentError::BadLayout {
-                    path: self.source.display(&rel),
-                    reason: "image manifest without config".into(),
-                })?;
-            self.blob(config)?;
-            for layer in &manifest.layers {
-                // Non-distributable layers live elsewhere (their urls).
-                if !layer.urls.is_empty() && !self.source_has(&layer.digest) {
-                    continue;
+            Manifest::Image(image) => {
+                self.blob(&image.config)?;
+                for layer in &image.layers {
+                    // Non-distributable layers live elsewhere (their urls).
+                    if !layer.urls.is_empty() && !self.source_has(&layer.digest) {
+                        continue;
+                    }
+                    self.blob(layer)?;
                 }
-                self.blob(layer)?;
             }
         }
         let added = self.store.blob_size(&desc.digest).is_none();
@@ -570,13 +575,11 @@ impl<'a> Importer<'a> {
                 .source
                 .store_blob(self.store, &rel, diff_id, Some(size))?;
             self.count(added);
-            layers.push(Descriptor {
-                media_type: media_type::OCI_LAYER_TAR.to_owned(),
-                digest: diff_id.clone(),
+            layers.push(Descriptor::new(
+                media_type::OCI_LAYER_TAR,
+                diff_id.clone(),
                 size,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-            });
+            ));
         }
         let config_size = config_bytes.len() as u64;
         let added =
@@ -584,16 +587,10 @@ impl<'a> Importer<'a> {
                 .store_blob(self.store, &config_rel, &config_digest, Some(config_size))?;
         self.count(added);
 
-        let manifest = ImageManifestOut {
+        let manifest = ImageManifest {
             schema_version: 2,
-            media_type: media_type::OCI_MANIFEST,
-            config: Descriptor {
-                media_type: media_type::OCI_CONFIG.to_owned(),
-                digest: config_digest,
-                size: config_size,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-            },
+            media_type: Some(media_type::OCI_MANIFEST.to_owned()),
+            config: Descriptor::new(media_type::OCI_CONFIG, config_digest, config_size),
             layers,
         };
         let bytes = serde_json::to_vec(&manifest).map_err(|source| ContentError::BadJson {

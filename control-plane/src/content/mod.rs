@@ -18,17 +18,16 @@
 pub mod cli;
 mod http;
 mod import;
-mod manifest;
 mod source;
 mod store;
 mod upstream;
 
+pub use fleet_protocol::oci::media_type;
 pub use http::{MAX_IMPORT_BYTES, import_router, router, router_with_pull_through};
 pub use import::{
     ImportSummary, ImportedImage, import_archive, import_docker_archive, import_oci_archive,
     import_oci_layout,
 };
-pub use manifest::media_type;
 pub use store::{ContentStore, ManifestEntry};
 pub use upstream::{BoxFuture, PullThrough, UpstreamError};
 
@@ -79,6 +78,12 @@ pub enum ContentError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("manifest {path} is not valid: {source}")]
+    BadManifest {
+        path: PathBuf,
+        #[source]
+        source: fleet_protocol::oci::ManifestError,
+    },
     #[error("{path} is not an OCI image layout or docker archive: {reason}")]
     BadLayout { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
@@ -106,7 +111,9 @@ impl ContentError {
             Self::BadTag { .. } => "TAG_INVALID",
             Self::DigestMismatch { .. } | Self::SizeMismatch { .. } => "DIGEST_INVALID",
             Self::MissingBlob { .. } => "BLOB_UNKNOWN",
-            Self::BadJson { .. } | Self::UnsupportedMediaType { .. } => "MANIFEST_INVALID",
+            Self::BadJson { .. } | Self::BadManifest { .. } | Self::UnsupportedMediaType { .. } => {
+                "MANIFEST_INVALID"
+            }
             Self::BadLayout { .. }
             | Self::BadArchive { .. }
             | Self::BadDockerLayer { .. }

@@ -297,7 +297,7 @@ pub fn generate() -> Vec<Fixture> {
     );
     add(
         "replayed_generation.json",
-        "desired state with generation 5 when 5 was applied last (replayed_generation)",
+        "desired state with generation 5 when 5 was applied last (stale_generation)",
         file(&sign_desired(
             &desired(DEVICE, LAST_GENERATION, NOW + 3600, good_apps()),
             &k.director,
