@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::ContainerId;
 use crate::runtime::driver::{Driver, ExecOpts};
 
 pub use fleet_protocol::message::Health;
@@ -68,7 +69,7 @@ impl std::fmt::Debug for NetNs {
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
     pub driver: Driver,
-    pub container_id: String,
+    pub container_id: ContainerId,
     pub net: NetNs,
 }
 
@@ -96,7 +97,10 @@ async fn probe_inner(
                 command: command.clone(),
                 ..Default::default()
             };
-            let output = target.driver.exec(&target.container_id, &opts).await?;
+            let output = target
+                .driver
+                .exec(target.container_id.as_str(), &opts)
+                .await?;
             if output.status.success() {
                 Ok(())
             } else {
@@ -406,7 +410,10 @@ mod tests {
             driver: Driver::new(crate::runtime::DriverConfig::new(
                 crate::runtime::RuntimeKind::Crun,
             )),
-            container_id: "unused".into(),
+            container_id: crate::runtime::ContainerId::for_release(
+                &fleet_protocol::AppName::new("unused").unwrap(),
+                &fleet_protocol::Digest::of(b"unused"),
+            ),
             net: NetNs::Host,
         };
         let t = Duration::from_secs(10);

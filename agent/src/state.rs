@@ -22,6 +22,7 @@ use fleet_protocol::message::Health;
 use fleet_protocol::{AppName, Digest, ErrorInfo, Phase, Release};
 use serde::{Deserialize, Serialize};
 
+use crate::image::Layer;
 use crate::runtime::ContainerId;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +39,6 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// One layer of a release, as verified: its blob and what it unpacks to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerRecord {
-    pub digest: Digest,
-    pub media_type: String,
-    pub diff_id: Digest,
 }
 
 /// A release the agent knows: the verified release, where it came from, and
@@ -66,7 +59,7 @@ pub struct ReleaseRecord {
     pub config: Option<Digest>,
     /// Layers bottom → top, known once the content is verified.
     #[serde(default)]
-    pub layers: Vec<LayerRecord>,
+    pub layers: Vec<Layer>,
 }
 
 impl ReleaseRecord {

@@ -61,7 +61,7 @@ async fn a_served_container_runs_and_http_tcp_exec_checks_pass_and_fail() {
 
         let target = ProbeTarget {
             driver: env.runtime.driver().clone(),
-            container_id: staged.id.to_string(),
+            container_id: staged.id.clone(),
             net: NetNs::Host,
         };
         let t = Duration::from_secs(10);
@@ -146,7 +146,7 @@ async fn probes_reach_a_container_with_its_own_network_namespace() {
         let status = supervisor.subscribe();
         let target = ProbeTarget {
             driver: env.runtime.driver().clone(),
-            container_id: staged.id.to_string(),
+            container_id: staged.id.clone(),
             net: NetNs::Container(std::sync::Arc::new(move || status.borrow().pid())),
         };
         let probe = Probe::Http {

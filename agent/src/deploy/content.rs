@@ -1,14 +1,12 @@
-//! Content of a release: get it into the content store, check its digest
-//! chain, and hand out what staging needs.
+//! Content of a release: get it into the content store from where it
+//! comes from. Checking the digest chain and staging its layers is the
+//! business of [`crate::image`].
 //!
 //! [`ContentSource`] is where missing content comes from: an OCI registry
-//! (the fetch client), an OCI image layout directory (offline apply), or
-//! nothing (the store must already hold it). Whatever the source, blobs enter
-//! the store verified, and [`verify`] checks the whole chain again from the
-//! store: manifest digest (the one the signed release names) → config digest
-//! → layer digests and sizes; diff_ids are checked when layers are unpacked.
-//!
-//! Functions here block (hashing, copying): call them from `spawn_blocking`.
+//! (the fetch client, a plain `Send` task reporting progress), an OCI image
+//! layout directory (offline apply: blobs copied and hashed in one pass), or
+//! nothing (the store must already hold it). Whatever the source, blobs
+//! enter the store verified.
 
 use std::fs::File;
 use std::future::Future;
@@ -17,17 +15,13 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use fleet_protocol::{Digest, ErrorCode, ImageRef};
-use oci_spec::image::ImageConfiguration;
+use fleet_protocol::{Digest, ErrorCode, ImageRef, ImageRefError};
 use sha2::{Digest as _, Sha256};
 
-use crate::fetch::{Manifest, PullError, Puller};
-use crate::snapshot::{SnapshotError, SnapshotStore};
-use crate::state::{LayerRecord, ReleaseRecord};
+use crate::fetch::{EventSink, ImageManifest, Manifest, ManifestError, PullError, Puller};
+use crate::image::MAX_METADATA_BYTES;
+use crate::state::ReleaseRecord;
 use crate::store::{ImageRecord, Store, StoreError};
-
-/// Manifests and configs larger than this are refused.
-const SMALL_BLOB_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// Where a release's missing content comes from.
 #[derive(Clone)]
@@ -56,10 +50,12 @@ pub enum ContentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pull(#[from] PullError),
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error("release image {reference:?} is not a valid reference: {reason}")]
-    Reference { reference: String, reason: String },
+    #[error("release image {reference:?} is not a valid reference")]
+    Reference {
+        reference: String,
+        #[source]
+        source: ImageRefError,
+    },
     #[error("image {reference} is not in the content store and no source was given")]
     NotInStore { reference: String },
     #[error("{path}: {source}")]
@@ -67,6 +63,12 @@ pub enum ContentError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("a blocking task ({what}) ended abnormally")]
+    Blocking {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
     },
     #[error(
         "blob {digest} in {path} does not match: sha256 {actual}, {size} bytes (expected {expected_size})"
@@ -78,15 +80,17 @@ pub enum ContentError {
         size: u64,
         expected_size: u64,
     },
-    #[error("manifest {digest}: {reason}")]
-    BadManifest { digest: Digest, reason: String },
-    #[error("image config {digest}: {reason}")]
-    BadConfig { digest: Digest, reason: String },
-    #[error("image {reference} resolved to {got}, the release names {expected}")]
-    WrongManifest {
-        reference: String,
-        expected: Digest,
-        got: Digest,
+    #[error("manifest {digest} in the layout hashes to {actual}")]
+    ManifestMismatch { digest: Digest, actual: Digest },
+    #[error("manifest {digest} in the layout is larger than {MAX_METADATA_BYTES} bytes")]
+    ManifestTooLarge { digest: Digest },
+    #[error("manifest {digest} in the layout is an index, not an image manifest")]
+    NotAnImage { digest: Digest },
+    #[error("manifest {digest} in the layout is unreadable")]
+    BadManifest {
+        digest: Digest,
+        #[source]
+        source: ManifestError,
     },
 }
 
@@ -107,52 +111,31 @@ pub fn image_reference(repository: &str, manifest: &Digest) -> Result<String, Co
     let text = format!("{repository}@{manifest}");
     ImageRef::parse(&text)
         .map(|r| r.to_string())
-        .map_err(|e| ContentError::Reference {
+        .map_err(|source| ContentError::Reference {
             reference: text,
-            reason: e.to_string(),
+            source,
         })
 }
 
 /// Makes sure manifest, config and layers of `release` are in the store, and
-/// records the image there as kept.
+/// records the image there as kept. A registry pull reports to `events`.
 pub fn fetch<'a>(
     store: &'a Arc<Store>,
     source: &'a ContentSource,
     release: &'a ReleaseRecord,
+    events: EventSink,
 ) -> Pin<Box<dyn Future<Output = Result<(), ContentError>> + Send + 'a>> {
     Box::pin(async move {
         let manifest = release.release.manifest_digest.clone();
         match source {
             ContentSource::Registry(puller) => {
                 let image =
-                    ImageRef::parse(&release.image).map_err(|e| ContentError::Reference {
+                    ImageRef::parse(&release.image).map_err(|source| ContentError::Reference {
                         reference: release.image.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?;
-                let puller = puller.clone();
-                // `Puller::pull`'s future is not `Send` for every lifetime (the
-                // compiler's higher-ranked check), so it cannot be spawned: it
-                // runs on a runtime of its own in a blocking thread.
-                let pulled = tokio::task::spawn_blocking(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|source| ContentError::Io {
-                            path: PathBuf::from("(pull runtime)"),
-                            source,
-                        })?;
-                    rt.block_on(puller.pull(&image, Arc::new(|_| {})))
-                        .map(drop)
-                        .map_err(ContentError::from)
-                })
-                .await;
-                match pulled {
-                    Ok(r) => r,
-                    Err(e) => Err(ContentError::Io {
-                        path: PathBuf::new(),
-                        source: io::Error::other(e.to_string()),
-                    }),
-                }
+                puller.pull(&image, events).await?;
+                Ok(())
             }
             ContentSource::Layout(dir) => {
                 let store = store.clone();
@@ -184,13 +167,12 @@ pub fn fetch<'a>(
 async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ContentError> + Send + 'static,
 ) -> Result<T, ContentError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(ContentError::Io {
-            path: PathBuf::new(),
-            source: io::Error::other(e.to_string()),
-        }),
-    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| ContentError::Blocking {
+            what: "layout import",
+            source,
+        })?
 }
 
 fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
@@ -222,10 +204,7 @@ fn fetch_from_layout(
         copy_verified(&from, &partial.data, &desc.digest, desc.size)?;
         store.commit_partial(&desc.digest, &partial, &desc.media_type)?;
     }
-    let media_type = manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| crate::fetch::manifest::OCI_MANIFEST.to_owned());
+    let media_type = Manifest::Image(manifest).media_type().to_owned();
     store.put_blob(manifest_digest, &bytes, &media_type)?;
     store.put_image(&ImageRecord {
         reference: reference.to_owned(),
@@ -236,25 +215,27 @@ fn fetch_from_layout(
     Ok(())
 }
 
-fn parse_image_manifest(
-    digest: &Digest,
-    bytes: &[u8],
-) -> Result<crate::fetch::manifest::ImageManifest, ContentError> {
-    if &Digest::of(bytes) != digest {
-        return Err(ContentError::BadManifest {
+fn parse_image_manifest(digest: &Digest, bytes: &[u8]) -> Result<ImageManifest, ContentError> {
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(ContentError::ManifestTooLarge {
             digest: digest.clone(),
-            reason: format!("its bytes hash to {}", Digest::of(bytes)),
+        });
+    }
+    let actual = Digest::of(bytes);
+    if &actual != digest {
+        return Err(ContentError::ManifestMismatch {
+            digest: digest.clone(),
+            actual,
         });
     }
     match Manifest::parse(bytes, None) {
         Ok(Manifest::Image(m)) => Ok(m),
-        Ok(Manifest::Index(_)) => Err(ContentError::BadManifest {
+        Ok(Manifest::Index(_)) => Err(ContentError::NotAnImage {
             digest: digest.clone(),
-            reason: "is an index, not an image manifest".into(),
         }),
-        Err(e) => Err(ContentError::BadManifest {
+        Err(source) => Err(ContentError::BadManifest {
             digest: digest.clone(),
-            reason: e.to_string(),
+            source,
         }),
     }
 }
@@ -298,138 +279,6 @@ fn digest_of(hasher: Sha256) -> Digest {
     let hex = hex::encode(hasher.finalize());
     // A sha256 hex string is always a valid digest.
     Digest::new(format!("sha256:{hex}")).unwrap_or_else(|_| Digest::of(b""))
-}
-
-fn hash_file(path: &Path) -> Result<(Digest, u64), ContentError> {
-    let mut f = File::open(path).map_err(|source| ContentError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|source| ContentError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((digest_of(hasher), len))
-}
-
-/// What a verified image is made of.
-#[derive(Debug, Clone)]
-pub struct VerifiedContent {
-    pub config: Digest,
-    pub layers: Vec<LayerRecord>,
-}
-
-/// Checks the digest chain of a release's image in the store: the image's
-/// manifest (or the index it was chosen from) is the one the release names,
-/// the config and every layer blob hash to their descriptors, and the
-/// config lists one diff_id per layer. Blocking.
-pub fn verify(store: &Store, release: &ReleaseRecord) -> Result<VerifiedContent, ContentError> {
-    let expected = &release.release.manifest_digest;
-    let record = store
-        .image(&release.image)?
-        .ok_or_else(|| ContentError::NotInStore {
-            reference: release.image.clone(),
-        })?;
-    let named = record.index.as_ref().unwrap_or(&record.manifest);
-    if named != expected {
-        return Err(ContentError::WrongManifest {
-            reference: release.image.clone(),
-            expected: expected.clone(),
-            got: named.clone(),
-        });
-    }
-    let bytes = store.read_blob(&record.manifest, SMALL_BLOB_LIMIT)?;
-    let manifest = parse_image_manifest(&record.manifest, &bytes)?;
-    let config_bytes = store.read_blob(&manifest.config.digest, SMALL_BLOB_LIMIT)?;
-    if config_bytes.len() as u64 != manifest.config.size {
-        return Err(ContentError::BadConfig {
-            digest: manifest.config.digest.clone(),
-            reason: format!(
-                "{} bytes, the manifest says {}",
-                config_bytes.len(),
-                manifest.config.size
-            ),
-        });
-    }
-    let config = parse_config(&manifest.config.digest, &config_bytes)?;
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(ContentError::BadConfig {
-            digest: manifest.config.digest.clone(),
-            reason: format!(
-                "{} diff_ids for {} layers",
-                diff_ids.len(),
-                manifest.layers.len()
-            ),
-        });
-    }
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
-        let path = store.blob_path(&desc.digest);
-        let (actual, size) = hash_file(&path)?;
-        if actual != desc.digest || size != desc.size {
-            return Err(ContentError::BlobMismatch {
-                digest: desc.digest.clone(),
-                path,
-                actual,
-                size,
-                expected_size: desc.size,
-            });
-        }
-        let diff_id = Digest::new(diff_id.clone()).map_err(|e| ContentError::BadConfig {
-            digest: manifest.config.digest.clone(),
-            reason: format!("diff_id {diff_id:?}: {e}"),
-        })?;
-        layers.push(LayerRecord {
-            digest: desc.digest.clone(),
-            media_type: desc.media_type.clone(),
-            diff_id,
-        });
-    }
-    Ok(VerifiedContent {
-        config: manifest.config.digest.clone(),
-        layers,
-    })
-}
-
-fn parse_config(digest: &Digest, bytes: &[u8]) -> Result<ImageConfiguration, ContentError> {
-    serde_json::from_slice(bytes).map_err(|e| ContentError::BadConfig {
-        digest: digest.clone(),
-        reason: e.to_string(),
-    })
-}
-
-/// The image config of a verified release. Blocking.
-pub fn image_config(store: &Store, config: &Digest) -> Result<ImageConfiguration, ContentError> {
-    let bytes = store.read_blob(config, SMALL_BLOB_LIMIT)?;
-    parse_config(config, &bytes)
-}
-
-/// The snapshot directories of a verified release's layers, bottom → top,
-/// unpacking the missing ones (diff_ids checked while unpacking). Blocking.
-pub fn snapshots(
-    store: &Store,
-    snapshots: &SnapshotStore,
-    layers: &[LayerRecord],
-) -> Result<Vec<PathBuf>, ContentError> {
-    layers
-        .iter()
-        .map(|l| {
-            snapshots
-                .ensure(&l.diff_id, &store.blob_path(&l.digest), &l.media_type)
-                .map_err(ContentError::from)
-        })
-        .collect()
 }
 
 /// Unpacks an `oci-archive` tarball (an OCI layout in a tar) into `dest`.

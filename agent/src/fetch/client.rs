@@ -296,29 +296,14 @@ impl Client {
         }
     }
 
-    /// Runs `op` until it succeeds, fails for good, or attempts run out.
-    pub(super) async fn retrying<T>(
-        &self,
-        what: &str,
-        mut op: impl AsyncFnMut() -> Result<T, FetchError>,
-    ) -> Result<T, FetchError> {
-        let policy = &self.inner.cfg.retry;
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(e) if e.is_retryable() && attempt + 1 < policy.max_attempts => {
-                    let pause = policy.delay(attempt);
-                    tracing::warn!(what, error = %e, ?pause, "retrying");
-                    tokio::time::sleep(pause).await;
-                    attempt += 1;
-                }
-                r => return r,
-            }
-        }
-    }
-
     /// Fetches the manifest `reference` (a tag or a digest) of `image`'s
-    /// repository. With `expected`, the bytes must hash to it.
+    /// repository. With `expected`, the bytes must hash to it. Retried until
+    /// it succeeds, fails for good, or attempts run out.
+    ///
+    /// A plain loop rather than a retry helper taking an async closure: the
+    /// future of an `AsyncFnMut` is not provably `Send` for every lifetime
+    /// (the compiler's higher-ranked check), which made every caller's
+    /// future (`Puller::pull`, the lifecycle's fetch) impossible to spawn.
     pub async fn fetch_manifest(
         &self,
         image: &ImageRef,
@@ -326,10 +311,19 @@ impl Client {
         expected: Option<&Digest>,
     ) -> Result<FetchedManifest, FetchError> {
         let url = self.manifest_url(image, reference);
-        self.retrying(&url, async || {
-            self.fetch_manifest_once(image, &url, expected).await
-        })
-        .await
+        let policy = &self.inner.cfg.retry;
+        let mut attempt = 0;
+        loop {
+            match self.fetch_manifest_once(image, &url, expected).await {
+                Err(e) if e.is_retryable() && attempt + 1 < policy.max_attempts => {
+                    let pause = policy.delay(attempt);
+                    tracing::warn!(what = %url, error = %e, ?pause, "retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     async fn fetch_manifest_once(

@@ -453,6 +453,9 @@ pub fn resolve_user(spec: &str, rootfs: &Path) -> Result<User, BundleError> {
     Ok(user)
 }
 
+/// The bundle's OCI runtime spec file.
+pub const CONFIG_FILE: &str = "config.json";
+
 /// Writes `config.json` into `bundle_dir` (atomically: temp file + rename).
 pub fn write_config(bundle_dir: &Path, spec: &Spec) -> Result<PathBuf, BundleError> {
     let io = |path: &Path| {
@@ -460,7 +463,7 @@ pub fn write_config(bundle_dir: &Path, spec: &Spec) -> Result<PathBuf, BundleErr
         move |source| BundleError::Io { path, source }
     };
     std::fs::create_dir_all(bundle_dir).map_err(io(bundle_dir))?;
-    let path = bundle_dir.join("config.json");
+    let path = bundle_dir.join(CONFIG_FILE);
     let tmp = bundle_dir.join("config.json.tmp");
     spec.save(&tmp)?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;

@@ -245,20 +245,41 @@ impl StateOpts {
     }
 }
 
+/// A signal the agent sends to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillSignal {
+    /// SIGTERM: please exit.
+    Term,
+    /// SIGKILL: exit now.
+    Kill,
+}
+
+impl KillSignal {
+    /// The name the OCI runtimes take (without `SIG`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillSignal::Term => "TERM",
+            KillSignal::Kill => "KILL",
+        }
+    }
+}
+
+impl std::fmt::Display for KillSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `kill`: sends a signal to the container's init (or all its processes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillOpts {
-    /// Signal name without `SIG`, e.g. `TERM`, `KILL`.
-    pub signal: String,
+    pub signal: KillSignal,
     pub all: bool,
 }
 
 impl KillOpts {
-    pub fn new(signal: &str) -> Self {
-        KillOpts {
-            signal: signal.to_owned(),
-            all: false,
-        }
+    pub fn new(signal: KillSignal) -> Self {
+        KillOpts { signal, all: false }
     }
 
     pub fn args(&self, id: &str) -> Vec<OsString> {
@@ -267,7 +288,7 @@ impl KillOpts {
             args.push("--all".into());
         }
         args.push(id.into());
-        args.push(self.signal.clone().into());
+        args.push(self.signal.as_str().into());
         args
     }
 }
@@ -651,7 +672,7 @@ mod tests {
         assert_eq!(strs(StartOpts.args("c1")), ["start", "c1"]);
         assert_eq!(strs(StateOpts.args("c1")), ["state", "c1"]);
         let kill = KillOpts {
-            signal: "TERM".into(),
+            signal: KillSignal::Term,
             all: true,
         };
         assert_eq!(strs(kill.args("c1")), ["kill", "--all", "c1", "TERM"]);

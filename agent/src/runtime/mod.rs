@@ -17,6 +17,7 @@
 //! release.json, stdout.pipe, stderr.pipe, logs/, runtime.log}`.
 
 pub mod bundle;
+pub mod containers;
 pub mod driver;
 pub mod logs;
 pub mod rootfs;
@@ -34,7 +35,10 @@ use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
 pub use bundle::BundleError;
-pub use driver::{ContainerState, Driver, DriverConfig, DriverError, RuntimeKind, Status};
+pub use containers::Containers;
+pub use driver::{
+    ContainerState, Driver, DriverConfig, DriverError, KillSignal, RuntimeKind, Status,
+};
 pub use logs::LogConfig;
 pub use rootfs::{Rootfs, RootfsError, RootfsKind, RootfsMode};
 pub use supervise::{BackoffConfig, ContainerStatus, RunState, Supervisor};
@@ -330,6 +334,23 @@ impl ContainerRuntime {
             source,
         })?;
         serde_json::from_slice(&bytes).map_err(|source| RuntimeError::Json { path, source })
+    }
+
+    /// The staged bundle of `id` when it can start as it is: `release.json`
+    /// readable, `config.json` written, rootfs ready ([`rootfs::ready`]).
+    pub fn staged(&self, id: &ContainerId) -> Option<Staged> {
+        let dir = self.container_dir(id);
+        if !dir.join(bundle::CONFIG_FILE).is_file() {
+            return None;
+        }
+        let release = self.staged_release(id).ok()?;
+        let rootfs = rootfs::ready(&dir)?;
+        Some(Staged {
+            id: id.clone(),
+            dir,
+            rootfs,
+            release,
+        })
     }
 
     /// Supervises one container the runtime already holds. `None` when the

@@ -287,6 +287,22 @@ pub fn prepare(
     })
 }
 
+/// The rootfs of `container_dir` if it is ready as it is (overlay mounted,
+/// or copy finished); `None` when [`prepare`] has work to do.
+pub fn ready(container_dir: &Path) -> Option<Rootfs> {
+    let target = container_dir.join("rootfs");
+    if is_mount_point(&target) {
+        return Some(Rootfs {
+            path: target,
+            kind: RootfsKind::Overlay,
+        });
+    }
+    container_dir.join(COPY_DONE).exists().then_some(Rootfs {
+        path: target,
+        kind: RootfsKind::Copy,
+    })
+}
+
 /// Copies the snapshots bottom → top into `target`.
 ///
 /// Hook: once `unpack::apply_snapshots_to_dir` lands, call it here — it

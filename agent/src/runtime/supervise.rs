@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{ContainerStdio, CreateOpts, DeleteOpts, Driver, KillOpts, Status};
+use super::driver::{ContainerStdio, CreateOpts, DeleteOpts, Driver, KillOpts, KillSignal, Status};
 use super::logs::{self, LogConfig, RotatingLog, Stream};
 use super::{ContainerId, RuntimeError};
 
@@ -430,10 +430,13 @@ impl Task {
             Some(state) if state.status == Status::Running
         );
         if running {
-            let _ = self.driver.kill(&id, &KillOpts::new("TERM")).await;
+            let _ = self
+                .driver
+                .kill(&id, &KillOpts::new(KillSignal::Term))
+                .await;
             if !self.wait_exit(grace).await {
                 let kill = KillOpts {
-                    signal: "KILL".to_owned(),
+                    signal: KillSignal::Kill,
                     all: true,
                 };
                 let _ = self.driver.kill(&id, &kill).await;
