@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 
 use fleet_protocol::{DeviceId, Telemetry};
 
-use crate::api::types::RolloutView;
 use crate::fleet::rollout::ProgressState;
+use crate::fleet::{Fleet, FleetError, FleetSnapshot, RolloutView};
 use crate::store::{DeviceRecord, GroupRecord};
 use crate::telemetry::updates::{BUCKETS, RESULTS, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, MessageKind};
@@ -33,6 +33,41 @@ pub struct Input<'a> {
     pub rollouts: Vec<RolloutView>,
     pub counters: &'a IngestCounters,
     pub updates: UpdatesSnapshot,
+}
+
+impl<'a> Input<'a> {
+    /// One scrape's input from the engine's snapshot and ingest state.
+    pub fn new(
+        snapshot: FleetSnapshot,
+        counters: &'a IngestCounters,
+        updates: UpdatesSnapshot,
+    ) -> Self {
+        let FleetSnapshot {
+            devices,
+            live,
+            groups,
+            rollouts,
+        } = snapshot;
+        Self {
+            devices,
+            live,
+            groups,
+            rollouts,
+            counters,
+            updates,
+        }
+    }
+}
+
+/// The exposition of `fleet` now: asks the engine for its state and the
+/// ingest counters, then renders them.
+pub async fn scrape(fleet: &Fleet) -> Result<String, FleetError> {
+    let snapshot = fleet.snapshot(FINAL_ROLLOUTS_KEPT).await?;
+    Ok(render(&Input::new(
+        snapshot,
+        fleet.counters(),
+        fleet.updates(),
+    )))
 }
 
 /// Escapes a label value: backslash, double quote and line feed.

@@ -13,7 +13,7 @@ use fleet_control_plane::client::{Client, ClientError};
 use fleet_control_plane::fleet::ports::RecordingPublisher;
 use fleet_control_plane::fleet::rollout::{Action, ProgressState};
 use fleet_control_plane::keys::KeyFile;
-use fleet_control_plane::store::{RolloutState, WaveState};
+use fleet_control_plane::store::{EventKind, RolloutState, WaveState};
 use fleet_protocol::dsse::Envelope;
 use fleet_protocol::trust::Role;
 use fleet_protocol::{DeviceId, Digest, GroupName, TrustedRoot, verify_desired_state};
@@ -477,8 +477,8 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
         .unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::CONFLICT));
     let events = client.events(100).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == "rollout.undo"));
-    assert!(events.iter().any(|e| e.kind == "rollout.abort"));
+    assert!(events.iter().any(|e| e.kind == EventKind::RolloutUndo));
+    assert!(events.iter().any(|e| e.kind == EventKind::RolloutAbort));
     run.stop().await;
 }
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use rand_core::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
-use super::ApiError;
+use super::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError, TokenRecord, TokenRole, Write};
 
 /// Prefix of every token (lets secret scanners recognise them).
@@ -44,7 +44,7 @@ pub fn ensure_admin_token(store: &dyn Store, now: u64) -> Result<Option<String>,
         Write::Event(crate::store::EventRecord {
             seq: 0,
             at: now,
-            kind: "token.created".into(),
+            kind: crate::store::EventKind::TokenCreated,
             subject: "admin".into(),
             message: "initial admin token".into(),
         }),
@@ -59,7 +59,7 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let unauthorized = |message: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message).into_response()
     };
     let Some(token) = request
         .headers()
@@ -81,9 +81,18 @@ pub async fn require_token(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "token lookup failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()).into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Store,
+                e.to_string(),
+            )
+            .into_response()
         }
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+        .into_response(),
     }
 }

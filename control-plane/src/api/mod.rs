@@ -31,12 +31,13 @@ use fleet_protocol::{GroupName, ImageRef};
 use serde::Deserialize;
 
 use crate::fleet::ports::ImageResolver;
-use crate::fleet::rollout::Action;
-use crate::fleet::{Fleet, FleetError};
-use crate::store::RolloutId;
-use types::{
-    AddMembers, CreateGroup, CreateRollout, ErrorBody, ResolveView, RolloutView, SetLabels,
+use crate::fleet::rollout::{Action, UnknownAction};
+use crate::fleet::{
+    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorKind, Fleet, FleetError, GroupView,
+    ReleaseView, RolloutView, SetLabels,
 };
+use crate::store::RolloutId;
+use types::ResolveView;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -45,19 +46,75 @@ pub struct ApiState {
     pub resolver: Arc<dyn ImageResolver>,
 }
 
+/// The stable code of an API error answer (`ErrorBody::code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    NotFound,
+    Conflict,
+    Invalid,
+    /// An image reference that does not resolve to a digest.
+    Unresolved,
+    Unauthorized,
+    Store,
+    Director,
+    Internal,
+    /// A release the verifier refused, with its precise reason as the
+    /// verifier names it (`bad_signature`, `unknown_key`, ...).
+    Refused {
+        reason: &'static str,
+    },
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Unresolved => "unresolved",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Store => "store",
+            ErrorCode::Director => "director",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Refused { reason } => reason,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What the server writes for an error (the client reads it as
+/// [`types::ErrorBody`]).
+#[derive(serde::Serialize)]
+struct ErrorAnswer {
+    code: ErrorCode,
+    message: String,
+}
+
 /// An API error: HTTP status, stable code, message.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            code: code.to_owned(),
+            code,
             message: message.into(),
         }
     }
@@ -65,17 +122,27 @@ impl ApiError {
 
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
-        let status = match &e {
-            FleetError::NotFound { .. } => StatusCode::NOT_FOUND,
-            FleetError::Conflict { .. } => StatusCode::CONFLICT,
-            FleetError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            FleetError::Untrusted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            FleetError::Store(_) | FleetError::Director(_) | FleetError::Task(_) => {
+        let (status, code) = match (&e, e.kind()) {
+            (FleetError::Untrusted { source }, _) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::Refused {
+                    reason: source.code(),
+                },
+            ),
+            (_, ErrorKind::NotFound) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            (_, ErrorKind::Conflict) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            (_, ErrorKind::Invalid) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+            (_, ErrorKind::Untrusted | ErrorKind::Internal) => {
                 tracing::error!(error = %e, "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
+                let code = match &e {
+                    FleetError::Store(_) => ErrorCode::Store,
+                    FleetError::Director(_) => ErrorCode::Director,
+                    _ => ErrorCode::Internal,
+                };
+                (StatusCode::INTERNAL_SERVER_ERROR, code)
             }
         };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::new(status, code, e.to_string())
     }
 }
 
@@ -83,7 +150,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(ErrorBody {
+            Json(ErrorAnswer {
                 code: self.code,
                 message: self.message,
             }),
@@ -99,7 +166,11 @@ where
     T::Err: std::fmt::Display,
 {
     value.parse().map_err(|e: T::Err| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("{what}: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            format!("{what}: {e}"),
+        )
     })
 }
 
@@ -138,7 +209,7 @@ pub fn metrics_router(fleet: Fleet) -> Router {
 }
 
 async fn metrics(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    let text = fleet.metrics_text().await?;
+    let text = crate::metrics::scrape(&fleet).await?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -149,11 +220,11 @@ async fn metrics(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn devices(State(s): State<ApiState>) -> ApiResult<Vec<types::DeviceView>> {
+async fn devices(State(s): State<ApiState>) -> ApiResult<Vec<DeviceView>> {
     Ok(Json(s.fleet.devices().await?))
 }
 
-async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<types::DeviceView> {
+async fn device(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<DeviceView> {
     Ok(Json(s.fleet.device(parse("device id", &id)?).await?))
 }
 
@@ -173,17 +244,17 @@ async fn set_labels(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     Json(req): Json<SetLabels>,
-) -> ApiResult<types::DeviceView> {
+) -> ApiResult<DeviceView> {
     Ok(Json(
         s.fleet.set_labels(parse("device id", &id)?, req).await?,
     ))
 }
 
-async fn groups(State(s): State<ApiState>) -> ApiResult<Vec<types::GroupView>> {
+async fn groups(State(s): State<ApiState>) -> ApiResult<Vec<GroupView>> {
     Ok(Json(s.fleet.groups().await?))
 }
 
-async fn group(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<types::GroupView> {
+async fn group(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult<GroupView> {
     Ok(Json(
         s.fleet
             .group(parse::<GroupName>("group name", &name)?)
@@ -194,7 +265,7 @@ async fn group(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult
 async fn create_group(
     State(s): State<ApiState>,
     Json(req): Json<CreateGroup>,
-) -> Result<(StatusCode, Json<types::GroupView>), ApiError> {
+) -> Result<(StatusCode, Json<GroupView>), ApiError> {
     Ok((StatusCode::CREATED, Json(s.fleet.create_group(req).await?)))
 }
 
@@ -202,7 +273,7 @@ async fn add_members(
     State(s): State<ApiState>,
     Path(name): Path<String>,
     Json(req): Json<AddMembers>,
-) -> ApiResult<types::GroupView> {
+) -> ApiResult<GroupView> {
     Ok(Json(
         s.fleet
             .add_members(parse("group name", &name)?, req)
@@ -210,14 +281,14 @@ async fn add_members(
     ))
 }
 
-async fn releases(State(s): State<ApiState>) -> ApiResult<Vec<types::ReleaseView>> {
+async fn releases(State(s): State<ApiState>) -> ApiResult<Vec<ReleaseView>> {
     Ok(Json(s.fleet.releases().await?))
 }
 
 async fn add_release(
     State(s): State<ApiState>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<types::ReleaseView>), ApiError> {
+) -> Result<(StatusCode, Json<ReleaseView>), ApiError> {
     Ok((
         StatusCode::CREATED,
         Json(s.fleet.add_release(body.to_vec()).await?),
@@ -248,19 +319,9 @@ async fn rollout_action(
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<RolloutView> {
     let id: RolloutId = parse("rollout id", &id)?;
-    let action = match action.as_str() {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "abort" => Action::Abort,
-        "undo" => Action::Undo,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no rollout action {other:?}; use pause, resume, abort or undo"),
-            ));
-        }
-    };
+    let action: Action = action.parse().map_err(|e: UnknownAction| {
+        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string())
+    })?;
     Ok(Json(s.fleet.rollout_action(id, action).await?))
 }
 
@@ -277,15 +338,14 @@ async fn resolve(
     let image = ImageRef::parse(&q.reference).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid",
+            ErrorCode::Invalid,
             format!("image reference {:?}: {e}", q.reference),
         )
     })?;
-    let digest = s
-        .resolver
-        .resolve(&image)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "unresolved", e.to_string()))?;
+    let digest =
+        s.resolver.resolve(&image).await.map_err(|e| {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unresolved, e.to_string())
+        })?;
     Ok(Json(ResolveView {
         image: image.to_string(),
         repository: image.name(),

@@ -1,10 +1,32 @@
-//! Pure rollout logic: per-device progress from status reports, wave planning
-//! and the state machine of operator actions. No store, no clock.
+//! The rollout as a pure state machine, in the manner of the device
+//! lifecycle (`fleet_protocol::lifecycle`): [`step`]`(rollout, event, now)`
+//! returns the next rollout and the [`Effect`]s to run, or an error for a
+//! pair that does not apply. No store, no clock, no I/O: the engine persists
+//! the new rollout together with what its effects staged (signed desired
+//! states, events) in one commit, then publishes.
+//!
+//! Every (state, event) pair is listed in [`step`]'s match:
+//!
+//! | state \ event | start | progress | pause | resume | abort | undo | superseded | wave timer |
+//! |---|---|---|---|---|---|---|---|---|
+//! | running | advance | advance | paused | error | aborted | rolled back | aborted | nothing |
+//! | paused | error | nothing | error | running, advance | aborted | rolled back | aborted | nothing |
+//! | aborted | error | nothing | error | error | error | rolled back | error | nothing |
+//! | completed | error | nothing | error | error | error | rolled back | error | nothing |
+//! | rolled back | error | nothing | error | error | error | error | error | nothing |
+//!
+//! "Advance" starts the first pending wave, closes waves whose devices all
+//! settled and completes the rollout after the last. Failure thresholds,
+//! `max_unavailable` and gates come in at [`WaveOutcome`] (a wave that
+//! halts the rollout) and [`Event::WaveTimer`] (a pause between waves).
 
-use fleet_protocol::{DeviceId, Phase, StatusReport};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RolloutRecord, RolloutState, Wave, WaveState};
+use crate::store::{EventKind, RolloutId, RolloutRecord, RolloutState, Wave, WaveState};
 
 /// Where one device of a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +187,8 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[usize]) -> Vec<Wave> {
     waves
 }
 
-/// An operator's action on a rollout.
+/// An operator's action on a rollout (the last segment of
+/// `POST /api/v1/rollouts/{id}/{action}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -176,6 +199,8 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 4] = [Action::Pause, Action::Resume, Action::Abort, Action::Undo];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pause => "pause",
@@ -184,71 +209,278 @@ impl Action {
             Action::Undo => "undo",
         }
     }
+
+    /// The event log's kind for this action (`rollout.pause`, ...).
+    pub fn event_kind(self) -> EventKind {
+        match self {
+            Action::Pause => EventKind::RolloutPause,
+            Action::Resume => EventKind::RolloutResume,
+            Action::Abort => EventKind::RolloutAbort,
+            Action::Undo => EventKind::RolloutUndo,
+        }
+    }
 }
 
-/// The state after `action`, or `None` when the action does not apply.
-/// Pause holds the next waves back; resume lets them go; abort stops the
-/// rollout where it is (devices keep what they got); undo gives every device
-/// the rollout reached its previous release back.
-pub fn apply(state: RolloutState, action: Action) -> Option<RolloutState> {
-    use RolloutState::*;
-    match (state, action) {
-        (Running, Action::Pause) => Some(Paused),
-        (Paused, Action::Resume) => Some(Running),
-        (Running | Paused, Action::Abort) => Some(Aborted),
-        (Running | Paused | Aborted | Completed, Action::Undo) => Some(RolledBack),
-        _ => None,
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = UnknownAction;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnknownAction {
+                given: s.to_owned(),
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no rollout action {given:?}; use pause, resume, abort or undo")]
+pub struct UnknownAction {
+    pub given: String,
+}
+
+/// The latest status report of each device of a rollout that sent one.
+pub type Reports = BTreeMap<DeviceId, Arc<StatusReport>>;
+
+/// What happens to a rollout.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The rollout was just created: its first wave goes out.
+    Start,
+    /// Devices of the rollout reported (with the latest report of every
+    /// device of the rollout that sent one).
+    Progress(Reports),
+    /// The operator holds the next waves back.
+    Pause,
+    /// The operator lets them go again (with the latest reports, so that a
+    /// wave that settled meanwhile closes at once).
+    Resume(Reports),
+    /// The operator stops the rollout where it is (devices keep what they
+    /// got).
+    Abort,
+    /// The operator gives every device the rollout reached its previous
+    /// release back.
+    Undo,
+    /// A newer rollout of the same app on some of the same devices started.
+    Superseded { by: RolloutId },
+    /// A wave's timer fired. No timer is armed yet (a wave goes out as soon
+    /// as the previous one settled); the pause between waves arms it.
+    WaveTimer { wave: usize },
+}
+
+impl Event {
+    /// The event an operator's action is, given the latest reports.
+    pub fn operator(action: Action, reports: Reports) -> Event {
+        match action {
+            Action::Pause => Event::Pause,
+            Action::Resume => Event::Resume(reports),
+            Action::Abort => Event::Abort,
+            Action::Undo => Event::Undo,
+        }
+    }
+
+    pub fn name(&self) -> EventName {
+        match self {
+            Event::Start => EventName::Start,
+            Event::Progress(_) => EventName::Progress,
+            Event::Pause => EventName::Operator(Action::Pause),
+            Event::Resume(_) => EventName::Operator(Action::Resume),
+            Event::Abort => EventName::Operator(Action::Abort),
+            Event::Undo => EventName::Operator(Action::Undo),
+            Event::Superseded { .. } => EventName::Superseded,
+            Event::WaveTimer { .. } => EventName::WaveTimer,
+        }
+    }
+}
+
+/// An [`Event`] without its data, for errors and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    Start,
+    Progress,
+    Operator(Action),
+    Superseded,
+    WaveTimer,
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventName::Start => f.write_str("start"),
+            EventName::Progress => f.write_str("take progress"),
+            EventName::Operator(a) => f.write_str(a.as_str()),
+            EventName::Superseded => f.write_str("be superseded"),
+            EventName::WaveTimer => f.write_str("take a wave timer"),
+        }
+    }
+}
+
+/// What the engine does after persisting a stepped rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Sign desired states that give the devices of `wave` the rollout's
+    /// release; the engine keeps what each ran before in
+    /// [`RolloutRecord::previous`].
+    Deploy { wave: usize, devices: Vec<DeviceId> },
+    /// Give each device its previous release of the app back (`None`:
+    /// remove the app), where the rollout's release is still what the
+    /// device should run (a later rollout wins).
+    Revert {
+        previous: BTreeMap<DeviceId, Option<Digest>>,
+    },
+    /// Append an event about the rollout to the log.
+    Record { kind: EventKind, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("rollout {id} is {state}; it cannot {event}")]
+    NotApplicable {
+        id: RolloutId,
+        state: RolloutState,
+        event: EventName,
+    },
+}
+
+/// How the active wave stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveOutcome {
+    /// Some device has not settled.
+    Open,
+    /// Every device committed or failed. (A failure threshold adds a
+    /// `Halted` outcome here.)
+    Settled,
+}
+
+/// The next rollout and its effects, or [`StepError::NotApplicable`].
+pub fn step(
+    rollout: RolloutRecord,
+    event: Event,
+    now: u64,
+) -> Result<(RolloutRecord, Vec<Effect>), StepError> {
+    use RolloutState::{Aborted, Completed, Paused, RolledBack, Running};
+    let before = rollout.clone();
+    let mut r = rollout;
+    let mut effects = Vec::new();
+    let name = event.name();
+    let refuse = |r: &RolloutRecord| StepError::NotApplicable {
+        id: r.id,
+        state: r.state,
+        event: name,
+    };
+    match (r.state, event) {
+        (Running, Event::Start) => advance(&mut r, &Reports::new(), &mut effects, now),
+        (Paused | Aborted | Completed | RolledBack, Event::Start) => return Err(refuse(&r)),
+
+        (Running, Event::Progress(reports)) => advance(&mut r, &reports, &mut effects, now),
+        // Held back, or over: reports change nothing.
+        (Paused | Aborted | Completed | RolledBack, Event::Progress(_)) => {}
+
+        (Running, Event::Pause) => act(&mut r, Action::Pause, Paused, &mut effects),
+        (Paused | Aborted | Completed | RolledBack, Event::Pause) => return Err(refuse(&r)),
+
+        (Paused, Event::Resume(reports)) => {
+            act(&mut r, Action::Resume, Running, &mut effects);
+            advance(&mut r, &reports, &mut effects, now);
+        }
+        (Running | Aborted | Completed | RolledBack, Event::Resume(_)) => return Err(refuse(&r)),
+
+        (Running | Paused, Event::Abort) => act(&mut r, Action::Abort, Aborted, &mut effects),
+        (Aborted | Completed | RolledBack, Event::Abort) => return Err(refuse(&r)),
+
+        (Running | Paused | Aborted | Completed, Event::Undo) => {
+            act(&mut r, Action::Undo, RolledBack, &mut effects);
+            effects.push(Effect::Revert {
+                previous: r.previous.clone(),
+            });
+        }
+        (RolledBack, Event::Undo) => return Err(refuse(&r)),
+
+        (Running | Paused, Event::Superseded { by }) => {
+            r.state = Aborted;
+            effects.push(Effect::Record {
+                kind: EventKind::RolloutAborted,
+                message: format!("superseded by a newer rollout of the same app (rollout {by})"),
+            });
+        }
+        (Aborted | Completed | RolledBack, Event::Superseded { .. }) => return Err(refuse(&r)),
+
+        // No timer is armed today; a stale one changes nothing.
+        (Running | Paused | Aborted | Completed | RolledBack, Event::WaveTimer { .. }) => {}
+    }
+    if r != before {
+        r.updated_at = now;
+    }
+    Ok((r, effects))
+}
+
+/// An operator's action that moves the rollout to `to`.
+fn act(r: &mut RolloutRecord, action: Action, to: RolloutState, effects: &mut Vec<Effect>) {
+    r.state = to;
+    effects.push(Effect::Record {
+        kind: action.event_kind(),
+        message: format!("now {to}"),
+    });
+}
+
+/// Moves a running rollout on: starts the first pending wave, closes waves
+/// whose devices all settled, completes the rollout after the last.
+fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, now: u64) {
+    while r.state == RolloutState::Running {
+        let Some(i) = r.waves.iter().position(|w| w.state != WaveState::Done) else {
+            r.state = RolloutState::Completed;
+            effects.push(Effect::Record {
+                kind: EventKind::RolloutCompleted,
+                message: "every wave settled".into(),
+            });
+            return;
+        };
+        match r.waves[i].state {
+            WaveState::Pending => {
+                r.waves[i].state = WaveState::Active;
+                r.waves[i].started_at = Some(now);
+                let devices = r.waves[i].devices.clone();
+                effects.push(Effect::Record {
+                    kind: EventKind::RolloutWave,
+                    message: format!("wave {} started ({} devices)", i + 1, devices.len()),
+                });
+                effects.push(Effect::Deploy { wave: i, devices });
+                return;
+            }
+            WaveState::Active => match wave_outcome(r, i, reports) {
+                WaveOutcome::Open => return,
+                WaveOutcome::Settled => r.waves[i].state = WaveState::Done,
+            },
+            // Not found by the search above.
+            WaveState::Done => return,
+        }
+    }
+}
+
+/// How wave `wave` stands by the latest reports.
+pub fn wave_outcome(r: &RolloutRecord, wave: usize, reports: &Reports) -> WaveOutcome {
+    let Some(w) = r.waves.get(wave) else {
+        return WaveOutcome::Open;
+    };
+    let settled = w.devices.iter().all(|d| {
+        device_progress(r, wave, d, reports.get(d).map(Arc::as_ref))
+            .state
+            .settled()
+    });
+    if settled {
+        WaveOutcome::Settled
+    } else {
+        WaveOutcome::Open
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(n: usize) -> Vec<DeviceId> {
-        (0..n)
-            .map(|i| DeviceId::new(format!("d{i}")).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn waves_take_the_given_sizes_and_the_last_takes_the_rest() {
-        let sizes = |w: &[Wave]| w.iter().map(|w| w.devices.len()).collect::<Vec<_>>();
-        assert_eq!(sizes(&plan_waves(ids(5), &[])), [5]);
-        assert_eq!(sizes(&plan_waves(ids(5), &[1])), [1, 4]);
-        assert_eq!(sizes(&plan_waves(ids(5), &[1, 2])), [1, 2, 2]);
-        assert_eq!(sizes(&plan_waves(ids(2), &[1, 5, 5])), [1, 1]);
-        assert_eq!(sizes(&plan_waves(ids(3), &[0])), [1, 2]);
-        assert!(plan_waves(vec![], &[1]).is_empty());
-    }
-
-    #[test]
-    fn every_state_action_pair_is_listed() {
-        use RolloutState::*;
-        let table = [
-            (Running, Action::Pause, Some(Paused)),
-            (Running, Action::Resume, None),
-            (Running, Action::Abort, Some(Aborted)),
-            (Running, Action::Undo, Some(RolledBack)),
-            (Paused, Action::Pause, None),
-            (Paused, Action::Resume, Some(Running)),
-            (Paused, Action::Abort, Some(Aborted)),
-            (Paused, Action::Undo, Some(RolledBack)),
-            (Aborted, Action::Pause, None),
-            (Aborted, Action::Resume, None),
-            (Aborted, Action::Abort, None),
-            (Aborted, Action::Undo, Some(RolledBack)),
-            (Completed, Action::Pause, None),
-            (Completed, Action::Resume, None),
-            (Completed, Action::Abort, None),
-            (Completed, Action::Undo, Some(RolledBack)),
-            (RolledBack, Action::Pause, None),
-            (RolledBack, Action::Resume, None),
-            (RolledBack, Action::Abort, None),
-            (RolledBack, Action::Undo, None),
-        ];
-        for (state, action, want) in table {
-            assert_eq!(apply(state, action), want, "{state:?} {action:?}");
-        }
-    }
-}
+#[path = "rollout_tests.rs"]
+mod tests;

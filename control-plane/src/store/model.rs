@@ -202,11 +202,74 @@ pub struct EventRecord {
     #[serde(default)]
     pub seq: u64,
     pub at: u64,
-    /// e.g. `device.registered`, `release.added`, `rollout.paused`.
-    pub kind: String,
+    /// What happened, e.g. `device.registered`, `release.added`.
+    pub kind: EventKind,
     /// What it is about: a device id, a digest, `rollout/7`.
     pub subject: String,
     pub message: String,
+}
+
+/// What an [`EventRecord`] says happened; serialised as the dotted names
+/// the event log has always used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "device.registered")]
+    DeviceRegistered,
+    #[serde(rename = "device.labels")]
+    DeviceLabels,
+    #[serde(rename = "group.created")]
+    GroupCreated,
+    #[serde(rename = "group.members")]
+    GroupMembers,
+    #[serde(rename = "release.added")]
+    ReleaseAdded,
+    #[serde(rename = "rollout.started")]
+    RolloutStarted,
+    #[serde(rename = "rollout.wave")]
+    RolloutWave,
+    #[serde(rename = "rollout.completed")]
+    RolloutCompleted,
+    /// Superseded by a newer rollout of the same app.
+    #[serde(rename = "rollout.aborted")]
+    RolloutAborted,
+    #[serde(rename = "rollout.pause")]
+    RolloutPause,
+    #[serde(rename = "rollout.resume")]
+    RolloutResume,
+    #[serde(rename = "rollout.abort")]
+    RolloutAbort,
+    #[serde(rename = "rollout.undo")]
+    RolloutUndo,
+    #[serde(rename = "token.created")]
+    TokenCreated,
+}
+
+impl EventKind {
+    /// The wire form, e.g. `rollout.undo`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DeviceRegistered => "device.registered",
+            EventKind::DeviceLabels => "device.labels",
+            EventKind::GroupCreated => "group.created",
+            EventKind::GroupMembers => "group.members",
+            EventKind::ReleaseAdded => "release.added",
+            EventKind::RolloutStarted => "rollout.started",
+            EventKind::RolloutWave => "rollout.wave",
+            EventKind::RolloutCompleted => "rollout.completed",
+            EventKind::RolloutAborted => "rollout.aborted",
+            EventKind::RolloutPause => "rollout.pause",
+            EventKind::RolloutResume => "rollout.resume",
+            EventKind::RolloutAbort => "rollout.abort",
+            EventKind::RolloutUndo => "rollout.undo",
+            EventKind::TokenCreated => "token.created",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,4 +295,61 @@ pub struct TelemetryRecord {
     /// Unix seconds (server clock) it arrived.
     pub received_at: u64,
     pub telemetry: Telemetry,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_dotted_wire_names() {
+        let all = [
+            EventKind::DeviceRegistered,
+            EventKind::DeviceLabels,
+            EventKind::GroupCreated,
+            EventKind::GroupMembers,
+            EventKind::ReleaseAdded,
+            EventKind::RolloutStarted,
+            EventKind::RolloutWave,
+            EventKind::RolloutCompleted,
+            EventKind::RolloutAborted,
+            EventKind::RolloutPause,
+            EventKind::RolloutResume,
+            EventKind::RolloutAbort,
+            EventKind::RolloutUndo,
+            EventKind::TokenCreated,
+        ];
+        for kind in all {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+    }
+
+    #[test]
+    fn rollout_and_wave_states_keep_their_wire_names() {
+        for (state, name) in [
+            (RolloutState::Running, "running"),
+            (RolloutState::Paused, "paused"),
+            (RolloutState::Aborted, "aborted"),
+            (RolloutState::Completed, "completed"),
+            (RolloutState::RolledBack, "rolled_back"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{name}\"")
+            );
+            assert_eq!(state.as_str(), name);
+        }
+        for (state, name) in [
+            (WaveState::Pending, "pending"),
+            (WaveState::Active, "active"),
+            (WaveState::Done, "done"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+    }
 }

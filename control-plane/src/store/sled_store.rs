@@ -255,7 +255,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RolloutState, TokenRole, Wave, WaveState};
+    use crate::store::{EventKind, RolloutState, TokenRole, Wave, WaveState};
     use fleet_protocol::AppName;
 
     fn dev(id: &str) -> DeviceRecord {
@@ -292,14 +292,14 @@ mod tests {
                 Write::Event(EventRecord {
                     seq: 0,
                     at: 10,
-                    kind: "x".into(),
+                    kind: EventKind::GroupCreated,
                     subject: "a".into(),
                     message: "first".into(),
                 }),
                 Write::Event(EventRecord {
                     seq: 0,
                     at: 11,
-                    kind: "x".into(),
+                    kind: EventKind::GroupCreated,
                     subject: "a".into(),
                     message: "second".into(),
                 }),

@@ -1,0 +1,339 @@
+//! Table tests of the rollout state machine: every (state, event) pair, then
+//! the waves end to end.
+
+use super::*;
+use fleet_protocol::message::ReleaseRef;
+use fleet_protocol::{AppName, AppStatus, GroupName, SCHEMA_VERSION};
+
+fn ids(n: usize) -> Vec<DeviceId> {
+    (0..n)
+        .map(|i| DeviceId::new(format!("d{i}")).unwrap())
+        .collect()
+}
+
+fn digest(s: &str) -> Digest {
+    Digest::of(s.as_bytes())
+}
+
+/// A rollout of `model` to `devices` in waves of `sizes`, not started.
+fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
+    RolloutRecord {
+        id: 7,
+        release_digest: digest("v2"),
+        app: AppName::new("model").unwrap(),
+        version: "v2".into(),
+        group: GroupName::new("cameras").unwrap(),
+        state: RolloutState::Running,
+        waves: plan_waves(ids(devices), sizes),
+        previous: BTreeMap::new(),
+        created_at: 100,
+        updated_at: 100,
+    }
+}
+
+fn app_status(phase: Phase, running: Option<&Digest>, target: Option<&Digest>) -> AppStatus {
+    let r = |d: &Digest| ReleaseRef {
+        version: "x".into(),
+        release_digest: d.clone(),
+    };
+    AppStatus {
+        app: AppName::new("model").unwrap(),
+        phase,
+        running: running.map(r),
+        target: target.map(r),
+        previous: None,
+        health: Default::default(),
+        restarts: 0,
+        progress: None,
+        error: None,
+    }
+}
+
+fn report(device: &DeviceId, app: AppStatus) -> (DeviceId, Arc<StatusReport>) {
+    let status = StatusReport {
+        schema: SCHEMA_VERSION,
+        device: device.clone(),
+        reported_at: 1,
+        generation: Some(2),
+        apps: vec![app],
+        rejected: None,
+        info: None,
+    };
+    (device.clone(), Arc::new(status))
+}
+
+fn committed(r: &RolloutRecord, devices: &[DeviceId]) -> Reports {
+    devices
+        .iter()
+        .map(|d| {
+            report(
+                d,
+                app_status(Phase::Committed, Some(&r.release_digest), None),
+            )
+        })
+        .collect()
+}
+
+/// Two waves of one device each; the first is out, `d0` ran `v1` before.
+fn in_flight(state: RolloutState) -> RolloutRecord {
+    let (mut r, _) = step(rollout(2, &[1]), Event::Start, 200).unwrap();
+    r.previous.insert(ids(1)[0].clone(), Some(digest("v1")));
+    r.state = state;
+    r
+}
+
+/// An effect without its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Record(EventKind),
+    Deploy(usize),
+    Revert,
+}
+
+fn shape(e: &Effect) -> Shape {
+    match e {
+        Effect::Record { kind, .. } => Shape::Record(*kind),
+        Effect::Deploy { wave, .. } => Shape::Deploy(*wave),
+        Effect::Revert { .. } => Shape::Revert,
+    }
+}
+
+#[test]
+fn every_state_event_pair_is_listed() {
+    use EventKind as K;
+    use RolloutState::*;
+    use Shape::*;
+    let fixture = in_flight(Running);
+    // The first wave's device committed: progress or resume closes the
+    // first wave and starts the second.
+    let reports = committed(&fixture, &ids(1));
+    let events = [
+        Event::Start,
+        Event::Progress(reports.clone()),
+        Event::Pause,
+        Event::Resume(reports.clone()),
+        Event::Abort,
+        Event::Undo,
+        Event::Superseded { by: 8 },
+        Event::WaveTimer { wave: 1 },
+    ];
+    let next_wave = [Record(K::RolloutWave), Deploy(1)];
+    let resumed = [Record(K::RolloutResume), Record(K::RolloutWave), Deploy(1)];
+    let undone = [Record(K::RolloutUndo), Revert];
+    type Want<'a> = Option<(RolloutState, &'a [Shape])>;
+    let table: [(RolloutState, [Want; 8]); 5] = [
+        (
+            Running,
+            [
+                Some((Running, &[])),
+                Some((Running, &next_wave)),
+                Some((Paused, &[Record(K::RolloutPause)])),
+                None,
+                Some((Aborted, &[Record(K::RolloutAbort)])),
+                Some((RolledBack, &undone)),
+                Some((Aborted, &[Record(K::RolloutAborted)])),
+                Some((Running, &[])),
+            ],
+        ),
+        (
+            Paused,
+            [
+                None,
+                Some((Paused, &[])),
+                None,
+                Some((Running, &resumed)),
+                Some((Aborted, &[Record(K::RolloutAbort)])),
+                Some((RolledBack, &undone)),
+                Some((Aborted, &[Record(K::RolloutAborted)])),
+                Some((Paused, &[])),
+            ],
+        ),
+        (
+            Aborted,
+            [
+                None,
+                Some((Aborted, &[])),
+                None,
+                None,
+                None,
+                Some((RolledBack, &undone)),
+                None,
+                Some((Aborted, &[])),
+            ],
+        ),
+        (
+            Completed,
+            [
+                None,
+                Some((Completed, &[])),
+                None,
+                None,
+                None,
+                Some((RolledBack, &undone)),
+                None,
+                Some((Completed, &[])),
+            ],
+        ),
+        (
+            RolledBack,
+            [
+                None,
+                Some((RolledBack, &[])),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some((RolledBack, &[])),
+            ],
+        ),
+    ];
+    for (state, wants) in table {
+        for (event, want) in events.iter().zip(wants) {
+            let name = event.name();
+            let got = step(in_flight(state), event.clone(), 300);
+            match (got, want) {
+                (Ok((r, effects)), Some((next, shapes))) => {
+                    assert_eq!(r.state, next, "{state:?} {name:?}");
+                    let got: Vec<Shape> = effects.iter().map(shape).collect();
+                    assert_eq!(got, shapes, "{state:?} {name:?}");
+                    let changed = r.state != state || !effects.is_empty();
+                    assert_eq!(r.updated_at == 300, changed, "{state:?} {name:?}");
+                }
+                (
+                    Err(StepError::NotApplicable {
+                        id,
+                        state: s,
+                        event,
+                    }),
+                    None,
+                ) => {
+                    assert_eq!((id, s, event), (7, state, name));
+                }
+                (got, want) => panic!("{state:?} {name:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unlisted_pair_says_what_the_rollout_is_and_what_it_cannot() {
+    let err = step(in_flight(RolloutState::Completed), Event::Pause, 1).unwrap_err();
+    assert_eq!(err.to_string(), "rollout 7 is completed; it cannot pause");
+}
+
+#[test]
+fn waves_go_out_one_after_the_other_as_devices_settle() {
+    let devices = ids(5);
+    let (r, effects) = step(rollout(5, &[1, 2]), Event::Start, 10).unwrap();
+    assert_eq!(
+        effects.iter().map(shape).collect::<Vec<_>>(),
+        [Shape::Record(EventKind::RolloutWave), Shape::Deploy(0)]
+    );
+    assert_eq!(
+        effects[1],
+        Effect::Deploy {
+            wave: 0,
+            devices: devices[..1].to_vec()
+        }
+    );
+    assert_eq!(r.waves[0].state, WaveState::Active);
+    assert_eq!(r.waves[0].started_at, Some(10));
+
+    // Still updating: nothing moves.
+    let updating: Reports = [report(
+        &devices[0],
+        app_status(Phase::Downloading, None, Some(&r.release_digest)),
+    )]
+    .into();
+    let (r, effects) = step(r, Event::Progress(updating), 20).unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.updated_at, 10, "an unchanged rollout keeps its time");
+
+    // A failed device settles its wave too.
+    let failed: Reports = [report(
+        &devices[0],
+        app_status(
+            Phase::RolledBack {
+                reason: fleet_protocol::ErrorCode::HealthCheckFailed,
+            },
+            None,
+            Some(&r.release_digest),
+        ),
+    )]
+    .into();
+    let (r, effects) = step(r, Event::Progress(failed.clone()), 30).unwrap();
+    assert_eq!(
+        effects.iter().map(shape).collect::<Vec<_>>(),
+        [Shape::Record(EventKind::RolloutWave), Shape::Deploy(1)]
+    );
+    assert_eq!(r.waves[0].state, WaveState::Done);
+
+    let mut all = committed(&r, &devices);
+    all.extend(failed);
+    let (r, _) = step(r, Event::Progress(all.clone()), 40).unwrap();
+    assert_eq!(r.waves[2].state, WaveState::Active);
+    let (r, effects) = step(r, Event::Progress(all), 50).unwrap();
+    assert_eq!(r.state, RolloutState::Completed);
+    assert_eq!(
+        effects.iter().map(shape).collect::<Vec<_>>(),
+        [Shape::Record(EventKind::RolloutCompleted)]
+    );
+}
+
+#[test]
+fn pause_holds_the_next_wave_back_and_resume_lets_it_go() {
+    let devices = ids(2);
+    let (r, _) = step(rollout(2, &[1]), Event::Start, 10).unwrap();
+    let (r, _) = step(r, Event::Pause, 11).unwrap();
+    let reports = committed(&r, &devices[..1]);
+    let (r, effects) = step(r, Event::Progress(reports.clone()), 12).unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.waves[1].state, WaveState::Pending);
+    let (r, effects) = step(r, Event::Resume(reports), 13).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(
+        effects.last(),
+        Some(&Effect::Deploy {
+            wave: 1,
+            devices: devices[1..].to_vec()
+        })
+    );
+}
+
+#[test]
+fn undo_reverts_every_device_the_rollout_reached_to_what_it_ran_before() {
+    let mut r = in_flight(RolloutState::Running);
+    r.previous.insert(ids(2)[1].clone(), None);
+    let (r, effects) = step(r, Event::Undo, 9).unwrap();
+    assert_eq!(r.state, RolloutState::RolledBack);
+    let Some(Effect::Revert { previous }) = effects.last() else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(previous[&ids(1)[0]], Some(digest("v1")));
+    assert_eq!(previous[&ids(2)[1]], None);
+}
+
+#[test]
+fn waves_take_the_given_sizes_and_the_last_takes_the_rest() {
+    let sizes = |w: &[Wave]| w.iter().map(|w| w.devices.len()).collect::<Vec<_>>();
+    assert_eq!(sizes(&plan_waves(ids(5), &[])), [5]);
+    assert_eq!(sizes(&plan_waves(ids(5), &[1])), [1, 4]);
+    assert_eq!(sizes(&plan_waves(ids(5), &[1, 2])), [1, 2, 2]);
+    assert_eq!(sizes(&plan_waves(ids(2), &[1, 5, 5])), [1, 1]);
+    assert_eq!(sizes(&plan_waves(ids(3), &[0])), [1, 2]);
+    assert!(plan_waves(vec![], &[1]).is_empty());
+}
+
+#[test]
+fn actions_keep_their_wire_names() {
+    for a in Action::ALL {
+        assert_eq!(a.as_str().parse::<Action>().unwrap(), a);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            format!("\"{}\"", a.as_str())
+        );
+        assert_eq!(a.event_kind().as_str(), format!("rollout.{a}"));
+    }
+    assert!("restart".parse::<Action>().is_err());
+}

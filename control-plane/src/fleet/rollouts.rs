@@ -1,0 +1,393 @@
+//! Rollouts in the engine: starting one (registering the signed release it
+//! carries), feeding it device progress and operator actions through the
+//! pure [`rollout::step`], and running the effects the step asks for. The
+//! stepped rollout, the desired states its effects signed and its events go
+//! into one commit before anything is published.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use fleet_protocol::dsse::Envelope;
+use fleet_protocol::{AppName, DeviceId, Digest, GroupName, StatusReport, verify};
+use serde::{Deserialize, Serialize};
+
+use super::engine::{Inner, Staged, event};
+use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
+use super::{Fleet, FleetError, not_found};
+use crate::store::{
+    EventKind, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, WaveState, Write,
+};
+
+/// Start a rollout of a release already posted (`release_digest`) or of the
+/// signed release given here (`release`, registered on the way: one request),
+/// to a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRollout {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Envelope>,
+    pub group: GroupName,
+    /// Sizes of the first waves; the last wave takes the remaining devices.
+    /// Empty: one wave.
+    #[serde(default)]
+    pub waves: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaveView {
+    pub state: WaveState,
+    pub devices: usize,
+    pub started_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: RolloutId,
+    pub release_digest: Digest,
+    pub app: AppName,
+    pub version: String,
+    pub group: GroupName,
+    pub state: RolloutState,
+    pub waves: Vec<WaveView>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub counts: Counts,
+    pub devices: Vec<DeviceProgress>,
+}
+
+impl RolloutView {
+    pub fn new(r: &RolloutRecord, devices: Vec<DeviceProgress>) -> Self {
+        Self {
+            id: r.id,
+            release_digest: r.release_digest.clone(),
+            app: r.app.clone(),
+            version: r.version.clone(),
+            group: r.group.clone(),
+            state: r.state,
+            waves: r
+                .waves
+                .iter()
+                .map(|w| WaveView {
+                    state: w.state,
+                    devices: w.devices.len(),
+                    started_at: w.started_at,
+                })
+                .collect(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            counts: Counts::of(&devices),
+            devices,
+        }
+    }
+}
+
+impl Fleet {
+    pub async fn start_rollout(&self, req: CreateRollout) -> Result<RolloutView, FleetError> {
+        self.change(move |i, now| i.start_rollout(req, now)).await
+    }
+
+    pub async fn rollout_action(
+        &self,
+        id: RolloutId,
+        action: Action,
+    ) -> Result<RolloutView, FleetError> {
+        self.change(move |i, now| i.rollout_action(id, action, now))
+            .await
+    }
+
+    pub async fn rollouts(&self) -> Result<Vec<RolloutView>, FleetError> {
+        self.blocking(|i| {
+            i.store
+                .rollouts()?
+                .iter()
+                .map(|r| i.rollout_view(r))
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn rollout(&self, id: RolloutId) -> Result<RolloutView, FleetError> {
+        self.blocking(move |i| {
+            let r = i
+                .store
+                .rollout(id)?
+                .ok_or_else(|| not_found("rollout", id))?;
+            i.rollout_view(&r)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    /// `device` reported something new: every running rollout it is part
+    /// of takes the progress. Returns the devices whose desired state changed.
+    pub(super) fn on_progress(
+        &self,
+        device: &DeviceId,
+        now: u64,
+    ) -> Result<Vec<DeviceId>, FleetError> {
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        for r in self.store.rollouts()? {
+            if r.state != RolloutState::Running || !r.devices().any(|d| d == device) {
+                continue;
+            }
+            let reports = self.reports(&r)?;
+            self.step(r, Event::Progress(reports), &mut staged, &mut writes, now)?;
+        }
+        let devices = staged.into_writes(&mut writes);
+        if !writes.is_empty() {
+            self.store.commit(writes)?;
+        }
+        Ok(devices)
+    }
+
+    /// Steps `r` by `event` and runs the effects into `staged` and `writes`
+    /// (the stepped rollout is written when it changed). Nothing is
+    /// committed here: the caller commits it all at once.
+    fn step(
+        &self,
+        r: RolloutRecord,
+        happened: Event,
+        staged: &mut Staged,
+        writes: &mut Vec<Write>,
+        now: u64,
+    ) -> Result<RolloutRecord, FleetError> {
+        let before = r.clone();
+        let (mut next, effects) = rollout::step(r, happened, now)?;
+        for effect in effects {
+            match effect {
+                Effect::Deploy { wave: _, devices } => {
+                    self.deploy(&mut next, devices, staged, now)?;
+                }
+                Effect::Revert { previous } => self.revert(&next, &previous, staged, now)?,
+                Effect::Record { kind, message } => {
+                    writes.push(event(kind, format!("rollout/{}", next.id), message, now));
+                }
+            }
+        }
+        if next != before {
+            writes.push(Write::Rollout(next.clone()));
+        }
+        Ok(next)
+    }
+
+    /// Gives `devices` the rollout's release, keeping what each ran before.
+    fn deploy(
+        &self,
+        r: &mut RolloutRecord,
+        devices: Vec<DeviceId>,
+        staged: &mut Staged,
+        now: u64,
+    ) -> Result<(), FleetError> {
+        for device in devices {
+            let current = staged.current(self.store.as_ref(), &device)?;
+            let mut apps = current.as_ref().map(|c| c.apps.clone()).unwrap_or_default();
+            let before = apps.insert(r.app.clone(), r.release_digest.clone());
+            r.previous.entry(device.clone()).or_insert(before);
+            let next =
+                self.director
+                    .next(self.store.as_ref(), &device, current.as_ref(), apps, now)?;
+            staged.desired.insert(device, next);
+        }
+        Ok(())
+    }
+
+    /// Gives each device its previous release of the app back, where this
+    /// rollout's release is still what it should run (a later rollout wins).
+    fn revert(
+        &self,
+        r: &RolloutRecord,
+        previous: &BTreeMap<DeviceId, Option<Digest>>,
+        staged: &mut Staged,
+        now: u64,
+    ) -> Result<(), FleetError> {
+        for (device, previous) in previous {
+            let Some(current) = staged.current(self.store.as_ref(), device)? else {
+                continue;
+            };
+            if current.apps.get(&r.app) != Some(&r.release_digest) {
+                continue;
+            }
+            let mut apps = current.apps.clone();
+            match previous {
+                Some(digest) => apps.insert(r.app.clone(), digest.clone()),
+                None => apps.remove(&r.app),
+            };
+            let next =
+                self.director
+                    .next(self.store.as_ref(), device, Some(&current), apps, now)?;
+            staged.desired.insert(device.clone(), next);
+        }
+        Ok(())
+    }
+
+    /// The latest status of `device`: in memory, else as stored.
+    fn status_of(&self, device: &DeviceId) -> Result<Option<Arc<StatusReport>>, FleetError> {
+        if let Some(s) = self.live.status(device) {
+            return Ok(Some(s));
+        }
+        Ok(self
+            .store
+            .device(device)?
+            .and_then(|d| d.last_status)
+            .map(Arc::new))
+    }
+
+    /// The latest status of every device of `r` that sent one.
+    fn reports(&self, r: &RolloutRecord) -> Result<Reports, FleetError> {
+        let mut reports = Reports::new();
+        for d in r.devices() {
+            if let Some(s) = self.status_of(d)? {
+                reports.insert(d.clone(), s);
+            }
+        }
+        Ok(reports)
+    }
+
+    /// The release a rollout request names: the one it carries (verified and
+    /// kept, idempotently) or a kept one by digest.
+    fn rollout_release(&self, req: &CreateRollout, now: u64) -> Result<ReleaseRecord, FleetError> {
+        match (&req.release, &req.release_digest) {
+            (Some(envelope), digest) => {
+                let record = self.verify_release(&envelope.to_json(), now)?;
+                if let Some(d) = digest
+                    && d != &record.digest
+                {
+                    return Err(FleetError::ReleaseDigestMismatch {
+                        given: d.clone(),
+                        release: record.digest,
+                    });
+                }
+                // Kept first: the director reads releases from the store.
+                self.keep_release(record.clone(), "with a rollout".into(), now)?;
+                Ok(record)
+            }
+            (None, Some(digest)) => self.store.release(digest)?.ok_or_else(|| {
+                not_found(
+                    "release",
+                    format!(
+                        "{digest} (post it first, or send the signed release with the rollout)"
+                    ),
+                )
+            }),
+            (None, None) => Err(FleetError::ReleaseMissing),
+        }
+    }
+
+    fn start_rollout(
+        &self,
+        req: CreateRollout,
+        now: u64,
+    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        let release = self.rollout_release(&req, now)?;
+        // The release must still verify (the trust root may have changed).
+        verify::verify_release_envelope(&self.trust, &release.envelope, now)
+            .map_err(|source| FleetError::Untrusted { source })?;
+        let group = self.store.group(&req.group)?.ok_or_else(|| {
+            not_found(
+                "group",
+                format!("{} (create it with `fleetctl groups add`)", req.group),
+            )
+        })?;
+        let devices: Vec<DeviceId> = self
+            .store
+            .devices()?
+            .into_iter()
+            .filter(|d| group.contains(d))
+            .map(|d| d.id)
+            .collect();
+        if devices.is_empty() {
+            return Err(FleetError::GroupWithoutDevices { group: req.group });
+        }
+        let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
+        let id = self.store.next_rollout_id()?;
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+
+        // A newer rollout of the same app supersedes older unfinished ones
+        // on the same devices.
+        for old in self.store.rollouts()? {
+            if !old.state.is_final()
+                && old.app == release.release.app
+                && old.devices().any(|d| member_set.contains(d))
+            {
+                let by = Event::Superseded { by: id };
+                self.step(old, by, &mut staged, &mut writes, now)?;
+            }
+        }
+
+        let r = RolloutRecord {
+            id,
+            release_digest: release.digest.clone(),
+            app: release.release.app.clone(),
+            version: release.release.version.clone(),
+            group: req.group.clone(),
+            state: RolloutState::Running,
+            waves: rollout::plan_waves(devices, &req.waves),
+            previous: BTreeMap::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        writes.push(event(
+            EventKind::RolloutStarted,
+            format!("rollout/{id}"),
+            format!(
+                "{} {} to group {} ({} devices, {} waves)",
+                r.app,
+                r.version,
+                r.group,
+                r.devices().count(),
+                r.waves.len()
+            ),
+            now,
+        ));
+        let created = r.clone();
+        let r = self.step(r, Event::Start, &mut staged, &mut writes, now)?;
+        if r == created {
+            // Written whether or not the first step changed it.
+            writes.push(Write::Rollout(created));
+        }
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = id, app = %r.app, group = %r.group, "rollout started");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    fn rollout_action(
+        &self,
+        id: RolloutId,
+        action: Action,
+        now: u64,
+    ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        let r = self
+            .store
+            .rollout(id)?
+            .ok_or_else(|| not_found("rollout", id))?;
+        let reports = self.reports(&r)?;
+        let event = Event::operator(action, reports);
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        let r = self.step(r, event, &mut staged, &mut writes, now)?;
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = id, %action, state = %r.state, "rollout action");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    pub(super) fn rollout_view(&self, r: &RolloutRecord) -> Result<RolloutView, FleetError> {
+        let mut progress = Vec::new();
+        for (i, wave) in r.waves.iter().enumerate() {
+            for d in &wave.devices {
+                let mut p = rollout::device_progress(r, i, d, self.status_of(d)?.as_deref());
+                // After undo, what the device does is no longer this release.
+                if r.state == RolloutState::RolledBack && p.state == ProgressState::Sent {
+                    p.state = ProgressState::Waiting;
+                }
+                progress.push(p);
+            }
+        }
+        Ok(RolloutView::new(r, progress))
+    }
+}
