@@ -33,7 +33,6 @@
 pub mod content;
 pub mod crash;
 mod drive;
-pub mod status_file;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
