@@ -22,11 +22,15 @@
 //!   cgroup CPU and memory, store figures), QoS 0, not retained; while the
 //!   broker is away nothing is sampled or kept.
 //!
+//! Beside the loop, [`socket`] answers `fleet-agent status` on
+//! `<state_dir>/agent.sock` with a report built when asked.
+//!
 //! On shutdown the supervisors are detached (containers keep running), a
 //! last status is queued, and the link says `offline` and disconnects.
 
+pub mod socket;
+
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,10 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::deploy::{ContentSource, DeployError, Deployer, status_file, unix_now};
+use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
 use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
 use crate::link::{AgentLink, AgentLinkConfig, BrokerAddr, Downlink, LinkError};
 use crate::telemetry::{AppSource, CgroupFs, HostRoot, Sampler, Sources, sample_blocking};
+use socket::{Refusal, RefusalCode, Request, Response};
 
 /// How long shutdown waits for the link to say `offline`.
 const LINK_GRACE: Duration = Duration::from_secs(5);
@@ -113,13 +118,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         seen_commands: VecDeque::new(),
         sampler: Arc::new(Mutex::new(sampler)),
         cgroup_parent: config.runtime_config().cgroup_parent,
-        state_dir: config.state_dir.clone(),
     };
     let span = info_span!("agent", device = %device);
+    let local = LocalSocket::start(&config, &deployer)
+        .instrument(span.clone())
+        .await;
     let result = daemon
         .main_loop(&config, downlink, &shutdown)
         .instrument(span)
         .await;
+    local.stop().await;
 
     info!(device = %device, "shutting down: containers keep running");
     deployer.detach().await;
@@ -160,8 +168,58 @@ struct Daemon {
     sampler: Arc<Mutex<Sampler>>,
     /// Where the runtime puts the containers' cgroups.
     cgroup_parent: String,
-    /// Holds `status.json` for `fleet-agent status` ([`status_file`]).
-    state_dir: PathBuf,
+}
+
+/// The daemon's side of [`socket`]: answers from the deployer, fresh.
+struct Answers {
+    deployer: Deployer,
+}
+
+impl socket::Responder for Answers {
+    async fn respond(&self, request: Request) -> Response {
+        match request {
+            Request::Status => match self.deployer.status_report().await {
+                Ok(report) => Response::Status(report),
+                Err(e) => Response::Error(Refusal::new(RefusalCode::Unavailable, e.to_string())),
+            },
+        }
+    }
+}
+
+/// The socket task, if the socket could be bound (the daemon runs without
+/// it otherwise: `fleet-agent status` then says nobody answers).
+struct LocalSocket {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LocalSocket {
+    async fn start(config: &Config, deployer: &Deployer) -> Self {
+        let stop = CancellationToken::new();
+        let task = match socket::Listener::bind(&config.state_dir).await {
+            Ok(listener) => {
+                info!(path = %listener.path().display(), "local status socket");
+                let answers = Arc::new(Answers {
+                    deployer: deployer.clone(),
+                });
+                Some(tokio::spawn(listener.serve(answers, stop.clone())))
+            }
+            Err(e) => {
+                warn!(error = %e, "no local status socket: `fleet-agent status` cannot ask this daemon");
+                None
+            }
+        };
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            if tokio::time::timeout(LINK_GRACE, task).await.is_err() {
+                warn!("the local status socket did not stop in time");
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -352,12 +410,6 @@ impl Daemon {
             info: with_info.then(|| self.link.device_info().clone()),
             ..report
         };
-        let (dir, copy) = (self.state_dir.clone(), report.clone());
-        match tokio::task::spawn_blocking(move || status_file::write(&dir, &copy)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "cannot write the local status file"),
-            Err(e) => warn!(error = %e, "cannot write the local status file"),
-        }
         if let Err(e) = self.link.report_status(report).await {
             error!(error = %e, "cannot queue a status report");
         }

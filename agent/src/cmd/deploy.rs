@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_agent::config::Config;
+use fleet_agent::daemon::socket::{self, AskError};
 use fleet_agent::deploy::content::unpack_oci_archive;
-use fleet_agent::deploy::{
-    AppOutcome, ApplyOutcome, ContentSource, DeployError, Deployer, status_file, unix_now,
-};
-use fleet_protocol::DeviceId;
+use fleet_agent::deploy::{AppOutcome, ApplyOutcome, ContentSource, DeployError, Deployer};
+use fleet_protocol::{DeviceId, StatusReport};
 
 /// Exit codes of `apply` and `resume`.
 pub const EXIT_ROLLED_BACK: u8 = 1;
@@ -202,32 +202,60 @@ pub fn resume(args: ResumeArgs) -> ExitCode {
     }
 }
 
+/// How long `status` waits for a running daemon's answer.
+const DAEMON_ANSWER: Duration = Duration::from_secs(5);
+
 /// Where a status report came from.
 enum StatusSource {
     /// This process opened the state and asked the runtime.
     Direct,
-    /// A running daemon holds the state: its last report (`status.json`).
-    Daemon,
+    /// The running daemon answered on its socket.
+    Daemon(PathBuf),
+}
+
+/// A running daemon holds the state database, and its socket does not help.
+#[derive(Debug, thiserror::Error)]
+enum StatusError {
+    #[error(
+        "a running agent holds the state in {state_dir} but does not answer on its socket: {source}"
+    )]
+    Unanswered {
+        state_dir: PathBuf,
+        #[source]
+        source: AskError,
+    },
+}
+
+/// The running daemon's report over its socket, else the state read here
+/// (no daemon, or a stale socket left by one that died).
+async fn local_status(common: &Common) -> anyhow::Result<(StatusReport, StatusSource)> {
+    let config = common.config()?;
+    let state_dir = config.state_dir.clone();
+    let unanswered = match socket::status(&state_dir, DAEMON_ANSWER).await {
+        Ok(report) => return Ok((report, StatusSource::Daemon(socket::path(&state_dir)))),
+        Err(e @ AskError::NoSocket { .. }) => e,
+        Err(e) => {
+            eprintln!("fleet-agent: {e}; reading the state directly");
+            e
+        }
+    };
+    match Deployer::open(config).await {
+        Ok(deployer) => {
+            let report = deployer.status_report().await;
+            deployer.detach().await;
+            Ok((report?, StatusSource::Direct))
+        }
+        Err(e) if e.is_locked() => Err(StatusError::Unanswered {
+            state_dir,
+            source: unanswered,
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn status(args: StatusArgs) -> ExitCode {
-    let result = runtime().and_then(|rt| {
-        rt.block_on(async {
-            let config = args.common.config()?;
-            let state_dir = config.state_dir.clone();
-            match Deployer::open(config).await {
-                Ok(deployer) => {
-                    let report = deployer.status_report().await;
-                    deployer.detach().await;
-                    Ok::<_, anyhow::Error>((report?, StatusSource::Direct))
-                }
-                Err(e) if e.is_locked() => {
-                    Ok((status_file::read(&state_dir)?, StatusSource::Daemon))
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
-    });
+    let result = runtime().and_then(|rt| rt.block_on(local_status(&args.common)));
     let (report, source) = match result {
         Ok(r) => r,
         Err(e) => return report_error(&e),
@@ -239,11 +267,8 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let StatusSource::Daemon = source {
-        println!(
-            "(the running agent's last report, {} s ago)",
-            unix_now().saturating_sub(report.reported_at)
-        );
+    if let StatusSource::Daemon(path) = &source {
+        println!("(from the running agent, {})", path.display());
     }
     println!(
         "device {} generation {}",

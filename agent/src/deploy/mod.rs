@@ -39,7 +39,6 @@ mod probation;
 mod progress;
 mod reconcile;
 mod report;
-pub mod status_file;
 mod trust;
 
 use std::path::PathBuf;
