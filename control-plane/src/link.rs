@@ -360,7 +360,7 @@ impl Actor {
                     .scheme
                     .server_subscriptions()
                     .into_iter()
-                    .map(|(f, q)| SubscribeFilter::new(f, qos(q)));
+                    .map(|sub| SubscribeFilter::new(sub.filter, qos(sub.qos.level())));
                 if let Err(e) = self.client.try_subscribe_many(filters) {
                     warn!(error = %e, "cannot queue the subscription");
                 }

@@ -9,6 +9,7 @@ pub mod id;
 pub mod image_ref;
 pub mod lifecycle;
 pub mod message;
+pub mod session;
 pub mod topic;
 pub mod trust;
 pub mod verify;
@@ -20,7 +21,9 @@ pub use message::{
     AppStatus, Command, CommandKind, DecodeError, DesiredApp, DesiredState, ErrorInfo,
     MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
-pub use topic::{Topic, TopicError, TopicKind, TopicScheme};
+pub use topic::{
+    Delivery, Publication, Qos, Subscription, Topic, TopicError, TopicKind, TopicScheme,
+};
 pub use trust::{Role, Root, TrustedRoot};
 pub use verify::{
     Verified, VerifiedDesiredState, VerifyError, verify_command, verify_desired_state,

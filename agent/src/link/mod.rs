@@ -476,13 +476,12 @@ impl Actor {
                     .scheme
                     .device_subscriptions(&self.device)
                     .into_iter()
-                    .map(|(f, q)| {
-                        let q = if q == 0 {
-                            QoS::AtMostOnce
-                        } else {
-                            QoS::AtLeastOnce
+                    .map(|sub| {
+                        let q = match sub.qos {
+                            fleet_protocol::topic::Qos::AtMostOnce => QoS::AtMostOnce,
+                            fleet_protocol::topic::Qos::AtLeastOnce => QoS::AtLeastOnce,
                         };
-                        SubscribeFilter::new(f, q)
+                        SubscribeFilter::new(sub.filter, q)
                     });
                 if let Err(e) = self.client.try_subscribe_many(filters) {
                     warn!(error = %e, "cannot queue the subscription");
