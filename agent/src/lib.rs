@@ -16,7 +16,7 @@ pub mod deploy;
 pub mod health;
 #[cfg(feature = "agent")]
 pub mod image;
-#[cfg(feature = "agent")]
+#[cfg(feature = "link")]
 pub mod link;
 #[cfg(feature = "agent")]
 pub mod runtime;

@@ -1,27 +1,24 @@
 //! The server's MQTT link: publishes signed desired states and commands,
 //! receives status, telemetry and presence from every device.
 //!
-//! One actor task owns the rumqttc event loop. It reconnects with exponential
-//! backoff, resubscribes to [`TopicScheme::server_subscriptions`] on every
-//! connection (retained status and presence arrive again then), and keeps each
-//! desired state and command until the broker acknowledges it (QoS 1): what
-//! was published while the broker was away is sent once it is back. Only the
+//! It is a [`Handler`] of the event loop shared with the agent
+//! (`fleet_agent::link::event_loop`), which reconnects with backoff,
+//! resubscribes to [`TopicScheme::server_subscriptions`] on every connection
+//! (retained status and presence arrive again then), and keeps each desired
+//! state and command until the broker acknowledges it (QoS 1): what was
+//! published while the broker was away is sent once it is back. Only the
 //! newest desired state of a device is kept. Inbound payloads that do not
 //! decode, or that name another device than their topic, are logged and
 //! dropped.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use fleet_agent::link::event_loop::{self, Handler, LinkCore, LinkOptions};
 use fleet_protocol::id::DeviceId;
 use fleet_protocol::message::{Presence, StatusReport, Telemetry, decode};
+use fleet_protocol::session::SessionConfig;
 use fleet_protocol::topic::{Topic, TopicKind, TopicScheme};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeFilter,
-};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::telemetry::{IngestCounters, MessageKind};
 
-/// Largest packet the link sends or accepts.
-pub const MAX_PACKET_BYTES: usize = 2 * 1024 * 1024;
+pub use fleet_agent::link::{Backoff, MAX_PACKET_BYTES};
 
 /// How many QoS 1 publishes may wait for their acknowledgement at once.
 const MAX_OUTSTANDING: usize = 64;
@@ -45,21 +41,11 @@ pub enum LinkError {
 
 pub use fleet_protocol::broker::{BrokerAddr, BrokerAddrError};
 
-/// Reconnection delays: doubling from `initial` up to `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-        }
-    }
-}
+/// The server's reconnection delays (faster than a device's).
+pub const SERVER_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    max: Duration::from_secs(30),
+};
 
 /// Configuration of [`ServerLink`].
 #[derive(Clone)]
@@ -90,7 +76,7 @@ impl ServerLinkConfig {
             password: password.into(),
             scheme: TopicScheme::default(),
             keep_alive: Duration::from_secs(30),
-            backoff: Backoff::default(),
+            backoff: SERVER_BACKOFF,
             inbound_capacity: 1024,
             counters: IngestCounters::new(),
         }
@@ -114,7 +100,7 @@ pub use crate::fleet::ports::Inbound;
 enum Request {
     Publish {
         topic: Topic,
-        payload: Bytes,
+        payload: Vec<u8>,
         done: oneshot::Sender<()>,
     },
 }
@@ -133,33 +119,30 @@ impl ServerLink {
         config: ServerLinkConfig,
         cancel: CancellationToken,
     ) -> (Self, mpsc::Receiver<Inbound>, JoinHandle<()>) {
-        let mut options = MqttOptions::new(
-            config.client_id.clone(),
-            config.broker.host.clone(),
-            config.broker.port,
-        );
-        options
-            .set_credentials(config.client_id.clone(), config.password.clone())
-            .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
-            .set_clean_session(true)
-            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        let (client, eventloop) = AsyncClient::new(options, 2 * MAX_OUTSTANDING);
+        let options = LinkOptions {
+            side: "server",
+            broker: config.broker,
+            client_id: config.client_id.clone(),
+            user: config.client_id,
+            password: config.password,
+            keep_alive: config.keep_alive,
+            backoff: config.backoff,
+            subscriptions: config.scheme.server_subscriptions(),
+            last_will: None,
+            scheme: config.scheme.clone(),
+            session: SessionConfig {
+                max_in_flight: MAX_OUTSTANDING,
+                supersede_retained: true,
+            },
+        };
         let (tx, rx) = mpsc::channel(256);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));
-        let (connected_tx, connected) = watch::channel(false);
-        let actor = Actor {
+        let handler = Server {
             scheme: config.scheme,
-            backoff: config.backoff,
-            client,
             inbound: inbound_tx,
             counters: config.counters,
-            connected: connected_tx,
-            pending: BTreeMap::new(),
-            latest_desired: HashMap::new(),
-            next_seq: 0,
-            session: Session::default(),
         };
-        let task = tokio::spawn(actor.run(eventloop, rx, cancel));
+        let (connected, task) = event_loop::start(options, handler, rx, cancel);
         (Self { tx, connected }, inbound_rx, task)
     }
 
@@ -195,7 +178,7 @@ impl ServerLink {
         self.tx
             .send(Request::Publish {
                 topic,
-                payload: Bytes::from(payload),
+                payload,
                 done,
             })
             .await
@@ -204,227 +187,61 @@ impl ServerLink {
     }
 }
 
-struct PendingPublish {
-    topic: Topic,
-    payload: Bytes,
-}
-
-/// Bookkeeping of one MQTT session (reset on every connection).
-#[derive(Default)]
-struct Session {
-    connected: bool,
-    /// Sequence numbers of QoS 1 publishes handed to rumqttc, in order; the
-    /// next `Outgoing::Publish(pkid)` belongs to the front one.
-    awaiting_pkid: VecDeque<u64>,
-    inflight: HashMap<u16, u64>,
-    sent: HashSet<u64>,
-}
-
-struct Actor {
+/// The server's handler of the shared event loop.
+struct Server {
     scheme: TopicScheme,
-    backoff: Backoff,
-    client: AsyncClient,
     inbound: mpsc::Sender<Inbound>,
     counters: Arc<IngestCounters>,
-    connected: watch::Sender<bool>,
-    pending: BTreeMap<u64, PendingPublish>,
-    latest_desired: HashMap<DeviceId, u64>,
-    next_seq: u64,
-    session: Session,
 }
 
-impl Actor {
-    async fn run(
-        mut self,
-        mut eventloop: EventLoop,
-        mut requests: mpsc::Receiver<Request>,
-        cancel: CancellationToken,
-    ) {
-        let mut delay = self.backoff.initial;
-        let mut requests_open = true;
-        loop {
-            // The poll future is kept across requests and dropped only on
-            // cancellation, so rumqttc never loses a half-done step.
-            let event = {
-                let poll = eventloop.poll();
-                tokio::pin!(poll);
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => {
-                            info!("server MQTT link stopping");
-                            return;
-                        }
-                        ev = &mut poll => break ev,
-                        req = requests.recv(), if requests_open => match req {
-                            Some(req) => self.on_request(req),
-                            None => requests_open = false,
-                        },
-                    }
-                }
-            };
-            match event {
-                Ok(event) => {
-                    if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                        delay = self.backoff.initial;
-                    }
-                    self.on_event(event, &cancel).await;
-                }
-                Err(e) => {
-                    self.on_disconnect(&e);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(self.backoff.max);
-                }
-            }
-        }
+impl Handler for Server {
+    type Tag = ();
+    type Request = Request;
+
+    fn connected(&mut self, _core: &mut LinkCore<()>) {
+        info!("server MQTT link connected");
     }
 
-    fn on_request(&mut self, req: Request) {
+    async fn request(&mut self, core: &mut LinkCore<()>, req: Request) {
         match req {
             Request::Publish {
                 topic,
                 payload,
                 done,
             } => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                if let Topic::Desired(device) = &topic
-                    && let Some(old) = self.latest_desired.insert(device.clone(), seq)
-                {
-                    self.pending.remove(&old);
+                if let Err(e) = core.publish(topic, payload, ()) {
+                    warn!(error = %e, "publish refused by the session");
                 }
-                self.pending.insert(seq, PendingPublish { topic, payload });
                 let _ = done.send(());
-                self.flush_pending();
             }
         }
     }
 
-    /// Hands unsent pending publishes to rumqttc while connected.
-    fn flush_pending(&mut self) {
-        if !self.session.connected {
-            return;
-        }
-        let unsent: Vec<u64> = self
-            .pending
-            .keys()
-            .filter(|s| !self.session.sent.contains(s))
-            .take(MAX_OUTSTANDING.saturating_sub(self.session.sent.len()))
-            .copied()
-            .collect();
-        for seq in unsent {
-            let Some(p) = self.pending.get(&seq) else {
-                continue;
+    async fn delivered(&mut self, _core: &mut LinkCore<()>, _tag: ()) {}
+
+    async fn message(&mut self, topic: &str, payload: &[u8], cancel: &CancellationToken) {
+        let msg = parse_inbound(&self.scheme, topic, payload);
+        if msg.is_none() && !payload.is_empty() {
+            let kind = match self.scheme.parse(topic).map(|t| t.kind()) {
+                Ok(TopicKind::Status) => Some(MessageKind::Status),
+                Ok(TopicKind::Telemetry) => Some(MessageKind::Telemetry),
+                Ok(TopicKind::Online) => Some(MessageKind::Presence),
+                _ => None,
             };
-            let topic = self.scheme.render(&p.topic);
-            match self.client.try_publish(
-                topic,
-                qos(p.topic.qos()),
-                p.topic.retained(),
-                p.payload.clone(),
-            ) {
-                Ok(()) => {
-                    self.session.sent.insert(seq);
-                    self.session.awaiting_pkid.push_back(seq);
-                }
-                Err(e) => {
-                    debug!(error = %e, "publish queue full; retrying later");
-                    break;
-                }
+            if let Some(kind) = kind {
+                self.counters.rejected(kind);
             }
         }
-    }
-
-    fn on_disconnect(&mut self, e: &ConnectionError) {
-        if self.session.connected {
-            warn!(error = %e, "MQTT connection lost; reconnecting");
-        } else {
-            debug!(error = %e, "MQTT connection attempt failed");
-        }
-        self.session = Session::default();
-        self.connected.send_replace(false);
-    }
-
-    async fn on_event(&mut self, event: Event, cancel: &CancellationToken) {
-        match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                info!("server MQTT link connected");
-                self.session = Session {
-                    connected: true,
-                    ..Session::default()
-                };
-                self.connected.send_replace(true);
-                let filters = self
-                    .scheme
-                    .server_subscriptions()
-                    .into_iter()
-                    .map(|(f, q)| SubscribeFilter::new(f, qos(q)));
-                if let Err(e) = self.client.try_subscribe_many(filters) {
-                    warn!(error = %e, "cannot queue the subscription");
-                }
-                self.flush_pending();
-            }
-            Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
-                if let Some(seq) = self.session.awaiting_pkid.pop_front() {
-                    self.session.inflight.insert(pkid, seq);
-                }
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(seq) = self.session.inflight.remove(&ack.pkid) {
-                    self.session.sent.remove(&seq);
-                    if let Some(p) = self.pending.remove(&seq)
-                        && let Topic::Desired(device) = &p.topic
-                        && self.latest_desired.get(device) == Some(&seq)
-                    {
-                        self.latest_desired.remove(device);
-                    }
-                    self.flush_pending();
-                }
-            }
-            Event::Incoming(Packet::SubAck(ack))
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
-            {
-                warn!(codes = ?ack.return_codes, "broker refused a subscription");
-            }
-            Event::Incoming(Packet::Publish(p)) => {
-                let msg = parse_inbound(&self.scheme, &p.topic, &p.payload);
-                if msg.is_none() && !p.payload.is_empty() {
-                    let kind = match self.scheme.parse(&p.topic).map(|t| t.kind()) {
-                        Ok(TopicKind::Status) => Some(MessageKind::Status),
-                        Ok(TopicKind::Telemetry) => Some(MessageKind::Telemetry),
-                        Ok(TopicKind::Online) => Some(MessageKind::Presence),
-                        _ => None,
-                    };
-                    if let Some(kind) = kind {
-                        self.counters.rejected(kind);
-                    }
-                }
-                if let Some(msg) = msg {
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        r = self.inbound.send(msg) => {
-                            if r.is_err() {
-                                debug!("inbound receiver dropped; message discarded");
-                            }
-                        }
+        if let Some(msg) = msg {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = self.inbound.send(msg) => {
+                    if r.is_err() {
+                        debug!("inbound receiver dropped; message discarded");
                     }
                 }
             }
-            _ => {}
         }
-    }
-}
-
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
     }
 }
 

@@ -29,3 +29,8 @@ async fn status_is_buffered_on_disk_while_the_broker_is_down() {
 async fn bad_credentials_are_refused() {
     mqtt_support::bad_credentials_are_refused(Kind::Mosquitto).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_publish_each_kind_with_the_scheme_delivery() {
+    mqtt_support::both_sides_publish_each_kind_with_the_scheme_delivery(Kind::Mosquitto).await;
+}

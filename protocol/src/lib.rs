@@ -12,6 +12,7 @@ pub mod message;
 pub mod oci;
 mod rejection;
 pub mod root;
+pub mod session;
 mod signature;
 pub mod topic;
 pub mod trust;
@@ -24,7 +25,9 @@ pub use message::{
     AppStatus, Command, CommandKind, DecodeError, DesiredApp, DesiredState, ErrorInfo,
     MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
-pub use topic::{Topic, TopicError, TopicKind, TopicScheme};
+pub use topic::{
+    Delivery, Publication, Qos, Subscription, Topic, TopicError, TopicKind, TopicScheme,
+};
 pub use trust::{Role, Root, TrustedRoot};
 pub use verify::{
     Verified, VerifiedDesiredState, VerifyError, verify_command, verify_desired_state,

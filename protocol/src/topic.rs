@@ -54,6 +54,48 @@ pub enum Direction {
     DeviceToServer,
 }
 
+/// The MQTT quality of service of a topic. Fleet uses no QoS 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Qos {
+    /// QoS 0: sent once, lost while offline (telemetry).
+    AtMostOnce,
+    /// QoS 1: kept until the broker acknowledges it.
+    AtLeastOnce,
+}
+
+impl Qos {
+    /// The level on the wire (0 or 1).
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+        }
+    }
+}
+
+/// How one kind of topic is published: its QoS and whether it is retained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    pub qos: Qos,
+    pub retain: bool,
+}
+
+/// One message to publish, as the MQTT client needs it: the topic string
+/// with the QoS and retain flag of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub topic: String,
+    pub qos: Qos,
+    pub retain: bool,
+}
+
+/// One topic filter to subscribe to, with the QoS of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    pub qos: Qos,
+}
+
 /// The kind of a per-device topic (its last level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TopicKind {
@@ -88,20 +130,25 @@ impl TopicKind {
         Self::ALL.into_iter().find(|k| k.as_str() == level)
     }
 
-    /// The MQTT QoS messages on this topic are published with.
+    /// How messages on this topic are published and subscribed to: the
+    /// design's topic table, in one place.
+    pub fn delivery(self) -> Delivery {
+        let (qos, retain) = match self {
+            TopicKind::Desired | TopicKind::Status | TopicKind::Online => (Qos::AtLeastOnce, true),
+            TopicKind::Cmd => (Qos::AtLeastOnce, false),
+            TopicKind::Telemetry => (Qos::AtMostOnce, false),
+        };
+        Delivery { qos, retain }
+    }
+
+    /// The MQTT QoS level (0 or 1) messages on this topic are published with.
     pub fn qos(self) -> u8 {
-        match self {
-            TopicKind::Telemetry => 0,
-            TopicKind::Desired | TopicKind::Status | TopicKind::Online | TopicKind::Cmd => 1,
-        }
+        self.delivery().qos.level()
     }
 
     /// Whether messages on this topic are published retained.
     pub fn retained(self) -> bool {
-        match self {
-            TopicKind::Desired | TopicKind::Status | TopicKind::Online => true,
-            TopicKind::Telemetry | TopicKind::Cmd => false,
-        }
+        self.delivery().retain
     }
 
     pub fn direction(self) -> Direction {
@@ -164,6 +211,10 @@ impl Topic {
             Topic::Online(_) => TopicKind::Online,
             Topic::Cmd(_) => TopicKind::Cmd,
         }
+    }
+
+    pub fn delivery(&self) -> Delivery {
+        self.kind().delivery()
     }
 
     pub fn qos(&self) -> u8 {
@@ -257,6 +308,23 @@ impl TopicScheme {
         Ok(Topic::new(kind, device))
     }
 
+    /// What to publish `topic` as: its topic string, QoS and retain flag.
+    /// Both sides publish only through this (and [`Self::last_will`]).
+    pub fn publication(&self, topic: &Topic) -> Publication {
+        let Delivery { qos, retain } = topic.delivery();
+        Publication {
+            topic: self.render(topic),
+            qos,
+            retain,
+        }
+    }
+
+    /// The last will a device registers: its `online` topic, whose delivery
+    /// (QoS 1, retained) carries the `offline` presence when it vanishes.
+    pub fn last_will(&self, device: &DeviceId) -> Publication {
+        self.publication(&Topic::Online(device.clone()))
+    }
+
     /// The filter matching `kind` for every device, e.g. `fleet/v1/d/+/status`.
     pub fn filter_all(&self, kind: TopicKind) -> String {
         format!("{}/d/+/{}", self.prefix, kind)
@@ -269,21 +337,28 @@ impl TopicScheme {
     }
 
     /// What the server subscribes to: every device's status, telemetry and
-    /// online topics, with their QoS.
-    pub fn server_subscriptions(&self) -> Vec<(String, u8)> {
+    /// online topics, each with the QoS its kind is published with.
+    pub fn server_subscriptions(&self) -> Vec<Subscription> {
         TopicKind::ALL
             .into_iter()
             .filter(|k| k.direction() == Direction::DeviceToServer)
-            .map(|k| (self.filter_all(k), k.qos()))
+            .map(|k| Subscription {
+                filter: self.filter_all(k),
+                qos: k.delivery().qos,
+            })
             .collect()
     }
 
-    /// What a device subscribes to: its own desired and cmd topics, with QoS.
-    pub fn device_subscriptions(&self, device: &DeviceId) -> Vec<(String, u8)> {
+    /// What a device subscribes to: its own desired and cmd topics, each with
+    /// the QoS its kind is published with.
+    pub fn device_subscriptions(&self, device: &DeviceId) -> Vec<Subscription> {
         TopicKind::ALL
             .into_iter()
             .filter(|k| k.direction() == Direction::ServerToDevice)
-            .map(|k| (self.render(&Topic::new(k, device.clone())), k.qos()))
+            .map(|k| Subscription {
+                filter: self.render(&Topic::new(k, device.clone())),
+                qos: k.delivery().qos,
+            })
             .collect()
     }
 
@@ -403,8 +478,13 @@ mod tests {
     #[test]
     fn subscriptions_cover_each_side() {
         let s = TopicScheme::new("acme/fleet").unwrap();
+        let pairs = |subs: Vec<Subscription>| -> Vec<(String, u8)> {
+            subs.into_iter()
+                .map(|s| (s.filter, s.qos.level()))
+                .collect()
+        };
         assert_eq!(
-            s.server_subscriptions(),
+            pairs(s.server_subscriptions()),
             vec![
                 ("acme/fleet/d/+/status".to_owned(), 1),
                 ("acme/fleet/d/+/telemetry".to_owned(), 0),
@@ -412,12 +492,41 @@ mod tests {
             ]
         );
         assert_eq!(
-            s.device_subscriptions(&dev("gw-7")),
+            pairs(s.device_subscriptions(&dev("gw-7"))),
             vec![
                 ("acme/fleet/d/gw-7/desired".to_owned(), 1),
                 ("acme/fleet/d/gw-7/cmd".to_owned(), 1),
             ]
         );
+    }
+
+    #[test]
+    fn publications_carry_the_delivery_of_their_kind() {
+        let s = TopicScheme::new("acme/fleet").unwrap();
+        let d = dev("gw-7");
+        let table = [
+            (Topic::Desired(d.clone()), Qos::AtLeastOnce, true),
+            (Topic::Status(d.clone()), Qos::AtLeastOnce, true),
+            (Topic::Telemetry(d.clone()), Qos::AtMostOnce, false),
+            (Topic::Online(d.clone()), Qos::AtLeastOnce, true),
+            (Topic::Cmd(d.clone()), Qos::AtLeastOnce, false),
+        ];
+        for (topic, qos, retain) in table {
+            let p = s.publication(&topic);
+            assert_eq!(p.topic, s.render(&topic));
+            assert_eq!((p.qos, p.retain), (qos, retain), "{}", topic.kind());
+        }
+        assert_eq!(s.last_will(&d), s.publication(&Topic::Online(d.clone())));
+        // A subscriber asks for the QoS the publisher uses.
+        for sub in s
+            .server_subscriptions()
+            .into_iter()
+            .chain(s.device_subscriptions(&d))
+        {
+            let kind = sub.filter.rsplit('/').next().unwrap();
+            let kind = TopicKind::from_level(kind).unwrap();
+            assert_eq!(sub.qos, kind.delivery().qos, "{kind}");
+        }
     }
 
     #[test]

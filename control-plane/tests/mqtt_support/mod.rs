@@ -667,3 +667,120 @@ pub async fn bad_credentials_are_refused(kind: Kind) {
         assert!(refused(attempt(SERVER_ID, SERVER_ID, "wrong", None).await));
     }
 }
+
+/// Both sides publish each topic kind with the QoS and retain flag of
+/// [`TopicScheme::publication`]: a late subscriber finds exactly the retained
+/// kinds (the server's desired state, the agent's status and presence), each
+/// with its kind's QoS, and nothing of the others (command, telemetry); a
+/// late server link sees the agent's retained status.
+pub async fn both_sides_publish_each_kind_with_the_scheme_delivery(kind: Kind) {
+    let Some(broker) = TestBroker::start(kind).await else {
+        return;
+    };
+    let scheme = TopicScheme::default();
+    let server_cancel = CancellationToken::new();
+    let (server, mut inbound) = server_link(&broker, &server_cancel);
+    wait_connected(server.connected(), true).await;
+    // Nobody listens on cam-a's topics: only what is retained stays.
+    server
+        .publish_desired(&dev("cam-a"), desired_bytes("cam-a", "late"))
+        .await
+        .unwrap();
+    server
+        .publish_cmd(&dev("cam-a"), b"{\"cmd\":2}".to_vec())
+        .await
+        .unwrap();
+
+    let cancel = CancellationToken::new();
+    let state = tempfile::tempdir().unwrap();
+    let (agent, _downlink, _task) =
+        agent_link(&broker, "cam-b", state.path(), state.path(), &cancel).await;
+    wait_connected(agent.connected(), true).await;
+    agent.report_status(status("cam-b", 5)).await.unwrap();
+    recv_until(&mut inbound, |m| match m {
+        Inbound::Status(s) if s.device == dev("cam-b") => Some(()),
+        _ => None,
+    })
+    .await;
+    // Telemetry reached the server live, so it was published.
+    let sender = agent.clone();
+    let t = tokio::spawn(async move {
+        loop {
+            sender.send_telemetry(Telemetry::default());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    recv_until(&mut inbound, |m| match m {
+        Inbound::Telemetry(_) => Some(()),
+        _ => None,
+    })
+    .await;
+    t.abort();
+    // A moment for the last acknowledgements, then the server link stops
+    // (cleanly: its client id is free for the observer).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server_cancel.cancel();
+    drop(inbound);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A late raw subscriber (the server's account) over everything.
+    let mut o = MqttOptions::new(SERVER_ID, "127.0.0.1", broker.port);
+    o.set_credentials(SERVER_ID, SERVER_PASSWORD)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 16);
+    client
+        .subscribe(format!("{}/#", scheme.prefix()), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = scheme.parse(&p.topic).unwrap();
+                    let qos = match p.qos {
+                        QoS::AtMostOnce => 0,
+                        QoS::AtLeastOnce => 1,
+                        QoS::ExactlyOnce => 2,
+                    };
+                    seen.insert(p.topic.clone(), (topic, qos, p.retain));
+                }
+                Ok(_) => {}
+                Err(e) => panic!("observer: {e}"),
+            }
+        }
+    })
+    .await;
+    drop(client);
+    drop(events);
+    let mut kinds = Vec::new();
+    for (name, (topic, qos, retain)) in &seen {
+        let want = scheme.publication(topic);
+        assert!(*retain, "{name} was delivered live to a late subscriber");
+        assert_eq!(want.retain, *retain, "{name}");
+        assert_eq!(want.qos.level(), *qos, "{name}: QoS");
+        kinds.push(topic.clone());
+    }
+    kinds.sort_by_key(|t| (t.device().clone(), t.kind()));
+    assert_eq!(
+        kinds,
+        vec![
+            Topic::Desired(dev("cam-a")),
+            Topic::Status(dev("cam-b")),
+            Topic::Online(dev("cam-b")),
+        ],
+        "exactly the retained kinds: {seen:?}"
+    );
+
+    // A late server link sees the agent's retained status.
+    let late = CancellationToken::new();
+    let (_server2, mut inbound2) = server_link(&broker, &late);
+    let s = recv_until(&mut inbound2, |m| match m {
+        Inbound::Status(s) if s.device == dev("cam-b") => Some(s),
+        _ => None,
+    })
+    .await;
+    assert_eq!(s.generation, Some(5));
+    late.cancel();
+    cancel.cancel();
+}
