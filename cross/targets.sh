@@ -80,7 +80,7 @@ agent_env() {
   local dir=$1 port=$2 root
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   mkdir -p "$dir"
-  (cd "$root" && cargo build -q --locked -p fleet-control-plane --bin fleetctl) || return 1
+  (cd "$root" && cargo build -q --locked --bins) || return 1
   "${CARGO_TARGET_DIR:-$root/target}/debug/fleetctl" keys init --dir "$dir/keys" >/dev/null || return 1
   printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$dir/mosquitto.conf"
   mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &

@@ -281,7 +281,7 @@ if $check; then
   [ "$scrapes" -ge 2 ] && ok "Prometheus scraped fleet-server $scrapes times after the rollouts" \
     || bad "Prometheus scraped fleet-server $scrapes times after the rollouts (see $work/prometheus.log)"
   echo "== checking every Grafana dashboard query against $prom"
-  if (cd "$repo" && FLEET_PROMETHEUS_URL=$prom RUST_BACKTRACE=0 cargo test --locked -q -p fleet-control-plane \
+  if (cd "$repo" && FLEET_PROMETHEUS_URL=$prom RUST_BACKTRACE=0 cargo test --locked -q --workspace \
     --test dashboards every_panel_query_returns_data -- --nocapture); then
     ok "every Grafana dashboard query returns data from Prometheus"
   else
