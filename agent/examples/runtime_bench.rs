@@ -243,6 +243,37 @@ fn image(layout: &Path, base: &(String, u64), name: &str) -> Digest {
     Digest::new(format!("sha256:{hex}")).unwrap()
 }
 
+/// `dir/trust.json`: a version 1 root naming the root, release and director keys.
+fn write_trust(dir: &Path, [root_key, release_key, director_key]: [&SigningKey; 3]) {
+    let id = |k: &SigningKey| KeyId::of(&k.verifying_key());
+    let role = |k: &SigningKey| RoleKeys {
+        keyids: vec![id(k)],
+        threshold: 1,
+    };
+    let mut keys = BTreeMap::new();
+    for k in [root_key, release_key, director_key] {
+        keys.insert(id(k), PublicKey::ed25519(&k.verifying_key()));
+    }
+    let root = Root {
+        schema: ROOT_SCHEMA_VERSION,
+        version: 1,
+        expires_at: now() + 365 * 86400,
+        keys,
+        roles: Roles {
+            root: role(root_key),
+            release: role(release_key),
+            director: role(director_key),
+        },
+        allow_privileged: false,
+    };
+    let trust = dsse::sign(
+        ROOT_PAYLOAD_TYPE,
+        &serde_json::to_vec(&root).unwrap(),
+        &[root_key],
+    );
+    std::fs::write(dir.join("trust.json"), trust.to_json()).unwrap();
+}
+
 fn device(dir: &Path, runtime: &str, binary: &Path, broker: &str) {
     let (root_key, release_key, director_key) = (key(0x11), key(0x21), key(0x31));
     let layout = dir.join("layout");
@@ -308,33 +339,7 @@ fn device(dir: &Path, runtime: &str, binary: &Path, broker: &str) {
     );
     std::fs::write(dir.join("desired.json"), desired.to_json()).unwrap();
 
-    let id = |k: &SigningKey| KeyId::of(&k.verifying_key());
-    let role = |k: &SigningKey| RoleKeys {
-        keyids: vec![id(k)],
-        threshold: 1,
-    };
-    let mut keys = BTreeMap::new();
-    for k in [&root_key, &release_key, &director_key] {
-        keys.insert(id(k), PublicKey::ed25519(&k.verifying_key()));
-    }
-    let root = Root {
-        schema: ROOT_SCHEMA_VERSION,
-        version: 1,
-        expires_at: now() + 365 * 86400,
-        keys,
-        roles: Roles {
-            root: role(&root_key),
-            release: role(&release_key),
-            director: role(&director_key),
-        },
-        allow_privileged: false,
-    };
-    let trust = dsse::sign(
-        ROOT_PAYLOAD_TYPE,
-        &serde_json::to_vec(&root).unwrap(),
-        &[&root_key],
-    );
-    std::fs::write(dir.join("trust.json"), trust.to_json()).unwrap();
+    write_trust(dir, [&root_key, &release_key, &director_key]);
 
     let d = |p: &str| -> PathBuf { dir.join(p) };
     let config = format!(

@@ -218,6 +218,42 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Groups of devices, one connection each: (client id, user, password, devices).
+/// With device tokens every device is its own connection.
+fn connections(
+    a: &PublishArgs,
+    devices: Vec<(DeviceId, Device)>,
+    tokens: Option<&DeviceTokens>,
+) -> Vec<(String, String, String, Vec<Device>)> {
+    if let Some(tokens) = tokens {
+        devices
+            .into_iter()
+            .map(|(id, d)| {
+                let name = id.to_string();
+                (name.clone(), name, tokens.token(&id), vec![d])
+            })
+            .collect()
+    } else {
+        let c = a.connections.clamp(1, a.devices.max(1));
+        let mut groups: Vec<Vec<Device>> = (0..c).map(|_| Vec::new()).collect();
+        for (k, (_, d)) in devices.into_iter().enumerate() {
+            groups[k % c].push(d);
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(k, g)| {
+                (
+                    format!("{}-load-{k}", a.prefix),
+                    a.user.clone(),
+                    a.password.clone(),
+                    g,
+                )
+            })
+            .collect()
+    }
+}
+
 async fn publish(a: PublishArgs) -> anyhow::Result<()> {
     let addr = BrokerAddr::parse(&a.broker)?;
     let scheme = TopicScheme::default();
@@ -258,34 +294,7 @@ async fn publish(a: PublishArgs) -> anyhow::Result<()> {
         .collect();
     let avg = |v: &[usize]| v.iter().sum::<usize>() / v.len().max(1);
 
-    // Groups of devices, one connection each.
-    let groups: Vec<(String, String, String, Vec<Device>)> = if let Some(tokens) = &tokens {
-        devices
-            .into_iter()
-            .map(|(id, d)| {
-                let name = id.to_string();
-                (name.clone(), name, tokens.token(&id), vec![d])
-            })
-            .collect()
-    } else {
-        let c = a.connections.clamp(1, a.devices.max(1));
-        let mut groups: Vec<Vec<Device>> = (0..c).map(|_| Vec::new()).collect();
-        for (k, (_, d)) in devices.into_iter().enumerate() {
-            groups[k % c].push(d);
-        }
-        groups
-            .into_iter()
-            .enumerate()
-            .map(|(k, g)| {
-                (
-                    format!("{}-load-{k}", a.prefix),
-                    a.user.clone(),
-                    a.password.clone(),
-                    g,
-                )
-            })
-            .collect()
-    };
+    let groups = connections(&a, devices, tokens.as_ref());
 
     let sent = Arc::new(AtomicU64::new(0));
     // Connections are opened at most CONNECTING at a time (as a fleet's

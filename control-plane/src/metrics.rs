@@ -170,6 +170,7 @@ pub fn render(input: &Input<'_>) -> String {
     inventory(&mut o, input);
     apps(&mut o, input);
     rollouts(&mut o, input);
+    updates(&mut o, input);
     telemetry(&mut o, input);
     server(&mut o, input);
     o.text
@@ -184,19 +185,25 @@ fn presence(live: Option<&DeviceLive>) -> &'static str {
 }
 
 fn inventory(o: &mut Out, input: &Input<'_>) {
-    let states = ["online", "offline", "unknown"];
     let membership: Vec<Vec<&GroupRecord>> = input
         .devices
         .iter()
         .map(|d| input.groups.iter().filter(|g| g.contains(d)).collect())
         .collect();
+    presence_counts(o, input, &membership);
+    per_device(o, input, &membership);
+}
+
+/// Devices per (group, presence), all devices, online devices.
+fn presence_counts(o: &mut Out, input: &Input<'_>, membership: &[Vec<&GroupRecord>]) {
+    let states = ["online", "offline", "unknown"];
     let mut per_group: BTreeMap<&str, [u64; 3]> = BTreeMap::new();
     for g in &input.groups {
         per_group.insert(g.name.as_str(), [0; 3]);
     }
     per_group.insert("", [0; 3]);
     let mut online = 0u64;
-    for (d, groups) in input.devices.iter().zip(&membership) {
+    for (d, groups) in input.devices.iter().zip(membership) {
         let state = presence(input.live.get(&d.id));
         let i = states.iter().position(|s| *s == state).unwrap_or(2);
         if i == 0 {
@@ -239,13 +246,16 @@ fn inventory(o: &mut Out, input: &Input<'_>) {
         "Devices whose presence is online.",
     );
     o.sample("fleet_devices_online", &[], online as f64);
+}
 
+/// One series per device: its groups, what it is, presence, last seen.
+fn per_device(o: &mut Out, input: &Input<'_>, membership: &[Vec<&GroupRecord>]) {
     o.family(
         "fleet_device_group",
         "gauge",
         "Group membership of each device (always 1).",
     );
-    for (d, groups) in input.devices.iter().zip(&membership) {
+    for (d, groups) in input.devices.iter().zip(membership) {
         for g in groups {
             o.sample(
                 "fleet_device_group",
@@ -404,6 +414,10 @@ fn rollouts(o: &mut Out, input: &Input<'_>) {
             r.counts.failed as f64,
         );
     }
+}
+
+/// Update durations (histogram per app) and results.
+fn updates(o: &mut Out, input: &Input<'_>) {
     o.family(
         "fleet_update_duration_seconds",
         "histogram",
@@ -490,67 +504,72 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
         &[],
         sum(|t| t.reused_bytes_total),
     );
+    device_gauges(o, &devices);
+    fleet_aggregates(o, &devices);
+}
 
+/// One series per device and telemetry field the device reports.
+fn device_gauges(o: &mut Out, devices: &[(&DeviceId, &Telemetry)]) {
     let f32v = |v: Option<f32>| v.map(f64::from);
     let u64v = |v: Option<u64>| v.map(|v| v as f64);
     o.per_device(
         "fleet_device_cpu_percent",
         "CPU use of the device, percent of all cores.",
-        &devices,
+        devices,
         |t| f32v(t.cpu_percent),
     );
     o.per_device(
         "fleet_device_memory_used_bytes",
         "Memory in use on the device.",
-        &devices,
+        devices,
         |t| u64v(t.memory_used_bytes),
     );
     o.per_device(
         "fleet_device_memory_total_bytes",
         "Memory of the device.",
-        &devices,
+        devices,
         |t| u64v(t.memory_total_bytes),
     );
     o.per_device(
         "fleet_device_disk_free_bytes",
         "Free bytes on the agent's data file system.",
-        &devices,
+        devices,
         |t| u64v(t.disk_free_bytes),
     );
     o.per_device(
         "fleet_device_store_used_bytes",
         "Bytes used by the agent's content store.",
-        &devices,
+        devices,
         |t| u64v(t.store_used_bytes),
     );
     o.per_device(
         "fleet_device_uptime_seconds",
         "Seconds since the device booted.",
-        &devices,
+        devices,
         |t| u64v(t.uptime_secs),
     );
     o.per_device(
         "fleet_device_temperature_max_celsius",
         "Highest temperature over the device's thermal zones.",
-        &devices,
+        devices,
         temperature_max,
     );
     o.per_device(
         "fleet_device_gpu_load_percent",
         "GPU load (Tegra).",
-        &devices,
+        devices,
         |t| f32v(t.gpu_load_percent),
     );
     o.per_device(
         "fleet_device_gpu_freq_hz",
         "GPU clock (Tegra).",
-        &devices,
+        devices,
         |t| u64v(t.gpu_freq_hz),
     );
     o.per_device(
         "fleet_device_emc_load_percent",
         "External memory controller load (Tegra).",
-        &devices,
+        devices,
         |t| f32v(t.emc_load_percent),
     );
     o.family(
@@ -558,7 +577,7 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
         "gauge",
         "Power per rail in milliwatts (Tegra).",
     );
-    for (id, t) in &devices {
+    for (id, t) in devices {
         for (rail, mw) in &t.power_mw {
             o.sample(
                 "fleet_device_power_mw",
@@ -570,16 +589,20 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
     o.per_device(
         "fleet_device_net_rx_bytes",
         "Bytes the device received on its network interfaces (the device's own counter).",
-        &devices,
+        devices,
         |t| u64v(t.net_rx_bytes),
     );
     o.per_device(
         "fleet_device_net_tx_bytes",
         "Bytes the device sent on its network interfaces (the device's own counter).",
-        &devices,
+        devices,
         |t| u64v(t.net_tx_bytes),
     );
+}
 
+/// Fleet-wide aggregates over the devices' telemetry.
+fn fleet_aggregates(o: &mut Out, devices: &[(&DeviceId, &Telemetry)]) {
+    let f32v = |v: Option<f32>| v.map(f64::from);
     o.family(
         "fleet_telemetry_temperature_celsius_max",
         "gauge",

@@ -250,83 +250,18 @@ impl Server {
             routes,
             authed_routes,
             inbound_tx,
-            mut inbound_rx,
+            inbound_rx,
             admin_token: _,
         } = self;
         drop(inbound_tx);
         let tasks = TaskTracker::new();
         let stop = shutdown.child_token();
 
-        // Device messages.
-        {
-            let fleet = fleet.clone();
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        msg = inbound_rx.recv() => match msg {
-                            Some(m) => {
-                                if let Err(e) = fleet.inbound(m).await {
-                                    tracing::warn!(error = %e, "handling a device message failed");
-                                }
-                            }
-                            None => break,
-                        }
-                    }
-                }
-            });
-        }
-
-        // Outbox at start, then renewal + outbox sweeps.
-        {
-            let fleet = fleet.clone();
-            let stop = stop.clone();
-            let every = Duration::from_secs(config.desired.renew_check_secs);
-            tasks.spawn(async move {
-                match fleet.publish_pending().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(count = n, "published desired states left unpublished"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "publishing pending desired states failed")
-                    }
-                }
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(every) => {}
-                    }
-                    if let Err(e) = fleet.renew_due().await {
-                        tracing::warn!(error = %e, "renewing desired states failed");
-                    }
-                    if let Err(e) = fleet.publish_pending().await {
-                        tracing::warn!(error = %e, "publishing pending desired states failed");
-                    }
-                }
-            });
-        }
-
-        // Batched persistence of the devices' latest state.
-        {
-            let fleet = fleet.clone();
-            let stop = stop.clone();
-            let every = Duration::from_secs(config.telemetry.flush_secs);
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(every) => {}
-                    }
-                    match fleet.flush().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(devices = n, "device state flushed"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "flushing device state failed; will retry")
-                        }
-                    }
-                }
-            });
-        }
+        tasks.spawn(inbound_loop(fleet.clone(), stop.clone(), inbound_rx));
+        let every = Duration::from_secs(config.desired.renew_check_secs);
+        tasks.spawn(outbox_loop(fleet.clone(), stop.clone(), every));
+        let every = Duration::from_secs(config.telemetry.flush_secs);
+        tasks.spawn(flush_loop(fleet.clone(), stop.clone(), every));
 
         let mut app = api::router(ApiState {
             fleet: fleet.clone(),
@@ -493,4 +428,66 @@ fn random_password() -> String {
     let mut bytes = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
     hex::encode(bytes)
+}
+
+/// Device messages, handed to the engine until `stop`.
+async fn inbound_loop(
+    fleet: Fleet,
+    stop: CancellationToken,
+    mut inbound_rx: mpsc::Receiver<Inbound>,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            msg = inbound_rx.recv() => match msg {
+                Some(m) => {
+                    if let Err(e) = fleet.inbound(m).await {
+                        tracing::warn!(error = %e, "handling a device message failed");
+                    }
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// The outbox at start, then every `every` desired-state renewals and
+/// outbox sweeps, until `stop`.
+async fn outbox_loop(fleet: Fleet, stop: CancellationToken, every: Duration) {
+    match fleet.publish_pending().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "published desired states left unpublished"),
+        Err(e) => {
+            tracing::warn!(error = %e, "publishing pending desired states failed")
+        }
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = fleet.renew_due().await {
+            tracing::warn!(error = %e, "renewing desired states failed");
+        }
+        if let Err(e) = fleet.publish_pending().await {
+            tracing::warn!(error = %e, "publishing pending desired states failed");
+        }
+    }
+}
+
+/// Batched persistence of the devices' latest state every `every`, until `stop`.
+async fn flush_loop(fleet: Fleet, stop: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        match fleet.flush().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(devices = n, "device state flushed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "flushing device state failed; will retry")
+            }
+        }
+    }
 }

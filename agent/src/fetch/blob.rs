@@ -159,174 +159,45 @@ impl Client {
         first: bool,
     ) -> Result<(), FetchError> {
         let size = desc.size;
-        let digest = &desc.digest;
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| FetchError::Io { op, path, source }
-        };
-        let journal = read_journal(&dest.journal).filter(|j| j.digest == *digest && j.size == size);
-        *offset = if journal.is_some() {
-            dest.resumable_len(digest, size)
-        } else {
-            0
-        };
-        if *offset == 0 {
-            dest.remove().await;
-        }
-        let mut hasher = if *offset > 0 {
-            let (path, len) = (dest.data.clone(), *offset);
-            tokio::task::spawn_blocking(move || hash_prefix(&path, len))
-                .await
-                .map_err(|e| FetchError::Io {
-                    op: "hash",
-                    path: dest.data.clone(),
-                    source: std::io::Error::other(e),
-                })?
-                .map_err(io("read", &dest.data))?
-        } else {
-            Sha256::new()
-        };
+        let journal =
+            read_journal(&dest.journal).filter(|j| j.digest == desc.digest && j.size == size);
+        let mut hasher = resume_point(dest, &desc.digest, size, journal.is_some(), offset).await?;
         if first {
             stats.resumed_from = *offset;
         }
-
         if *offset < size {
-            let mut headers = HeaderMap::new();
-            if *offset > 0 {
-                let range = HeaderValue::from_str(&format!("bytes={offset}-"))
-                    .map_err(|_| FetchError::Url { url: url.into() })?;
-                headers.insert(RANGE, range);
-                if let Some(tag) = journal.as_ref().and_then(|j| j.etag.as_deref())
-                    && let Ok(v) = HeaderValue::from_str(tag)
-                {
-                    headers.insert(IF_RANGE, v);
-                }
-            }
-            let mut resp = self.get(image, url, headers).await?;
-            match resp.status() {
-                StatusCode::PARTIAL_CONTENT if *offset > 0 => {
-                    let value = header_str(resp.headers(), "content-range").unwrap_or_default();
-                    if !content_range_ok(&value, *offset, size) {
-                        return Err(FetchError::BadRange {
-                            url: url.into(),
-                            value,
-                        });
-                    }
-                }
-                StatusCode::OK => {
-                    if *offset > 0 {
-                        tracing::info!(%digest, offset = *offset, "server ignored the range request; starting over");
-                        stats.restarts += 1;
-                        *offset = 0;
-                        hasher = Sha256::new();
-                    }
-                }
-                s => {
-                    return Err(FetchError::Status {
-                        url: url.into(),
-                        status: s.as_u16(),
-                    });
-                }
-            }
-            let left = size - *offset;
-            if let Some(declared) = resp.content_length()
-                && declared != left
-            {
-                return Err(FetchError::LengthMismatch {
-                    url: url.into(),
-                    digest: digest.clone(),
-                    expected: left,
-                    declared,
-                });
+            let mut resp = self
+                .open_body(image, url, desc, journal.as_ref(), offset, stats)
+                .await?;
+            if *offset == 0 {
+                hasher = Sha256::new();
             }
             let etag = header_str(resp.headers(), ETAG.as_str());
             write_journal(
                 &dest.journal,
                 &Journal {
                     version: 1,
-                    digest: digest.clone(),
+                    digest: desc.digest.clone(),
                     size,
                     url: url.to_owned(),
                     etag,
                 },
             )
             .await?;
-            let file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .append(*offset > 0)
-                .truncate(*offset == 0)
-                .open(&dest.data)
-                .await
-                .map_err(io("open", &dest.data))?
-                .into_std()
-                .await;
-            let sink = BlobSink::start(hasher, file, *offset);
-            let outcome = loop {
-                let chunk = match resp.chunk().await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break Ok(()),
-                    Err(source) => {
-                        tracing::debug!(%digest, error = %source, "body read failed");
-                        break Err(FetchError::Truncated {
-                            url: url.into(),
-                            digest: digest.clone(),
-                            expected: size,
-                            received: *offset,
-                        });
-                    }
-                };
-                let n = chunk.len() as u64;
-                stats.fetched += n;
-                self.count(n);
-                if *offset + n > size {
-                    break Err(FetchError::TooLong {
-                        url: url.into(),
-                        digest: digest.clone(),
-                        expected: size,
-                    });
-                }
-                if let Some(l) = &self.inner.limiter {
-                    l.consume(chunk.len()).await;
-                }
-                if !sink.push(chunk).await {
-                    // The writer failed; finish() says why.
-                    break Ok(());
-                }
-                *offset += n;
-                progress(*offset);
-            };
-            // Keep what arrived intact for the next attempt.
-            let done = sink.finish().await;
-            done.write.map_err(io("write", &dest.data))?;
-            outcome?;
-            hasher = done.hasher;
-            if *offset < size {
-                return Err(FetchError::Truncated {
-                    url: url.into(),
-                    digest: digest.clone(),
-                    expected: size,
-                    received: *offset,
-                });
-            }
-            let file = done.file.ok_or_else(|| {
-                io("write", &dest.data)(std::io::Error::other("the writer thread failed"))
-            })?;
-            tokio::fs::File::from_std(file)
-                .sync_all()
-                .await
-                .map_err(io("sync", &dest.data))?;
+            hasher = self
+                .stream_body(&mut resp, url, desc, dest, hasher, progress, stats, offset)
+                .await?;
         } else if size == 0 {
             tokio::fs::File::create(&dest.data)
                 .await
-                .map_err(io("create", &dest.data))?;
+                .map_err(io_err("create", &dest.data))?;
         }
 
         let actual = Digest::from_sha256(hasher.finalize().into());
-        if actual != *digest {
+        if actual != desc.digest {
             return Err(FetchError::DigestMismatch {
                 url: url.into(),
-                expected: digest.clone(),
+                expected: desc.digest.clone(),
                 actual,
             });
         }
@@ -334,6 +205,183 @@ impl Client {
         progress(size);
         Ok(())
     }
+
+    /// Sends the (ranged, when resuming) GET and checks the answer fits the
+    /// download: a 206 with the right Content-Range, or a 200 that restarts
+    /// it at offset 0; the body length must be what is missing.
+    async fn open_body(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        desc: &Descriptor,
+        journal: Option<&Journal>,
+        offset: &mut u64,
+        stats: &mut BlobDownload,
+    ) -> Result<reqwest::Response, FetchError> {
+        let (size, digest) = (desc.size, &desc.digest);
+        let mut headers = HeaderMap::new();
+        if *offset > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+                .map_err(|_| FetchError::Url { url: url.into() })?;
+            headers.insert(RANGE, range);
+            if let Some(tag) = journal.and_then(|j| j.etag.as_deref())
+                && let Ok(v) = HeaderValue::from_str(tag)
+            {
+                headers.insert(IF_RANGE, v);
+            }
+        }
+        let resp = self.get(image, url, headers).await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT if *offset > 0 => {
+                let value = header_str(resp.headers(), "content-range").unwrap_or_default();
+                if !content_range_ok(&value, *offset, size) {
+                    return Err(FetchError::BadRange {
+                        url: url.into(),
+                        value,
+                    });
+                }
+            }
+            StatusCode::OK => {
+                if *offset > 0 {
+                    tracing::info!(%digest, offset = *offset, "server ignored the range request; starting over");
+                    stats.restarts += 1;
+                    *offset = 0;
+                }
+            }
+            s => {
+                return Err(FetchError::Status {
+                    url: url.into(),
+                    status: s.as_u16(),
+                });
+            }
+        }
+        let left = size - *offset;
+        if let Some(declared) = resp.content_length()
+            && declared != left
+        {
+            return Err(FetchError::LengthMismatch {
+                url: url.into(),
+                digest: digest.clone(),
+                expected: left,
+                declared,
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Streams the body into `dest.data` (appending from `offset`), hashing
+    /// on the way; on any failure what arrived stays for the next attempt.
+    /// Returns the hasher over the whole blob, the file synced.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_body(
+        &self,
+        resp: &mut reqwest::Response,
+        url: &str,
+        desc: &Descriptor,
+        dest: &Partial,
+        hasher: Sha256,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        stats: &mut BlobDownload,
+        offset: &mut u64,
+    ) -> Result<Sha256, FetchError> {
+        let (size, digest) = (desc.size, &desc.digest);
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(*offset > 0)
+            .truncate(*offset == 0)
+            .open(&dest.data)
+            .await
+            .map_err(io_err("open", &dest.data))?
+            .into_std()
+            .await;
+        let truncated = |received| FetchError::Truncated {
+            url: url.into(),
+            digest: digest.clone(),
+            expected: size,
+            received,
+        };
+        let sink = BlobSink::start(hasher, file, *offset);
+        let outcome = loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break Ok(()),
+                Err(source) => {
+                    tracing::debug!(%digest, error = %source, "body read failed");
+                    break Err(truncated(*offset));
+                }
+            };
+            let n = chunk.len() as u64;
+            stats.fetched += n;
+            self.count(n);
+            if *offset + n > size {
+                break Err(FetchError::TooLong {
+                    url: url.into(),
+                    digest: digest.clone(),
+                    expected: size,
+                });
+            }
+            if let Some(l) = &self.inner.limiter {
+                l.consume(chunk.len()).await;
+            }
+            if !sink.push(chunk).await {
+                // The writer failed; finish() says why.
+                break Ok(());
+            }
+            *offset += n;
+            progress(*offset);
+        };
+        // Keep what arrived intact for the next attempt.
+        let done = sink.finish().await;
+        done.write.map_err(io_err("write", &dest.data))?;
+        outcome?;
+        if *offset < size {
+            return Err(truncated(*offset));
+        }
+        let file = done.file.ok_or_else(|| {
+            io_err("write", &dest.data)(std::io::Error::other("the writer thread failed"))
+        })?;
+        tokio::fs::File::from_std(file)
+            .sync_all()
+            .await
+            .map_err(io_err("sync", &dest.data))?;
+        Ok(done.hasher)
+    }
+}
+
+/// An `FetchError::Io` maker for `op` on `path`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+    let path = path.to_owned();
+    move |source| FetchError::Io { op, path, source }
+}
+
+/// Where this attempt starts: the partial file's verified-by-journal length
+/// (or 0, the partial removed) in `offset`, and the hash of that prefix.
+async fn resume_point(
+    dest: &Partial,
+    digest: &Digest,
+    size: u64,
+    journaled: bool,
+    offset: &mut u64,
+) -> Result<Sha256, FetchError> {
+    *offset = if journaled {
+        dest.resumable_len(digest, size)
+    } else {
+        0
+    };
+    if *offset == 0 {
+        dest.remove().await;
+        return Ok(Sha256::new());
+    }
+    let (path, len) = (dest.data.clone(), *offset);
+    tokio::task::spawn_blocking(move || hash_prefix(&path, len))
+        .await
+        .map_err(|e| FetchError::Io {
+            op: "hash",
+            path: dest.data.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io_err("read", &dest.data))
 }
 
 fn hash_prefix(path: &Path, len: u64) -> std::io::Result<Sha256> {

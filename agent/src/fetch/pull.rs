@@ -135,27 +135,7 @@ impl Puller {
     ) -> Result<PullSummary, PullError> {
         let _lease = self.store.lease().await;
         let reference = image.to_string();
-        let top = self
-            .manifest(image, image.reference(), image.digest())
-            .await?;
-        let mut fetched = top.fetched;
-        let (index, manifest) = match &top.manifest {
-            Manifest::Image(_) => (None, top),
-            Manifest::Index(idx) => {
-                let desc = idx
-                    .select(&self.platform)
-                    .ok_or_else(|| FetchError::NoPlatform {
-                        reference: reference.clone(),
-                        platform: self.platform.to_string(),
-                        available: idx.platforms().join(", "),
-                    })?;
-                let child = self
-                    .manifest(image, desc.digest.as_str(), Some(&desc.digest))
-                    .await?;
-                fetched += child.fetched;
-                (Some(top), child)
-            }
-        };
+        let (index, manifest, mut fetched) = self.resolve(image, &reference).await?;
         let Manifest::Image(image_manifest) = &manifest.manifest else {
             return Err(PullError::NestedIndex {
                 reference,
@@ -198,26 +178,7 @@ impl Puller {
         });
 
         let manifest_bytes = fetched;
-        let mut tasks = JoinSet::new();
-        for desc in missing.iter().cloned() {
-            let (client, store, image, events) = (
-                self.client.clone(),
-                self.store.clone(),
-                image.clone(),
-                events.clone(),
-            );
-            tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await });
-        }
-        while let Some(done) = tasks.join_next().await {
-            match done.map_err(PullError::Task).and_then(|r| r) {
-                Ok(dl) => fetched += dl.fetched,
-                Err(e) => {
-                    // Stop the other downloads (their partials stay for a resume).
-                    tasks.shutdown().await;
-                    return Err(e);
-                }
-            }
-        }
+        fetched += self.fetch_missing(image, &missing, &events).await?;
 
         for m in index.iter().chain([&manifest]) {
             self.store.put_blob(&m.digest, &m.bytes, &m.media_type)?;
@@ -244,6 +205,68 @@ impl Puller {
         );
         events(PullEvent::Done(summary.clone()));
         Ok(summary)
+    }
+
+    /// The image manifest for this puller's platform: `image`'s own, or the
+    /// matching child of its index. Returns (index, manifest, bytes fetched).
+    async fn resolve(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+    ) -> Result<(Option<Got>, Got, u64), PullError> {
+        let top = self
+            .manifest(image, image.reference(), image.digest())
+            .await?;
+        let fetched = top.fetched;
+        match &top.manifest {
+            Manifest::Image(_) => Ok((None, top, fetched)),
+            Manifest::Index(idx) => {
+                let desc = idx
+                    .select(&self.platform)
+                    .ok_or_else(|| FetchError::NoPlatform {
+                        reference: reference.to_owned(),
+                        platform: self.platform.to_string(),
+                        available: idx.platforms().join(", "),
+                    })?;
+                let child = self
+                    .manifest(image, desc.digest.as_str(), Some(&desc.digest))
+                    .await?;
+                let fetched = fetched + child.fetched;
+                Ok((Some(top), child, fetched))
+            }
+        }
+    }
+
+    /// Downloads the `missing` blobs concurrently; returns the bytes fetched.
+    /// The first failure stops the others (their partials stay for a resume).
+    async fn fetch_missing(
+        &self,
+        image: &ImageRef,
+        missing: &[Descriptor],
+        events: &EventSink,
+    ) -> Result<u64, PullError> {
+        let mut fetched = 0;
+        let mut tasks = JoinSet::new();
+        for desc in missing.iter().cloned() {
+            let (client, store, image, events) = (
+                self.client.clone(),
+                self.store.clone(),
+                image.clone(),
+                events.clone(),
+            );
+            tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done.map_err(PullError::Task).and_then(|r| r) {
+                Ok(dl) => fetched += dl.fetched,
+                Err(e) => {
+                    tasks.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+
+        Ok(fetched)
     }
 
     /// A manifest from the store when its digest is known and present (no

@@ -175,18 +175,7 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         .unwrap_or_default();
     let user = resolve_user(&user_spec, p.rootfs)?;
 
-    let caps: HashSet<Capability> = if privileged {
-        ALL_CAPABILITIES.into_iter().collect()
-    } else {
-        DEFAULT_CAPABILITIES.into_iter().collect()
-    };
-    let capabilities = LinuxCapabilities::default()
-        .set_bounding(Some(caps.clone()))
-        .set_effective(Some(caps.clone()))
-        .set_permitted(Some(caps))
-        .set_inheritable(Some(HashSet::new()))
-        .set_ambient(Some(HashSet::new()))
-        .clone();
+    let capabilities = capabilities(privileged);
 
     let mut process = Process::default();
     process
@@ -201,6 +190,40 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
         // daemon's: raising a hard limit would need CAP_SYS_RESOURCE.
         .set_rlimits(None);
 
+    let mounts = mounts(settings, privileged)?;
+
+    let mut linux = oci_spec::runtime::Linux::default();
+    let mut namespaces = oci_spec::runtime::get_default_namespaces();
+    if settings.network == NetworkMode::Host {
+        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+    }
+    linux.set_namespaces(Some(namespaces));
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(p.cgroup_parent, p.id))));
+    if privileged {
+        linux.set_masked_paths(Some(Vec::new()));
+        linux.set_readonly_paths(Some(Vec::new()));
+    }
+    linux.set_resources(Some(resources(settings, privileged)?));
+
+    let root = Root::default()
+        .set_path(p.rootfs.to_owned())
+        .set_readonly(Some(settings.read_only_rootfs))
+        .clone();
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2-dev".to_owned())
+        .set_root(Some(root))
+        .set_hostname(Some(p.hostname.to_owned()))
+        .set_mounts(Some(mounts))
+        .set_process(Some(process))
+        .set_linux(Some(linux))
+        .set_annotations(Some(p.annotations.clone().into_iter().collect()));
+    Ok(spec)
+}
+
+/// The default mounts (with a writable `/sys` when privileged), the host's
+/// resolver files with host networking, and the release's bind mounts.
+fn mounts(settings: &RuntimeSettings, privileged: bool) -> Result<Vec<Mount>, BundleError> {
     let mut mounts = oci_spec::runtime::get_default_mounts();
     if privileged {
         for mount in &mut mounts {
@@ -235,34 +258,23 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
             mount.read_only,
         ));
     }
+    Ok(mounts)
+}
 
-    let mut linux = oci_spec::runtime::Linux::default();
-    let mut namespaces = oci_spec::runtime::get_default_namespaces();
-    if settings.network == NetworkMode::Host {
-        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-    }
-    linux.set_namespaces(Some(namespaces));
-    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path(p.cgroup_parent, p.id))));
-    if privileged {
-        linux.set_masked_paths(Some(Vec::new()));
-        linux.set_readonly_paths(Some(Vec::new()));
-    }
-    linux.set_resources(Some(resources(settings, privileged)?));
-
-    let root = Root::default()
-        .set_path(p.rootfs.to_owned())
-        .set_readonly(Some(settings.read_only_rootfs))
-        .clone();
-
-    let mut spec = Spec::default();
-    spec.set_version("1.0.2-dev".to_owned())
-        .set_root(Some(root))
-        .set_hostname(Some(p.hostname.to_owned()))
-        .set_mounts(Some(mounts))
-        .set_process(Some(process))
-        .set_linux(Some(linux))
-        .set_annotations(Some(p.annotations.clone().into_iter().collect()));
-    Ok(spec)
+/// All capabilities when privileged, else Docker's default set; none ambient.
+fn capabilities(privileged: bool) -> LinuxCapabilities {
+    let caps: HashSet<Capability> = if privileged {
+        ALL_CAPABILITIES.into_iter().collect()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
+    LinuxCapabilities::default()
+        .set_bounding(Some(caps.clone()))
+        .set_effective(Some(caps.clone()))
+        .set_permitted(Some(caps))
+        .set_inheritable(Some(HashSet::new()))
+        .set_ambient(Some(HashSet::new()))
+        .clone()
 }
 
 fn resources(settings: &RuntimeSettings, privileged: bool) -> Result<LinuxResources, BundleError> {
