@@ -523,3 +523,92 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
         Some("running")
     );
 }
+
+/// A release whose content crosses a slow link (a proxy at 512 KiB/s in front
+/// of `docker-registry`): while the agent downloads, its status reports carry
+/// `progress` moving towards the image's size, and it ends committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_reports_download_progress_while_pulling() {
+    const TEST: &str = "daemon_reports_download_progress_while_pulling";
+    if !ls::can_run(TEST) {
+        return;
+    }
+    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(scratch.path()) else {
+        return;
+    };
+    let Some(registry) = support::Registry::start().await else {
+        return;
+    };
+    let manifest = push_busybox(&registry, scratch.path()).await;
+    let proxy = support::Proxy::start(
+        &registry.addr,
+        support::ProxyOpts {
+            rate: Some(512 << 10),
+            ..support::ProxyOpts::default()
+        },
+    )
+    .await;
+    let release = signed_release(&format!("{}/edge/busybox", proxy.addr), &manifest);
+    let release_digest = ls::release_digest(&release);
+
+    let device = ls::Device::new("crun", &crun);
+    write_config(&device, broker.port);
+    let mut server = Server::connect(broker.port).await;
+    server
+        .publish_desired(ls::desired(
+            1,
+            ls::now() + 3600,
+            &[("cam", release.clone())],
+        ))
+        .await;
+    let agent = Agent::start(&device, 1);
+    let (_, seen) = server
+        .wait_status("showing the release committed", &agent, |r| {
+            committed_running(r, &release_digest)
+        })
+        .await;
+    let downloading: Vec<_> = seen
+        .iter()
+        .flat_map(|r| &r.apps)
+        .filter(|a| a.phase == Phase::Downloading)
+        .filter_map(|a| a.progress.clone())
+        .collect();
+    assert!(
+        downloading.len() >= 2,
+        "fewer than two reports with progress while downloading: {seen:#?}"
+    );
+    let total = downloading[0].bytes_total;
+    assert!(total > 1 << 20, "busybox is over 1 MiB: {downloading:?}");
+    assert!(
+        downloading
+            .iter()
+            .all(|p| p.bytes_total == total && p.bytes_done <= total),
+        "{downloading:?}"
+    );
+    assert!(
+        downloading
+            .windows(2)
+            .all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "progress went backwards: {downloading:?}"
+    );
+    let (first, last) = (&downloading[0], &downloading[downloading.len() - 1]);
+    assert!(
+        first.bytes_done < last.bytes_done && first.bytes_done < total,
+        "progress did not move: {downloading:?}"
+    );
+    assert!(
+        proxy.down_bytes() >= total,
+        "the content did not cross the slow link"
+    );
+    // Once committed, a report carries no download progress.
+    let (done, _) = server
+        .wait_status("committed", &agent, |r| {
+            committed_running(r, &release_digest)
+        })
+        .await;
+    assert!(done.apps[0].progress.is_none(), "{done:?}");
+}
