@@ -63,7 +63,12 @@ impl Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            http: reqwest::Client::new(),
+            // A server that does not answer the connect is "unreachable"
+            // after this long, not after the kernel's SYN retries (~2 min).
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
         }
     }
 

@@ -232,3 +232,61 @@ fn desired_sign_refuses_an_unsigned_release_with_a_hint() {
     ]);
     assert!(err.contains("fleetctl release sign"), "{err}");
 }
+
+#[test]
+fn a_release_the_trust_root_does_not_know_exits_3_and_a_local_failure_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |path: &Path| path.to_str().unwrap().to_owned();
+    let ours = tmp.path().join("ours");
+    let theirs = tmp.path().join("theirs");
+    ok(&["keys", "init", "--dir", &p(&ours)]);
+    ok(&["keys", "init", "--dir", &p(&theirs)]);
+    let release = tmp.path().join("release.json");
+    std::fs::write(&release, RELEASE).unwrap();
+    let signed = tmp.path().join("release.signed.json");
+    ok(&[
+        "release",
+        "sign",
+        &p(&release),
+        "--key",
+        &p(&theirs.join("release.key")),
+        "-o",
+        &p(&signed),
+    ]);
+    let desired = |trust: &Path| {
+        fleetctl(&[
+            "desired",
+            "sign",
+            "--device",
+            "cam-01",
+            "--generation",
+            "1",
+            "--key",
+            &p(&ours.join("director.key")),
+            "--trust",
+            &p(trust),
+            &p(&signed),
+            "-o",
+            &p(&tmp.path().join("d.json")),
+        ])
+    };
+    let out = desired(&ours.join("trust.json"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("does not verify"), "{err}");
+
+    // A trust root file that is not there: a local failure, exit code 1.
+    let out = desired(&tmp.path().join("missing.json"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A usage error clap finds: exit code 2.
+    assert_eq!(
+        fleetctl(&["keys", "init", "--bogus"]).status.code(),
+        Some(2)
+    );
+}

@@ -87,9 +87,10 @@ macro_rules! name_type {
             }
         }
 
+        /// Honours width, fill and alignment (`{:<20}`), as `str` does.
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -186,9 +187,10 @@ impl Digest {
     }
 }
 
+/// Honours width, fill and alignment, as `str` does.
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -255,5 +257,18 @@ mod tests {
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
         assert!(serde_json::from_str::<Digest>("\"sha256:zz\"").is_err());
+    }
+
+    #[test]
+    fn ids_and_digests_honour_width_fill_and_alignment() {
+        let id = DeviceId::new("cam-1").unwrap();
+        assert_eq!(format!("{id:<8}|"), "cam-1   |");
+        assert_eq!(format!("{id:>8}|"), "   cam-1|");
+        assert_eq!(format!("{id:.^9}"), "..cam-1..");
+        assert_eq!(format!("{id:3}"), "cam-1", "never cut short");
+        assert_eq!(format!("{:<8}|", GroupName::new("g").unwrap()), "g       |");
+        assert_eq!(format!("{:<4}|", AppName::new("ab").unwrap()), "ab  |");
+        let d = Digest::of(b"x");
+        assert_eq!(format!("{d:<75}|"), format!("{d}    |"));
     }
 }

@@ -29,14 +29,15 @@ pub fn labels(labels: &Labels) -> String {
         .join(",")
 }
 
-pub fn devices(all: &[DeviceView]) {
-    println!(
-        "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} GROUPS",
+/// The `fleetctl devices ls` table, one line per device, columns aligned.
+pub fn devices(all: &[DeviceView]) -> String {
+    let mut out = format!(
+        "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} GROUPS\n",
         "ID", "ONLINE", "ARCH", "L4T", "AGENT", "GEN", "LABELS"
     );
     for d in all {
-        println!(
-            "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} {}",
+        out.push_str(&format!(
+            "{:<24} {:<7} {:<8} {:<10} {:<8} {:>5} {:<20} {}\n",
             d.device.id,
             if d.device.online { "yes" } else { "no" },
             d.device.architecture,
@@ -47,8 +48,9 @@ pub fn devices(all: &[DeviceView]) {
                 .map_or("-".to_owned(), |s| s.generation.to_string()),
             labels(&d.effective_labels),
             list(&d.groups),
-        );
+        ));
     }
+    out
 }
 
 pub fn device(d: &DeviceView) {
@@ -213,17 +215,19 @@ pub fn telemetry(v: &TelemetryView) -> String {
     out
 }
 
-pub fn groups(all: &[GroupView]) {
-    println!("{:<20} {:<24} {:>7} DEVICES", "NAME", "SELECTOR", "COUNT");
+/// The `fleetctl groups ls` table.
+pub fn groups(all: &[GroupView]) -> String {
+    let mut out = format!("{:<20} {:<24} {:>7} DEVICES\n", "NAME", "SELECTOR", "COUNT");
     for g in all {
-        println!(
-            "{:<20} {:<24} {:>7} {}",
+        out.push_str(&format!(
+            "{:<20} {:<24} {:>7} {}\n",
             g.group.name,
             labels(&g.group.selector),
             g.devices.len(),
             list(&g.devices)
-        );
+        ));
     }
+    out
 }
 
 pub fn summary(v: &RolloutView) -> String {
@@ -244,39 +248,46 @@ pub fn summary(v: &RolloutView) -> String {
     )
 }
 
-pub fn rollouts(all: &[RolloutView]) {
-    println!(
-        "{:>4} {:<12} {:<20} {:<12} {:<16} PROGRESS",
+/// The `fleetctl rollout status` table.
+pub fn rollouts(all: &[RolloutView]) -> String {
+    let mut out = format!(
+        "{:>4} {:<12} {:<20} {:<12} {:<16} PROGRESS\n",
         "ID", "STATE", "APP", "VERSION", "GROUP"
     );
     for v in all {
-        println!(
-            "{:>4} {:<12} {:<20} {:<12} {:<16} {}/{} committed, {} failed",
+        out.push_str(&format!(
+            "{:>4} {:<12} {:<20} {:<12} {:<16} {}/{} committed, {} failed\n",
             v.id,
-            v.state,
+            v.state.as_str(),
             v.app,
             v.version,
             v.group,
             v.counts.committed,
             v.counts.total,
             v.counts.failed
-        );
+        ));
     }
+    out
 }
 
-pub fn rollout(v: &RolloutView) {
-    println!("{}", summary(v));
-    println!("release {}", v.release_digest);
+/// One rollout: its summary, waves and per-device progress.
+pub fn rollout(v: &RolloutView) -> String {
+    let mut out = format!("{}\nrelease {}\n", summary(v), v.release_digest);
     for (i, w) in v.waves.iter().enumerate() {
-        println!("wave {}: {:?}, {} device(s)", i + 1, w.state, w.devices);
+        out.push_str(&format!(
+            "wave {}: {:?}, {} device(s)\n",
+            i + 1,
+            w.state,
+            w.devices
+        ));
     }
     for p in &v.devices {
         let bytes = match (p.bytes_done, p.bytes_total) {
             (Some(d), Some(t)) if t > 0 => format!(" {d}/{t} bytes"),
             _ => String::new(),
         };
-        println!(
-            "  {:<24} wave {} {:<10} {}{}{}",
+        out.push_str(&format!(
+            "  {:<24} wave {} {:<10} {}{}{}\n",
             p.device,
             p.wave + 1,
             format!("{:?}", p.state).to_lowercase(),
@@ -285,8 +296,9 @@ pub fn rollout(v: &RolloutView) {
             p.error
                 .as_ref()
                 .map_or(String::new(), |e| format!(" error: {e}"))
-        );
+        ));
     }
+    out
 }
 
 pub fn progress_bar(id: RolloutId) -> ProgressBar {

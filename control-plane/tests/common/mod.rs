@@ -120,15 +120,16 @@ impl Running {
 }
 
 pub async fn start(config: Config, publisher: Arc<dyn DesiredPublisher>) -> Running {
-    let server = Server::bind(
-        config,
-        Plugins {
-            publisher,
-            ..Plugins::default()
-        },
-    )
-    .await
-    .unwrap();
+    let plugins = Plugins {
+        publisher,
+        ..Plugins::default()
+    };
+    start_with(config, plugins).await
+}
+
+/// A server with the given plugins (e.g. an image resolver).
+pub async fn start_with(config: Config, plugins: Plugins) -> Running {
+    let server = Server::bind(config, plugins).await.unwrap();
     let addr = server.local_addr().unwrap();
     let token = server.admin_token().map(str::to_owned);
     let inbound = server.inbound();

@@ -1,0 +1,149 @@
+//! `fleetctl groups`: groups of devices (label selectors, explicit members)
+//! and device labels.
+
+use clap::{Args, Subcommand};
+use fleet_protocol::{DeviceId, GroupName};
+
+use super::{CliError, Output, Remote, print_json, render};
+use crate::api::types::{AddMembers, CreateGroup, DeviceView, GroupView, SetLabels};
+use crate::client::{Client, ClientError};
+
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    #[command(subcommand)]
+    pub command: GroupsCommand,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// List groups and their devices.
+    Ls,
+    /// Create a group by label selector (role=camera) and/or explicit devices.
+    Add {
+        name: GroupName,
+        /// Label selector KEY=VALUE (repeatable; all must match).
+        #[arg(long = "selector", short = 's', value_parser = parse_label)]
+        selector: Vec<(String, String)>,
+        /// An explicit member (repeatable).
+        #[arg(long = "device", short = 'd')]
+        devices: Vec<DeviceId>,
+    },
+    /// Add explicit members to a group.
+    AddMembers {
+        name: GroupName,
+        #[arg(required = true)]
+        devices: Vec<DeviceId>,
+    },
+    /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
+    Label {
+        device: DeviceId,
+        #[arg(value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn failed(doing: String) -> impl FnOnce(ClientError) -> CliError {
+    move |source| CliError::Server { doing, source }
+}
+
+pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
+    let output = args.remote.output;
+    let client = args.remote.client()?;
+    match args.command {
+        GroupsCommand::Ls => list(&client, output).await,
+        GroupsCommand::Add {
+            name,
+            selector,
+            devices,
+        } => {
+            let req = CreateGroup {
+                name: name.clone(),
+                selector: selector.into_iter().collect(),
+                members: devices,
+            };
+            let group = client
+                .create_group(&req)
+                .await
+                .map_err(failed(format!("cannot create group {name}")))?;
+            show_group(&group, output)
+        }
+        GroupsCommand::AddMembers { name, devices } => {
+            let group = client
+                .add_members(&name, &AddMembers { devices })
+                .await
+                .map_err(failed(format!("cannot add members to group {name}")))?;
+            show_group(&group, output)
+        }
+        GroupsCommand::Label {
+            device,
+            labels,
+            remove,
+        } => {
+            let req = SetLabels {
+                set: labels.into_iter().collect(),
+                remove,
+            };
+            let d = client
+                .set_labels(&device, &req)
+                .await
+                .map_err(failed(format!("cannot label device {device}")))?;
+            show_labels(&d, output)
+        }
+    }
+}
+
+async fn list(client: &Client, output: Output) -> Result<(), CliError> {
+    let all = client
+        .groups()
+        .await
+        .map_err(failed("cannot list groups".into()))?;
+    match output {
+        Output::Json => print_json(&all),
+        Output::Text => {
+            print!("{}", render::groups(&all));
+            Ok(())
+        }
+    }
+}
+
+fn show_group(group: &GroupView, output: Output) -> Result<(), CliError> {
+    match output {
+        Output::Json => print_json(group),
+        Output::Text => {
+            println!(
+                "group {}: selector {}, {} device(s): {}",
+                group.group.name,
+                render::labels(&group.group.selector),
+                group.devices.len(),
+                render::list(&group.devices)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn show_labels(d: &DeviceView, output: Output) -> Result<(), CliError> {
+    match output {
+        Output::Json => print_json(d),
+        Output::Text => {
+            println!(
+                "{}: labels {}; groups {}",
+                d.device.id,
+                render::labels(&d.effective_labels),
+                render::list(&d.groups)
+            );
+            Ok(())
+        }
+    }
+}

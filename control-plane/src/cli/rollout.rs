@@ -1,0 +1,296 @@
+//! `fleetctl rollout`: start a rollout of an image to a group (one request
+//! to the server), follow it, and steer it (pause, resume, abort, undo).
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use fleet_protocol::trust::Role;
+use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
+
+use super::{CliError, Output, Remote, print_json, render};
+use crate::api::types::CreateRollout;
+use crate::client::{Client, ClientError};
+use crate::fleet::rollout::Action;
+use crate::keys::KeyFile;
+use crate::sign;
+use crate::store::{RolloutId, RolloutState};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: Option<RolloutCommand>,
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The image to roll out, e.g. registry.local:5000/edge/model:v2
+    /// (a tag is resolved to its digest by the server first; with
+    /// `@sha256:...` the rollout is one request).
+    #[arg(required = true)]
+    pub image: Option<ImageRef>,
+    /// The target group.
+    #[arg(long, required = true)]
+    pub group: Option<GroupName>,
+    /// The release key that signs the release.
+    #[arg(
+        long,
+        env = "FLEET_RELEASE_KEY",
+        default_value = "fleet-keys/release.key"
+    )]
+    pub release_key: PathBuf,
+    /// App name (default: the last part of the image repository).
+    #[arg(long)]
+    pub app: Option<AppName>,
+    /// Release version (default: the image tag).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Size of a first (canary) wave; the next wave starts when it settled.
+    #[arg(long)]
+    pub canary: Option<usize>,
+    /// Follow the rollout's progress after starting it.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show rollouts, or one rollout with per-device progress.
+    Status {
+        id: Option<RolloutId>,
+        /// Follow until the rollout completes, pauses or stops.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Hold the next waves back.
+    Pause { id: RolloutId },
+    /// Let a paused rollout continue.
+    Resume { id: RolloutId },
+    /// Stop the rollout where it is (devices keep what they got).
+    Abort { id: RolloutId },
+    /// Give every device the rollout reached its previous release back.
+    Undo { id: RolloutId },
+}
+
+/// An app name from the last part of a repository path: lowercase, other
+/// characters become `-`.
+pub fn app_name_from_repository(repository: &str) -> Option<AppName> {
+    let last = repository.rsplit('/').next()?;
+    let mut name: String = last
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name.trim_matches('-').to_owned();
+    name.truncate(63);
+    AppName::new(name).ok()
+}
+
+fn failed(doing: String) -> impl FnOnce(ClientError) -> CliError {
+    move |source| CliError::Server { doing, source }
+}
+
+pub async fn run(args: RolloutArgs) -> Result<(), CliError> {
+    let output = args.remote.output;
+    let client = args.remote.client()?;
+    match args.command {
+        Some(RolloutCommand::Status { id, watch: true }) => follow(&client, output, id).await,
+        Some(RolloutCommand::Status { id, watch: false }) => status(&client, output, id).await,
+        Some(RolloutCommand::Pause { id }) => act(&client, output, id, Action::Pause).await,
+        Some(RolloutCommand::Resume { id }) => act(&client, output, id, Action::Resume).await,
+        Some(RolloutCommand::Abort { id }) => act(&client, output, id, Action::Abort).await,
+        Some(RolloutCommand::Undo { id }) => act(&client, output, id, Action::Undo).await,
+        None => start(&client, args).await,
+    }
+}
+
+/// The repository and manifest digest the release names: taken from the
+/// reference when it carries a digest, else resolved by the server (a read
+/// only: the release key, not the server, signs the digest).
+async fn target(client: &Client, image: &ImageRef) -> Result<(String, Digest), CliError> {
+    if let Some(digest) = image.digest() {
+        return Ok((image.name(), digest.clone()));
+    }
+    let resolved = client
+        .resolve(&image.to_string())
+        .await
+        .map_err(failed(format!("cannot resolve {image} to a digest")))?;
+    Ok((resolved.repository, resolved.digest))
+}
+
+/// Signs a release of the image and starts its rollout in one request that
+/// carries the signed release (the server keeps it and starts the rollout
+/// in one commit).
+async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
+    let (Some(image), Some(group)) = (args.image, args.group) else {
+        return Err(CliError::MissingRolloutTarget);
+    };
+    let key = KeyFile::load_for(&args.release_key, Role::Release)
+        .map_err(|source| CliError::ReleaseKey { source })?;
+    let (repository, digest) = target(client, &image).await?;
+    let app = match args.app {
+        Some(a) => a,
+        None => app_name_from_repository(&repository).ok_or_else(|| CliError::NoAppName {
+            repository: repository.clone(),
+        })?,
+    };
+    let version = args
+        .version
+        .or_else(|| image.tag().map(str::to_owned))
+        .unwrap_or_else(|| digest.hex().chars().take(12).collect());
+    let release = Release {
+        schema: SCHEMA_VERSION,
+        app,
+        version,
+        repository,
+        manifest_digest: digest.clone(),
+        runtime: Default::default(),
+    };
+    let what = image.to_string();
+    let envelope = sign::sign_release(&what, &serde_json::to_vec(&release)?, &key)?;
+    let started = client
+        .start_rollout(&CreateRollout {
+            release_digest: None,
+            release: Some(envelope),
+            group: group.clone(),
+            waves: args.canary.into_iter().collect(),
+        })
+        .await
+        .map_err(failed(format!("cannot start the rollout of {what}")))?;
+    let output = args.remote.output;
+    if output == Output::Json && !args.watch {
+        return print_json(&started);
+    }
+    println!(
+        "rollout {} started: {} {} ({}) to group {}, {} devices in {} wave(s)",
+        started.id,
+        started.app,
+        started.version,
+        digest,
+        group,
+        started.counts.total,
+        started.waves.len()
+    );
+    if args.watch {
+        watch(client, output, started.id).await
+    } else {
+        println!("follow it: fleetctl rollout status {} --watch", started.id);
+        Ok(())
+    }
+}
+
+async fn act(
+    client: &Client,
+    output: Output,
+    id: RolloutId,
+    action: Action,
+) -> Result<(), CliError> {
+    let view = client
+        .rollout_action(id, action)
+        .await
+        .map_err(failed(format!("cannot {action} rollout {id}")))?;
+    match output {
+        Output::Json => print_json(&view),
+        Output::Text => {
+            println!("rollout {id} is now {}", view.state);
+            Ok(())
+        }
+    }
+}
+
+/// `rollout status`: all rollouts, or one with per-device progress.
+async fn status(client: &Client, output: Output, id: Option<RolloutId>) -> Result<(), CliError> {
+    let text = match id {
+        Some(id) => {
+            let view = client
+                .rollout(id)
+                .await
+                .map_err(failed(format!("cannot show rollout {id}")))?;
+            if output == Output::Json {
+                return print_json(&view);
+            }
+            render::rollout(&view)
+        }
+        None => {
+            let all = client
+                .rollouts()
+                .await
+                .map_err(failed("cannot list rollouts".into()))?;
+            if output == Output::Json {
+                return print_json(&all);
+            }
+            render::rollouts(&all)
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `rollout status --watch`: the given rollout, or the latest one.
+async fn follow(client: &Client, output: Output, id: Option<RolloutId>) -> Result<(), CliError> {
+    let id = match id {
+        Some(id) => id,
+        None => client
+            .rollouts()
+            .await
+            .map_err(failed("cannot list rollouts".into()))?
+            .into_iter()
+            .map(|r| r.id)
+            .max()
+            .ok_or(CliError::NoRollouts)?,
+    };
+    watch(client, output, id).await
+}
+
+/// Follows a rollout until it is paused or final: progress bars on a
+/// terminal, a plain line per change otherwise (JSON lines with -o json).
+async fn watch(client: &Client, output: Output, id: RolloutId) -> Result<(), CliError> {
+    let tty = std::io::stdout().is_terminal() && output == Output::Text;
+    let bar = tty.then(|| render::progress_bar(id));
+    let mut last = String::new();
+    loop {
+        let view = client
+            .rollout(id)
+            .await
+            .map_err(failed(format!("cannot follow rollout {id}")))?;
+        let line = render::summary(&view);
+        if let Some(bar) = &bar {
+            render::update_bar(bar, &view);
+        } else if line != last {
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&view)?),
+                Output::Text => println!("{line}"),
+            }
+        }
+        last = line;
+        if view.state.is_final() || view.state == RolloutState::Paused {
+            if let Some(bar) = &bar {
+                bar.finish_with_message(last.clone());
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_come_from_the_repository_tail() {
+        let name = |r| app_name_from_repository(r).map(|a| a.to_string());
+        assert_eq!(name("docker.io/library/model").as_deref(), Some("model"));
+        assert_eq!(
+            name("reg:5000/edge/Model_Server").as_deref(),
+            Some("model-server")
+        );
+        assert_eq!(name("reg/__"), None);
+    }
+}
