@@ -72,7 +72,8 @@ pub enum BrokerError {
 
 /// Errors of one proxied connection (logged, never fatal to the broker).
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+#[doc(hidden)] // public for the fuzz targets only
+pub enum SessionError {
     #[error("i/o")]
     Io(#[from] std::io::Error),
     #[error("malformed MQTT packet: {0}")]
@@ -484,14 +485,15 @@ fn authorize(
 }
 
 /// Topic, QoS and packet id of a PUBLISH frame.
-struct PublishHeader {
-    topic: String,
-    qos: u8,
-    pkid: Option<u16>,
+#[doc(hidden)] // public for the fuzz targets only
+pub struct PublishHeader {
+    pub topic: String,
+    pub qos: u8,
+    pub pkid: Option<u16>,
 }
 
 impl PublishHeader {
-    fn parse(frame: &BytesMut) -> Result<Self, SessionError> {
+    pub fn parse(frame: &BytesMut) -> Result<Self, SessionError> {
         let bad = |what: &str| SessionError::Protocol(format!("bad PUBLISH: {what}"));
         let header = v4::check(frame.iter(), usize::MAX)
             .map_err(|e| SessionError::Protocol(format!("bad PUBLISH: {e}")))?;
@@ -537,7 +539,8 @@ async fn read_frame(
 }
 
 /// Splits one complete MQTT frame off the front of `buf`, if there is one.
-fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, SessionError> {
+#[doc(hidden)] // public for the fuzz targets only
+pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, SessionError> {
     match v4::check(buf.iter(), max) {
         Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
         Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),

@@ -4,10 +4,12 @@
 //! Every field has a default that works out of the box next to a key
 //! directory made by `fleetctl keys init` (`fleet-keys/`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fleet_protocol::TopicScheme;
+use fleet_protocol::env::{EnvError, Overrides};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,12 +26,8 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
-    #[error("environment variable {var}={value:?} is not valid: {reason}")]
-    Env {
-        var: &'static str,
-        value: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Env(#[from] EnvError),
     #[error("config: {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -204,43 +202,43 @@ impl Config {
     /// `FLEET_BROKER_LISTEN`, `FLEET_BROKER_URL`, `FLEET_TOPIC_PREFIX`,
     /// `FLEET_DIRECTOR_KEY`, `FLEET_TRUST`, `FLEET_DESIRED_LIFETIME_SECS`,
     /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`,
-    /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`.
+    /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`,
+    /// `FLEET_BROKER_PASSWORD`. An empty `FLEET_BROKER_URL` or
+    /// `FLEET_BROKER_PASSWORD` unsets it.
     pub fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
-        for (key, value) in env {
-            match key.as_str() {
-                "FLEET_DATA_DIR" => self.data_dir = value.into(),
-                "FLEET_HTTP_LISTEN" => self.http.listen = parse("FLEET_HTTP_LISTEN", value)?,
-                "FLEET_HTTP_METRICS" => self.http.metrics = parse("FLEET_HTTP_METRICS", value)?,
-                "FLEET_TELEMETRY_FLUSH_SECS" => {
-                    self.telemetry.flush_secs = parse("FLEET_TELEMETRY_FLUSH_SECS", value)?
-                }
-                "FLEET_BROKER_EMBEDDED" => {
-                    self.broker.embedded = parse("FLEET_BROKER_EMBEDDED", value)?
-                }
-                "FLEET_BROKER_LISTEN" => self.broker.listen = parse("FLEET_BROKER_LISTEN", value)?,
-                "FLEET_BROKER_URL" => self.broker.url = Some(value).filter(|v| !v.is_empty()),
-                "FLEET_BROKER_PASSWORD" => {
-                    self.broker.password = Some(value).filter(|v| !v.is_empty())
-                }
-                "FLEET_TOPIC_PREFIX" => self.broker.topic_prefix = value,
-                "FLEET_DIRECTOR_KEY" => self.director.key = value.into(),
-                "FLEET_TRUST" => self.director.trust = value.into(),
-                "FLEET_DESIRED_LIFETIME_SECS" => {
-                    self.desired.lifetime_secs = parse("FLEET_DESIRED_LIFETIME_SECS", value)?
-                }
-                "FLEET_DESIRED_RENEW_MARGIN_SECS" => {
-                    self.desired.renew_margin_secs =
-                        parse("FLEET_DESIRED_RENEW_MARGIN_SECS", value)?
-                }
-                "FLEET_DESIRED_RENEW_CHECK_SECS" => {
-                    self.desired.renew_check_secs = parse("FLEET_DESIRED_RENEW_CHECK_SECS", value)?
-                }
-                _ => {}
-            }
-        }
+        let vars: HashMap<String, String> = env.into_iter().collect();
+        let env = Overrides::new(|k| vars.get(k).cloned());
+        let non_empty = |v: String| Some(v).filter(|v| !v.is_empty());
+        env.set("FLEET_DATA_DIR", &mut self.data_dir, PathBuf::from);
+        env.parse("FLEET_HTTP_LISTEN", &mut self.http.listen)?;
+        env.parse("FLEET_HTTP_METRICS", &mut self.http.metrics)?;
+        env.parse("FLEET_TELEMETRY_FLUSH_SECS", &mut self.telemetry.flush_secs)?;
+        env.parse("FLEET_BROKER_EMBEDDED", &mut self.broker.embedded)?;
+        env.parse("FLEET_BROKER_LISTEN", &mut self.broker.listen)?;
+        env.set("FLEET_BROKER_URL", &mut self.broker.url, non_empty);
+        env.set(
+            "FLEET_BROKER_PASSWORD",
+            &mut self.broker.password,
+            non_empty,
+        );
+        env.set("FLEET_TOPIC_PREFIX", &mut self.broker.topic_prefix, |v| v);
+        env.set("FLEET_DIRECTOR_KEY", &mut self.director.key, PathBuf::from);
+        env.set("FLEET_TRUST", &mut self.director.trust, PathBuf::from);
+        env.parse(
+            "FLEET_DESIRED_LIFETIME_SECS",
+            &mut self.desired.lifetime_secs,
+        )?;
+        env.parse(
+            "FLEET_DESIRED_RENEW_MARGIN_SECS",
+            &mut self.desired.renew_margin_secs,
+        )?;
+        env.parse(
+            "FLEET_DESIRED_RENEW_CHECK_SECS",
+            &mut self.desired.renew_check_secs,
+        )?;
         Ok(())
     }
 
@@ -302,17 +300,6 @@ impl Config {
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
     }
-}
-
-fn parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    value.parse().map_err(|e: T::Err| ConfigError::Env {
-        var,
-        reason: e.to_string(),
-        value,
-    })
 }
 
 #[cfg(test)]
@@ -387,5 +374,55 @@ mod tests {
                 .to_string();
             assert!(err.contains(needle), "case {i}: {err}");
         }
+    }
+
+    #[test]
+    fn every_variable_overrides_its_field() {
+        let mut c = Config::default();
+        c.broker.url = Some("mqtt://file:1883".into());
+        c.apply_env(env(&[
+            ("FLEET_DATA_DIR", "/d"),
+            ("FLEET_HTTP_LISTEN", "0.0.0.0:1"),
+            ("FLEET_HTTP_METRICS", "false"),
+            ("FLEET_TELEMETRY_FLUSH_SECS", "9"),
+            ("FLEET_BROKER_EMBEDDED", "false"),
+            ("FLEET_BROKER_LISTEN", "0.0.0.0:2"),
+            ("FLEET_BROKER_URL", ""),
+            ("FLEET_BROKER_PASSWORD", "pw"),
+            ("FLEET_TOPIC_PREFIX", "t/v9"),
+            ("FLEET_DIRECTOR_KEY", "/k"),
+            ("FLEET_TRUST", "/t"),
+            ("FLEET_DESIRED_LIFETIME_SECS", "100"),
+            ("FLEET_DESIRED_RENEW_MARGIN_SECS", "10"),
+            ("FLEET_DESIRED_RENEW_CHECK_SECS", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:1");
+        assert!(!c.http.metrics);
+        assert_eq!(c.telemetry.flush_secs, 9);
+        assert!(!c.broker.embedded);
+        assert_eq!(c.broker.listen.to_string(), "0.0.0.0:2");
+        assert_eq!(c.broker.url, None, "an empty URL unsets the file's");
+        assert_eq!(c.broker.password.as_deref(), Some("pw"));
+        assert_eq!(c.broker.topic_prefix, "t/v9");
+        assert_eq!(c.director.key, PathBuf::from("/k"));
+        assert_eq!(c.director.trust, PathBuf::from("/t"));
+        assert_eq!(
+            (
+                c.desired.lifetime_secs,
+                c.desired.renew_margin_secs,
+                c.desired.renew_check_secs
+            ),
+            (100, 10, 3)
+        );
+        let err = c
+            .apply_env(env(&[("FLEET_BROKER_EMBEDDED", "yes")]))
+            .unwrap_err();
+        assert!(matches!(&err, ConfigError::Env(e) if e.var == "FLEET_BROKER_EMBEDDED"));
+        assert!(
+            err.to_string().contains("FLEET_BROKER_EMBEDDED=\"yes\""),
+            "{err}"
+        );
     }
 }

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fleet_control_plane::content::{
-    self, BoxFuture, ContentError, ContentStore, PullThrough, UpstreamError, cli,
-    import_oci_layout, media_type,
+    self, ContentError, ContentStore, cli, import_oci_layout, media_type,
 };
 use fleet_protocol::Digest;
 use serde_json::{Value, json};
@@ -528,116 +527,4 @@ async fn imports_refuse_content_that_does_not_match_its_digest() {
         server.store.resolve("edge/app", "2"),
         Some(summary.images[0].digest.clone())
     );
-}
-
-/// An upstream that is another content store: enough to check the
-/// endpoint's pull-through hook end to end (the registry-backed
-/// implementation lives with the distribution client).
-struct StoreUpstream(ContentStore);
-
-fn upstream_err(repository: &str, reference: &str, e: ContentError) -> UpstreamError {
-    UpstreamError {
-        repository: repository.to_owned(),
-        reference: reference.to_owned(),
-        source: Box::new(e),
-    }
-}
-
-impl PullThrough for StoreUpstream {
-    fn fetch_manifest<'a>(
-        &'a self,
-        store: &'a ContentStore,
-        repository: &'a str,
-        reference: &'a str,
-    ) -> BoxFuture<'a, Result<bool, UpstreamError>> {
-        Box::pin(async move {
-            let by_digest = reference.contains(':');
-            let digest = match by_digest {
-                true => Digest::new(reference).ok(),
-                false => self.0.resolve(repository, reference),
-            };
-            let Some(digest) = digest else {
-                return Ok(false);
-            };
-            let Some(entry) = self.0.manifest(repository, &digest) else {
-                return Ok(false);
-            };
-            let err = |e| upstream_err(repository, reference, e);
-            store
-                .put_file(&self.0.blob_path(&digest), &digest, Some(entry.size))
-                .map_err(err)?;
-            let tags = (!by_digest).then(|| (reference.to_owned(), digest.clone()));
-            store
-                .commit(repository, [(digest, entry)], tags)
-                .map_err(err)?;
-            Ok(true)
-        })
-    }
-
-    fn fetch_blob<'a>(
-        &'a self,
-        store: &'a ContentStore,
-        repository: &'a str,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<bool, UpstreamError>> {
-        Box::pin(async move {
-            if self.0.blob_size(digest).is_none() {
-                return Ok(false);
-            }
-            store
-                .put_file(&self.0.blob_path(digest), digest, None)
-                .map_err(|e| upstream_err(repository, digest.as_str(), e))?;
-            Ok(true)
-        })
-    }
-}
-
-#[tokio::test]
-async fn misses_go_through_the_pull_through_hook() {
-    let work = tempfile::tempdir().unwrap();
-    let upstream = ContentStore::open(&work.path().join("upstream")).unwrap();
-    let layout = work.path().join("layout");
-    let (manifest_digest, layer_digest) = small_layout(&layout, b"an upstream layer");
-    import_oci_layout(&upstream, &layout, "edge/up", None)
-        .await
-        .unwrap();
-
-    let store = ContentStore::open(&work.path().join("server")).unwrap();
-    let app = content::router_with_pull_through(
-        store.clone(),
-        std::sync::Arc::new(StoreUpstream(upstream)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let http = reqwest::Client::new();
-
-    assert_eq!(store.resolve("edge/up", "v3"), None);
-    let r = http
-        .get(format!("http://{addr}/v2/edge/up/manifests/v3"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers()["docker-content-digest"],
-        manifest_digest.as_str()
-    );
-    assert_eq!(store.resolve("edge/up", "v3"), Some(manifest_digest));
-
-    let r = http
-        .get(format!("http://{addr}/v2/edge/up/blobs/{layer_digest}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap(), &b"an upstream layer"[..]);
-    assert_eq!(store.blob_size(&layer_digest), Some(17));
-
-    let r = http
-        .get(format!("http://{addr}/v2/edge/up/manifests/v4"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "upstream lacks it too");
 }

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod dsse;
+pub mod env;
 pub mod id;
 pub mod image_ref;
 pub mod lifecycle;

@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_protocol::DeviceId;
+use fleet_protocol::env::{EnvError, Overrides};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{BackoffConfig, DriverConfig, RuntimeConfig, RuntimeKind};
@@ -73,12 +74,8 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("environment variable {var}={value:?} is invalid: {reason}")]
-    Env {
-        var: &'static str,
-        value: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Env(#[from] EnvError),
     #[error("config: {0}")]
     Invalid(String),
 }
@@ -304,71 +301,46 @@ impl Config {
         &mut self,
         var: impl Fn(&'static str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &'static str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                var,
-                value,
-                reason: e.to_string(),
-            })
-        }
-        if let Some(v) = var("FLEET_AGENT_DEVICE_ID") {
-            self.device_id = Some(parse("FLEET_AGENT_DEVICE_ID", v)?);
-        }
-        if let Some(v) = var("FLEET_AGENT_STATE_DIR") {
-            self.state_dir = PathBuf::from(v);
-        }
-        if let Some(v) = var("FLEET_AGENT_TRUST") {
-            self.trust = PathBuf::from(v);
-        }
-        if let Some(v) = var("FLEET_AGENT_SERVER") {
-            self.server = Some(v);
-        }
-        if let Some(v) = var("FLEET_AGENT_BROKER") {
-            self.broker = v;
-        }
-        if let Some(v) = var("FLEET_AGENT_TOKEN") {
-            self.token = Secret(v);
-        }
-        if let Some(v) = var("FLEET_AGENT_STATUS_INTERVAL_SECS") {
-            self.status_interval_secs = parse("FLEET_AGENT_STATUS_INTERVAL_SECS", v)?;
-        }
-        if let Some(v) = var("FLEET_AGENT_TELEMETRY_INTERVAL_SECS") {
-            self.telemetry_interval_secs = parse("FLEET_AGENT_TELEMETRY_INTERVAL_SECS", v)?;
-        }
-        if let Some(v) = var("FLEET_AGENT_HOST_ROOT") {
-            self.host_root = PathBuf::from(v);
-        }
-        if let Some(v) = var("FLEET_AGENT_RUNTIME") {
-            self.runtime.kind = match v.as_str() {
-                "crun" => RuntimeKind::Crun,
-                "runc" => RuntimeKind::Runc,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "FLEET_AGENT_RUNTIME",
-                        value: v,
-                        reason: "expected crun or runc".into(),
-                    });
-                }
-            };
-        }
-        if let Some(v) = var("FLEET_AGENT_RUNTIME_BINARY") {
-            self.runtime.binary = Some(PathBuf::from(v));
-        }
-        if let Some(v) = var("FLEET_AGENT_RUNTIME_ROOT") {
-            self.runtime.root = Some(PathBuf::from(v));
-        }
-        if let Some(v) = var("FLEET_AGENT_PROBATION_SECS") {
-            self.deploy.probation_secs = parse("FLEET_AGENT_PROBATION_SECS", v)?;
-        }
-        if let Some(v) = var("FLEET_AGENT_CRASH_LOOP_RESTARTS") {
-            self.deploy.crash_loop_restarts = parse("FLEET_AGENT_CRASH_LOOP_RESTARTS", v)?;
-        }
-        if let Some(v) = var("FLEET_AGENT_RESERVE_BYTES") {
-            self.store.reserve_bytes = parse("FLEET_AGENT_RESERVE_BYTES", v)?;
-        }
+        let env = Overrides::new(var);
+        env.try_set("FLEET_AGENT_DEVICE_ID", &mut self.device_id, |v| {
+            v.parse().map(Some)
+        })?;
+        env.set("FLEET_AGENT_STATE_DIR", &mut self.state_dir, PathBuf::from);
+        env.set("FLEET_AGENT_TRUST", &mut self.trust, PathBuf::from);
+        env.set("FLEET_AGENT_SERVER", &mut self.server, Some);
+        env.set("FLEET_AGENT_BROKER", &mut self.broker, |v| v);
+        env.set("FLEET_AGENT_TOKEN", &mut self.token, Secret);
+        env.parse(
+            "FLEET_AGENT_STATUS_INTERVAL_SECS",
+            &mut self.status_interval_secs,
+        )?;
+        env.parse(
+            "FLEET_AGENT_TELEMETRY_INTERVAL_SECS",
+            &mut self.telemetry_interval_secs,
+        )?;
+        env.set("FLEET_AGENT_HOST_ROOT", &mut self.host_root, PathBuf::from);
+        env.try_set("FLEET_AGENT_RUNTIME", &mut self.runtime.kind, |v| match v {
+            "crun" => Ok(RuntimeKind::Crun),
+            "runc" => Ok(RuntimeKind::Runc),
+            _ => Err("expected crun or runc"),
+        })?;
+        env.set(
+            "FLEET_AGENT_RUNTIME_BINARY",
+            &mut self.runtime.binary,
+            |v| Some(v.into()),
+        );
+        env.set("FLEET_AGENT_RUNTIME_ROOT", &mut self.runtime.root, |v| {
+            Some(v.into())
+        });
+        env.parse(
+            "FLEET_AGENT_PROBATION_SECS",
+            &mut self.deploy.probation_secs,
+        )?;
+        env.parse(
+            "FLEET_AGENT_CRASH_LOOP_RESTARTS",
+            &mut self.deploy.crash_loop_restarts,
+        )?;
+        env.parse("FLEET_AGENT_RESERVE_BYTES", &mut self.store.reserve_bytes)?;
         Ok(())
     }
 

@@ -87,3 +87,59 @@ fn telemetry_interval_and_host_root_come_from_file_and_env() {
             .is_err()
     );
 }
+
+#[test]
+fn every_variable_overrides_its_field() {
+    let mut c = Config::default();
+    c.apply_env(|k| {
+        let v = match k {
+            "FLEET_AGENT_DEVICE_ID" => "cam-09",
+            "FLEET_AGENT_STATE_DIR" => "/s",
+            "FLEET_AGENT_TRUST" => "/t.json",
+            "FLEET_AGENT_SERVER" => "http://h:1",
+            "FLEET_AGENT_BROKER" => "mqtt://b:2",
+            "FLEET_AGENT_TOKEN" => "tok",
+            "FLEET_AGENT_STATUS_INTERVAL_SECS" => "3",
+            "FLEET_AGENT_TELEMETRY_INTERVAL_SECS" => "4",
+            "FLEET_AGENT_HOST_ROOT" => "/h",
+            "FLEET_AGENT_RUNTIME" => "runc",
+            "FLEET_AGENT_RUNTIME_BINARY" => "/bin/runc",
+            "FLEET_AGENT_RUNTIME_ROOT" => "/run/r",
+            "FLEET_AGENT_PROBATION_SECS" => "5",
+            "FLEET_AGENT_CRASH_LOOP_RESTARTS" => "6",
+            "FLEET_AGENT_RESERVE_BYTES" => "7",
+            _ => return None,
+        };
+        Some(v.into())
+    })
+    .unwrap();
+    assert_eq!(c.device_id().unwrap().as_str(), "cam-09");
+    assert_eq!(c.state_dir, PathBuf::from("/s"));
+    assert_eq!(c.trust, PathBuf::from("/t.json"));
+    assert_eq!(c.server.as_deref(), Some("http://h:1"));
+    assert_eq!(c.broker, "mqtt://b:2");
+    assert_eq!(c.token.expose(), "tok");
+    assert_eq!((c.status_interval_secs, c.telemetry_interval_secs), (3, 4));
+    assert_eq!(c.host_root, PathBuf::from("/h"));
+    assert_eq!(c.runtime.kind, RuntimeKind::Runc);
+    assert_eq!(c.runtime.binary, Some(PathBuf::from("/bin/runc")));
+    assert_eq!(c.runtime.root, Some(PathBuf::from("/run/r")));
+    assert_eq!(
+        (c.deploy.probation_secs, c.deploy.crash_loop_restarts),
+        (5, 6)
+    );
+    assert_eq!(c.store.reserve_bytes, 7);
+    for (var, bad) in [
+        ("FLEET_AGENT_RUNTIME", "docker"),
+        ("FLEET_AGENT_DEVICE_ID", "Not A Device"),
+    ] {
+        let err = c.apply_env(|k| (k == var).then(|| bad.into())).unwrap_err();
+        assert!(matches!(&err, ConfigError::Env(e) if e.var == var), "{err}");
+        assert!(err.to_string().contains(var), "{err}");
+    }
+    assert_eq!(
+        c.runtime.kind,
+        RuntimeKind::Runc,
+        "a bad value changes nothing"
+    );
+}

@@ -35,6 +35,7 @@ pub enum Challenge {
 }
 
 /// Parses a `WWW-Authenticate` header value (quoted values may hold commas).
+/// A bearer challenge needs a non-empty `realm` (the token endpoint).
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
@@ -77,7 +78,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Some(Challenge::Basic),
         "bearer" => Some(Challenge::Bearer {
-            realm: map.remove("realm")?,
+            realm: map.remove("realm").filter(|r| !r.is_empty())?,
             service: map.remove("service"),
             scope: map.remove("scope"),
         }),
@@ -170,6 +171,54 @@ mod tests {
             None,
             "realm is required"
         );
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="",service="x""#),
+            None,
+            "an empty realm is no token endpoint"
+        );
+    }
+
+    /// The header a registry would send for `challenge`, every value quoted.
+    fn render(challenge: &Challenge) -> String {
+        let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        match challenge {
+            Challenge::Basic => "Basic".into(),
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let mut header = format!("Bearer realm={}", quote(realm));
+                for (key, value) in [("service", service), ("scope", scope)] {
+                    if let Some(v) = value {
+                        header.push_str(&format!(",{key}={}", quote(v)));
+                    }
+                }
+                header
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_gives_a_realm_and_reparses_the_same(header in "(Bearer |bEaReR |Basic )?( ?,? ?[a-zA-Z]{0,6} ?= ?(\"([^\"\\\\]|\\\\.){0,10}\"?|[^,]{0,10})){0,4}|\\PC{0,60}") {
+            if let Some(challenge) = parse_challenge(&header) {
+                if let Challenge::Bearer { realm, .. } = &challenge {
+                    proptest::prop_assert!(!realm.is_empty(), "{header}");
+                }
+                proptest::prop_assert_eq!(parse_challenge(&render(&challenge)), Some(challenge));
+            }
+        }
+
+        #[test]
+        fn quoted_values_survive_commas_quotes_and_backslashes(
+            realm in "\\PC{1,30}",
+            service in proptest::option::of("[ -~]{0,20}"),
+            scope in proptest::option::of("[a-z:/,\\\\\"]{0,20}"),
+        ) {
+            let challenge = Challenge::Bearer { realm, service, scope };
+            proptest::prop_assert_eq!(parse_challenge(&render(&challenge)), Some(challenge));
+        }
     }
 
     #[tokio::test]

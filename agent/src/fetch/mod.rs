@@ -12,7 +12,7 @@ mod limit;
 mod pull;
 mod sink;
 
-pub use auth::Credentials;
+pub use auth::{Challenge, Credentials, parse_challenge};
 pub use blob::{BlobDownload, Partial};
 pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
 pub use error::FetchError;

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio_util::io::ReaderStream;
 
-use super::upstream::PullThrough;
+use super::range::{ByteRange, parse_range};
 use super::{ContentError, ContentStore, import_archive, validate_repository};
 
 /// The largest upload `POST /api/v1/images/import` accepts.
@@ -30,33 +29,17 @@ const STREAM_CHUNK: usize = 64 * 1024;
 #[derive(Clone)]
 struct Pull {
     store: ContentStore,
-    upstream: Option<Arc<dyn PullThrough>>,
 }
 
 /// The OCI distribution pull API under `/v2/`: base check, manifests (by tag
 /// or digest), blobs (with HTTP Range) and tag lists. Repository names may
 /// contain slashes. Pushes are refused (`UNSUPPORTED`).
 pub fn router(store: ContentStore) -> Router {
-    pull_router(Pull {
-        store,
-        upstream: None,
-    })
-}
-
-/// [`router`], asking `upstream` for manifests and blobs the store lacks.
-pub fn router_with_pull_through(store: ContentStore, upstream: Arc<dyn PullThrough>) -> Router {
-    pull_router(Pull {
-        store,
-        upstream: Some(upstream),
-    })
-}
-
-fn pull_router(state: Pull) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
-        .with_state(state)
+        .with_state(Pull { store })
 }
 
 async fn base() -> Response {
@@ -231,20 +214,7 @@ async fn manifest(
         let entry = store.manifest(name, &digest)?;
         Some((digest, entry))
     };
-    let found = match lookup(&state.store) {
-        Some(found) => Some(found),
-        None => match &state.upstream {
-            Some(up) => {
-                let fetched = up
-                    .fetch_manifest(&state.store, name, reference)
-                    .await
-                    .map_err(upstream_error)?;
-                if fetched { lookup(&state.store) } else { None }
-            }
-            None => None,
-        },
-    };
-    let Some((digest, entry)) = found else {
+    let Some((digest, entry)) = lookup(&state.store) else {
         return Err(if state.store.has_repository(name) {
             unknown()
         } else {
@@ -270,71 +240,9 @@ async fn manifest(
     Ok((headers, bytes).into_response())
 }
 
-fn upstream_error(e: super::UpstreamError) -> ApiError {
-    tracing::warn!(error = %e, "pull-through failed");
-    ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", e.to_string())
-}
-
 fn insert(headers: &mut HeaderMap, name: impl header::IntoHeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
-    }
-}
-
-/// A parsed `Range` header against a blob of `len` bytes.
-#[derive(Debug, PartialEq, Eq)]
-enum ByteRange {
-    /// No (usable) Range header: the whole blob.
-    Full,
-    /// Inclusive `start..=end`.
-    Partial {
-        start: u64,
-        end: u64,
-    },
-    Unsatisfiable,
-}
-
-/// Parses a single `bytes=` range (RFC 9110). Several ranges, another unit
-/// or a malformed spec are refused as unsatisfiable.
-fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
-    let Some(value) = value else {
-        return ByteRange::Full;
-    };
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return ByteRange::Unsatisfiable;
-    };
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return ByteRange::Unsatisfiable;
-    };
-    let num = |s: &str| -> Option<u64> {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    match (first.trim().is_empty(), num(first), num(last)) {
-        // bytes=-N: the last N bytes.
-        (true, _, Some(suffix)) if suffix > 0 && len > 0 => ByteRange::Partial {
-            start: len.saturating_sub(suffix),
-            end: len - 1,
-        },
-        (false, Some(start), end) if start < len => {
-            if !last.trim().is_empty() && end.is_none() {
-                return ByteRange::Unsatisfiable;
-            }
-            match end {
-                Some(end) if end < start => ByteRange::Unsatisfiable,
-                Some(end) => ByteRange::Partial {
-                    start,
-                    end: end.min(len - 1),
-                },
-                None => ByteRange::Partial {
-                    start,
-                    end: len - 1,
-                },
-            }
-        }
-        _ => ByteRange::Unsatisfiable,
     }
 }
 
@@ -349,16 +257,7 @@ async fn blob(
         ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
             .detail(json!({ "digest": digest }))
     })?;
-    let mut size = state.store.blob_size(&digest);
-    if size.is_none()
-        && let Some(up) = &state.upstream
-        && up
-            .fetch_blob(&state.store, name, &digest)
-            .await
-            .map_err(upstream_error)?
-    {
-        size = state.store.blob_size(&digest);
-    }
+    let size = state.store.blob_size(&digest);
     if !state.store.has_repository(name) {
         return Err(ApiError::name_unknown(name));
     }
@@ -513,36 +412,4 @@ async fn receive_and_import(
     // The upload is removed when `tmp` drops, whatever the outcome.
     drop(tmp);
     summary
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        use ByteRange::*;
-        let p = |s, e| Partial { start: s, end: e };
-        assert_eq!(parse_range(None, 10), Full);
-        assert_eq!(parse_range(Some("bytes=0-3"), 10), p(0, 3));
-        assert_eq!(parse_range(Some("bytes=4-"), 10), p(4, 9));
-        assert_eq!(parse_range(Some("bytes=5-100"), 10), p(5, 9));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), p(7, 9));
-        assert_eq!(parse_range(Some("bytes=-30"), 10), p(0, 9));
-        assert_eq!(parse_range(Some("bytes=9-9"), 10), p(9, 9));
-        for bad in [
-            "bytes=10-",
-            "bytes=10-12",
-            "bytes=5-2",
-            "bytes=-0",
-            "bytes=a-b",
-            "bytes=1-x",
-            "items=0-1",
-            "bytes=0-1,3-4",
-            "bytes=",
-        ] {
-            assert_eq!(parse_range(Some(bad), 10), Unsatisfiable, "{bad}");
-        }
-        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
-    }
 }

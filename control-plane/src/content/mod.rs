@@ -12,24 +12,21 @@
 //!   they point to is in place.
 //! - [`import_router`]: `POST /api/v1/images/import`, the upload endpoint
 //!   behind `fleetctl image import` ([`cli::import_image`]).
-//! - [`PullThrough`]: the hook for fetching missing content from an upstream
-//!   registry (not implemented here).
 
 pub mod cli;
 mod http;
 mod import;
+pub mod range;
 mod source;
 mod store;
-mod upstream;
 
 pub use fleet_protocol::oci::media_type;
-pub use http::{MAX_IMPORT_BYTES, import_router, router, router_with_pull_through};
+pub use http::{MAX_IMPORT_BYTES, import_router, router};
 pub use import::{
     ImportSummary, ImportedImage, import_archive, import_docker_archive, import_oci_archive,
     import_oci_layout,
 };
 pub use store::{ContentStore, ManifestEntry};
-pub use upstream::{BoxFuture, PullThrough, UpstreamError};
 
 use std::path::PathBuf;
 
