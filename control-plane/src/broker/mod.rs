@@ -23,19 +23,20 @@
 //! connection (the broker then sends the devices' last wills); rumqttd's own
 //! threads stay idle until the process exits, since it offers no shutdown.
 
+mod frame;
+mod internal;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
-use fleet_protocol::id::DeviceId;
+use bytes::BytesMut;
+use fleet_protocol::id::{DeviceId, IdError};
 use fleet_protocol::topic::TopicScheme;
-use rand_core::{OsRng, RngCore};
-use rumqttd::protocol::v4::{self, V4};
+use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol};
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,6 +44,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+#[doc(hidden)] // public for the fuzz targets only
+pub use frame::{PublishHeader, next_frame};
+use frame::{connack, puback, read_frame, suback_failure};
+pub use internal::ProbeError;
+use internal::{
+    ct_eq, random_secret, reserve_loopback_port, sha256, start_rumqttd, wait_until_ready,
+};
 
 /// Largest MQTT packet accepted by default: a desired state may be 1 MiB
 /// (`fleet_protocol::message::MAX_MESSAGE_BYTES`) plus topic and header.
@@ -62,8 +71,12 @@ pub enum BrokerError {
     },
     #[error("cannot reserve an internal port for the broker")]
     InternalPort(#[source] std::io::Error),
-    #[error("the internal broker on {addr} did not come up: {reason}")]
-    InternalStart { addr: SocketAddr, reason: String },
+    #[error("the internal broker on {addr} did not come up")]
+    InternalStart {
+        addr: SocketAddr,
+        #[source]
+        source: ProbeError,
+    },
     #[error("TLS on the embedded broker is not supported yet (configured for {addr})")]
     TlsUnsupported { addr: SocketAddr },
     #[error("cannot start the broker thread")]
@@ -76,12 +89,55 @@ pub enum BrokerError {
 pub enum SessionError {
     #[error("i/o")]
     Io(#[from] std::io::Error),
-    #[error("malformed MQTT packet: {0}")]
-    Protocol(String),
+    #[error("malformed MQTT packet")]
+    Malformed(#[source] rumqttd::protocol::Error),
+    #[error("malformed PUBLISH: {0}")]
+    BadPublish(&'static str),
+    #[error("the first packet is not CONNECT")]
+    NotConnect,
+    #[error("a second CONNECT on one connection")]
+    SecondConnect,
+    #[error("a SUBSCRIBE that does not decode as one")]
+    NotSubscribe,
+    #[error("forbidden QoS {qos} publish to {topic}")]
+    ForbiddenPublish { qos: u8, topic: String },
     #[error("no CONNECT within {0:?}")]
     ConnectTimeout(Duration),
-    #[error("refused CONNECT from {client_id:?}: {reason}")]
-    Refused { client_id: String, reason: String },
+    #[error("refused CONNECT from {client_id:?}")]
+    Refused {
+        client_id: String,
+        #[source]
+        reason: Refusal,
+    },
+}
+
+/// Why a CONNECT was refused; each maps to its MQTT 3.1.1 CONNACK code.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no credentials")]
+    NoCredentials,
+    #[error("bad server credentials")]
+    BadServerCredentials,
+    #[error("the client id is not a device id")]
+    NotADeviceId(#[source] IdError),
+    #[error("the user name differs from the client id")]
+    UserNameMismatch,
+    #[error("bad device token")]
+    BadDeviceToken,
+    #[error("last will on forbidden topic {0}")]
+    ForbiddenWill(String),
+}
+
+impl Refusal {
+    /// CONNACK return code: 2 identifier rejected, 4 bad user name or
+    /// password, 5 not authorised.
+    pub fn connack_code(&self) -> u8 {
+        match self {
+            Self::NotADeviceId(_) => 2,
+            Self::BadServerCredentials | Self::UserNameMismatch | Self::BadDeviceToken => 4,
+            Self::NoCredentials | Self::ForbiddenWill(_) => 5,
+        }
+    }
 }
 
 /// Decides whether a device may connect with a token.
@@ -321,18 +377,18 @@ async fn session(
     let Some(first) = first else { return Ok(()) };
     let (connect, will, login) = match V4.read_mut(&mut first.clone(), max) {
         Ok(Packet::Connect(c, _, will, _, login)) => (c, will, login),
-        Ok(_) => return Err(SessionError::Protocol("first packet is not CONNECT".into())),
+        Ok(_) => return Err(SessionError::NotConnect),
         Err(v4_err) => {
             if matches!(v4_err, rumqttd::protocol::Error::InvalidProtocolLevel(_)) {
                 client.write_all(&connack(1)).await?;
             }
-            return Err(SessionError::Protocol(format!("bad CONNECT: {v4_err}")));
+            return Err(SessionError::Malformed(v4_err));
         }
     };
     let identity = match authorize(shared, &connect, will.as_ref(), login.as_ref()) {
         Ok(id) => id,
-        Err((code, reason)) => {
-            client.write_all(&connack(code)).await?;
+        Err(reason) => {
+            client.write_all(&connack(reason.connack_code())).await?;
             return Err(SessionError::Refused {
                 client_id: connect.client_id,
                 reason,
@@ -352,7 +408,7 @@ async fn session(
         Packet::Connect(connect.clone(), None, will, None, login),
         &mut out,
     )
-    .map_err(|e| SessionError::Protocol(format!("re-encoding CONNECT: {e}")))?;
+    .map_err(SessionError::Malformed)?;
     broker.write_all(&out).await?;
 
     // Broker → client frames may be larger than what a client may send
@@ -400,7 +456,7 @@ fn filter(shared: &Shared, identity: &Identity, frame: &BytesMut) -> Result<Verd
     let packet_type = frame[0] >> 4;
     match packet_type {
         // CONNECT twice is a protocol violation.
-        1 => Err(SessionError::Protocol("second CONNECT".into())),
+        1 => Err(SessionError::SecondConnect),
         3 => {
             let publish = PublishHeader::parse(frame)?;
             if shared.scheme.device_may_publish(device, &publish.topic) {
@@ -410,18 +466,18 @@ fn filter(shared: &Shared, identity: &Identity, frame: &BytesMut) -> Result<Verd
             match (publish.qos, publish.pkid) {
                 (0, _) => Ok(Verdict::Drop),
                 (1, Some(pkid)) => Ok(Verdict::Reply(puback(pkid))),
-                _ => Err(SessionError::Protocol(format!(
-                    "forbidden QoS {} publish to {}",
-                    publish.qos, publish.topic
-                ))),
+                _ => Err(SessionError::ForbiddenPublish {
+                    qos: publish.qos,
+                    topic: publish.topic,
+                }),
             }
         }
         8 => {
             let Packet::Subscribe(subscribe, _) = V4
                 .read_mut(&mut frame.clone(), frame.len())
-                .map_err(|e| SessionError::Protocol(format!("bad SUBSCRIBE: {e}")))?
+                .map_err(SessionError::Malformed)?
             else {
-                return Err(SessionError::Protocol("bad SUBSCRIBE".into()));
+                return Err(SessionError::NotSubscribe);
             };
             let denied: Vec<&str> = subscribe
                 .filters
@@ -447,11 +503,9 @@ fn authorize(
     connect: &Connect,
     will: Option<&LastWill>,
     login: Option<&Login>,
-) -> Result<Identity, (u8, String)> {
-    // CONNACK codes (3.1.1): 2 identifier rejected, 4 bad user name or
-    // password, 5 not authorised.
+) -> Result<Identity, Refusal> {
     let Some(login) = login else {
-        return Err((5, "no credentials".into()));
+        return Err(Refusal::NoCredentials);
     };
     if connect.client_id == shared.server.client_id {
         return if login.username == shared.server.client_id
@@ -461,290 +515,31 @@ fn authorize(
             ) {
             Ok(Identity::Server)
         } else {
-            Err((4, "bad server credentials".into()))
+            Err(Refusal::BadServerCredentials)
         };
     }
-    let device = DeviceId::new(connect.client_id.as_str())
-        .map_err(|e| (2, format!("client id is not a device id: {e}")))?;
+    let device = DeviceId::new(connect.client_id.as_str()).map_err(Refusal::NotADeviceId)?;
     if login.username != connect.client_id {
-        return Err((4, "user name differs from the client id".into()));
+        return Err(Refusal::UserNameMismatch);
     }
     if !shared
         .devices
         .authenticate(&device, login.password.as_bytes())
     {
-        return Err((4, "bad device token".into()));
+        return Err(Refusal::BadDeviceToken);
     }
     if let Some(will) = will {
         let topic = String::from_utf8_lossy(&will.topic);
         if !shared.scheme.device_may_publish(&device, &topic) {
-            return Err((5, format!("last will on forbidden topic {topic}")));
+            return Err(Refusal::ForbiddenWill(topic.into_owned()));
         }
     }
     Ok(Identity::Device(device))
 }
 
-/// Topic, QoS and packet id of a PUBLISH frame.
-#[doc(hidden)] // public for the fuzz targets only
-pub struct PublishHeader {
-    pub topic: String,
-    pub qos: u8,
-    pub pkid: Option<u16>,
-}
-
-impl PublishHeader {
-    pub fn parse(frame: &BytesMut) -> Result<Self, SessionError> {
-        let bad = |what: &str| SessionError::Protocol(format!("bad PUBLISH: {what}"));
-        let header = v4::check(frame.iter(), usize::MAX)
-            .map_err(|e| SessionError::Protocol(format!("bad PUBLISH: {e}")))?;
-        let qos = (header.byte1 >> 1) & 0b11;
-        let mut body = &frame[header.fixed_header_len..];
-        if body.len() < 2 {
-            return Err(bad("no topic"));
-        }
-        let len = usize::from(body.get_u16());
-        if body.len() < len {
-            return Err(bad("topic length"));
-        }
-        let topic = std::str::from_utf8(&body[..len])
-            .map_err(|_| bad("topic is not UTF-8"))?
-            .to_owned();
-        body.advance(len);
-        let pkid = if qos > 0 {
-            if body.len() < 2 {
-                return Err(bad("no packet id"));
-            }
-            Some(body.get_u16())
-        } else {
-            None
-        };
-        Ok(Self { topic, qos, pkid })
-    }
-}
-
-/// Reads until one whole frame is buffered; `None` on a clean EOF.
-async fn read_frame(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<BytesMut>, SessionError> {
-    loop {
-        if let Some(frame) = next_frame(buf, max)? {
-            return Ok(Some(frame));
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-/// Splits one complete MQTT frame off the front of `buf`, if there is one.
-#[doc(hidden)] // public for the fuzz targets only
-pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, SessionError> {
-    match v4::check(buf.iter(), max) {
-        Ok(header) => Ok(Some(buf.split_to(header.frame_length()))),
-        Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),
-        Err(e) => Err(SessionError::Protocol(e.to_string())),
-    }
-}
-
-fn connack(code: u8) -> Vec<u8> {
-    vec![0x20, 0x02, 0x00, code]
-}
-
-fn puback(pkid: u16) -> Vec<u8> {
-    let mut b = Vec::with_capacity(4);
-    b.put_u8(0x40);
-    b.put_u8(0x02);
-    b.put_u16(pkid);
-    b
-}
-
-/// SUBACK with the failure code (0x80) for each of `count` filters.
-fn suback_failure(pkid: u16, count: usize) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(0x90);
-    let remaining = 2 + count;
-    // Variable-length remaining length.
-    let mut x = remaining;
-    loop {
-        let mut byte = (x % 128) as u8;
-        x /= 128;
-        if x > 0 {
-            byte |= 0x80;
-        }
-        b.put_u8(byte);
-        if x == 0 {
-            break;
-        }
-    }
-    b.put_u16(pkid);
-    b.extend(std::iter::repeat_n(0x80u8, count));
-    b.to_vec()
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Finds a free loopback port for rumqttd (which cannot report the port it
-/// bound). The short race with another process is caught by
-/// [`wait_until_ready`], which needs the secret to succeed.
-fn reserve_loopback_port() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    l.local_addr()
-}
-
-fn start_rumqttd(
-    config: &BrokerConfig,
-    internal: SocketAddr,
-    secret: &str,
-) -> Result<(), BrokerError> {
-    let mut connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: config.max_packet_bytes,
-        max_inflight_count: 100,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let want = secret.to_owned();
-    connections.set_auth_handler(move |_client: String, _user: String, pass: String| {
-        let ok = ct_eq(&sha256(pass.as_bytes()), &sha256(want.as_bytes()));
-        async move { ok }
-    });
-    let server = rumqttd::ServerSettings {
-        name: "fleet-internal".into(),
-        listen: internal,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let router = rumqttd::RouterConfig {
-        // The front is the only client; it keeps one internal connection per
-        // device connection.
-        max_connections: config.max_connections + 16,
-        max_outgoing_packet_count: 200,
-        // Per-topic commit logs: retained messages live apart from them, and
-        // each device topic carries few, small messages.
-        max_segment_size: config.max_packet_bytes.max(1024 * 1024) * 2,
-        max_segment_count: 2,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
-    let rconfig = rumqttd::Config {
-        id: 0,
-        router,
-        v4: Some(HashMap::from([("fleet".to_owned(), server)])),
-        ..Default::default()
-    };
-    std::thread::Builder::new()
-        .name("rumqttd".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(rconfig);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
-        })
-        .map_err(BrokerError::Thread)?;
-    Ok(())
-}
-
-/// Connects to rumqttd with the secret until it answers with CONNACK success.
-async fn wait_until_ready(internal: SocketAddr, secret: &str) -> Result<(), BrokerError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut last = String::from("not tried");
-    while tokio::time::Instant::now() < deadline {
-        match probe(internal, secret).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(BrokerError::InternalStart {
-        addr: internal,
-        reason: last,
-    })
-}
-
-async fn probe(internal: SocketAddr, secret: &str) -> Result<(), String> {
-    let mut s = TcpStream::connect(internal)
-        .await
-        .map_err(|e| e.to_string())?;
-    let connect = Connect {
-        keep_alive: 10,
-        client_id: "fleet-broker-probe".into(),
-        clean_session: true,
-    };
-    let login = Some(Login {
-        username: "fleet-broker-probe".into(),
-        password: secret.to_owned(),
-    });
-    let mut out = BytesMut::new();
-    V4.write(Packet::Connect(connect, None, None, None, login), &mut out)
-        .map_err(|e| e.to_string())?;
-    s.write_all(&out).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::new();
-    let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s, &mut buf, 64))
-        .await
-        .map_err(|_| "no CONNACK".to_owned())?
-        .map_err(|e| e.to_string())?
-        .ok_or("closed before CONNACK")?;
-    if frame.len() == 4 && frame[0] == 0x20 && frame[3] == 0 {
-        let _ = s.write_all(&[0xe0, 0x00]).await;
-        Ok(())
-    } else {
-        Err(format!("unexpected answer {:02x?}", &frame[..]))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suback_failure_encodes_one_code_per_filter() {
-        assert_eq!(suback_failure(7, 2), vec![0x90, 4, 0, 7, 0x80, 0x80]);
-        let long = suback_failure(1, 200);
-        assert_eq!(&long[..3], &[0x90, 0xca, 0x01]);
-        assert_eq!(long.len(), 3 + 2 + 200);
-    }
-
-    #[test]
-    fn publish_header_is_parsed_for_each_qos() {
-        // QoS 1, topic "a/b", pkid 9, payload "x".
-        let frame = BytesMut::from(&[0x32, 8, 0, 3, b'a', b'/', b'b', 0, 9, b'x'][..]);
-        let p = PublishHeader::parse(&frame).unwrap();
-        assert_eq!((p.topic.as_str(), p.qos, p.pkid), ("a/b", 1, Some(9)));
-        let frame = BytesMut::from(&[0x30, 4, 0, 1, b'a', b'x'][..]);
-        let p = PublishHeader::parse(&frame).unwrap();
-        assert_eq!((p.topic.as_str(), p.qos, p.pkid), ("a", 0, None));
-        let short = BytesMut::from(&[0x32, 3, 0, 9, b'a'][..]);
-        assert!(PublishHeader::parse(&short).is_err());
-    }
-
-    #[test]
-    fn frames_are_split_only_when_complete() {
-        let mut buf = BytesMut::from(&[0x30, 4, 0, 1, b'a'][..]);
-        assert!(next_frame(&mut buf, 1024).unwrap().is_none());
-        buf.extend_from_slice(&[b'x', 0xc0]);
-        let f = next_frame(&mut buf, 1024).unwrap().unwrap();
-        assert_eq!(f.len(), 6);
-        assert!(next_frame(&mut buf, 1024).unwrap().is_none());
-        buf.extend_from_slice(&[0x00]);
-        assert_eq!(next_frame(&mut buf, 1024).unwrap().unwrap().len(), 2);
-    }
 
     #[test]
     fn static_tokens_check_device_and_token() {
