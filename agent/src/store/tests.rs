@@ -30,34 +30,16 @@ fn schema_version_is_recorded_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()));
     {
-        // sled's flusher thread can hold the file lock for a moment after the
-        // store is dropped: wait for it (bounded) instead of failing.
-        let mut tries = 0;
-        let db = loop {
-            match sled::open(dir.path().join("meta")) {
-                Ok(db) => break db,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("sled db still locked after 5 s: {e}"),
-            }
-        };
+        // Reopening right after a drop waits for sled's lock (bounded, in
+        // sled's open: third_party/sled/PATCHES.md).
+        let db = sled::open(dir.path().join("meta")).unwrap();
         assert_eq!(db.get(SCHEMA_KEY).unwrap().unwrap().as_ref(), b"1");
         db.insert(SCHEMA_KEY, b"99".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let mut tries = 0;
-    let err = loop {
-        match Store::open(dir.path(), StoreConfig::default()) {
-            Err(StoreError::Db { .. }) if tries < 100 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => break e,
-            Ok(_) => panic!("a store with schema 99 opened"),
-        }
+    let err = match Store::open(dir.path(), StoreConfig::default()) {
+        Err(e) => e,
+        Ok(_) => panic!("a store with schema 99 opened"),
     };
     assert!(
         matches!(err, StoreError::Schema { ref found, .. } if found == "99"),

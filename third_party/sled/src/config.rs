@@ -592,7 +592,23 @@ impl Config {
                 // block to wait on reopening files.
                 file.lock_exclusive()
             } else {
-                file.try_lock_exclusive()
+                // Fleet patch: a database dropped a moment ago in this
+                // process can still hold the lock (sled's background
+                // threads release their handles asynchronously), so an
+                // in-process reopen waits for it, bounded at 5 s. Another
+                // process holding the lock still fails, after that wait.
+                let mut tries = 0;
+                loop {
+                    match file.try_lock_exclusive() {
+                        Err(_) if tries < 100 => {
+                            tries += 1;
+                            std::thread::sleep(
+                                std::time::Duration::from_millis(50),
+                            );
+                        }
+                        result => break result,
+                    }
+                }
             };
 
             if let Err(e) = try_lock {
