@@ -198,6 +198,7 @@ fn status(device: &DeviceId, i: usize, now: u64) -> anyhow::Result<StatusReport>
             variant: jetson(i).then(|| "v8".to_owned()),
             l4t_version: jetson(i).then(|| "R36.4.0".to_owned()),
             agent_version: "0.1.0".to_owned(),
+            ..Default::default()
         }),
     })
 }

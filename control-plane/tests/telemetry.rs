@@ -258,6 +258,7 @@ fn status(id: &str, l4t: Option<&str>, version: &str) -> StatusReport {
             variant: None,
             l4t_version: l4t.map(str::to_owned),
             agent_version: "0.1.0".into(),
+            ..Default::default()
         }),
     }
 }

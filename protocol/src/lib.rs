@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod message;
 pub mod oci;
 mod rejection;
+pub mod requires;
 pub mod root;
 pub mod session;
 mod signature;

@@ -62,6 +62,9 @@ pub enum ErrorCode {
     /// The release asks for something the device's trust metadata forbids
     /// (e.g. privileged).
     NotAllowed,
+    /// The release requires an L4T/CUDA/SoC or a device this device does
+    /// not have; refused before anything is downloaded.
+    Incompatible,
     // Desired state / command refused.
     Rejected,
     BadSignature,
@@ -77,7 +80,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::DownloadFailed,
         ErrorCode::DiskFull,
         ErrorCode::VerifyFailed,
@@ -88,6 +91,7 @@ impl ErrorCode {
         ErrorCode::RollbackFailed,
         ErrorCode::Superseded,
         ErrorCode::NotAllowed,
+        ErrorCode::Incompatible,
         ErrorCode::Rejected,
         ErrorCode::BadSignature,
         ErrorCode::StaleGeneration,
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::RollbackFailed => "rollback_failed",
             ErrorCode::Superseded => "superseded",
             ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::Incompatible => "incompatible",
             ErrorCode::Rejected => "rejected",
             ErrorCode::BadSignature => "bad_signature",
             ErrorCode::StaleGeneration => "stale_generation",

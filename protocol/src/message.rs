@@ -1,6 +1,7 @@
 //! Wire messages. Every message carries `schema` (the version of this format).
 //! Unknown fields are ignored on decode so that an old agent keeps working when
-//! a newer server adds fields; a message whose `schema` major is newer than
+//! a newer server adds fields (except inside a release's `requires`: a
+//! requirement the agent cannot check refuses the release by name); a message whose `schema` major is newer than
 //! [`SCHEMA_VERSION`] is still decoded, and callers decide what to do with it.
 //!
 //! Times are seconds since the Unix epoch (`u64`). Absent optional fields and
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{AppName, DeviceId, Digest};
 use crate::lifecycle::{ErrorCode, Phase};
+pub use crate::requires::Requirements;
 
 /// The version of the message formats defined here.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -103,6 +105,13 @@ pub struct RuntimeSettings {
     /// CDI device names, e.g. `nvidia.com/gpu=all`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// `gpu = "all"`: the same as `devices = ["nvidia.com/gpu=all"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuRequest>,
+    /// What the device must be (L4T, CUDA, SoC); checked before anything is
+    /// downloaded. Unknown requirement names are refused.
+    #[serde(skip_serializing_if = "Requirements::is_empty")]
+    pub requires: Requirements,
     /// Granted only when the device's trust metadata allows it.
     pub privileged: bool,
     pub restart: RestartPolicy,
@@ -115,6 +124,23 @@ pub struct RuntimeSettings {
     /// Seconds between SIGTERM and SIGKILL on stop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_secs: Option<u64>,
+}
+
+/// Which GPUs a release asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuRequest {
+    /// Every GPU the device describes (`nvidia.com/gpu=all`).
+    All,
+}
+
+impl GpuRequest {
+    /// The CDI device this request stands for.
+    pub fn cdi_name(self) -> &'static str {
+        match self {
+            GpuRequest::All => "nvidia.com/gpu=all",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +343,21 @@ pub struct DeviceInfo {
     /// Jetson Linux release, e.g. `R36.4.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l4t_version: Option<String>,
+    /// Tegra SoC, e.g. `t234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soc: Option<String>,
+    /// Jetson model from the device tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// JetPack release, e.g. `6.2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jetpack_version: Option<String>,
+    /// CUDA toolkit on the host, e.g. `12.6.68`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_version: Option<String>,
+    /// CDI devices the host describes (`nvidia.com/gpu=all`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     pub agent_version: String,
 }
 

@@ -28,6 +28,9 @@ fn full_runtime() -> RuntimeSettings {
         read_only_rootfs: true,
         network: NetworkMode::None,
         devices: vec!["nvidia.com/gpu=all".into()],
+        gpu: Some(GpuRequest::All),
+        requires: serde_json::from_str(r#"{"l4t":">=36.3, <37","cuda":">=12.2","soc":"t234"}"#)
+            .unwrap(),
         privileged: false,
         restart: RestartPolicy::OnFailure,
         health: Some(HealthCheck {
@@ -140,6 +143,11 @@ fn status() -> StatusReport {
             architecture: "arm64".into(),
             variant: Some("v8".into()),
             l4t_version: Some("R36.4.0".into()),
+            soc: Some("tegra234".into()),
+            model: Some("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit".into()),
+            jetpack_version: Some("6.1".into()),
+            cuda_version: Some("12.6.68".into()),
+            cdi_devices: vec!["nvidia.com/gpu=0".into(), "nvidia.com/gpu=all".into()],
             agent_version: "0.1.0".into(),
         }),
     }
@@ -205,10 +213,13 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(msg: &T) {
 /// user data, where an extra key would be a real change).
 fn add_future_fields(v: &mut Value) {
     const MAPS: [&str; 4] = ["env", "labels", "temperatures", "power_mw"];
+    // The one deliberate exception: a requirement this agent cannot check
+    // must refuse the release, not be ignored (requires_tests.rs).
+    const STRICT: [&str; 1] = ["requires"];
     match v {
         Value::Object(obj) => {
             for (key, child) in obj.iter_mut() {
-                if !MAPS.contains(&key.as_str()) {
+                if !MAPS.contains(&key.as_str()) && !STRICT.contains(&key.as_str()) {
                     add_future_fields(child);
                 }
             }

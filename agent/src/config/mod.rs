@@ -409,6 +409,7 @@ impl Config {
             driver = driver.with_root(r);
         }
         let mut config = RuntimeConfig::new(driver, &self.state_dir);
+        config.host_root = self.host_root.clone();
         if let Ok(device) = self.device_id() {
             config.cgroup_parent = format!("/fleet/{device}");
         }

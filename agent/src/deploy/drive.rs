@@ -20,9 +20,11 @@ use fleet_protocol::{ErrorCode, ErrorInfo, Phase};
 
 use super::content::{self, ContentSource};
 use super::{DeployError, Inner, crash, unix_now};
+use crate::gpu;
 use crate::image::{self, StoredImage};
 use crate::runtime::{StageRequest, Staged};
 use crate::state::{AppRecord, ReleaseRecord};
+use crate::telemetry::HostRoot;
 
 impl Inner {
     /// Persists `next` as the app's phase (flushed), with crash points
@@ -164,6 +166,15 @@ impl Inner {
         target: &ReleaseRecord,
         source: &ContentSource,
     ) -> Result<Event, DeployError> {
+        // Requirements and devices are checked before any byte moves; an
+        // incompatible release fails here and the running one keeps running.
+        let host = HostRoot::new(&self.containers.runtime().config().host_root);
+        if let Err(e) = gpu::check(&host, &target.release.runtime) {
+            Self::fail(rec, ErrorCode::Incompatible, format!("incompatible: {e}"));
+            return Ok(Event::DownloadFailed {
+                code: ErrorCode::Incompatible,
+            });
+        }
         if rec.phase == Phase::Pending {
             let t = self.step(rec, &Event::DownloadStarted, unix_now())?;
             self.transition(rec, t.next)?;

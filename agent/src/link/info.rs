@@ -9,17 +9,23 @@ pub use crate::telemetry::tegra::parse_nv_tegra_release;
 use crate::telemetry::{HostRoot, tegra};
 
 /// Builds the device description: labels from the config, the architecture
-/// this agent was compiled for, and, on a Tegra host, the Jetson Linux (L4T)
-/// release (`/etc/nv_tegra_release`, else dpkg's `nvidia-l4t-core`), read
-/// under `host_root`.
+/// this agent was compiled for, and, on a Tegra host, what
+/// [`crate::gpu::detect`] finds under `host_root` (L4T, SoC, model, JetPack,
+/// CUDA) and the CDI devices the host describes.
 pub fn device_info(labels: BTreeMap<String, String>, host_root: &Path) -> DeviceInfo {
     let (architecture, variant) = architecture();
-    let l4t_version = tegra::detect(&HostRoot::new(host_root)).and_then(|t| t.l4t_version);
+    let host = HostRoot::new(host_root);
+    let tegra = tegra::detect(&host).unwrap_or_default();
     DeviceInfo {
         labels,
         architecture: architecture.to_owned(),
         variant: variant.map(str::to_owned),
-        l4t_version,
+        l4t_version: tegra.l4t_version,
+        soc: tegra.soc,
+        model: tegra.model,
+        jetpack_version: tegra.jetpack_version,
+        cuda_version: tegra.cuda_version,
+        cdi_devices: crate::gpu::device_names(&host),
         agent_version: crate::VERSION.to_owned(),
     }
 }

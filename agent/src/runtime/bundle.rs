@@ -30,8 +30,6 @@ pub enum BundleError {
     BadUser { user: String, reason: String },
     #[error("resource limit {name} = {value} is out of range")]
     BadLimit { name: &'static str, value: u64 },
-    #[error("devices {0:?} need the GPU/CDI support, which this build does not apply")]
-    DevicesUnsupported(Vec<String>),
     #[error("invalid OCI spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("{path:?}: {source}")]
@@ -138,9 +136,6 @@ pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
     let privileged = settings.privileged;
     if privileged && !p.allow_privileged {
         return Err(BundleError::PrivilegedNotAllowed);
-    }
-    if !settings.devices.is_empty() {
-        return Err(BundleError::DevicesUnsupported(settings.devices.clone()));
     }
     let config = p.image.config().clone().unwrap_or_default();
 

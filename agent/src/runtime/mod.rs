@@ -52,6 +52,8 @@ pub enum RuntimeError {
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
     #[error("{path:?}: {source}")]
     Io {
         path: PathBuf,
@@ -137,6 +139,9 @@ pub struct RuntimeConfig {
     /// would hit the other's container: the agent config sets
     /// `/fleet/<device id>`.
     pub cgroup_parent: String,
+    /// Where host files (CDI specs, CSV files, device nodes, driver
+    /// libraries) are read: `/` on a device, a fixture tree in tests.
+    pub host_root: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -148,6 +153,7 @@ impl RuntimeConfig {
             logs: LogConfig::default(),
             backoff: BackoffConfig::default(),
             cgroup_parent: "/fleet".to_owned(),
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -261,12 +267,17 @@ impl ContainerRuntime {
             allow_privileged: req.allow_privileged,
             annotations,
         });
+        let host = crate::telemetry::HostRoot::new(&self.config.host_root);
+        let spec = spec.map_err(RuntimeError::from).and_then(|mut spec| {
+            crate::gpu::inject(&host, req.settings, &mut spec)?;
+            Ok(spec)
+        });
         let spec = match spec {
             Ok(spec) => spec,
             Err(err) => {
                 // Nothing half-staged stays behind.
                 let _ = rootfs::remove(&dir);
-                return Err(err.into());
+                return Err(err);
             }
         };
         bundle::write_config(&dir, &spec)?;

@@ -1,9 +1,8 @@
 //! NVIDIA Tegra (Jetson) detection and its sensors, read through a
 //! [`HostRoot`].
 //!
-//! - Detection (NVIDIA's own rule, then enriched): `/etc/nv_tegra_release`
-//!   is a file, or `/sys/devices/soc0/family` starts with "tegra", or
-//!   `/proc/device-tree/compatible` lists an `nvidia,tegra*` entry.
+//! - Detection: [`crate::gpu::detect`], the one detector that device info,
+//!   telemetry and the GPU module share.
 //! - GPU load: the devfreq device whose `device/of_node/name` is `gpu`,
 //!   its `device/load` (per-mille); else `/sys/devices/gpu.0/load` (JP4).
 //!   GPU frequency: that devfreq device's `cur_freq` (Hz).
@@ -22,111 +21,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::host::{HostRoot, entries, parse_u64, read_small, read_u64};
-
-/// What the host's Tegra identity files say.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TegraInfo {
-    /// Jetson Linux release, e.g. `R36.4.3`.
-    pub l4t_version: Option<String>,
-    /// The SoC from the device tree, e.g. `tegra234`.
-    pub soc: Option<String>,
-    /// `/sys/devices/soc0/soc_id` (35 = T234).
-    pub soc_id: Option<u32>,
-    /// `/proc/device-tree/model`.
-    pub model: Option<String>,
-}
+pub use crate::gpu::detect::{TegraInfo, detect, l4t_from_dpkg_status, parse_nv_tegra_release};
 
 /// GPU readings.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuReading {
     pub load_percent: Option<f32>,
     pub freq_hz: Option<u64>,
-}
-
-/// The Tegra identity of the host, or `None` when it is not a Tegra.
-pub fn detect(host: &HostRoot) -> Option<TegraInfo> {
-    let release = host.read("/etc/nv_tegra_release");
-    let family = host.read("/sys/devices/soc0/family").map(clean);
-    let compatible = host
-        .read("/proc/device-tree/compatible")
-        .unwrap_or_default();
-    let soc = compatible
-        .split('\0')
-        .filter_map(|c| c.trim().strip_prefix("nvidia,"))
-        .find(|c| c.starts_with("tegra"))
-        .map(str::to_owned);
-    let is_tegra = release.is_some()
-        || family
-            .as_deref()
-            .is_some_and(|f| f.to_ascii_lowercase().starts_with("tegra"))
-        || soc.is_some();
-    if !is_tegra {
-        return None;
-    }
-    let l4t_version = release
-        .as_deref()
-        .and_then(parse_nv_tegra_release)
-        .or_else(|| {
-            host.read("/var/lib/dpkg/status")
-                .as_deref()
-                .and_then(l4t_from_dpkg_status)
-        });
-    Some(TegraInfo {
-        l4t_version,
-        soc,
-        soc_id: host
-            .read("/sys/devices/soc0/soc_id")
-            .and_then(|s| clean(s).parse().ok()),
-        model: host
-            .read("/proc/device-tree/model")
-            .map(clean)
-            .filter(|m| !m.is_empty()),
-    })
-}
-
-fn clean(s: String) -> String {
-    s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
-        .to_owned()
-}
-
-/// `# R36 (release), REVISION: 4.3, GCID: …` → `R36.4.3`.
-pub fn parse_nv_tegra_release(text: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.contains("REVISION"))?;
-    let release = line
-        .trim_start_matches('#')
-        .split_whitespace()
-        .next()
-        .filter(|r| {
-            r.len() > 1 && r.starts_with('R') && r[1..].chars().all(|c| c.is_ascii_digit())
-        })?;
-    let revision = line
-        .split(',')
-        .find_map(|part| part.trim().strip_prefix("REVISION:"))?
-        .trim();
-    if revision.is_empty() || !revision.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return None;
-    }
-    Some(format!("{release}.{revision}"))
-}
-
-/// The `nvidia-l4t-core` package version in dpkg's status file
-/// (`36.4.3-20250107174145` → `R36.4.3`): the fallback when
-/// `/etc/nv_tegra_release` is missing.
-pub fn l4t_from_dpkg_status(text: &str) -> Option<String> {
-    let stanza = text
-        .split("\n\n")
-        .find(|s| s.lines().any(|l| l.trim() == "Package: nvidia-l4t-core"))?;
-    let version = stanza
-        .lines()
-        .find_map(|l| l.strip_prefix("Version:"))?
-        .trim();
-    let upstream = version.split('-').next()?;
-    let parts: Vec<&str> = upstream.split('.').collect();
-    let numeric = parts.len() >= 2
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    numeric.then(|| format!("R{upstream}"))
 }
 
 /// GPU load and frequency.
@@ -244,30 +145,6 @@ fn iio_rails(dir: &Path, out: &mut BTreeMap<String, u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn release_files_parse() {
-        assert_eq!(
-            parse_nv_tegra_release(
-                "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
-            )
-            .as_deref(),
-            Some("R36.4.3")
-        );
-        assert_eq!(
-            parse_nv_tegra_release("# R32 (release), REVISION: 7.4, GCID: 33514132, BOARD: t210ref, EABI: aarch64, DATE: Fri Jun  9 04:25:08 UTC 2023\n").as_deref(),
-            Some("R32.7.4")
-        );
-        assert_eq!(parse_nv_tegra_release("# R (release), REVISION: 1.0"), None);
-        assert_eq!(parse_nv_tegra_release("# R36 (release), REVISION: x"), None);
-    }
-
-    #[test]
-    fn dpkg_status_gives_the_release_when_the_file_is_missing() {
-        let status = "Package: bash\nVersion: 5.1\n\nPackage: nvidia-l4t-core\nStatus: install ok installed\nVersion: 36.4.3-20250107174145\n\n";
-        assert_eq!(l4t_from_dpkg_status(status).as_deref(), Some("R36.4.3"));
-        assert_eq!(l4t_from_dpkg_status("Package: bash\nVersion: 5.1\n"), None);
-    }
 
     #[test]
     fn rails_and_loads_compute() {

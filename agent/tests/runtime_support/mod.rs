@@ -118,8 +118,20 @@ impl Env {
     }
 
     pub fn with_mode(kind: RuntimeKind, binary: &Path, mode: RootfsMode) -> Self {
+        Self::with_host_root(kind, binary, mode, Path::new("/"))
+    }
+
+    /// With host files (CDI specs, device nodes) read under `host_root`.
+    pub fn with_host_root(
+        kind: RuntimeKind,
+        binary: &Path,
+        mode: RootfsMode,
+        host_root: &Path,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let runtime = ContainerRuntime::new(Self::config(tmp.path(), kind, binary, mode)).unwrap();
+        let mut config = Self::config(tmp.path(), kind, binary, mode);
+        config.host_root = host_root.to_owned();
+        let runtime = ContainerRuntime::new(config).unwrap();
         Env {
             tmp,
             kind,

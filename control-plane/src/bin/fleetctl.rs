@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the rollout flags (GPU, requirements) make it large.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Signing keys and the devices' trust root (trust.json).
     #[command(subcommand)]

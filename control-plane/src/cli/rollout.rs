@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use fleet_protocol::message::{GpuRequest, RuntimeSettings};
+use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
 use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
 
@@ -51,6 +53,28 @@ pub struct RolloutArgs {
     /// Follow the rollout's progress after starting it.
     #[arg(long)]
     pub watch: bool,
+    /// Give the container the device's GPU (`all`: `nvidia.com/gpu=all`).
+    #[arg(long, value_parser = parse_gpu)]
+    pub gpu: Option<GpuRequest>,
+    /// A CDI device for the container, e.g. `nvidia.com/gpu=0` (repeatable).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// Jetson Linux range the device must run, e.g. ">=36.3, <37".
+    #[arg(long, value_parser = VersionRange::parse)]
+    pub requires_l4t: Option<VersionRange>,
+    /// CUDA range the device must have, e.g. ">=12.2".
+    #[arg(long, value_parser = VersionRange::parse)]
+    pub requires_cuda: Option<VersionRange>,
+    /// Tegra SoC the device must be, e.g. t234.
+    #[arg(long, value_parser = Soc::parse)]
+    pub requires_soc: Option<Soc>,
+}
+
+fn parse_gpu(text: &str) -> Result<GpuRequest, String> {
+    match text {
+        "all" => Ok(GpuRequest::All),
+        other => Err(format!("{other:?}: the only GPU request is \"all\"")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +174,16 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         version,
         repository,
         manifest_digest: digest.clone(),
-        runtime: Default::default(),
+        runtime: RuntimeSettings {
+            gpu: args.gpu,
+            devices: args.devices,
+            requires: Requirements {
+                l4t: args.requires_l4t,
+                cuda: args.requires_cuda,
+                soc: args.requires_soc,
+            },
+            ..Default::default()
+        },
     };
     let what = image.to_string();
     let envelope = sign::sign_release(&what, &serde_json::to_vec(&release)?, &key)?;

@@ -181,6 +181,7 @@ pub fn hello(id: &str, labels: &[(&str, &str)]) -> StatusReport {
             variant: Some("v8".into()),
             l4t_version: Some("36.3.0".into()),
             agent_version: "0.1.0".into(),
+            ..Default::default()
         }),
     }
 }

@@ -1,0 +1,145 @@
+//! Tegra GPU access for containers, without Docker or NVIDIA's runtime
+//! wrapper: crun/runc stay the runtime and the agent, being the engine,
+//! applies CDI edits to `config.json` itself.
+//!
+//! - [`detect`]: what the device is (model, SoC, L4T, JetPack, CUDA).
+//! - [`cdi`]: CDI specs from `/etc/cdi` and `/var/run/cdi` (host root).
+//! - [`csv`]: without a CDI spec for `nvidia.com/gpu`, the L4T CSV files
+//!   give the same spec.
+//! - [`apply`]: edits → OCI spec; only the requested devices are allowed.
+//! - [`check`]: the release's `requires` and devices against the device,
+//!   before anything is downloaded.
+
+pub mod apply;
+pub mod cdi;
+pub mod csv;
+pub mod detect;
+mod validate;
+mod yaml;
+
+use fleet_protocol::message::RuntimeSettings;
+use fleet_protocol::requires::{DeviceFacts, Unmet};
+
+pub use apply::ApplyError;
+pub use cdi::{CdiError, ContainerEdits, Registry};
+pub use detect::TegraInfo;
+
+use crate::telemetry::HostRoot;
+
+/// The kind the CSV fallback defines.
+pub const NVIDIA_GPU_KIND: &str = "nvidia.com/gpu";
+
+/// Why a release's devices cannot be given to its container.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(transparent)]
+    Cdi(#[from] CdiError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// Why a release cannot run on this device; reported as `incompatible`
+/// before anything is downloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Incompatible {
+    #[error("{}", join(.0))]
+    Requirements(Vec<Unmet>),
+    #[error("devices {devices:?}: {source}")]
+    Devices {
+        devices: Vec<String>,
+        #[source]
+        source: GpuError,
+    },
+}
+
+fn join(unmet: &[Unmet]) -> String {
+    let parts: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// The CDI devices a release asks for: `gpu` first, then `devices`, each once.
+pub fn requested(settings: &RuntimeSettings) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let gpu = settings.gpu.map(|g| g.cdi_name().to_owned());
+    for name in gpu.into_iter().chain(settings.devices.iter().cloned()) {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The host's device registry: its CDI specs, and the CSV fallback's
+/// `nvidia.com/gpu` spec when no CDI spec defines that kind.
+pub fn registry(host: &HostRoot) -> Result<Registry, CdiError> {
+    let mut registry = Registry::load(host)?;
+    if !registry.has_kind(NVIDIA_GPU_KIND)
+        && let Some(spec) = csv::generate(host)
+    {
+        registry.push_fallback(csv::spec_path(host), spec);
+    }
+    Ok(registry)
+}
+
+/// The edits for the release's devices (`None`: it asks for none).
+pub fn resolve(
+    host: &HostRoot,
+    settings: &RuntimeSettings,
+) -> Result<Option<ContainerEdits>, GpuError> {
+    let names = requested(settings);
+    if names.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(registry(host)?.resolve(&names)?))
+}
+
+/// Applies the release's devices to its OCI spec (device nodes stat'ed
+/// now, at create time).
+pub fn inject(
+    host: &HostRoot,
+    settings: &RuntimeSettings,
+    spec: &mut oci_spec::runtime::Spec,
+) -> Result<(), GpuError> {
+    if let Some(edits) = resolve(host, settings)? {
+        apply::apply(spec, &edits, host)?;
+    }
+    Ok(())
+}
+
+/// What the requirements are checked against.
+pub fn facts(info: Option<&TegraInfo>) -> DeviceFacts {
+    DeviceFacts {
+        l4t: info.and_then(|i| i.l4t_version.clone()),
+        cuda: info.and_then(|i| i.cuda_version.clone()),
+        soc: info.and_then(|i| i.soc.clone()),
+    }
+}
+
+/// Whether the release can run here: its `requires` against the detected
+/// device, and its devices resolvable from the host's specs.
+pub fn check(host: &HostRoot, settings: &RuntimeSettings) -> Result<(), Incompatible> {
+    if !settings.requires.is_empty() {
+        let info = detect::detect(host);
+        let unmet = settings.requires.unmet(&facts(info.as_ref()));
+        if !unmet.is_empty() {
+            return Err(Incompatible::Requirements(unmet));
+        }
+    }
+    resolve(host, settings)
+        .map(|_| ())
+        .map_err(|source| Incompatible::Devices {
+            devices: requested(settings),
+            source,
+        })
+}
+
+/// The fully qualified devices the host describes (for device info).
+pub fn device_names(host: &HostRoot) -> Vec<String> {
+    match registry(host) {
+        Ok(r) => r.device_names(),
+        Err(e) => {
+            tracing::warn!(error = %e, "CDI specs unreadable; no devices reported");
+            Vec::new()
+        }
+    }
+}

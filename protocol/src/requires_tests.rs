@@ -1,0 +1,87 @@
+use super::*;
+
+fn facts(l4t: Option<&str>, cuda: Option<&str>, soc: Option<&str>) -> DeviceFacts {
+    DeviceFacts {
+        l4t: l4t.map(str::to_owned),
+        cuda: cuda.map(str::to_owned),
+        soc: soc.map(str::to_owned),
+    }
+}
+
+#[test]
+fn ranges_match_as_jetson_releases_are_numbered() {
+    let r = VersionRange::parse(">=36.3, <37").unwrap();
+    for ok in ["R36.3", "36.3.0", "36.4.3", "R36.4.4"] {
+        assert!(r.matches(&Version::parse(ok).unwrap()), "{ok}");
+    }
+    for no in ["R35.4.1", "36.2.9", "37", "38.2.0"] {
+        assert!(!r.matches(&Version::parse(no).unwrap()), "{no}");
+    }
+    let exact = VersionRange::parse("36.4").unwrap();
+    assert!(exact.matches(&Version::parse("36.4.3").unwrap()));
+    assert!(!exact.matches(&Version::parse("36.3.0").unwrap()));
+    let le = VersionRange::parse("<=36.4").unwrap();
+    assert!(le.matches(&Version::parse("36.4.3").unwrap()));
+    assert!(!le.matches(&Version::parse("36.5").unwrap()));
+    assert_eq!(r.to_string(), ">=36.3, <37");
+}
+
+#[test]
+fn bad_ranges_and_socs_are_refused() {
+    assert!(matches!(
+        VersionRange::parse(">=thirty-six"),
+        Err(RequirementError::BadVersion(_))
+    ));
+    assert!(matches!(
+        VersionRange::parse(" , "),
+        Err(RequirementError::EmptyRange(_))
+    ));
+    assert!(matches!(
+        Soc::parse("orin"),
+        Err(RequirementError::BadSoc(_))
+    ));
+    assert_eq!(Soc::parse("tegra234").unwrap().as_str(), "t234");
+    assert_eq!(Soc::parse("T264").unwrap().as_str(), "t264");
+}
+
+#[test]
+fn unknown_requirement_names_are_refused_by_name() {
+    let err = serde_json::from_str::<Requirements>(r#"{"l4t":">=36","tensorrt":">=10"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tensorrt"), "{err}");
+    let err = serde_json::from_str::<Requirements>(r#"{"l4t":">=banana"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("banana"), "{err}");
+}
+
+#[test]
+fn unmet_says_what_was_required_and_what_the_device_has() {
+    let req: Requirements =
+        serde_json::from_str(r#"{"l4t":">=36.3, <37","cuda":">=12.2","soc":"t234"}"#).unwrap();
+    assert!(
+        req.unmet(&facts(Some("R36.4.3"), Some("12.6.68"), Some("tegra234")))
+            .is_empty()
+    );
+    let unmet = req.unmet(&facts(Some("R35.4.1"), None, Some("tegra194")));
+    let text: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "requires l4t >=36.3, <37, device has R35.4.1",
+            "requires cuda >=12.2, device has none",
+            "requires soc t234, device has tegra194",
+        ]
+    );
+    assert!(
+        Requirements::default()
+            .unmet(&DeviceFacts::default())
+            .is_empty()
+    );
+    let json = serde_json::to_string(&req).unwrap();
+    assert_eq!(
+        json,
+        r#"{"l4t":">=36.3, <37","cuda":">=12.2","soc":"t234"}"#
+    );
+}
