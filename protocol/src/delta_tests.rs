@@ -91,12 +91,16 @@ fn fixture() -> Fixture {
     let mut meta2 = meta.clone();
     meta2[100..120].copy_from_slice(b"Version: 1.3 changed");
     let keep = noise(5_000, 9);
+    let data = noise(50_000, 17);
+    let mut data2 = data.clone();
+    data2[10_000..10_050].fill(0);
     let base = tar_of(&[
         E::Dir("usr/"),
         E::File("usr/bin/tool", &big),
         E::File("usr/lib/pkg-1.2.dist-info/METADATA", &meta),
         E::File("etc/keep.conf", &keep),
         E::File("etc/deleted", b"gone in v2"),
+        E::File("srv/old/data.bin", &data),
         E::File("etc/empty", b""),
         E::Symlink("usr/bin/t", "tool"),
         E::File(LONG, &noise(1000, 5)),
@@ -109,6 +113,7 @@ fn fixture() -> Fixture {
         E::File("opt/moved.conf", &keep),
         E::File("etc/empty", b""),
         E::File("etc/added", &noise(3000, 11)),
+        E::File("srv/renamed/data.bin", &data2),
         E::Symlink("usr/bin/t", "tool"),
         E::Hardlink("usr/bin/tool2", "usr/bin/tool"),
         E::File(LONG, &noise(1000, 5)),
@@ -170,13 +175,14 @@ fn round_trip_rebuilds_the_exact_target_tar() {
     assert_eq!(encoded.target, sha(&f.target));
     assert_eq!(encoded.bases, vec![sha(&f.base)]);
     assert_eq!(encoded.delta_bytes, delta.len() as u64);
-    assert!(
-        encoded.copied >= 10_000,
-        "keep.conf and moved.conf copied: {encoded:?}"
+    assert_eq!(
+        encoded.copied, 11_000,
+        "keep.conf, moved.conf (renamed, same SHA-256) and the long name copied: {encoded:?}"
     );
-    assert!(
-        encoded.patched >= (3 << 20) + 20_000,
-        "tool and METADATA patched: {encoded:?}"
+    assert_eq!(
+        encoded.patched,
+        (3 << 20) + 20_000 + 50_000,
+        "tool, METADATA (same shape) and data.bin (same name) patched: {encoded:?}"
     );
     let (r, out) = run(&delta, &bases_of(&f), &sha(&f.target), &Limits::default());
     let applied = r.unwrap();
