@@ -4,6 +4,8 @@
 //! on time take `now` (seconds since the Unix epoch) as a parameter.
 
 pub mod broker;
+#[cfg(feature = "delta")]
+pub mod delta;
 pub mod dsse;
 pub mod env;
 pub mod id;

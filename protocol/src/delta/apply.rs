@@ -1,0 +1,552 @@
+//! Device side: rebuild a target layer tar from a delta and base files,
+//! streaming, memory bounded by the delta's segment window.
+
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+
+use sha2::{Digest as _, Sha256};
+
+use super::bases::BaseFiles;
+use super::format::{
+    Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, OP_COPY, OP_END, OP_LITERAL, OP_PATCH, OP_RAW,
+    VERSION, path_is_safe, window_log_for,
+};
+use crate::Digest;
+
+const CHUNK: usize = 64 << 10;
+
+/// What [`apply`] rebuilt: every byte it wrote and their SHA-256, equal to
+/// the expected diff_id (apply fails otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub bytes: u64,
+    pub sha256: Digest,
+}
+
+/// Why a delta was refused or failed. Output already written must then be
+/// discarded by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("not a Fleet delta (bad magic)")]
+    BadMagic,
+    #[error("delta format version {version} is not supported (this device reads {VERSION})")]
+    UnsupportedVersion { version: u16 },
+    #[error("delta rebuilds {found}, expected {expected}")]
+    WrongTarget { expected: Digest, found: Digest },
+    #[error("delta asks for a {requested}-byte segment window, device cap is {cap} (memory bomb)")]
+    WindowOverCap { requested: u64, cap: u32 },
+    #[error("delta field {field} is {value}, limit {max}")]
+    OverLimit {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("delta needs base layer {diff_id}, which this device does not have")]
+    UnknownBase { diff_id: Digest },
+    #[error("op at byte {offset} names base #{index}, delta has {count} bases")]
+    BadBaseIndex {
+        offset: u64,
+        index: u32,
+        count: usize,
+    },
+    #[error("op at byte {offset} names unsafe base path {path:?}")]
+    UnsafePath { offset: u64, path: String },
+    #[error("unknown op tag {tag:#04x} at byte {offset}")]
+    UnknownOp { offset: u64, tag: u8 },
+    #[error("delta truncated at byte {offset}")]
+    Truncated { offset: u64 },
+    #[error("reading the delta at byte {offset}")]
+    ReadDelta { offset: u64, source: io::Error },
+    #[error("corrupt zstd frame at byte {offset}")]
+    Frame { offset: u64, source: io::Error },
+    #[error("frame at byte {offset} is malformed: {what}")]
+    FrameShape { offset: u64, what: &'static str },
+    #[error("opening base file {path:?} of {base}")]
+    BaseOpen {
+        base: Digest,
+        path: String,
+        source: io::Error,
+    },
+    #[error("reading base file {path:?} of {base}")]
+    BaseRead {
+        base: Digest,
+        path: String,
+        source: io::Error,
+    },
+    #[error("base file {path:?} of {base} does not match the delta (tampered or changed)")]
+    BaseMismatch { base: Digest, path: String },
+    #[error("writing the rebuilt tar")]
+    WriteOutput { source: io::Error },
+    #[error("rebuilt tar would exceed the declared {declared} bytes")]
+    Overrun { declared: u64 },
+    #[error("rebuilt {written} bytes, delta declared {declared}")]
+    SizeMismatch { declared: u64, written: u64 },
+    #[error("rebuilt tar hashes to {computed}, expected {expected}")]
+    HashMismatch { expected: Digest, computed: Digest },
+    #[error("bytes after the end of the delta at byte {offset}")]
+    TrailingData { offset: u64 },
+}
+
+/// Rebuilds the layer `expected` (its diff_id) from `delta` and `bases`
+/// into `out`. Refuses a delta for another target, over `limits`, or
+/// naming a base layer `bases` lacks before writing a byte.
+pub fn apply<R: Read, B: BaseFiles, W: Write>(
+    delta: R,
+    bases: &B,
+    out: W,
+    expected: &Digest,
+    limits: &Limits,
+) -> Result<Applied, DeltaError> {
+    let mut input = Input {
+        inner: delta,
+        pos: 0,
+        eof: false,
+    };
+    let header = parse_header(&mut input, limits)?;
+    check_header(&header, bases, expected)?;
+    let mut applier = Applier {
+        input,
+        bases,
+        out: Output {
+            out,
+            hasher: Sha256::new(),
+            written: 0,
+            declared: header.target_size,
+        },
+        header,
+        max_segments: limits.max_segments,
+        chunk: vec![0; CHUNK],
+        base_buf: Vec::new(),
+    };
+    applier.run(expected)
+}
+
+/// A delta's header as read by [`read_header`]: what it rebuilds, from
+/// which base layers, with which window. Lets the agent check disk space
+/// and base availability before fetching the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaHeader {
+    /// The diff_id the delta claims to rebuild.
+    pub target: Digest,
+    pub target_size: u64,
+    pub bases: Vec<Digest>,
+    pub window_cap: u32,
+}
+
+/// Reads and checks a delta's header against `limits` (magic, version,
+/// window cap, base count, target size).
+pub fn read_header<R: Read>(delta: R, limits: &Limits) -> Result<DeltaHeader, DeltaError> {
+    let mut input = Input {
+        inner: delta,
+        pos: 0,
+        eof: false,
+    };
+    parse_header(&mut input, limits)
+}
+
+fn check_header<B: BaseFiles>(
+    header: &DeltaHeader,
+    bases: &B,
+    expected: &Digest,
+) -> Result<(), DeltaError> {
+    if &header.target != expected {
+        return Err(DeltaError::WrongTarget {
+            expected: expected.clone(),
+            found: header.target.clone(),
+        });
+    }
+    match header.bases.iter().find(|b| !bases.has_layer(b)) {
+        Some(diff_id) => Err(DeltaError::UnknownBase {
+            diff_id: diff_id.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parse_header<R: Read>(input: &mut Input<R>, limits: &Limits) -> Result<DeltaHeader, DeltaError> {
+    let magic: [u8; 8] = input.array()?;
+    if magic != MAGIC {
+        return Err(DeltaError::BadMagic);
+    }
+    let version = u16::from_le_bytes(input.array()?);
+    if version != VERSION {
+        return Err(DeltaError::UnsupportedVersion { version });
+    }
+    let target = Digest::from_sha256(input.array()?);
+    let target_size = input.u64()?;
+    over_limit("target_size", target_size, limits.max_target_size)?;
+    let window_cap = input.u32()?;
+    if window_cap > limits.max_window {
+        return Err(DeltaError::WindowOverCap {
+            requested: u64::from(window_cap),
+            cap: limits.max_window,
+        });
+    }
+    let count = input.u32()?;
+    over_limit(
+        "bases",
+        count.into(),
+        limits.max_bases.min(MAX_BASES).into(),
+    )?;
+    let mut bases = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        bases.push(Digest::from_sha256(input.array()?));
+    }
+    Ok(DeltaHeader {
+        target,
+        target_size,
+        bases,
+        window_cap,
+    })
+}
+
+fn over_limit(field: &'static str, value: u64, max: u64) -> Result<(), DeltaError> {
+    if value > max {
+        return Err(DeltaError::OverLimit { field, value, max });
+    }
+    Ok(())
+}
+
+struct Applier<'b, R, B, W> {
+    input: Input<R>,
+    bases: &'b B,
+    out: Output<W>,
+    header: DeltaHeader,
+    max_segments: u32,
+    chunk: Vec<u8>,
+    base_buf: Vec<u8>,
+}
+
+/// One `Patch` segment as read from the delta.
+struct Segment {
+    base_offset: u64,
+    base_len: u32,
+    base_sha: [u8; 32],
+    out_len: u32,
+    frame_len: u32,
+}
+
+impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
+    fn run(&mut self, expected: &Digest) -> Result<Applied, DeltaError> {
+        loop {
+            let offset = self.input.pos;
+            let [tag] = self.input.array()?;
+            match tag {
+                OP_RAW | OP_LITERAL => {
+                    let out_len = self.capped("out_len")?;
+                    let frame_len = self.frame_len()?;
+                    self.frame(frame_len, out_len, false)?;
+                }
+                OP_COPY => self.copy(offset)?,
+                OP_PATCH => self.patch(offset)?,
+                OP_END => return self.end(expected),
+                tag => return Err(DeltaError::UnknownOp { offset, tag }),
+            }
+        }
+    }
+
+    fn end(&mut self, expected: &Digest) -> Result<Applied, DeltaError> {
+        let trailer = Digest::from_sha256(self.input.array()?);
+        let written = self.out.written;
+        if written != self.header.target_size {
+            return Err(DeltaError::SizeMismatch {
+                declared: self.header.target_size,
+                written,
+            });
+        }
+        let computed = Digest::from_sha256(std::mem::take(&mut self.out.hasher).finalize().into());
+        if &computed != expected || trailer != computed {
+            return Err(DeltaError::HashMismatch {
+                expected: expected.clone(),
+                computed,
+            });
+        }
+        let offset = self.input.pos;
+        let mut one = [0u8; 1];
+        match self.input.read(&mut one) {
+            Ok(0) => {}
+            Ok(_) => return Err(DeltaError::TrailingData { offset }),
+            Err(source) => return Err(DeltaError::ReadDelta { offset, source }),
+        }
+        self.out
+            .out
+            .flush()
+            .map_err(|source| DeltaError::WriteOutput { source })?;
+        Ok(Applied {
+            bytes: written,
+            sha256: computed,
+        })
+    }
+
+    /// A u32 length bounded by the delta's window cap.
+    fn capped(&mut self, field: &'static str) -> Result<u32, DeltaError> {
+        let value = self.input.u32()?;
+        over_limit(field, value.into(), self.header.window_cap.into())?;
+        Ok(value)
+    }
+
+    fn frame_len(&mut self) -> Result<u32, DeltaError> {
+        let value = self.input.u32()?;
+        let bound = zstd::zstd_safe::compress_bound(self.header.window_cap as usize) + 1024;
+        over_limit("frame_len", value.into(), bound as u64)?;
+        Ok(value)
+    }
+
+    /// Reads an op's base index and path and opens the base file.
+    fn open_base(&mut self, offset: u64) -> Result<(Digest, String, B::File), DeltaError> {
+        let index = self.input.u32()?;
+        let base =
+            self.header
+                .bases
+                .get(index as usize)
+                .cloned()
+                .ok_or(DeltaError::BadBaseIndex {
+                    offset,
+                    index,
+                    count: self.header.bases.len(),
+                })?;
+        let len = u16::from_le_bytes(self.input.array()?);
+        over_limit("path_len", len.into(), MAX_PATH_BYTES as u64)?;
+        let mut raw = vec![0; len as usize];
+        self.input.exact(&mut raw)?;
+        let path = String::from_utf8(raw).map_err(|e| DeltaError::UnsafePath {
+            offset,
+            path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })?;
+        if !path_is_safe(&path) {
+            return Err(DeltaError::UnsafePath { offset, path });
+        }
+        match self.bases.open(&base, &path) {
+            Ok(file) => Ok((base, path, file)),
+            Err(source) => Err(DeltaError::BaseOpen { base, path, source }),
+        }
+    }
+
+    fn copy(&mut self, offset: u64) -> Result<(), DeltaError> {
+        let (base, path, mut file) = self.open_base(offset)?;
+        let size = self.input.u64()?;
+        let sha: [u8; 32] = self.input.array()?;
+        let remaining_target = self.header.target_size - self.out.written;
+        over_limit("copy size", size, remaining_target)?;
+        let mut hasher = Sha256::new();
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            let n = match file.read(&mut self.chunk[..want]) {
+                Ok(0) => return Err(DeltaError::BaseMismatch { base, path }),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(DeltaError::BaseRead { base, path, source }),
+            };
+            hasher.update(&self.chunk[..n]);
+            self.out.write(&self.chunk[..n])?;
+            left -= n as u64;
+        }
+        if <[u8; 32]>::from(hasher.finalize()) != sha {
+            return Err(DeltaError::BaseMismatch { base, path });
+        }
+        Ok(())
+    }
+
+    fn patch(&mut self, offset: u64) -> Result<(), DeltaError> {
+        let (base, path, mut file) = self.open_base(offset)?;
+        let size = self.input.u64()?;
+        let segments = self.input.u32()?;
+        over_limit("segments", segments.into(), self.max_segments.into())?;
+        let mut produced = 0u64;
+        for _ in 0..segments {
+            let seg = Segment {
+                base_offset: self.input.u64()?,
+                base_len: self.capped("base_len")?,
+                base_sha: self.input.array()?,
+                out_len: self.capped("out_len")?,
+                frame_len: self.frame_len()?,
+            };
+            self.load_base_range(&mut file, &seg, &base, &path)?;
+            self.frame(seg.frame_len, seg.out_len, true)?;
+            produced += u64::from(seg.out_len);
+        }
+        if produced != size {
+            return Err(DeltaError::FrameShape {
+                offset,
+                what: "patch segments do not add up to the file size",
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the segment's base range into `base_buf` and checks its hash.
+    fn load_base_range(
+        &mut self,
+        file: &mut B::File,
+        seg: &Segment,
+        base: &Digest,
+        path: &str,
+    ) -> Result<(), DeltaError> {
+        let read_err = |source| DeltaError::BaseRead {
+            base: base.clone(),
+            path: path.to_string(),
+            source,
+        };
+        file.seek(SeekFrom::Start(seg.base_offset))
+            .map_err(read_err)?;
+        self.base_buf.clear();
+        self.base_buf.resize(seg.base_len as usize, 0);
+        if let Err(e) = file.read_exact(&mut self.base_buf) {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                return Err(DeltaError::BaseMismatch {
+                    base: base.clone(),
+                    path: path.to_string(),
+                });
+            }
+            return Err(read_err(e));
+        }
+        if <[u8; 32]>::from(Sha256::digest(&self.base_buf)) != seg.base_sha {
+            return Err(DeltaError::BaseMismatch {
+                base: base.clone(),
+                path: path.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes one zstd frame of exactly `frame_len` bytes that must yield
+    /// exactly `out_len` bytes, with `base_buf` as ref prefix if `prefixed`.
+    fn frame(&mut self, frame_len: u32, out_len: u32, prefixed: bool) -> Result<(), DeltaError> {
+        let offset = self.input.pos;
+        let prefix: &[u8] = if prefixed { &self.base_buf } else { &[] };
+        let window_log = window_log_for(self.header.window_cap);
+        let reader = BufReader::with_capacity(CHUNK, (&mut self.input).take(frame_len.into()));
+        let mut produced = 0u64;
+        let result = decode_into(reader, prefix, window_log, &mut self.chunk, |bytes| {
+            produced += bytes.len() as u64;
+            if produced > u64::from(out_len) {
+                return Err(DeltaError::FrameShape {
+                    offset,
+                    what: "frame yields more bytes than declared",
+                });
+            }
+            self.out.write(bytes)
+        });
+        match result {
+            Err(Decode::Zstd(source)) if self.input.eof => {
+                let _ = source;
+                Err(DeltaError::Truncated {
+                    offset: self.input.pos,
+                })
+            }
+            Err(Decode::Zstd(source)) => Err(DeltaError::Frame { offset, source }),
+            Err(Decode::Sink(e)) => Err(e),
+            Ok(false) => Err(DeltaError::FrameShape {
+                offset,
+                what: "bytes left over after the frame",
+            }),
+            Ok(true) if produced != u64::from(out_len) => Err(DeltaError::FrameShape {
+                offset,
+                what: "frame yields fewer bytes than declared",
+            }),
+            Ok(true) => Ok(()),
+        }
+    }
+}
+
+enum Decode {
+    Zstd(io::Error),
+    Sink(DeltaError),
+}
+
+/// Streams one frame from `reader` into `sink`. `Ok(true)` when the frame
+/// used up `reader` exactly.
+fn decode_into<Rd: BufRead>(
+    reader: Rd,
+    prefix: &[u8],
+    window_log: u32,
+    chunk: &mut [u8],
+    mut sink: impl FnMut(&[u8]) -> Result<(), DeltaError>,
+) -> Result<bool, Decode> {
+    let mut dec = zstd::stream::read::Decoder::with_ref_prefix(reader, prefix)
+        .map_err(Decode::Zstd)?
+        .single_frame();
+    dec.window_log_max(window_log).map_err(Decode::Zstd)?;
+    loop {
+        let n = match dec.read(chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Decode::Zstd(e)),
+        };
+        sink(&chunk[..n]).map_err(Decode::Sink)?;
+    }
+    let mut rest = dec.finish();
+    let left = rest.fill_buf().map_err(Decode::Zstd)?;
+    Ok(left.is_empty())
+}
+
+/// The delta stream with its byte position and whether it ended early.
+struct Input<R> {
+    inner: R,
+    pos: u64,
+    eof: bool,
+}
+
+impl<R: Read> Read for Input<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Input<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), DeltaError> {
+        let offset = self.pos;
+        self.read_exact(buf).map_err(|source| {
+            if source.kind() == io::ErrorKind::UnexpectedEof {
+                DeltaError::Truncated { offset: self.pos }
+            } else {
+                DeltaError::ReadDelta { offset, source }
+            }
+        })
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DeltaError> {
+        let mut buf = [0u8; N];
+        self.exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result<u32, DeltaError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DeltaError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+}
+
+/// The rebuilt tar: hashed, counted and bounded by the declared size.
+struct Output<W> {
+    out: W,
+    hasher: Sha256,
+    written: u64,
+    declared: u64,
+}
+
+impl<W: Write> Output<W> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DeltaError> {
+        let end = self.written.saturating_add(bytes.len() as u64);
+        if end > self.declared {
+            return Err(DeltaError::Overrun {
+                declared: self.declared,
+            });
+        }
+        self.hasher.update(bytes);
+        self.out
+            .write_all(bytes)
+            .map_err(|source| DeltaError::WriteOutput { source })?;
+        self.written = end;
+        Ok(())
+    }
+}
