@@ -639,3 +639,103 @@ async fn desired_states_are_re_signed_with_a_new_generation_before_they_expire()
     assert_eq!(state.apps[0].release_digest, v1.digest);
     run.stop().await;
 }
+
+/// A report that `app` is downloading `digest`, `done` of `total` bytes.
+fn downloading(
+    id: &str,
+    generation: u64,
+    app: &str,
+    digest: &Digest,
+    done: u64,
+    total: u64,
+) -> fleet_protocol::StatusReport {
+    let mut report = committed(id, generation, app, digest);
+    let status = &mut report.apps[0];
+    status.phase = fleet_protocol::lifecycle::Phase::Downloading;
+    status.running = None;
+    status.target = Some(fleet_protocol::message::ReleaseRef {
+        version: "v1".into(),
+        release_digest: digest.clone(),
+    });
+    status.progress = Some(fleet_protocol::message::Progress {
+        bytes_done: done,
+        bytes_total: total,
+        bytes_reused: 0,
+    });
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_view_shows_each_devices_download_progress() {
+    let site = Site::new();
+    let run = start(site.config(), recording()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    register(
+        &run,
+        &client,
+        &[
+            ("cam-1", &[("role", "camera")]),
+            ("cam-2", &[("role", "camera")]),
+        ],
+    )
+    .await;
+    cameras_group(&client).await;
+    let v1 = client
+        .add_release(site.release("model", "v1"))
+        .await
+        .unwrap();
+    let r = client
+        .start_rollout(&CreateRollout {
+            release_digest: Some(v1.digest.clone()),
+            release: None,
+            group: group("cameras"),
+            waves: vec![],
+        })
+        .await
+        .unwrap();
+
+    // The agent reports progress at every change of its progress sink
+    // (agent/tests/daemon.rs proves that side against a real registry);
+    // the server keeps the latest per device.
+    let total = 48 * 1024 * 1024;
+    for done in [1024 * 1024, 20 * 1024 * 1024] {
+        run.send(downloading("cam-1", 1, "model", &v1.digest, done, total))
+            .await;
+        let view = eventually("cam-1's progress in the rollout view", || async {
+            let view = client.rollout(r.id).await.unwrap();
+            let p = view.devices.iter().find(|p| p.device == dev("cam-1"))?;
+            (p.bytes_done == Some(done)).then_some(view)
+        })
+        .await;
+        let p = view
+            .devices
+            .iter()
+            .find(|p| p.device == dev("cam-1"))
+            .unwrap();
+        assert_eq!(p.state, ProgressState::Updating);
+        assert_eq!(p.phase.as_deref(), Some("downloading"));
+        assert_eq!(p.bytes_total, Some(total));
+        let text = fleet_control_plane::cli::render::rollout(&view);
+        assert!(text.contains(&format!("{done}/{total} bytes")), "{text}");
+        // A device that has said nothing yet shows no bytes.
+        let other = view
+            .devices
+            .iter()
+            .find(|p| p.device == dev("cam-2"))
+            .unwrap();
+        assert_eq!(other.state, ProgressState::Sent);
+        assert_eq!(other.bytes_done, None);
+    }
+
+    // Committed: the bytes are no longer shown as in flight.
+    run.send(committed("cam-1", 1, "model", &v1.digest)).await;
+    let view = eventually("cam-1 committed", || async {
+        let view = client.rollout(r.id).await.unwrap();
+        let p = view.devices.iter().find(|p| p.device == dev("cam-1"))?;
+        (p.state == ProgressState::Committed).then_some(view)
+    })
+    .await;
+    let text = fleet_control_plane::cli::render::rollout(&view);
+    assert!(!text.contains("bytes"), "{text}");
+    run.stop().await;
+}

@@ -13,7 +13,7 @@ pub mod image;
 pub mod keys;
 pub mod login;
 pub mod release;
-mod render;
+pub mod render;
 pub mod rollout;
 
 use std::future::Future;
