@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod message;
 pub mod oci;
 mod rejection;
+mod report;
 pub mod requires;
 pub mod root;
 pub mod session;
@@ -29,6 +30,7 @@ pub use message::{
     AppStatus, Command, CommandKind, DecodeError, DesiredApp, DesiredState, ErrorInfo,
     MAX_MESSAGE_BYTES, Presence, Release, SCHEMA_VERSION, StatusReport, Telemetry, decode, encode,
 };
+pub use report::report;
 pub use topic::{
     Delivery, Publication, Qos, Subscription, Topic, TopicError, TopicKind, TopicScheme,
 };

@@ -107,7 +107,7 @@ impl Inner {
                 Some(target) => match self.stage(&target).await {
                     Ok(_) => Some(Event::StageComplete),
                     Err(e) => {
-                        Self::fail(rec, ErrorCode::StageFailed, e.to_string());
+                        Self::fail(rec, ErrorCode::StageFailed, fleet_protocol::report(&e));
                         Some(Event::StageFailed {
                             code: ErrorCode::StageFailed,
                         })
@@ -170,7 +170,11 @@ impl Inner {
         // incompatible release fails here and the running one keeps running.
         let host = HostRoot::new(&self.containers.runtime().config().host_root);
         if let Err(e) = gpu::check(&host, &target.release.runtime) {
-            Self::fail(rec, ErrorCode::Incompatible, format!("incompatible: {e}"));
+            Self::fail(
+                rec,
+                ErrorCode::Incompatible,
+                format!("incompatible: {}", fleet_protocol::report(&e)),
+            );
             return Ok(Event::DownloadFailed {
                 code: ErrorCode::Incompatible,
             });
@@ -193,7 +197,7 @@ impl Inner {
             }
             Err(e) => {
                 let code = e.fetch_code();
-                Self::fail(rec, code, e.to_string());
+                Self::fail(rec, code, fleet_protocol::report(&e));
                 Event::DownloadFailed { code }
             }
         })
@@ -224,7 +228,7 @@ impl Inner {
                 Event::Verified
             }
             Err(e) => {
-                Self::fail(rec, ErrorCode::VerifyFailed, e.to_string());
+                Self::fail(rec, ErrorCode::VerifyFailed, fleet_protocol::report(&e));
                 Event::VerifyFailed {
                     code: ErrorCode::VerifyFailed,
                 }
@@ -248,7 +252,7 @@ impl Inner {
                 })
             }
             Err(e) => {
-                Self::fail(rec, ErrorCode::StartFailed, e.to_string());
+                Self::fail(rec, ErrorCode::StartFailed, fleet_protocol::report(&e));
                 Some(Event::StartFailed)
             }
         }
@@ -284,7 +288,7 @@ impl Inner {
                 Event::RollbackDone
             }
             Err(e) => {
-                Self::fail(rec, ErrorCode::RollbackFailed, e.to_string());
+                Self::fail(rec, ErrorCode::RollbackFailed, fleet_protocol::report(&e));
                 Event::RollbackFailed
             }
         }

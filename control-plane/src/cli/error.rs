@@ -162,17 +162,7 @@ impl CliError {
 
     /// The message with the causes that it does not already include.
     pub fn report(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !out.contains(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            source = cause.source();
-        }
-        out
+        fleet_protocol::report(self)
     }
 }
 
