@@ -713,7 +713,7 @@ async fn the_rollout_view_shows_each_devices_download_progress() {
             .find(|p| p.device == dev("cam-1"))
             .unwrap();
         assert_eq!(p.state, ProgressState::Updating);
-        assert_eq!(p.phase.as_deref(), Some("downloading"));
+        assert_eq!(p.phase, Some(fleet_protocol::lifecycle::Phase::Downloading));
         assert_eq!(p.bytes_total, Some(total));
         let text = fleet_control_plane::cli::render::rollout(&view);
         assert!(text.contains(&format!("{done}/{total} bytes")), "{text}");

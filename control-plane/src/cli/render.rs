@@ -291,7 +291,7 @@ pub fn rollout(v: &RolloutView) -> String {
             p.device,
             p.wave + 1,
             format!("{:?}", p.state).to_lowercase(),
-            p.phase.as_deref().unwrap_or(""),
+            p.phase.as_ref().map_or("", |ph| ph.name()),
             bytes,
             p.error
                 .as_ref()

@@ -55,9 +55,9 @@ pub struct DeviceProgress {
     pub device: DeviceId,
     pub wave: usize,
     pub state: ProgressState,
-    /// The app's lifecycle phase as last reported, e.g. `downloading`.
+    /// The app's lifecycle phase as last reported (the device's own type).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_done: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,7 +144,7 @@ pub fn device_progress(
         }
         return p;
     }
-    p.phase = Some(app.phase.name().to_owned());
+    p.phase = Some(app.phase.clone());
     if let Some(progress) = &app.progress {
         p.bytes_done = Some(progress.bytes_done);
         p.bytes_total = Some(progress.bytes_total);
