@@ -16,6 +16,9 @@ pub mod deploy;
 pub mod gpu;
 #[cfg(feature = "agent")]
 pub mod health;
+/// The host's files under `host_root` (`/`, or a fixture tree).
+#[cfg(feature = "agent")]
+pub mod host_root;
 #[cfg(feature = "agent")]
 pub mod image;
 #[cfg(feature = "link")]

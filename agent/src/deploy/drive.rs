@@ -21,10 +21,10 @@ use fleet_protocol::{ErrorCode, ErrorInfo, Phase};
 use super::content::{self, ContentSource};
 use super::{DeployError, Inner, crash, unix_now};
 use crate::gpu;
+use crate::host_root::HostRoot;
 use crate::image::{self, StoredImage};
 use crate::runtime::{StageRequest, Staged};
 use crate::state::{AppRecord, ReleaseRecord};
-use crate::telemetry::HostRoot;
 
 impl Inner {
     /// Persists `next` as the app's phase (flushed), with crash points

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{Hook, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, Mount, Spec};
 
 use super::cdi::{ContainerEdits, DeviceNode};
-use crate::telemetry::HostRoot;
+use crate::host_root::HostRoot;
 
 /// Why edits could not be applied.
 #[derive(Debug, thiserror::Error)]

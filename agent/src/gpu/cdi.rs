@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::telemetry::HostRoot;
+use crate::host_root::HostRoot;
 
 /// Spec directories, lowest priority first.
 pub const SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];

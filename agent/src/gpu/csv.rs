@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::cdi::{ContainerEdits, Device, DeviceNode, Hook, Mount, Spec};
-use crate::telemetry::HostRoot;
+use crate::host_root::HostRoot;
 
 pub const CSV_DIR: &str = "/etc/nvidia-container-runtime/host-files-for-container.d";
 pub const BASE_FILES: [&str; 3] = ["devices.csv", "drivers.csv", "l4t.csv"];

@@ -13,7 +13,7 @@
 //! - CUDA: `/usr/local/cuda/version.json` (CUDA 11+), else
 //!   `/usr/local/cuda/version.txt` (CUDA 10, JetPack 4).
 
-use crate::telemetry::HostRoot;
+use crate::host_root::HostRoot;
 
 /// What the host's Tegra identity files say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -24,7 +24,7 @@ pub use apply::ApplyError;
 pub use cdi::{CdiError, ContainerEdits, Registry};
 pub use detect::TegraInfo;
 
-use crate::telemetry::HostRoot;
+use crate::host_root::HostRoot;
 
 /// The kind the CSV fallback defines.
 pub const NVIDIA_GPU_KIND: &str = "nvidia.com/gpu";

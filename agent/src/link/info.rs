@@ -5,8 +5,9 @@ use std::path::Path;
 
 use fleet_protocol::message::DeviceInfo;
 
-pub use crate::telemetry::tegra::parse_nv_tegra_release;
-use crate::telemetry::{HostRoot, tegra};
+use crate::gpu::detect as tegra;
+pub use crate::gpu::detect::parse_nv_tegra_release;
+use crate::host_root::HostRoot;
 
 /// Builds the device description: labels from the config, the architecture
 /// this agent was compiled for, and, on a Tegra host, what

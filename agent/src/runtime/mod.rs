@@ -267,7 +267,7 @@ impl ContainerRuntime {
             allow_privileged: req.allow_privileged,
             annotations,
         });
-        let host = crate::telemetry::HostRoot::new(&self.config.host_root);
+        let host = crate::host_root::HostRoot::new(&self.config.host_root);
         let spec = spec.map_err(RuntimeError::from).and_then(|mut spec| {
             crate::gpu::inject(&host, req.settings, &mut spec)?;
             Ok(spec)

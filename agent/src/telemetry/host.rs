@@ -2,81 +2,13 @@
 //! the parsers kept pure.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Largest sysfs/procfs file read whole (they are a few hundred bytes).
-const SMALL_FILE: u64 = 256 * 1024;
+pub use crate::host_root::{HostRoot, entries, parse_u64, read_small, read_u64};
 
 /// Temperatures at or below this (m°C) are a sensor saying "offline"
 /// (Tegra reports −256000 for a rail-gated GPU), not a reading.
 const OFFLINE_MILLICELSIUS: i64 = -100_000;
-
-/// Where the host's `/` is: `/` in production, a fixture tree in tests (or
-/// to make a device look like a Jetson). Every host read goes through it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostRoot(PathBuf);
-
-impl Default for HostRoot {
-    fn default() -> Self {
-        HostRoot(PathBuf::from("/"))
-    }
-}
-
-impl HostRoot {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        HostRoot(root.into())
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.0
-    }
-
-    /// The host path `abs` (e.g. `/proc/stat`) under this root.
-    pub fn path(&self, abs: &str) -> PathBuf {
-        self.0.join(abs.trim_start_matches('/'))
-    }
-
-    /// A small host file as text; `None` when missing or unreadable.
-    pub fn read(&self, abs: &str) -> Option<String> {
-        read_small(&self.path(abs))
-    }
-
-    /// The entries of a host directory, sorted (empty when missing).
-    pub fn entries(&self, abs: &str) -> Vec<PathBuf> {
-        entries(&self.path(abs))
-    }
-}
-
-/// A small file as text (at most [`SMALL_FILE`] bytes).
-pub fn read_small(path: &Path) -> Option<String> {
-    let mut s = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(SMALL_FILE)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
-}
-
-/// A file holding one unsigned integer.
-pub fn read_u64(path: &Path) -> Option<u64> {
-    parse_u64(&read_small(path)?)
-}
-
-/// The entries of a directory, sorted by name (empty when missing).
-pub fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
-/// `"  1234\n"` → 1234.
-pub fn parse_u64(text: &str) -> Option<u64> {
-    text.trim().trim_end_matches('\0').parse().ok()
-}
 
 /// `/proc/uptime` (`"12345.67 23456.78"`) → whole seconds.
 pub fn parse_uptime(text: &str) -> Option<u64> {
@@ -254,12 +186,5 @@ mod tests {
         assert_eq!(parse_millicelsius("-5000"), Some(-5.0));
         assert_eq!(parse_millicelsius("-256000\n"), None);
         assert_eq!(parse_millicelsius(""), None);
-    }
-
-    #[test]
-    fn host_paths_stay_under_the_root() {
-        let h = HostRoot::new("/fixture");
-        assert_eq!(h.path("/proc/stat"), PathBuf::from("/fixture/proc/stat"));
-        assert_eq!(HostRoot::default().path("/proc"), PathBuf::from("/proc"));
     }
 }
