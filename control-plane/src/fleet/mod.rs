@@ -15,6 +15,7 @@
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
 
+pub mod channels;
 pub mod devices;
 pub mod engine;
 pub mod groups;
@@ -28,6 +29,7 @@ use fleet_protocol::{Digest, verify};
 use crate::director::DirectorError;
 use crate::store::StoreError;
 
+pub use channels::{FollowChannel, PublishView};
 pub use devices::{DesiredSummary, DeviceView, SetLabels, TelemetryView};
 pub use engine::{Fleet, FleetSnapshot};
 pub use groups::{AddMembers, CreateGroup, GroupView};

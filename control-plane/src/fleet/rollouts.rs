@@ -15,7 +15,8 @@ use super::engine::{Inner, Staged, event};
 use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
-    EventKind, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, WaveState, Write,
+    EventKind, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, WaveState,
+    Write,
 };
 
 /// Start a rollout of a release already posted (`release_digest`) or of the
@@ -136,6 +137,7 @@ impl Inner {
             let reports = self.reports(&r)?;
             self.step(r, Event::Progress(reports), &mut staged, &mut writes, now)?;
         }
+        self.settle_follows(&mut staged, &mut writes, now)?;
         let devices = staged.into_writes(&mut writes);
         if !writes.is_empty() {
             self.store.commit(writes)?;
@@ -170,6 +172,10 @@ impl Inner {
         if next != before {
             writes.push(Write::Rollout(next.clone()));
         }
+        if !before.state.is_final() && next.state.is_final() {
+            staged.finished.push(next.id);
+        }
+        staged.rollouts.insert(next.id, next.clone());
         Ok(next)
     }
 
@@ -282,15 +288,38 @@ impl Inner {
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
         let release = self.rollout_release(&req, now)?;
-        // The release must still verify (the trust root may have changed).
-        verify::verify_release_envelope(&self.trust, &release.envelope, now)
-            .map_err(|source| FleetError::Untrusted { source })?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(
                 "group",
                 format!("{} (create it with `fleetctl groups add`)", req.group),
             )
         })?;
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        let r = self.begin_rollout(&release, &group, &req.waves, &mut staged, &mut writes, now)?;
+        self.settle_follows(&mut staged, &mut writes, now)?;
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = r.id, app = %r.app, group = %r.group, "rollout started");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    /// Creates a rollout of `release` to `group` in waves of `waves` and
+    /// takes its first step (superseding older unfinished rollouts of the
+    /// app on the same devices), into `staged` and `writes`: nothing is
+    /// committed here.
+    pub(super) fn begin_rollout(
+        &self,
+        release: &ReleaseRecord,
+        group: &GroupRecord,
+        waves: &[usize],
+        staged: &mut Staged,
+        writes: &mut Vec<Write>,
+        now: u64,
+    ) -> Result<RolloutRecord, FleetError> {
+        // The release must still verify (the trust root may have changed).
+        verify::verify_release_envelope(&self.trust, &release.envelope, now)
+            .map_err(|source| FleetError::Untrusted { source })?;
         let devices: Vec<DeviceId> = self
             .store
             .devices()?
@@ -299,22 +328,22 @@ impl Inner {
             .map(|d| d.id)
             .collect();
         if devices.is_empty() {
-            return Err(FleetError::GroupWithoutDevices { group: req.group });
+            return Err(FleetError::GroupWithoutDevices {
+                group: group.name.clone(),
+            });
         }
         let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
         let id = self.store.next_rollout_id()?;
-        let mut staged = Staged::default();
-        let mut writes = Vec::new();
 
         // A newer rollout of the same app supersedes older unfinished ones
         // on the same devices.
-        for old in self.store.rollouts()? {
+        for old in staged.rollouts(self.store.as_ref())? {
             if !old.state.is_final()
                 && old.app == release.release.app
                 && old.devices().any(|d| member_set.contains(d))
             {
                 let by = Event::Superseded { by: id };
-                self.step(old, by, &mut staged, &mut writes, now)?;
+                self.step(old, by, staged, writes, now)?;
             }
         }
 
@@ -323,9 +352,9 @@ impl Inner {
             release_digest: release.digest.clone(),
             app: release.release.app.clone(),
             version: release.release.version.clone(),
-            group: req.group.clone(),
+            group: group.name.clone(),
             state: RolloutState::Running,
-            waves: rollout::plan_waves(devices, &req.waves),
+            waves: rollout::plan_waves(devices, waves),
             previous: BTreeMap::new(),
             created_at: now,
             updated_at: now,
@@ -344,15 +373,12 @@ impl Inner {
             now,
         ));
         let created = r.clone();
-        let r = self.step(r, Event::Start, &mut staged, &mut writes, now)?;
+        let r = self.step(r, Event::Start, staged, writes, now)?;
         if r == created {
             // Written whether or not the first step changed it.
             writes.push(Write::Rollout(created));
         }
-        let devices = staged.into_writes(&mut writes);
-        self.store.commit(writes)?;
-        tracing::info!(rollout = id, app = %r.app, group = %r.group, "rollout started");
-        Ok((self.rollout_view(&r)?, devices))
+        Ok(r)
     }
 
     fn rollout_action(
@@ -370,6 +396,7 @@ impl Inner {
         let mut staged = Staged::default();
         let mut writes = Vec::new();
         let r = self.step(r, event, &mut staged, &mut writes, now)?;
+        self.settle_follows(&mut staged, &mut writes, now)?;
         let devices = staged.into_writes(&mut writes);
         self.store.commit(writes)?;
         tracing::info!(rollout = id, %action, state = %r.state, "rollout action");

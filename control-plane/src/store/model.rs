@@ -71,6 +71,99 @@ pub struct GroupRecord {
     #[serde(default)]
     pub members: BTreeSet<DeviceId>,
     pub created_at: u64,
+    /// The channel each app follows (see [`Follow`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub follows: BTreeMap<AppName, Follow>,
+}
+
+/// A release channel's name, e.g. `stable`: 1 to 64 of `a-z 0-9 - _ .`,
+/// starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Channel(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is no channel name: use 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit")]
+pub struct BadChannel {
+    pub given: String,
+}
+
+impl Channel {
+    pub fn new(name: &str) -> Result<Channel, BadChannel> {
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+        let ok = (1..=64).contains(&name.len())
+            && name.chars().all(ok_char)
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(Channel(name.to_owned()))
+        } else {
+            Err(BadChannel {
+                given: name.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Channel {
+    type Error = BadChannel;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Channel::new(&s)
+    }
+}
+
+impl From<Channel> for String {
+    fn from(c: Channel) -> String {
+        c.0
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = BadChannel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Channel::new(s)
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a newer release on a followed channel does to a rollout of the same
+/// (group, app) still running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Supersede {
+    /// Waits until the running rollout is final, then starts (only the
+    /// newest waiting release is kept).
+    #[default]
+    Queue,
+    /// Aborts the running rollout and starts at once.
+    Replace,
+}
+
+/// A group following a channel for one app: every release published to the
+/// channel starts a rollout to the group with this policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Follow {
+    pub channel: Channel,
+    /// Wave sizes (as `CreateRollout::waves`).
+    #[serde(default)]
+    pub waves: Vec<usize>,
+    #[serde(default)]
+    pub supersede: Supersede,
+    /// The newest release waiting for the running rollout (queue policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Digest>,
+    /// The release the group committed last (its last followed rollout
+    /// completed): what a device joining the group is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Digest>,
 }
 
 impl GroupRecord {
@@ -96,6 +189,9 @@ pub struct ReleaseRecord {
     pub release: Release,
     pub envelope: Envelope,
     pub added_at: u64,
+    /// The channels the release was published to.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub channels: BTreeSet<Channel>,
 }
 
 pub type RolloutId = u64;
@@ -242,6 +338,13 @@ pub enum EventKind {
     RolloutUndo,
     #[serde(rename = "token.created")]
     TokenCreated,
+    #[serde(rename = "release.published")]
+    ReleasePublished,
+    #[serde(rename = "group.follow")]
+    GroupFollow,
+    /// A device joined a following group and was given its current release.
+    #[serde(rename = "group.catch_up")]
+    GroupCatchUp,
 }
 
 impl EventKind {
@@ -262,6 +365,9 @@ impl EventKind {
             EventKind::RolloutAbort => "rollout.abort",
             EventKind::RolloutUndo => "rollout.undo",
             EventKind::TokenCreated => "token.created",
+            EventKind::ReleasePublished => "release.published",
+            EventKind::GroupFollow => "group.follow",
+            EventKind::GroupCatchUp => "group.catch_up",
         }
     }
 }
