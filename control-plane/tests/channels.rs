@@ -1,0 +1,228 @@
+//! Channels against the real server: a release published to a channel
+//! reaches a following group in waves with no further command, devices that
+//! join afterwards get the group's current release, and newer releases queue
+//! or replace by the group's policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
+use fleet_control_plane::client::Client;
+use fleet_control_plane::store::{Channel, RolloutState, Supersede};
+use fleet_protocol::{AppName, Digest, GroupName, verify_desired_state};
+
+fn group(name: &str) -> GroupName {
+    GroupName::new(name).unwrap()
+}
+
+fn stable() -> Channel {
+    Channel::new("stable").unwrap()
+}
+
+async fn register(run: &Running, client: &Client, ids: &[&str]) {
+    let before = client.devices().await.unwrap().len();
+    for id in ids {
+        run.send(hello(id, &[("role", "camera")])).await;
+    }
+    eventually("devices registered", || async {
+        (client.devices().await.unwrap().len() == before + ids.len()).then_some(())
+    })
+    .await;
+}
+
+async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supersede) {
+    client
+        .create_group(&CreateGroup {
+            name: group("cameras"),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    let g = client
+        .follow(
+            &group("cameras"),
+            &FollowChannel {
+                app: AppName::new("model").unwrap(),
+                channel: stable(),
+                waves,
+                supersede,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.group.follows.len(), 1);
+}
+
+/// What the device's current desired state gives `model`, verified as the
+/// device would.
+async fn desired_model(site: &Site, client: &Client, id: &str) -> Option<(u64, Digest)> {
+    let d = client.device(&dev(id)).await.unwrap().desired?;
+    let envelope = client.device_desired(&dev(id)).await.unwrap();
+    let v = verify_desired_state(&site.trust(), &envelope.to_json(), &dev(id), None, now()).unwrap();
+    assert_eq!(v.generation, d.generation);
+    v.apps
+        .iter()
+        .find(|a| a.app.as_str() == "model")
+        .map(|a| (v.generation, a.release_digest.clone()))
+}
+
+#[tokio::test]
+async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_and_later_devices() {
+    let site = Site::new();
+    let publisher = recording();
+    let run = start(site.config(), publisher.clone()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    register(&run, &client, &["cam-1", "cam-2", "cam-3", "cam-4"]).await;
+    cameras_following(&client, vec![1, 2], Supersede::Queue).await;
+    // Following a channel with no release yet starts nothing.
+    assert!(client.rollouts().await.unwrap().is_empty());
+
+    let published = client
+        .publish_release(&stable(), site.release("model", "v1"))
+        .await
+        .unwrap();
+    assert_eq!(published.rollouts.len(), 1, "one rollout, started by the server");
+    let id = published.rollouts[0];
+    let v1 = published.release.digest.clone();
+    let r = client.rollout(id).await.unwrap();
+    assert_eq!(
+        r.waves.iter().map(|w| w.devices).collect::<Vec<_>>(),
+        [1, 2, 1]
+    );
+    assert_eq!(r.counts.sent, 1, "the canary only");
+
+    // Devices commit what they were sent; waves follow with no command.
+    let mut committed_ids = Vec::new();
+    for _ in 0..3 {
+        let r = client.rollout(id).await.unwrap();
+        let sent: Vec<_> = r
+            .devices
+            .iter()
+            .filter(|p| p.state == fleet_control_plane::fleet::rollout::ProgressState::Sent)
+            .map(|p| p.device.clone())
+            .collect();
+        assert!(!sent.is_empty());
+        for d in &sent {
+            let (generation, digest) = desired_model(&site, &client, d.as_str()).await.unwrap();
+            assert_eq!(digest, v1);
+            run.send(committed(d.as_str(), generation, "model", &v1)).await;
+            committed_ids.push(d.clone());
+        }
+        let n = committed_ids.len();
+        eventually("wave settled", || async {
+            (client.rollout(id).await.unwrap().counts.committed == n).then_some(())
+        })
+        .await;
+    }
+    eventually("rollout completed", || async {
+        (client.rollout(id).await.unwrap().state == RolloutState::Completed).then_some(())
+    })
+    .await;
+    let g = client.group(&group("cameras")).await.unwrap();
+    assert_eq!(g.group.follows.values().next().unwrap().current, Some(v1.clone()));
+
+    // A device that enrolls afterwards gets v1 with nobody acting.
+    register(&run, &client, &["cam-5"]).await;
+    let (_, digest) = eventually("late device given v1", || async {
+        desired_model(&site, &client, "cam-5").await
+    })
+    .await;
+    assert_eq!(digest, v1);
+    // So does one relabelled into the group.
+    run.send(hello("lab-1", &[("role", "lab")])).await;
+    eventually("lab-1 registered", || async {
+        client.device(&dev("lab-1")).await.ok().map(|_| ())
+    })
+    .await;
+    assert_eq!(desired_model(&site, &client, "lab-1").await, None);
+    client
+        .set_labels(
+            &dev("lab-1"),
+            &fleet_control_plane::api::types::SetLabels {
+                set: [("role".to_owned(), "camera".to_owned())].into(),
+                remove: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let (_, digest) = desired_model(&site, &client, "lab-1").await.unwrap();
+    assert_eq!(digest, v1);
+    // No device was sent two different states for one generation.
+    let mut seen = std::collections::BTreeMap::new();
+    for (device, envelope) in publisher.sent() {
+        let v = verify_desired_state(&site.trust(), &envelope, &device, None, now()).unwrap();
+        let previous = seen.insert((device.clone(), v.generation), envelope.clone());
+        assert!(previous.is_none_or(|p| p == envelope), "{device} generation {}", v.generation);
+    }
+    assert_eq!(client.rollouts().await.unwrap().len(), 1, "no rollout for late devices");
+    run.stop().await;
+}
+
+/// Commits every device rollout `id` sent `digest` to, wave after wave,
+/// until the rollout completed.
+async fn drive(run: &Running, client: &Client, site: &Site, id: u64, digest: &Digest) {
+    use fleet_control_plane::fleet::rollout::ProgressState;
+    loop {
+        let r = client.rollout(id).await.unwrap();
+        if r.state == RolloutState::Completed {
+            return;
+        }
+        assert_eq!(r.state, RolloutState::Running);
+        for p in r.devices.iter().filter(|p| p.state == ProgressState::Sent) {
+            let (generation, got) = desired_model(site, client, p.device.as_str()).await.unwrap();
+            assert_eq!(&got, digest);
+            run.send(committed(p.device.as_str(), generation, "model", digest))
+                .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_newer_release_queues_behind_the_running_rollout_or_replaces_it_by_policy() {
+    for supersede in [Supersede::Queue, Supersede::Replace] {
+        let site = Site::new();
+        let run = start(site.config(), recording()).await;
+        let client = run.client(run.token.as_deref().unwrap());
+        register(&run, &client, &["cam-1", "cam-2"]).await;
+        cameras_following(&client, vec![1], supersede).await;
+        let first = client
+            .publish_release(&stable(), site.release("model", "v1"))
+            .await
+            .unwrap();
+        let v1 = first.release.digest.clone();
+        let second = client
+            .publish_release(&stable(), site.release("model", "v2"))
+            .await
+            .unwrap();
+        let v2 = second.release.digest.clone();
+        let r1 = first.rollouts[0];
+        match supersede {
+            Supersede::Queue => {
+                assert!(second.rollouts.is_empty());
+                assert_eq!(second.queued, vec![group("cameras")]);
+                assert_eq!(client.rollout(r1).await.unwrap().state, RolloutState::Running);
+                // The running rollout finishes; then v2 starts on its own.
+                drive(&run, &client, &site, r1, &v1).await;
+                let all = eventually("v2 rollout started", || async {
+                    let all = client.rollouts().await.unwrap();
+                    (all.len() == 2).then_some(all)
+                })
+                .await;
+                assert_eq!(all[0].state, RolloutState::Completed);
+                assert_eq!(all[1].release_digest, v2);
+                assert_eq!(all[1].state, RolloutState::Running);
+            }
+            Supersede::Replace => {
+                assert_eq!(second.rollouts.len(), 1);
+                assert_eq!(client.rollout(r1).await.unwrap().state, RolloutState::Aborted);
+                let r2 = client.rollout(second.rollouts[0]).await.unwrap();
+                assert_eq!(r2.release_digest, v2);
+                assert_eq!(r2.state, RolloutState::Running);
+            }
+        }
+        run.stop().await;
+    }
+}
