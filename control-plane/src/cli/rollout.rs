@@ -17,7 +17,7 @@ use crate::client::{Client, ClientError};
 use crate::fleet::rollout::Action;
 use crate::keys::KeyFile;
 use crate::sign;
-use crate::store::{RolloutId, RolloutState};
+use crate::store::{HaltRollback, RolloutId, RolloutState, Safety, Threshold};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -53,6 +53,17 @@ pub struct RolloutArgs {
     /// Follow the rollout's progress after starting it.
     #[arg(long)]
     pub watch: bool,
+    /// Failed devices tolerated in one wave (2, or 10% of the wave); more
+    /// halt the rollout.
+    #[arg(long)]
+    pub max_failed_per_wave: Option<Threshold>,
+    /// Failed devices tolerated in the whole rollout (2, or 10%).
+    #[arg(long)]
+    pub max_failed: Option<Threshold>,
+    /// What a halt rolls back: failed (default), updated (every device
+    /// given the release) or nothing.
+    #[arg(long, value_parser = parse_on_halt, default_value = "failed")]
+    pub on_halt: HaltRollback,
     /// Give the container the device's GPU (`all`: `nvidia.com/gpu=all`).
     #[arg(long, value_parser = parse_gpu)]
     pub gpu: Option<GpuRequest>,
@@ -68,6 +79,15 @@ pub struct RolloutArgs {
     /// Tegra SoC the device must be, e.g. t234.
     #[arg(long, value_parser = Soc::parse)]
     pub requires_soc: Option<Soc>,
+}
+
+fn parse_on_halt(text: &str) -> Result<HaltRollback, String> {
+    match text {
+        "failed" => Ok(HaltRollback::Failed),
+        "updated" => Ok(HaltRollback::Updated),
+        "nothing" => Ok(HaltRollback::Nothing),
+        other => Err(format!("{other:?}: use failed, updated or nothing")),
+    }
 }
 
 fn parse_gpu(text: &str) -> Result<GpuRequest, String> {
@@ -193,6 +213,11 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             release: Some(envelope),
             group: group.clone(),
             waves: args.canary.into_iter().collect(),
+            safety: Safety {
+                wave_failures: args.max_failed_per_wave,
+                total_failures: args.max_failed,
+                on_halt: args.on_halt,
+            },
         })
         .await
         .map_err(failed(format!("cannot start the rollout of {what}")))?;

@@ -22,7 +22,7 @@ use super::groups::GroupView;
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
     Channel, EventKind, Follow, ReleaseRecord, RolloutId, RolloutRecord,
-    RolloutState, Supersede, Write,
+    RolloutState, Safety, Supersede, Write,
 };
 
 /// `POST /api/v1/groups/{name}/follow`.
@@ -35,6 +35,8 @@ pub struct FollowChannel {
     pub waves: Vec<usize>,
     #[serde(default)]
     pub supersede: Supersede,
+    #[serde(default)]
+    pub safety: Safety,
 }
 
 /// What publishing a release to a channel did.
@@ -145,6 +147,7 @@ impl Inner {
                 channel: req.channel.clone(),
                 waves: req.waves.clone(),
                 supersede: req.supersede,
+                safety: req.safety,
                 queued: None,
                 current,
             },
@@ -231,8 +234,8 @@ impl Inner {
             }
         }
         follow.queued = None;
-        let waves = follow.waves.clone();
-        match self.begin_rollout(release, &group, &waves, staged, writes, now) {
+        let (waves, safety) = (follow.waves.clone(), follow.safety);
+        match self.begin_rollout(release, &group, &waves, safety, staged, writes, now) {
             Ok(r) => {
                 staged.groups.insert(name.clone(), group);
                 Ok(Offer::Started(r.id))

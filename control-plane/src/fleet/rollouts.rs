@@ -15,8 +15,8 @@ use super::engine::{Inner, Staged, event};
 use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
-    EventKind, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, WaveState,
-    Write,
+    EventKind, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, Safety,
+    WaveState, Write,
 };
 
 /// Start a rollout of a release already posted (`release_digest`) or of the
@@ -33,6 +33,9 @@ pub struct CreateRollout {
     /// Empty: one wave.
     #[serde(default)]
     pub waves: Vec<usize>,
+    /// Failure thresholds that halt the rollout, and what a halt rolls back.
+    #[serde(default)]
+    pub safety: Safety,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,7 +299,15 @@ impl Inner {
         })?;
         let mut staged = Staged::default();
         let mut writes = Vec::new();
-        let r = self.begin_rollout(&release, &group, &req.waves, &mut staged, &mut writes, now)?;
+        let r = self.begin_rollout(
+            &release,
+            &group,
+            &req.waves,
+            req.safety,
+            &mut staged,
+            &mut writes,
+            now,
+        )?;
         self.settle_follows(&mut staged, &mut writes, now)?;
         let devices = staged.into_writes(&mut writes);
         self.store.commit(writes)?;
@@ -313,6 +324,7 @@ impl Inner {
         release: &ReleaseRecord,
         group: &GroupRecord,
         waves: &[usize],
+        safety: Safety,
         staged: &mut Staged,
         writes: &mut Vec<Write>,
         now: u64,
@@ -356,6 +368,7 @@ impl Inner {
             state: RolloutState::Running,
             waves: rollout::plan_waves(devices, waves),
             previous: BTreeMap::new(),
+            safety,
             created_at: now,
             updated_at: now,
         };

@@ -157,6 +157,8 @@ pub struct Follow {
     pub waves: Vec<usize>,
     #[serde(default)]
     pub supersede: Supersede,
+    #[serde(default)]
+    pub safety: Safety,
     /// The newest release waiting for the running rollout (queue policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<Digest>,
@@ -204,6 +206,9 @@ pub enum RolloutState {
     Aborted,
     Completed,
     RolledBack,
+    /// A failure threshold was crossed: no further wave goes out (undo is
+    /// still possible).
+    Halted,
 }
 
 impl RolloutState {
@@ -214,6 +219,7 @@ impl RolloutState {
             RolloutState::Aborted => "aborted",
             RolloutState::Completed => "completed",
             RolloutState::RolledBack => "rolled_back",
+            RolloutState::Halted => "halted",
         }
     }
 
@@ -221,7 +227,10 @@ impl RolloutState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RolloutState::Aborted | RolloutState::Completed | RolloutState::RolledBack
+            RolloutState::Aborted
+                | RolloutState::Completed
+                | RolloutState::RolledBack
+                | RolloutState::Halted
         )
     }
 }
@@ -266,8 +275,89 @@ pub struct RolloutRecord {
     /// app was not deployed there): the target of `undo`.
     #[serde(default)]
     pub previous: BTreeMap<DeviceId, Option<Digest>>,
+    /// Failure thresholds and what a halt rolls back.
+    #[serde(default)]
+    pub safety: Safety,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// How many failed devices a rollout tolerates: `{"count": 1}` or
+/// `{"percent": 10}` (of the devices counted; rounded down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Threshold {
+    Count(usize),
+    Percent(u8),
+}
+
+impl Threshold {
+    /// Whether `failed` of `of` devices crosses the threshold (more failed
+    /// than tolerated).
+    pub fn crossed(self, failed: usize, of: usize) -> bool {
+        let tolerated = match self {
+            Threshold::Count(n) => n,
+            Threshold::Percent(p) => of.saturating_mul(usize::from(p.min(100))) / 100,
+        };
+        failed > tolerated
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is no threshold: give a count (2) or a percentage (10%, at most 100%)")]
+pub struct BadThreshold {
+    pub given: String,
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = BadThreshold;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadThreshold {
+            given: s.to_owned(),
+        };
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Threshold::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.parse().map(Threshold::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Count(n) => write!(f, "{n}"),
+            Threshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Which devices a halted rollout gives their previous release back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltRollback {
+    /// None: devices keep what they got.
+    Nothing,
+    /// The devices that failed.
+    #[default]
+    Failed,
+    /// Every device the rollout gave the release.
+    Updated,
+}
+
+/// A rollout's failure thresholds. No threshold: failures never halt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Safety {
+    /// Failed devices tolerated in one wave (of the wave's devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_failures: Option<Threshold>,
+    /// Failed devices tolerated in the whole rollout (of all its devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_failures: Option<Threshold>,
+    #[serde(default)]
+    pub on_halt: HaltRollback,
 }
 
 impl RolloutRecord {
@@ -338,6 +428,8 @@ pub enum EventKind {
     RolloutUndo,
     #[serde(rename = "token.created")]
     TokenCreated,
+    #[serde(rename = "rollout.halted")]
+    RolloutHalted,
     #[serde(rename = "release.published")]
     ReleasePublished,
     #[serde(rename = "group.follow")]
@@ -365,6 +457,7 @@ impl EventKind {
             EventKind::RolloutAbort => "rollout.abort",
             EventKind::RolloutUndo => "rollout.undo",
             EventKind::TokenCreated => "token.created",
+            EventKind::RolloutHalted => "rollout.halted",
             EventKind::ReleasePublished => "release.published",
             EventKind::GroupFollow => "group.follow",
             EventKind::GroupCatchUp => "group.catch_up",
@@ -424,6 +517,10 @@ mod tests {
             EventKind::RolloutAbort,
             EventKind::RolloutUndo,
             EventKind::TokenCreated,
+            EventKind::RolloutHalted,
+            EventKind::ReleasePublished,
+            EventKind::GroupFollow,
+            EventKind::GroupCatchUp,
         ];
         for kind in all {
             let json = serde_json::to_string(&kind).unwrap();
@@ -440,6 +537,7 @@ mod tests {
             (RolloutState::Aborted, "aborted"),
             (RolloutState::Completed, "completed"),
             (RolloutState::RolledBack, "rolled_back"),
+            (RolloutState::Halted, "halted"),
         ] {
             assert_eq!(
                 serde_json::to_string(&state).unwrap(),

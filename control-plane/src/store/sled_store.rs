@@ -286,6 +286,7 @@ mod tests {
                         started_at: Some(10),
                     }],
                     previous: Default::default(),
+                    safety: Default::default(),
                     created_at: 10,
                     updated_at: 10,
                 }),
