@@ -6,11 +6,19 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::*;
 use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
 use fleet_control_plane::client::Client;
-use fleet_control_plane::store::{Channel, RolloutState, Supersede};
-use fleet_protocol::{AppName, Digest, GroupName, verify_desired_state};
+use fleet_control_plane::fleet::rollout::ProgressState;
+use fleet_control_plane::store::{
+    Channel, EventKind, HaltRollback, RolloutState, Safety, Supersede, Threshold, WaveState,
+};
+use fleet_protocol::message::ReleaseRef;
+use fleet_protocol::{
+    AppName, DeviceId, Digest, ErrorCode, GroupName, Phase, StatusReport, verify_desired_state,
+};
 
 fn group(name: &str) -> GroupName {
     GroupName::new(name).unwrap()
@@ -48,6 +56,7 @@ async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supers
                 channel: stable(),
                 waves,
                 supersede,
+                safety: Safety::default(),
             },
         )
         .await
@@ -100,7 +109,7 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
         let sent: Vec<_> = r
             .devices
             .iter()
-            .filter(|p| p.state == fleet_control_plane::fleet::rollout::ProgressState::Sent)
+            .filter(|p| p.state == ProgressState::Sent)
             .map(|p| p.device.clone())
             .collect();
         assert!(!sent.is_empty());
@@ -163,7 +172,6 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
 /// Commits every device rollout `id` sent `digest` to, wave after wave,
 /// until the rollout completed.
 async fn drive(run: &Running, client: &Client, site: &Site, id: u64, digest: &Digest) {
-    use fleet_control_plane::fleet::rollout::ProgressState;
     loop {
         let r = client.rollout(id).await.unwrap();
         if r.state == RolloutState::Completed {
@@ -225,4 +233,203 @@ async fn a_newer_release_queues_behind_the_running_rollout_or_replaces_it_by_pol
         }
         run.stop().await;
     }
+}
+
+/// A report that `app` tried `target` and rolled back to `running`.
+fn rolled_back(id: &str, generation: u64, running: &Digest, target: &Digest) -> StatusReport {
+    let mut r = committed(id, generation, "model", running);
+    let app = &mut r.apps[0];
+    app.phase = Phase::RolledBack {
+        reason: ErrorCode::CrashLoop,
+    };
+    app.target = Some(ReleaseRef {
+        version: "v2".into(),
+        release_digest: target.clone(),
+    });
+    r
+}
+
+fn guarded(waves: Vec<usize>) -> FollowChannel {
+    FollowChannel {
+        app: AppName::new("model").unwrap(),
+        channel: stable(),
+        waves,
+        supersede: Supersede::Queue,
+        safety: Safety {
+            wave_failures: Some(Threshold::Count(0)),
+            total_failures: None,
+            on_halt: HaltRollback::Failed,
+        },
+    }
+}
+
+/// Every (device, generation) was published with one content only;
+/// returns the release digests of `model` each device was ever sent.
+fn sent_models(site: &Site, sent: &[(DeviceId, Vec<u8>)]) -> BTreeMap<DeviceId, Vec<Digest>> {
+    let mut by_generation = BTreeMap::new();
+    let mut models: BTreeMap<DeviceId, Vec<Digest>> = BTreeMap::new();
+    for (device, envelope) in sent {
+        let v = verify_desired_state(&site.trust(), envelope, device, None, now()).unwrap();
+        let before = by_generation.insert((device.clone(), v.generation), envelope.clone());
+        assert!(
+            before.is_none_or(|b| &b == envelope),
+            "{device} was sent two states for generation {}",
+            v.generation
+        );
+        if let Some(a) = v.apps.iter().find(|a| a.app.as_str() == "model") {
+            models
+                .entry(device.clone())
+                .or_default()
+                .push(a.release_digest.clone());
+        }
+    }
+    models
+}
+
+#[tokio::test]
+async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_receives_it() {
+    let site = Site::new();
+    let publisher = recording();
+    let run = start(site.config(), publisher.clone()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    register(&run, &client, &["cam-1", "cam-2", "cam-3", "cam-4"]).await;
+    client
+        .create_group(&CreateGroup {
+            name: group("cameras"),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    client
+        .follow(&group("cameras"), &guarded(vec![1]))
+        .await
+        .unwrap();
+    let first = client
+        .publish_release(&stable(), site.release("model", "v1"))
+        .await
+        .unwrap();
+    let v1 = first.release.digest.clone();
+    drive(&run, &client, &site, first.rollouts[0], &v1).await;
+
+    let second = client
+        .publish_release(&stable(), site.release("model", "v2"))
+        .await
+        .unwrap();
+    let v2 = second.release.digest.clone();
+    let id = second.rollouts[0];
+    let r = client.rollout(id).await.unwrap();
+    let canary = r
+        .devices
+        .iter()
+        .find(|p| p.state == ProgressState::Sent)
+        .unwrap()
+        .device
+        .clone();
+    let (generation, digest) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    assert_eq!(digest, v2);
+    run.send(rolled_back(canary.as_str(), generation, &v1, &v2))
+        .await;
+    let halted = eventually("rollout halted", || async {
+        let r = client.rollout(id).await.unwrap();
+        (r.state == RolloutState::Halted).then_some(r)
+    })
+    .await;
+    assert_eq!(halted.counts.failed, 1);
+    assert_eq!(halted.counts.waiting, 3);
+    // The canary is given v1 back, in a newer generation.
+    let (back, digest) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    assert_eq!(digest, v1);
+    assert!(back > generation);
+    let events = client.events(50).await.unwrap();
+    let halt = events
+        .iter()
+        .find(|e| e.kind == EventKind::RolloutHalted)
+        .unwrap();
+    assert!(halt.message.contains("wave 1: 1 of 1 devices failed"), "{}", halt.message);
+    // Reports after the halt start nothing.
+    run.send(committed(canary.as_str(), back, "model", &v1)).await;
+    eventually("canary back on v1", || async {
+        let d = client.device(&canary).await.unwrap();
+        d.device.last_status.as_ref()?.generation.filter(|g| *g == back)
+    })
+    .await;
+    let models = sent_models(&site, &publisher.sent());
+    for (device, digests) in &models {
+        if device == &canary {
+            assert_eq!(digests, &[v1.clone(), v2.clone(), v1.clone()]);
+        } else {
+            assert_eq!(digests, &[v1.clone()], "{device} never received v2");
+        }
+    }
+    assert_eq!(models.len(), 4);
+    assert_eq!(client.rollout(id).await.unwrap().state, RolloutState::Halted);
+    // The group's current release stays v1: a device joining gets v1.
+    register(&run, &client, &["cam-5"]).await;
+    let (_, digest) = eventually("late device given v1", || async {
+        desired_model(&site, &client, "cam-5").await
+    })
+    .await;
+    assert_eq!(digest, v1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_wave_continues_the_channel_rollout_without_skips_or_duplicates() {
+    let site = Site::new();
+    let first_publisher = recording();
+    let run = start(site.config(), first_publisher.clone()).await;
+    let token = run.token.clone().unwrap();
+    let client = run.client(&token);
+    register(&run, &client, &["cam-1", "cam-2", "cam-3"]).await;
+    client
+        .create_group(&CreateGroup {
+            name: group("cameras"),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    client
+        .follow(&group("cameras"), &guarded(vec![1, 1]))
+        .await
+        .unwrap();
+    let published = client
+        .publish_release(&stable(), site.release("model", "v1"))
+        .await
+        .unwrap();
+    let v1 = published.release.digest.clone();
+    let id = published.rollouts[0];
+    // The canary commits: wave 2 goes out; then the server stops mid-wave.
+    let canary = client.rollout(id).await.unwrap().devices[0].device.clone();
+    let (generation, _) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    run.send(committed(canary.as_str(), generation, "model", &v1))
+        .await;
+    eventually("wave 2 out", || async {
+        let r = client.rollout(id).await.unwrap();
+        (r.waves[1].state == WaveState::Active).then_some(())
+    })
+    .await;
+    run.stop().await;
+
+    let second_publisher = recording();
+    let run = start(site.config(), second_publisher.clone()).await;
+    let client = run.client(&token);
+    let r = client.rollout(id).await.unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(r.waves[1].state, WaveState::Active);
+    assert_eq!(r.waves[2].state, WaveState::Pending);
+    drive(&run, &client, &site, id, &v1).await;
+
+    let mut all = first_publisher.sent();
+    all.extend(second_publisher.sent());
+    let models = sent_models(&site, &all);
+    assert_eq!(models.len(), 3, "no device skipped");
+    for (device, digests) in &models {
+        assert!(digests.iter().all(|d| d == &v1), "{device}");
+    }
+    let g = client.group(&group("cameras")).await.unwrap();
+    assert_eq!(g.group.follows.values().next().unwrap().current, Some(v1));
+    assert_eq!(client.rollouts().await.unwrap().len(), 1);
+    run.stop().await;
 }
