@@ -2,13 +2,14 @@
 //! to the server), follow it, and steer it (pause, resume, abort, undo).
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use fleet_protocol::message::{GpuRequest, RuntimeSettings};
 use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
+use fleet_protocol::dsse::Envelope;
 use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
 
 use super::{CliError, Output, Remote, print_json, render};
@@ -81,7 +82,7 @@ pub struct RolloutArgs {
     pub requires_soc: Option<Soc>,
 }
 
-fn parse_on_halt(text: &str) -> Result<HaltRollback, String> {
+pub(super) fn parse_on_halt(text: &str) -> Result<HaltRollback, String> {
     match text {
         "failed" => Ok(HaltRollback::Failed),
         "updated" => Ok(HaltRollback::Updated),
@@ -168,24 +169,26 @@ async fn target(client: &Client, image: &ImageRef) -> Result<(String, Digest), C
     Ok((resolved.repository, resolved.digest))
 }
 
-/// Signs a release of the image and starts its rollout in one request that
-/// carries the signed release (the server keeps it and starts the rollout
-/// in one commit).
-async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
-    let (Some(image), Some(group)) = (args.image, args.group) else {
-        return Err(CliError::MissingRolloutTarget);
-    };
-    let key = KeyFile::load_for(&args.release_key, Role::Release)
+/// Signs a release of `image` (its tag resolved by the server) with the
+/// release key at `key`; returns the envelope and the manifest digest.
+pub(super) async fn sign_image(
+    client: &Client,
+    image: &ImageRef,
+    key: &Path,
+    app: Option<AppName>,
+    version: Option<String>,
+    runtime: RuntimeSettings,
+) -> Result<(Envelope, Digest), CliError> {
+    let key = KeyFile::load_for(key, Role::Release)
         .map_err(|source| CliError::ReleaseKey { source })?;
-    let (repository, digest) = target(client, &image).await?;
-    let app = match args.app {
+    let (repository, digest) = target(client, image).await?;
+    let app = match app {
         Some(a) => a,
         None => app_name_from_repository(&repository).ok_or_else(|| CliError::NoAppName {
             repository: repository.clone(),
         })?,
     };
-    let version = args
-        .version
+    let version = version
         .or_else(|| image.tag().map(str::to_owned))
         .unwrap_or_else(|| digest.hex().chars().take(12).collect());
     let release = Release {
@@ -194,19 +197,39 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         version,
         repository,
         manifest_digest: digest.clone(),
-        runtime: RuntimeSettings {
-            gpu: args.gpu,
-            devices: args.devices,
-            requires: Requirements {
-                l4t: args.requires_l4t,
-                cuda: args.requires_cuda,
-                soc: args.requires_soc,
-            },
-            ..Default::default()
-        },
+        runtime,
     };
+    let envelope = sign::sign_release(&image.to_string(), &serde_json::to_vec(&release)?, &key)?;
+    Ok((envelope, digest))
+}
+
+/// Signs a release of the image and starts its rollout in one request that
+/// carries the signed release (the server keeps it and starts the rollout
+/// in one commit).
+async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
+    let (Some(image), Some(group)) = (args.image, args.group) else {
+        return Err(CliError::MissingRolloutTarget);
+    };
+    let runtime = RuntimeSettings {
+        gpu: args.gpu,
+        devices: args.devices,
+        requires: Requirements {
+            l4t: args.requires_l4t,
+            cuda: args.requires_cuda,
+            soc: args.requires_soc,
+        },
+        ..Default::default()
+    };
+    let (envelope, digest) = sign_image(
+        client,
+        &image,
+        &args.release_key,
+        args.app,
+        args.version,
+        runtime,
+    )
+    .await?;
     let what = image.to_string();
-    let envelope = sign::sign_release(&what, &serde_json::to_vec(&release)?, &key)?;
     let started = client
         .start_rollout(&CreateRollout {
             release_digest: None,
