@@ -433,3 +433,93 @@ async fn a_server_restart_mid_wave_continues_the_channel_rollout_without_skips_o
     assert_eq!(client.rollouts().await.unwrap().len(), 1);
     run.stop().await;
 }
+
+/// A device's first report as a Jetson with `soc` and L4T `l4t`.
+fn jetson(id: &str, soc: &str, l4t: &str) -> StatusReport {
+    let mut r = hello(id, &[("role", "camera")]);
+    if let Some(info) = r.info.as_mut() {
+        info.soc = Some(soc.into());
+        info.l4t_version = Some(l4t.into());
+    }
+    r
+}
+
+#[tokio::test]
+async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reason() {
+    use fleet_control_plane::sign;
+    use fleet_protocol::requires::{Requirements, Soc, VersionRange};
+    use fleet_protocol::{Release, SCHEMA_VERSION};
+    let site = Site::new();
+    let publisher = recording();
+    let run = start(site.config(), publisher.clone()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    run.send(jetson("orin-1", "t234", "R36.4.0")).await;
+    run.send(jetson("orin-old", "t234", "R35.4.1")).await;
+    run.send(jetson("xavier", "t194", "R36.4.0")).await;
+    eventually("devices registered", || async {
+        (client.devices().await.unwrap().len() == 3).then_some(())
+    })
+    .await;
+    cameras_following(&client, vec![], Supersede::Queue).await;
+    let release = Release {
+        schema: SCHEMA_VERSION,
+        app: AppName::new("model").unwrap(),
+        version: "v1".into(),
+        repository: "registry.local:5000/edge/model".into(),
+        manifest_digest: Digest::of(b"model v1 cuda"),
+        runtime: fleet_protocol::message::RuntimeSettings {
+            requires: Requirements {
+                l4t: Some(VersionRange::parse(">=36.3, <37").unwrap()),
+                cuda: None,
+                soc: Some(Soc::parse("t234").unwrap()),
+            },
+            ..Default::default()
+        },
+    };
+    let envelope = sign::sign_release("test", &serde_json::to_vec(&release).unwrap(), &site.release_key())
+        .unwrap()
+        .to_json();
+    let published = client.publish_release(&stable(), envelope).await.unwrap();
+    let r = client.rollout(published.rollouts[0]).await.unwrap();
+    assert_eq!(r.counts.total, 1);
+    assert_eq!(r.devices[0].device, dev("orin-1"));
+    let mut excluded: Vec<(String, String)> = r
+        .excluded
+        .iter()
+        .map(|e| (e.device.to_string(), e.reason.clone()))
+        .collect();
+    excluded.sort();
+    assert_eq!(
+        excluded,
+        [
+            (
+                "orin-old".to_owned(),
+                "incompatible: requires l4t >=36.3, <37, device has R35.4.1".to_owned()
+            ),
+            (
+                "xavier".to_owned(),
+                "incompatible: requires soc t234, device has t194".to_owned()
+            ),
+        ]
+    );
+    let v1 = published.release.digest.clone();
+    drive(&run, &client, &site, r.id, &v1).await;
+    // Completed without them; a compatible device joining gets v1, an
+    // incompatible one does not.
+    run.send(jetson("orin-2", "t234", "R36.3.0")).await;
+    run.send(jetson("nano", "t210", "R32.7.4")).await;
+    let (_, got) = eventually("orin-2 given v1", || async {
+        desired_model(&site, &client, "orin-2").await
+    })
+    .await;
+    assert_eq!(got, v1);
+    eventually("nano registered", || async {
+        client.device(&dev("nano")).await.ok().map(|_| ())
+    })
+    .await;
+    assert_eq!(desired_model(&site, &client, "nano").await, None);
+    let sent = sent_models(&site, &publisher.sent());
+    assert!(!sent.contains_key(&dev("orin-old")));
+    assert!(!sent.contains_key(&dev("xavier")));
+    run.stop().await;
+}

@@ -247,6 +247,10 @@ impl Inner {
                 staged.groups.insert(name.clone(), group);
                 Ok(Offer::Nothing)
             }
+            Err(FleetError::NoCompatibleDevices { .. }) => {
+                tracing::info!(group = %name, "no compatible device; nothing rolled out");
+                Ok(Offer::Nothing)
+            }
             Err(e) => Err(e),
         }
     }
@@ -331,6 +335,12 @@ impl Inner {
                     continue;
                 };
                 if reached_by_rollouts(&rollouts, &group.name, app, id) {
+                    continue;
+                }
+                let compatible = self.store.release(digest)?.is_some_and(|r| {
+                    r.release.runtime.requires.unmet(&device.facts()).is_empty()
+                });
+                if !compatible {
                     continue;
                 }
                 let current = staged.current(self.store.as_ref(), id)?;

@@ -51,6 +51,13 @@ pub enum FleetError {
         "group {group} has no devices; label devices (`fleetctl groups label`) or add members first"
     )]
     GroupWithoutDevices { group: fleet_protocol::GroupName },
+    #[error(
+        "no device of group {group} meets the release's requirements ({excluded} incompatible; see --plan)"
+    )]
+    NoCompatibleDevices {
+        group: fleet_protocol::GroupName,
+        excluded: usize,
+    },
     #[error("give release_digest or release")]
     ReleaseMissing,
     #[error("release_digest {given} does not match the given release ({release})")]
@@ -102,6 +109,7 @@ impl FleetError {
             FleetError::NotFound { .. } => ErrorKind::NotFound,
             FleetError::GroupExists { .. }
             | FleetError::GroupWithoutDevices { .. }
+            | FleetError::NoCompatibleDevices { .. }
             | FleetError::Rollout(_) => ErrorKind::Conflict,
             FleetError::GroupSpecEmpty
             | FleetError::ReleaseMissing

@@ -28,6 +28,7 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         waves: plan_waves(ids(devices), sizes),
         previous: BTreeMap::new(),
         safety: Safety::default(),
+        excluded: vec![],
         created_at: 100,
         updated_at: 100,
     }

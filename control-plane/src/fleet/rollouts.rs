@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fleet_protocol::dsse::Envelope;
+use fleet_protocol::requires::Requirements;
 use fleet_protocol::{AppName, DeviceId, Digest, GroupName, StatusReport, verify};
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +16,8 @@ use super::engine::{Inner, Staged, event};
 use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
-    EventKind, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, Safety,
-    WaveState, Write,
+    DeviceRecord, EventKind, Excluded, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
+    RolloutState, Safety, WaveState, Write,
 };
 
 /// Start a rollout of a release already posted (`release_digest`) or of the
@@ -58,6 +59,11 @@ pub struct RolloutView {
     pub updated_at: u64,
     pub counts: Counts,
     pub devices: Vec<DeviceProgress>,
+    /// Group devices left out of the waves (incompatible), and why.
+    #[serde(default)]
+    pub excluded: Vec<Excluded>,
+    #[serde(default)]
+    pub safety: Safety,
 }
 
 impl RolloutView {
@@ -82,8 +88,33 @@ impl RolloutView {
             updated_at: r.updated_at,
             counts: Counts::of(&devices),
             devices,
+            excluded: r.excluded.clone(),
+            safety: r.safety,
         }
     }
+}
+
+/// Splits group members into those that meet `requires` and those left out
+/// (with the unmet requirements as the reason).
+pub(super) fn compatible(
+    requires: &Requirements,
+    members: Vec<DeviceRecord>,
+) -> (Vec<DeviceId>, Vec<Excluded>) {
+    let mut devices = Vec::new();
+    let mut excluded = Vec::new();
+    for d in members {
+        let unmet = requires.unmet(&d.facts());
+        if unmet.is_empty() {
+            devices.push(d.id);
+        } else {
+            let why: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+            excluded.push(Excluded {
+                device: d.id,
+                reason: format!("incompatible: {}", why.join("; ")),
+            });
+        }
+    }
+    (devices, excluded)
 }
 
 impl Fleet {
@@ -332,16 +363,22 @@ impl Inner {
         // The release must still verify (the trust root may have changed).
         verify::verify_release_envelope(&self.trust, &release.envelope, now)
             .map_err(|source| FleetError::Untrusted { source })?;
-        let devices: Vec<DeviceId> = self
+        let members: Vec<DeviceRecord> = self
             .store
             .devices()?
             .into_iter()
             .filter(|d| group.contains(d))
-            .map(|d| d.id)
             .collect();
-        if devices.is_empty() {
+        if members.is_empty() {
             return Err(FleetError::GroupWithoutDevices {
                 group: group.name.clone(),
+            });
+        }
+        let (devices, excluded) = compatible(&release.release.runtime.requires, members);
+        if devices.is_empty() {
+            return Err(FleetError::NoCompatibleDevices {
+                group: group.name.clone(),
+                excluded: excluded.len(),
             });
         }
         let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
@@ -369,6 +406,7 @@ impl Inner {
             waves: rollout::plan_waves(devices, waves),
             previous: BTreeMap::new(),
             safety,
+            excluded,
             created_at: now,
             updated_at: now,
         };
@@ -376,12 +414,13 @@ impl Inner {
             EventKind::RolloutStarted,
             format!("rollout/{id}"),
             format!(
-                "{} {} to group {} ({} devices, {} waves)",
+                "{} {} to group {} ({} devices, {} waves, {} excluded)",
                 r.app,
                 r.version,
                 r.group,
                 r.devices().count(),
-                r.waves.len()
+                r.waves.len(),
+                r.excluded.len()
             ),
             now,
         ));

@@ -27,6 +27,12 @@ pub struct DeviceRecord {
     pub variant: Option<String>,
     #[serde(default)]
     pub l4t_version: Option<String>,
+    /// Tegra SoC, e.g. `t234` (as reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soc: Option<String>,
+    /// Host CUDA version (as reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_version: Option<String>,
     #[serde(default)]
     pub agent_version: String,
     pub first_seen: u64,
@@ -38,6 +44,15 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// What a release's `requires` is checked against.
+    pub fn facts(&self) -> fleet_protocol::requires::DeviceFacts {
+        fleet_protocol::requires::DeviceFacts {
+            l4t: self.l4t_version.clone(),
+            cuda: self.cuda_version.clone(),
+            soc: self.soc.clone(),
+        }
+    }
+
     pub fn new(id: DeviceId, now: u64) -> Self {
         Self {
             id,
@@ -46,6 +61,8 @@ impl DeviceRecord {
             architecture: String::new(),
             variant: None,
             l4t_version: None,
+            soc: None,
+            cuda_version: None,
             agent_version: String::new(),
             first_seen: now,
             last_seen: now,
@@ -278,8 +295,19 @@ pub struct RolloutRecord {
     /// Failure thresholds and what a halt rolls back.
     #[serde(default)]
     pub safety: Safety,
+    /// Group devices left out of the waves, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Excluded>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// A device of the group a rollout leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub device: DeviceId,
+    /// Why, e.g. `incompatible: requires l4t >=36.3, <37, device has 35.4.1`.
+    pub reason: String,
 }
 
 /// How many failed devices a rollout tolerates: `{"count": 1}` or

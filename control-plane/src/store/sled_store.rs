@@ -287,6 +287,7 @@ mod tests {
                     }],
                     previous: Default::default(),
                     safety: Default::default(),
+                    excluded: vec![],
                     created_at: 10,
                     updated_at: 10,
                 }),
