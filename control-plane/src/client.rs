@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::types::{
     AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, FollowChannel, GroupView,
-    PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
+    PlanView, PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
 };
 use crate::fleet::rollout::Action;
 use crate::store::{Channel, EventRecord, RolloutId};
@@ -202,6 +202,11 @@ impl Client {
         req: &FollowChannel,
     ) -> Result<GroupView, ClientError> {
         self.post(&format!("/groups/{name}/follow"), req).await
+    }
+
+    /// What a rollout request would do; nothing is kept or sent.
+    pub async fn plan_rollout(&self, req: &CreateRollout) -> Result<PlanView, ClientError> {
+        self.post("/rollouts/plan", req).await
     }
 
     pub async fn start_rollout(&self, req: &CreateRollout) -> Result<RolloutView, ClientError> {

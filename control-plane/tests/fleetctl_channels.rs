@@ -90,3 +90,66 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     assert!(err.contains("no channel name"), "{err}");
     run.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_rollout_plan_prints_waves_excluded_and_offline_devices_and_sends_nothing() {
+    use fleet_control_plane::fleet::ports::Inbound;
+    let site = Site::new();
+    let publisher = recording();
+    let run = start(site.config(), publisher.clone()).await;
+    let token = run.token.clone().unwrap();
+    let cfg = tempfile::tempdir().unwrap();
+    for (id, soc) in [("orin-1", "t234"), ("orin-2", "t234"), ("orin-3", "t234"), ("xavier", "t194")] {
+        let mut r = hello(id, &[("role", "camera")]);
+        if let Some(info) = r.info.as_mut() {
+            info.soc = Some(soc.into());
+        }
+        run.send(r).await;
+    }
+    let client = run.client(&token);
+    eventually("devices registered", || async {
+        (client.devices().await.unwrap().len() == 4).then_some(())
+    })
+    .await;
+    run.inbound
+        .send(Inbound::Presence {
+            device: dev("orin-3"),
+            online: false,
+        })
+        .await
+        .unwrap();
+    eventually("orin-3 offline", || async {
+        (!client.device(&dev("orin-3")).await.unwrap().device.online).then_some(())
+    })
+    .await;
+    let url = run.url();
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(&["--server", url.as_str(), "--token", token.as_str()])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let (code, _, err) = fleetctl(cfg.path(), with(&["groups", "add", "cameras", "-s", "role=camera"])).await;
+    assert_eq!(code, Some(0), "{err}");
+    let image = format!("registry.local:5000/edge/model:v3@{}", Digest::of(b"m"));
+    let key = site.keys().join("release.key");
+    let plan = [
+        "rollout", &image, "--group", "cameras", "--canary", "1", "--requires-soc", "t234",
+        "--plan", "--release-key", key.to_str().unwrap(),
+    ];
+    let (code, out, err) = fleetctl(cfg.path(), with(&plan)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 wave(s)"), "{out}");
+    assert!(out.contains("wave 1: 1 device(s): orin-1\n"), "{out}");
+    assert!(out.contains("wave 2: 2 device(s): orin-2,orin-3\n"), "{out}");
+    assert!(
+        out.contains("excluded xavier: incompatible: requires soc t234, device has t194\n"),
+        "{out}"
+    );
+    assert!(out.contains("offline now (they get it when they return): orin-3\n"), "{out}");
+    // Nothing kept, started or sent.
+    assert!(client.rollouts().await.unwrap().is_empty());
+    assert!(client.releases().await.unwrap().is_empty());
+    assert!(publisher.sent().is_empty());
+    run.stop().await;
+}

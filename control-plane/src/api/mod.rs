@@ -14,6 +14,7 @@
 //! | POST | `/api/v1/channels/{channel}/releases` | publish a signed release to a channel |
 //! | GET, POST | `/api/v1/releases` | list, add a signed release (verified) |
 //! | GET, POST | `/api/v1/rollouts` | list, start |
+//! | POST | `/api/v1/rollouts/plan` | waves, excluded and offline devices of a rollout request; nothing kept or sent |
 //! | GET | `/api/v1/rollouts/{id}` | one rollout with per-device progress |
 //! | POST | `/api/v1/rollouts/{id}/{pause,resume,abort,undo}` | operator actions |
 //! | GET | `/api/v1/images/resolve?ref=` | tag → manifest digest |
@@ -36,7 +37,7 @@ use crate::fleet::ports::ImageResolver;
 use crate::fleet::rollout::{Action, UnknownAction};
 use crate::fleet::{
     AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorKind, Fleet, FleetError,
-    FollowChannel, GroupView, PublishView, ReleaseView, RolloutView, SetLabels,
+    FollowChannel, GroupView, PlanView, PublishView, ReleaseView, RolloutView, SetLabels,
 };
 use crate::store::{Channel, RolloutId};
 use types::ResolveView;
@@ -190,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/channels/{channel}/releases", post(publish_release))
         .route("/releases", get(releases).post(add_release))
         .route("/rollouts", get(rollouts).post(start_rollout))
+        .route("/rollouts/plan", post(plan_rollout))
         .route("/rollouts/{id}", get(rollout))
         .route("/rollouts/{id}/{action}", post(rollout_action))
         .route("/images/resolve", get(resolve))
@@ -328,6 +330,13 @@ async fn start_rollout(
     Json(req): Json<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     Ok((StatusCode::CREATED, Json(s.fleet.start_rollout(req).await?)))
+}
+
+async fn plan_rollout(
+    State(s): State<ApiState>,
+    Json(req): Json<CreateRollout>,
+) -> ApiResult<PlanView> {
+    Ok(Json(s.fleet.plan_rollout(req).await?))
 }
 
 async fn rollout(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<RolloutView> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::fleet::{
     AddMembers, CreateGroup, CreateRollout, DesiredSummary, DeviceView, FollowChannel, GroupView,
-    PublishView, ReleaseView, RolloutView, SetLabels, TelemetryView, WaveView,
+    PlanView, PublishView, ReleaseView, RolloutView, SetLabels, TelemetryView, WaveView,
 };
 
 /// Every error answer: a stable code and a message saying what to do.

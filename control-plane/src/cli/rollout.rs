@@ -54,6 +54,10 @@ pub struct RolloutArgs {
     /// Follow the rollout's progress after starting it.
     #[arg(long)]
     pub watch: bool,
+    /// Print the waves, the devices in each, and the incompatible and
+    /// offline ones, without starting anything.
+    #[arg(long, conflicts_with = "watch")]
+    pub plan: bool,
     /// Failed devices tolerated in one wave (2, or 10% of the wave); more
     /// halt the rollout.
     #[arg(long)]
@@ -230,18 +234,30 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
     )
     .await?;
     let what = image.to_string();
+    let req = CreateRollout {
+        release_digest: None,
+        release: Some(envelope),
+        group: group.clone(),
+        waves: args.canary.into_iter().collect(),
+        safety: Safety {
+            wave_failures: args.max_failed_per_wave,
+            total_failures: args.max_failed,
+            on_halt: args.on_halt,
+        },
+    };
+    if args.plan {
+        let plan = client
+            .plan_rollout(&req)
+            .await
+            .map_err(failed(format!("cannot plan the rollout of {what}")))?;
+        if args.remote.output == Output::Json {
+            return print_json(&plan);
+        }
+        print!("{}", render::plan(&plan));
+        return Ok(());
+    }
     let started = client
-        .start_rollout(&CreateRollout {
-            release_digest: None,
-            release: Some(envelope),
-            group: group.clone(),
-            waves: args.canary.into_iter().collect(),
-            safety: Safety {
-                wave_failures: args.max_failed_per_wave,
-                total_failures: args.max_failed,
-                on_halt: args.on_halt,
-            },
-        })
+        .start_rollout(&req)
         .await
         .map_err(failed(format!("cannot start the rollout of {what}")))?;
     let output = args.remote.output;

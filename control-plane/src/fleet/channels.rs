@@ -391,3 +391,75 @@ fn reached_by_rollouts(
             .iter()
             .any(|r| !r.state.is_final() && &r.app == app && r.devices().any(|d| d == device))
 }
+
+/// What a rollout would do, computed before anything is kept or sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanView {
+    pub app: AppName,
+    pub version: String,
+    pub release_digest: fleet_protocol::Digest,
+    pub group: GroupName,
+    /// The devices of each wave, in order.
+    pub waves: Vec<Vec<DeviceId>>,
+    /// Group devices left out, and why.
+    pub excluded: Vec<crate::store::Excluded>,
+    /// Devices of the waves that are offline now: they get the release when
+    /// they return.
+    pub offline: Vec<DeviceId>,
+}
+
+impl Fleet {
+    /// The waves, exclusions and offline devices a rollout request would
+    /// have; nothing is kept, signed or sent.
+    pub async fn plan_rollout(&self, req: super::CreateRollout) -> Result<PlanView, FleetError> {
+        self.blocking(move |i| i.plan_rollout(&req, super::now()))
+            .await
+    }
+}
+
+impl Inner {
+    fn plan_rollout(&self, req: &super::CreateRollout, now: u64) -> Result<PlanView, FleetError> {
+        let release = match (&req.release, &req.release_digest) {
+            (Some(envelope), _) => self.verify_release(&envelope.to_json(), now)?,
+            (None, Some(digest)) => self
+                .store
+                .release(digest)?
+                .ok_or_else(|| not_found("release", digest))?,
+            (None, None) => return Err(FleetError::ReleaseMissing),
+        };
+        let group = self
+            .store
+            .group(&req.group)?
+            .ok_or_else(|| not_found("group", &req.group))?;
+        let mut members = self.store.devices()?;
+        members.retain(|d| group.contains(d));
+        for d in &mut members {
+            if let Some(l) = self.live.get(&d.id) {
+                l.overlay(d);
+            }
+        }
+        let offline_set: std::collections::BTreeSet<DeviceId> = members
+            .iter()
+            .filter(|d| !d.online)
+            .map(|d| d.id.clone())
+            .collect();
+        let (devices, excluded) =
+            super::rollouts::compatible(&release.release.runtime.requires, members);
+        let waves = super::rollout::plan_waves(devices, &req.waves);
+        let offline = waves
+            .iter()
+            .flat_map(|w| w.devices.iter())
+            .filter(|d| offline_set.contains(*d))
+            .cloned()
+            .collect();
+        Ok(PlanView {
+            app: release.release.app.clone(),
+            version: release.release.version.clone(),
+            release_digest: release.digest,
+            group: group.name,
+            waves: waves.into_iter().map(|w| w.devices).collect(),
+            excluded,
+            offline,
+        })
+    }
+}

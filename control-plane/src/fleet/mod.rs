@@ -29,7 +29,7 @@ use fleet_protocol::{Digest, verify};
 use crate::director::DirectorError;
 use crate::store::StoreError;
 
-pub use channels::{FollowChannel, PublishView};
+pub use channels::{FollowChannel, PlanView, PublishView};
 pub use devices::{DesiredSummary, DeviceView, SetLabels, TelemetryView};
 pub use engine::{Fleet, FleetSnapshot};
 pub use groups::{AddMembers, CreateGroup, GroupView};
