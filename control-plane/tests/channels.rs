@@ -69,7 +69,8 @@ async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supers
 async fn desired_model(site: &Site, client: &Client, id: &str) -> Option<(u64, Digest)> {
     let d = client.device(&dev(id)).await.unwrap().desired?;
     let envelope = client.device_desired(&dev(id)).await.unwrap();
-    let v = verify_desired_state(&site.trust(), &envelope.to_json(), &dev(id), None, now()).unwrap();
+    let v =
+        verify_desired_state(&site.trust(), &envelope.to_json(), &dev(id), None, now()).unwrap();
     assert_eq!(v.generation, d.generation);
     v.apps
         .iter()
@@ -92,7 +93,11 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
         .publish_release(&stable(), site.release("model", "v1"))
         .await
         .unwrap();
-    assert_eq!(published.rollouts.len(), 1, "one rollout, started by the server");
+    assert_eq!(
+        published.rollouts.len(),
+        1,
+        "one rollout, started by the server"
+    );
     let id = published.rollouts[0];
     let v1 = published.release.digest.clone();
     let r = client.rollout(id).await.unwrap();
@@ -116,7 +121,8 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
         for d in &sent {
             let (generation, digest) = desired_model(&site, &client, d.as_str()).await.unwrap();
             assert_eq!(digest, v1);
-            run.send(committed(d.as_str(), generation, "model", &v1)).await;
+            run.send(committed(d.as_str(), generation, "model", &v1))
+                .await;
             committed_ids.push(d.clone());
         }
         let n = committed_ids.len();
@@ -130,7 +136,10 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
     })
     .await;
     let g = client.group(&group("cameras")).await.unwrap();
-    assert_eq!(g.group.follows.values().next().unwrap().current, Some(v1.clone()));
+    assert_eq!(
+        g.group.follows.values().next().unwrap().current,
+        Some(v1.clone())
+    );
 
     // A device that enrolls afterwards gets v1 with nobody acting.
     register(&run, &client, &["cam-5"]).await;
@@ -163,9 +172,17 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
     for (device, envelope) in publisher.sent() {
         let v = verify_desired_state(&site.trust(), &envelope, &device, None, now()).unwrap();
         let previous = seen.insert((device.clone(), v.generation), envelope.clone());
-        assert!(previous.is_none_or(|p| p == envelope), "{device} generation {}", v.generation);
+        assert!(
+            previous.is_none_or(|p| p == envelope),
+            "{device} generation {}",
+            v.generation
+        );
     }
-    assert_eq!(client.rollouts().await.unwrap().len(), 1, "no rollout for late devices");
+    assert_eq!(
+        client.rollouts().await.unwrap().len(),
+        1,
+        "no rollout for late devices"
+    );
     run.stop().await;
 }
 
@@ -179,7 +196,9 @@ async fn drive(run: &Running, client: &Client, site: &Site, id: u64, digest: &Di
         }
         assert_eq!(r.state, RolloutState::Running);
         for p in r.devices.iter().filter(|p| p.state == ProgressState::Sent) {
-            let (generation, got) = desired_model(site, client, p.device.as_str()).await.unwrap();
+            let (generation, got) = desired_model(site, client, p.device.as_str())
+                .await
+                .unwrap();
             assert_eq!(&got, digest);
             run.send(committed(p.device.as_str(), generation, "model", digest))
                 .await;
@@ -211,7 +230,10 @@ async fn a_newer_release_queues_behind_the_running_rollout_or_replaces_it_by_pol
             Supersede::Queue => {
                 assert!(second.rollouts.is_empty());
                 assert_eq!(second.queued, vec![group("cameras")]);
-                assert_eq!(client.rollout(r1).await.unwrap().state, RolloutState::Running);
+                assert_eq!(
+                    client.rollout(r1).await.unwrap().state,
+                    RolloutState::Running
+                );
                 // The running rollout finishes; then v2 starts on its own.
                 drive(&run, &client, &site, r1, &v1).await;
                 let all = eventually("v2 rollout started", || async {
@@ -225,7 +247,10 @@ async fn a_newer_release_queues_behind_the_running_rollout_or_replaces_it_by_pol
             }
             Supersede::Replace => {
                 assert_eq!(second.rollouts.len(), 1);
-                assert_eq!(client.rollout(r1).await.unwrap().state, RolloutState::Aborted);
+                assert_eq!(
+                    client.rollout(r1).await.unwrap().state,
+                    RolloutState::Aborted
+                );
                 let r2 = client.rollout(second.rollouts[0]).await.unwrap();
                 assert_eq!(r2.release_digest, v2);
                 assert_eq!(r2.state, RolloutState::Running);
@@ -326,7 +351,9 @@ async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_r
         .unwrap()
         .device
         .clone();
-    let (generation, digest) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    let (generation, digest) = desired_model(&site, &client, canary.as_str())
+        .await
+        .unwrap();
     assert_eq!(digest, v2);
     run.send(rolled_back(canary.as_str(), generation, &v1, &v2))
         .await;
@@ -338,7 +365,9 @@ async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_r
     assert_eq!(halted.counts.failed, 1);
     assert_eq!(halted.counts.waiting, 3);
     // The canary is given v1 back, in a newer generation.
-    let (back, digest) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    let (back, digest) = desired_model(&site, &client, canary.as_str())
+        .await
+        .unwrap();
     assert_eq!(digest, v1);
     assert!(back > generation);
     let events = client.events(50).await.unwrap();
@@ -346,12 +375,21 @@ async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_r
         .iter()
         .find(|e| e.kind == EventKind::RolloutHalted)
         .unwrap();
-    assert!(halt.message.contains("wave 1: 1 of 1 devices failed"), "{}", halt.message);
+    assert!(
+        halt.message.contains("wave 1: 1 of 1 devices failed"),
+        "{}",
+        halt.message
+    );
     // Reports after the halt start nothing.
-    run.send(committed(canary.as_str(), back, "model", &v1)).await;
+    run.send(committed(canary.as_str(), back, "model", &v1))
+        .await;
     eventually("canary back on v1", || async {
         let d = client.device(&canary).await.unwrap();
-        d.device.last_status.as_ref()?.generation.filter(|g| *g == back)
+        d.device
+            .last_status
+            .as_ref()?
+            .generation
+            .filter(|g| *g == back)
     })
     .await;
     let models = sent_models(&site, &publisher.sent());
@@ -359,11 +397,18 @@ async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_r
         if device == &canary {
             assert_eq!(digests, &[v1.clone(), v2.clone(), v1.clone()]);
         } else {
-            assert_eq!(digests, &[v1.clone()], "{device} never received v2");
+            assert_eq!(
+                digests,
+                std::slice::from_ref(&v1),
+                "{device} never received v2"
+            );
         }
     }
     assert_eq!(models.len(), 4);
-    assert_eq!(client.rollout(id).await.unwrap().state, RolloutState::Halted);
+    assert_eq!(
+        client.rollout(id).await.unwrap().state,
+        RolloutState::Halted
+    );
     // The group's current release stays v1: a device joining gets v1.
     register(&run, &client, &["cam-5"]).await;
     let (_, digest) = eventually("late device given v1", || async {
@@ -402,7 +447,9 @@ async fn a_server_restart_mid_wave_continues_the_channel_rollout_without_skips_o
     let id = published.rollouts[0];
     // The canary commits: wave 2 goes out; then the server stops mid-wave.
     let canary = client.rollout(id).await.unwrap().devices[0].device.clone();
-    let (generation, _) = desired_model(&site, &client, canary.as_str()).await.unwrap();
+    let (generation, _) = desired_model(&site, &client, canary.as_str())
+        .await
+        .unwrap();
     run.send(committed(canary.as_str(), generation, "model", &v1))
         .await;
     eventually("wave 2 out", || async {
@@ -476,9 +523,13 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
             ..Default::default()
         },
     };
-    let envelope = sign::sign_release("test", &serde_json::to_vec(&release).unwrap(), &site.release_key())
-        .unwrap()
-        .to_json();
+    let envelope = sign::sign_release(
+        "test",
+        &serde_json::to_vec(&release).unwrap(),
+        &site.release_key(),
+    )
+    .unwrap()
+    .to_json();
     let published = client.publish_release(&stable(), envelope).await.unwrap();
     let r = client.rollout(published.rollouts[0]).await.unwrap();
     assert_eq!(r.counts.total, 1);

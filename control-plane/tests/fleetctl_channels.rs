@@ -10,7 +10,10 @@ use fleet_control_plane::store::{HaltRollback, Supersede, Threshold};
 use fleet_protocol::{Digest, GroupName};
 
 /// Runs fleetctl off the runtime's threads; returns (exit code, stdout, stderr).
-async fn fleetctl(config_dir: &std::path::Path, args: Vec<String>) -> (Option<i32>, String, String) {
+async fn fleetctl(
+    config_dir: &std::path::Path,
+    args: Vec<String>,
+) -> (Option<i32>, String, String) {
     let cfg = config_dir.to_owned();
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
@@ -52,17 +55,38 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
             .map(|a| a.to_string())
             .collect()
     };
-    let (code, _, err) = fleetctl(cfg.path(), with(&["groups", "add", "cameras", "-s", "role=camera"])).await;
+    let (code, _, err) = fleetctl(
+        cfg.path(),
+        with(&["groups", "add", "cameras", "-s", "role=camera"]),
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let follow = [
-        "groups", "follow", "cameras", "--app", "model", "--channel", "stable", "--wave", "1",
-        "--supersede", "replace", "--max-failed-per-wave", "0", "--max-failed", "10%",
-        "--on-halt", "updated",
+        "groups",
+        "follow",
+        "cameras",
+        "--app",
+        "model",
+        "--channel",
+        "stable",
+        "--wave",
+        "1",
+        "--supersede",
+        "replace",
+        "--max-failed-per-wave",
+        "0",
+        "--max-failed",
+        "10%",
+        "--on-halt",
+        "updated",
     ];
     let (code, out, err) = fleetctl(cfg.path(), with(&follow)).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("follows stable for model"), "{out}");
-    let g = client.group(&GroupName::new("cameras").unwrap()).await.unwrap();
+    let g = client
+        .group(&GroupName::new("cameras").unwrap())
+        .await
+        .unwrap();
     let f = &g.group.follows.values().next().unwrap();
     assert_eq!(f.waves, [1]);
     assert_eq!(f.supersede, Supersede::Replace);
@@ -72,7 +96,17 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
 
     let image = format!("registry.local:5000/edge/model:v3@{}", Digest::of(b"m"));
     let key = site.keys().join("release.key");
-    let publish = ["release", "publish", &image, "--channel", "stable", "--release-key", key.to_str().unwrap(), "-o", "json"];
+    let publish = [
+        "release",
+        "publish",
+        &image,
+        "--channel",
+        "stable",
+        "--release-key",
+        key.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
     let (code, out, err) = fleetctl(cfg.path(), with(&publish)).await;
     assert_eq!(code, Some(0), "{err}");
     let view: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -84,7 +118,15 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     assert_eq!(rollouts[0].waves.len(), 2, "canary of one, then the rest");
 
     // A channel name outside the rules is refused by name, before any request.
-    let bad = ["release", "publish", &image, "--channel", "Stable!", "--release-key", key.to_str().unwrap()];
+    let bad = [
+        "release",
+        "publish",
+        &image,
+        "--channel",
+        "Stable!",
+        "--release-key",
+        key.to_str().unwrap(),
+    ];
     let (code, _, err) = fleetctl(cfg.path(), with(&bad)).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no channel name"), "{err}");
@@ -99,7 +141,12 @@ async fn fleetctl_rollout_plan_prints_waves_excluded_and_offline_devices_and_sen
     let run = start(site.config(), publisher.clone()).await;
     let token = run.token.clone().unwrap();
     let cfg = tempfile::tempdir().unwrap();
-    for (id, soc) in [("orin-1", "t234"), ("orin-2", "t234"), ("orin-3", "t234"), ("xavier", "t194")] {
+    for (id, soc) in [
+        ("orin-1", "t234"),
+        ("orin-2", "t234"),
+        ("orin-3", "t234"),
+        ("xavier", "t194"),
+    ] {
         let mut r = hello(id, &[("role", "camera")]);
         if let Some(info) = r.info.as_mut() {
             info.soc = Some(soc.into());
@@ -129,24 +176,43 @@ async fn fleetctl_rollout_plan_prints_waves_excluded_and_offline_devices_and_sen
             .map(|a| a.to_string())
             .collect()
     };
-    let (code, _, err) = fleetctl(cfg.path(), with(&["groups", "add", "cameras", "-s", "role=camera"])).await;
+    let (code, _, err) = fleetctl(
+        cfg.path(),
+        with(&["groups", "add", "cameras", "-s", "role=camera"]),
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let image = format!("registry.local:5000/edge/model:v3@{}", Digest::of(b"m"));
     let key = site.keys().join("release.key");
     let plan = [
-        "rollout", &image, "--group", "cameras", "--canary", "1", "--requires-soc", "t234",
-        "--plan", "--release-key", key.to_str().unwrap(),
+        "rollout",
+        &image,
+        "--group",
+        "cameras",
+        "--canary",
+        "1",
+        "--requires-soc",
+        "t234",
+        "--plan",
+        "--release-key",
+        key.to_str().unwrap(),
     ];
     let (code, out, err) = fleetctl(cfg.path(), with(&plan)).await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("2 wave(s)"), "{out}");
     assert!(out.contains("wave 1: 1 device(s): orin-1\n"), "{out}");
-    assert!(out.contains("wave 2: 2 device(s): orin-2,orin-3\n"), "{out}");
+    assert!(
+        out.contains("wave 2: 2 device(s): orin-2,orin-3\n"),
+        "{out}"
+    );
     assert!(
         out.contains("excluded xavier: incompatible: requires soc t234, device has t194\n"),
         "{out}"
     );
-    assert!(out.contains("offline now (they get it when they return): orin-3\n"), "{out}");
+    assert!(
+        out.contains("offline now (they get it when they return): orin-3\n"),
+        "{out}"
+    );
     // Nothing kept, started or sent.
     assert!(client.rollouts().await.unwrap().is_empty());
     assert!(client.releases().await.unwrap().is_empty());

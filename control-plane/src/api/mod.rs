@@ -292,7 +292,9 @@ async fn follow(
     Path(name): Path<String>,
     Json(req): Json<FollowChannel>,
 ) -> ApiResult<GroupView> {
-    Ok(Json(s.fleet.follow(parse("group name", &name)?, req).await?))
+    Ok(Json(
+        s.fleet.follow(parse("group name", &name)?, req).await?,
+    ))
 }
 
 async fn publish_release(

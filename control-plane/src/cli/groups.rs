@@ -6,8 +6,8 @@ use fleet_protocol::{AppName, DeviceId, GroupName};
 
 use super::{CliError, Output, Remote, print_json, render};
 use crate::api::types::{AddMembers, CreateGroup, DeviceView, FollowChannel, GroupView, SetLabels};
-use crate::store::{Channel, HaltRollback, Safety, Supersede, Threshold};
 use crate::client::{Client, ClientError};
+use crate::store::{Channel, HaltRollback, Safety, Supersede, Threshold};
 
 #[derive(Debug, Args)]
 pub struct GroupsArgs {
@@ -141,10 +141,10 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     on_halt,
                 },
             };
-            let group = client
-                .follow(&name, &req)
-                .await
-                .map_err(failed(format!("cannot make group {name} follow {}", req.channel)))?;
+            let group = client.follow(&name, &req).await.map_err(failed(format!(
+                "cannot make group {name} follow {}",
+                req.channel
+            )))?;
             show_group(&group, output)
         }
         GroupsCommand::Label {
@@ -191,7 +191,10 @@ fn show_group(group: &GroupView, output: Output) -> Result<(), CliError> {
                 render::list(&group.devices)
             );
             for (app, f) in &group.group.follows {
-                let current = f.current.as_ref().map_or("none".into(), ToString::to_string);
+                let current = f
+                    .current
+                    .as_ref()
+                    .map_or("none".into(), ToString::to_string);
                 println!(
                     "  follows {} for {app}: waves {:?}, supersede {:?}, current {current}",
                     f.channel, f.waves, f.supersede

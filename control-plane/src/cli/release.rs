@@ -9,9 +9,9 @@ use fleet_protocol::trust::Role;
 use fleet_protocol::{AppName, ImageRef};
 
 use super::{CliError, Output, Remote, print_json, read, write_output};
-use crate::store::Channel;
 use crate::keys::KeyFile;
 use crate::sign;
+use crate::store::Channel;
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {

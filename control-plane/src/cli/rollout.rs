@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use fleet_protocol::dsse::Envelope;
 use fleet_protocol::message::{GpuRequest, RuntimeSettings};
 use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
-use fleet_protocol::dsse::Envelope;
 use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
 
 use super::{CliError, Output, Remote, print_json, render};
@@ -183,8 +183,8 @@ pub(super) async fn sign_image(
     version: Option<String>,
     runtime: RuntimeSettings,
 ) -> Result<(Envelope, Digest), CliError> {
-    let key = KeyFile::load_for(key, Role::Release)
-        .map_err(|source| CliError::ReleaseKey { source })?;
+    let key =
+        KeyFile::load_for(key, Role::Release).map_err(|source| CliError::ReleaseKey { source })?;
     let (repository, digest) = target(client, image).await?;
     let app = match app {
         Some(a) => a,

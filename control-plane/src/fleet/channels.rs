@@ -21,8 +21,8 @@ use super::engine::{Inner, Staged, event};
 use super::groups::GroupView;
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
-    Channel, EventKind, Follow, ReleaseRecord, RolloutId, RolloutRecord,
-    RolloutState, Safety, Supersede, Write,
+    Channel, EventKind, Follow, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, Safety,
+    Supersede, Write,
 };
 
 /// `POST /api/v1/groups/{name}/follow`.
@@ -235,7 +235,17 @@ impl Inner {
         }
         follow.queued = None;
         let (waves, safety) = (follow.waves.clone(), follow.safety);
-        match self.begin_rollout(release, &group, &waves, safety, staged, writes, now) {
+        match self.begin_rollout(
+            release,
+            &group,
+            super::rollouts::Policy {
+                waves: &waves,
+                safety,
+            },
+            staged,
+            writes,
+            now,
+        ) {
             Ok(r) => {
                 staged.groups.insert(name.clone(), group);
                 Ok(Offer::Started(r.id))
@@ -337,9 +347,10 @@ impl Inner {
                 if reached_by_rollouts(&rollouts, &group.name, app, id) {
                     continue;
                 }
-                let compatible = self.store.release(digest)?.is_some_and(|r| {
-                    r.release.runtime.requires.unmet(&device.facts()).is_empty()
-                });
+                let compatible = self
+                    .store
+                    .release(digest)?
+                    .is_some_and(|r| r.release.runtime.requires.unmet(&device.facts()).is_empty());
                 if !compatible {
                     continue;
                 }
@@ -366,7 +377,11 @@ impl Inner {
 }
 
 /// The unfinished rollout of `app` to `group`, if any.
-fn unfinished(rollouts: &[RolloutRecord], group: &GroupName, app: &AppName) -> Option<RolloutRecord> {
+fn unfinished(
+    rollouts: &[RolloutRecord],
+    group: &GroupName,
+    app: &AppName,
+) -> Option<RolloutRecord> {
     rollouts
         .iter()
         .find(|r| !r.state.is_final() && &r.group == group && &r.app == app)

@@ -386,20 +386,26 @@ pub fn step(
     };
     match (r.state, event) {
         (Running, Event::Start) => advance(&mut r, &Reports::new(), &mut effects, now),
-        (Paused | Aborted | Completed | RolledBack | Halted, Event::Start) => return Err(refuse(&r)),
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::Start) => {
+            return Err(refuse(&r));
+        }
 
         (Running, Event::Progress(reports)) => advance(&mut r, &reports, &mut effects, now),
         // Held back, or over: reports change nothing.
         (Paused | Aborted | Completed | RolledBack | Halted, Event::Progress(_)) => {}
 
         (Running, Event::Pause) => act(&mut r, Action::Pause, Paused, &mut effects),
-        (Paused | Aborted | Completed | RolledBack | Halted, Event::Pause) => return Err(refuse(&r)),
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::Pause) => {
+            return Err(refuse(&r));
+        }
 
         (Paused, Event::Resume(reports)) => {
             act(&mut r, Action::Resume, Running, &mut effects);
             advance(&mut r, &reports, &mut effects, now);
         }
-        (Running | Aborted | Completed | RolledBack | Halted, Event::Resume(_)) => return Err(refuse(&r)),
+        (Running | Aborted | Completed | RolledBack | Halted, Event::Resume(_)) => {
+            return Err(refuse(&r));
+        }
 
         (Running | Paused, Event::Abort) => act(&mut r, Action::Abort, Aborted, &mut effects),
         (Aborted | Completed | RolledBack | Halted, Event::Abort) => return Err(refuse(&r)),
@@ -419,10 +425,13 @@ pub fn step(
                 message: format!("superseded by a newer rollout of the same app (rollout {by})"),
             });
         }
-        (Aborted | Completed | RolledBack | Halted, Event::Superseded { .. }) => return Err(refuse(&r)),
+        (Aborted | Completed | RolledBack | Halted, Event::Superseded { .. }) => {
+            return Err(refuse(&r));
+        }
 
         // No timer is armed today; a stale one changes nothing.
-        (Running | Paused | Aborted | Completed | RolledBack | Halted, Event::WaveTimer { .. }) => {}
+        (Running | Paused | Aborted | Completed | RolledBack | Halted, Event::WaveTimer { .. }) => {
+        }
     }
     if r != before {
         r.updated_at = now;

@@ -413,7 +413,10 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
     assert_eq!(reverted(&effects), canary);
     assert_eq!(r.waves[1].state, WaveState::Pending);
     let record = effects.iter().find_map(|e| match e {
-        Effect::Record { kind: EventKind::RolloutHalted, message } => Some(message.clone()),
+        Effect::Record {
+            kind: EventKind::RolloutHalted,
+            message,
+        } => Some(message.clone()),
         _ => None,
     });
     assert_eq!(
@@ -432,7 +435,11 @@ fn without_thresholds_failures_never_halt() {
     let r = guarded(Safety::default());
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
     assert_eq!(r.state, RolloutState::Running);
-    assert_eq!(deployed(&effects), [1], "the failed canary settled the wave");
+    assert_eq!(
+        deployed(&effects),
+        [1],
+        "the failed canary settled the wave"
+    );
 }
 
 #[test]

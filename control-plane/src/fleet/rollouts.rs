@@ -94,6 +94,13 @@ impl RolloutView {
     }
 }
 
+/// How a new rollout goes: its wave sizes and failure thresholds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy<'a> {
+    pub(super) waves: &'a [usize],
+    pub(super) safety: Safety,
+}
+
 /// Splits group members into those that meet `requires` and those left out
 /// (with the unmet requirements as the reason).
 pub(super) fn compatible(
@@ -333,8 +340,10 @@ impl Inner {
         let r = self.begin_rollout(
             &release,
             &group,
-            &req.waves,
-            req.safety,
+            Policy {
+                waves: &req.waves,
+                safety: req.safety,
+            },
             &mut staged,
             &mut writes,
             now,
@@ -354,8 +363,7 @@ impl Inner {
         &self,
         release: &ReleaseRecord,
         group: &GroupRecord,
-        waves: &[usize],
-        safety: Safety,
+        policy: Policy<'_>,
         staged: &mut Staged,
         writes: &mut Vec<Write>,
         now: u64,
@@ -403,9 +411,9 @@ impl Inner {
             version: release.release.version.clone(),
             group: group.name.clone(),
             state: RolloutState::Running,
-            waves: rollout::plan_waves(devices, waves),
+            waves: rollout::plan_waves(devices, policy.waves),
             previous: BTreeMap::new(),
-            safety,
+            safety: policy.safety,
             excluded,
             created_at: now,
             updated_at: now,

@@ -100,7 +100,9 @@ pub struct GroupRecord {
 pub struct Channel(String);
 
 #[derive(Debug, thiserror::Error)]
-#[error("{given:?} is no channel name: use 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit")]
+#[error(
+    "{given:?} is no channel name: use 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+)]
 pub struct BadChannel {
     pub given: String,
 }
