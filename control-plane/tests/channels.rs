@@ -109,15 +109,20 @@ async fn a_release_published_to_a_channel_reaches_the_following_group_in_waves_a
 
     // Devices commit what they were sent; waves follow with no command.
     let mut committed_ids = Vec::new();
-    for _ in 0..3 {
-        let r = client.rollout(id).await.unwrap();
-        let sent: Vec<_> = r
-            .devices
-            .iter()
-            .filter(|p| p.state == ProgressState::Sent)
-            .map(|p| p.device.clone())
-            .collect();
-        assert!(!sent.is_empty());
+    for wave in 0..3 {
+        // The engine steps after the report is in memory: wait for the wave.
+        let sent: Vec<_> = eventually("next wave out", || async {
+            let r = client.rollout(id).await.unwrap();
+            let sent: Vec<_> = r
+                .devices
+                .iter()
+                .filter(|p| p.state == ProgressState::Sent)
+                .map(|p| p.device.clone())
+                .collect();
+            (!sent.is_empty()).then_some(sent)
+        })
+        .await;
+        assert_eq!(sent.len(), [1, 2, 1][wave]);
         for d in &sent {
             let (generation, digest) = desired_model(&site, &client, d.as_str()).await.unwrap();
             assert_eq!(digest, v1);
@@ -284,6 +289,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             wave_failures: Some(Threshold::Count(0)),
             total_failures: None,
             on_halt: HaltRollback::Failed,
+            wave_deadline_secs: None,
         },
     }
 }
@@ -572,5 +578,57 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
     let sent = sent_models(&site, &publisher.sent());
     assert!(!sent.contains_key(&dev("orin-old")));
     assert!(!sent.contains_key(&dev("xavier")));
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn an_offline_device_is_pending_at_the_wave_deadline_and_the_next_wave_goes_out() {
+    let site = Site::new();
+    let mut config = site.config();
+    config.desired.renew_check_secs = 1;
+    let run = start(config, recording()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    register(&run, &client, &["cam-1", "cam-2"]).await;
+    client
+        .create_group(&CreateGroup {
+            name: group("cameras"),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    let mut follow = guarded(vec![1]);
+    follow.safety.wave_deadline_secs = Some(0);
+    client.follow(&group("cameras"), &follow).await.unwrap();
+    let published = client
+        .publish_release(&stable(), site.release("model", "v1"))
+        .await
+        .unwrap();
+    let v1 = published.release.digest.clone();
+    let id = published.rollouts[0];
+    // cam-1 (the canary) never reports: the deadline closes its wave and
+    // cam-2 is given v1 with nobody acting.
+    let (generation, digest) = eventually("second wave out", || async {
+        desired_model(&site, &client, "cam-2").await
+    })
+    .await;
+    assert_eq!(digest, v1);
+    run.send(committed("cam-2", generation, "model", &v1)).await;
+    let r = eventually("rollout completed", || async {
+        let r = client.rollout(id).await.unwrap();
+        (r.state == RolloutState::Completed).then_some(r)
+    })
+    .await;
+    assert_eq!(r.counts.committed, 1);
+    assert_eq!(r.counts.sent, 1, "cam-1 is pending");
+    assert_eq!(r.counts.failed, 0);
+    // cam-1 returns and commits: counted, nothing else sent.
+    let (g1, d1) = desired_model(&site, &client, "cam-1").await.unwrap();
+    assert_eq!(d1, v1);
+    run.send(committed("cam-1", g1, "model", &v1)).await;
+    eventually("cam-1 counted", || async {
+        (client.rollout(id).await.unwrap().counts.committed == 2).then_some(())
+    })
+    .await;
     run.stop().await;
 }

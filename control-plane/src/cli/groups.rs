@@ -62,6 +62,10 @@ pub enum GroupsCommand {
         /// What a halt rolls back: failed, updated or nothing.
         #[arg(long, value_parser = super::rollout::parse_on_halt, default_value = "failed")]
         on_halt: HaltRollback,
+        /// Seconds a wave may stay open; then its unsettled devices count
+        /// as pending and the next wave goes out.
+        #[arg(long)]
+        wave_deadline: Option<u64>,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -129,6 +133,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             max_failed_per_wave,
             max_failed,
             on_halt,
+            wave_deadline,
         } => {
             let req = FollowChannel {
                 app,
@@ -139,6 +144,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     wave_failures: max_failed_per_wave,
                     total_failures: max_failed,
                     on_halt,
+                    wave_deadline_secs: wave_deadline,
                 },
             };
             let group = client.follow(&name, &req).await.map_err(failed(format!(

@@ -69,6 +69,10 @@ pub struct RolloutArgs {
     /// given the release) or nothing.
     #[arg(long, value_parser = parse_on_halt, default_value = "failed")]
     pub on_halt: HaltRollback,
+    /// Seconds a wave may stay open; then its unsettled (e.g. offline)
+    /// devices count as pending and the next wave goes out.
+    #[arg(long)]
+    pub wave_deadline: Option<u64>,
     /// Give the container the device's GPU (`all`: `nvidia.com/gpu=all`).
     #[arg(long, value_parser = parse_gpu)]
     pub gpu: Option<GpuRequest>,
@@ -243,6 +247,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             wave_failures: args.max_failed_per_wave,
             total_failures: args.max_failed,
             on_halt: args.on_halt,
+            wave_deadline_secs: args.wave_deadline,
         },
     };
     if args.plan {

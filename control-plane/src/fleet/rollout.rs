@@ -24,7 +24,10 @@
 //! devices, every device given the release, or none get their previous
 //! release back ([`Effect::Revert`]). Otherwise it starts the first pending
 //! wave, closes waves whose devices all settled and completes the rollout
-//! after the last. `max_unavailable` and gates come in at [`WaveOutcome`]
+//! after the last. A wave open for `wave_deadline_secs` closes with its
+//! unsettled devices counted as pending, not failed (the engine's periodic
+//! tick steps running rollouts with progress so that deadlines pass
+//! without reports). `max_unavailable` and gates come in at [`WaveOutcome`]
 //! and [`Event::WaveTimer`] (a pause between waves).
 
 use std::collections::BTreeMap;
@@ -477,6 +480,9 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
                 return;
             }
             WaveState::Active => match wave_outcome(r, i, reports) {
+                WaveOutcome::Open if deadline_passed(r, i, now) => {
+                    close_at_deadline(r, i, reports, effects);
+                }
                 WaveOutcome::Open => return,
                 WaveOutcome::Settled => r.waves[i].state = WaveState::Done,
             },
@@ -562,6 +568,41 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     if !previous.is_empty() {
         effects.push(Effect::Revert { previous });
     }
+}
+
+/// Whether wave `wave` has been open for its rollout's wave deadline.
+fn deadline_passed(r: &RolloutRecord, wave: usize, now: u64) -> bool {
+    let started = r.waves.get(wave).and_then(|w| w.started_at);
+    r.safety
+        .wave_deadline_secs
+        .zip(started)
+        .is_some_and(|(deadline, started)| now >= started.saturating_add(deadline))
+}
+
+/// Closes wave `wave` at its deadline; its unsettled devices stay pending.
+fn close_at_deadline(
+    r: &mut RolloutRecord,
+    wave: usize,
+    reports: &Reports,
+    effects: &mut Vec<Effect>,
+) {
+    let pending = r.waves[wave]
+        .devices
+        .iter()
+        .filter(|d| {
+            !device_progress(r, wave, d, reports.get(*d).map(Arc::as_ref))
+                .state
+                .settled()
+        })
+        .count();
+    r.waves[wave].state = WaveState::Done;
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutWave,
+        message: format!(
+            "wave {} closed at its deadline: {pending} device(s) pending, not failed",
+            wave + 1
+        ),
+    });
 }
 
 /// How wave `wave` stands by the latest reports.

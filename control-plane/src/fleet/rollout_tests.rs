@@ -405,6 +405,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         wave_failures: Some(Threshold::Count(0)),
         total_failures: None,
         on_halt: HaltRollback::Failed,
+        wave_deadline_secs: None,
     });
     let canary = ids(1);
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
@@ -449,6 +450,7 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         wave_failures: Some(Threshold::Percent(34)),
         total_failures: None,
         on_halt: HaltRollback::Failed,
+        wave_deadline_secs: None,
     });
     let mut reports = committed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -469,6 +471,7 @@ fn the_total_threshold_counts_failures_across_waves() {
         wave_failures: None,
         total_failures: Some(Threshold::Count(1)),
         on_halt: HaltRollback::Updated,
+        wave_deadline_secs: None,
     });
     let mut reports = failed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -487,6 +490,7 @@ fn on_halt_nothing_rolls_nobody_back() {
         wave_failures: Some(Threshold::Count(0)),
         total_failures: None,
         on_halt: HaltRollback::Nothing,
+        wave_deadline_secs: None,
     });
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
@@ -505,4 +509,43 @@ fn thresholds_parse_from_counts_and_percentages_and_refuse_the_rest() {
     assert!(!Threshold::Percent(10).crossed(1, 10));
     assert!(Threshold::Percent(10).crossed(2, 10));
     assert!(Threshold::Count(0).crossed(1, 1));
+}
+
+#[test]
+fn a_wave_open_past_its_deadline_closes_with_its_devices_pending_not_failed() {
+    let r = guarded(Safety {
+        wave_deadline_secs: Some(60),
+        ..Safety::default()
+    });
+    // Started at 200; nobody reported. Before the deadline: nothing.
+    let (r, effects) = step(r, Event::Progress(Reports::new()), 259).unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.waves[0].state, WaveState::Active);
+    let (r, effects) = step(r, Event::Progress(Reports::new()), 260).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(r.waves[0].state, WaveState::Done);
+    assert_eq!(deployed(&effects), [1]);
+    let messages: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        messages[0],
+        "wave 1 closed at its deadline: 1 device(s) pending, not failed"
+    );
+    let canary = &ids(1)[0];
+    let p = device_progress(&r, 0, canary, None);
+    assert_eq!(p.state, ProgressState::Sent, "pending, not failed");
+    // Without a deadline a silent wave stays open forever.
+    let (r, effects) = step(
+        guarded(Safety::default()),
+        Event::Progress(Reports::new()),
+        99_999,
+    )
+    .unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.waves[0].state, WaveState::Active);
 }

@@ -138,6 +138,13 @@ impl Fleet {
             .await
     }
 
+    /// Steps every running rollout with a wave deadline by its latest
+    /// reports, so that a deadline passes without any report (called by the
+    /// server's periodic sweep). Returns how many rollouts changed.
+    pub async fn tick(&self) -> Result<usize, FleetError> {
+        self.change(|i, now| i.tick(now)).await
+    }
+
     pub async fn rollouts(&self) -> Result<Vec<RolloutView>, FleetError> {
         self.blocking(|i| {
             i.store
@@ -184,6 +191,29 @@ impl Inner {
             self.store.commit(writes)?;
         }
         Ok(devices)
+    }
+
+    fn tick(&self, now: u64) -> Result<(usize, Vec<DeviceId>), FleetError> {
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        let mut changed = 0;
+        for r in self.store.rollouts()? {
+            if r.state != RolloutState::Running || r.safety.wave_deadline_secs.is_none() {
+                continue;
+            }
+            let reports = self.reports(&r)?;
+            let before = r.clone();
+            let next = self.step(r, Event::Progress(reports), &mut staged, &mut writes, now)?;
+            if next != before {
+                changed += 1;
+            }
+        }
+        self.settle_follows(&mut staged, &mut writes, now)?;
+        let devices = staged.into_writes(&mut writes);
+        if !writes.is_empty() {
+            self.store.commit(writes)?;
+        }
+        Ok((changed, devices))
     }
 
     /// Steps `r` by `event` and runs the effects into `staged` and `writes`

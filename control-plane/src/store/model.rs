@@ -388,6 +388,11 @@ pub struct Safety {
     pub total_failures: Option<Threshold>,
     #[serde(default)]
     pub on_halt: HaltRollback,
+    /// Seconds a wave may stay open: then it closes with its unsettled
+    /// devices counted as pending (not failed; offline ones get the release
+    /// when they return) and the next wave goes out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_deadline_secs: Option<u64>,
 }
 
 impl RolloutRecord {
