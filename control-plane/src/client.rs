@@ -7,11 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, GroupView, ReleaseView,
-    ResolveView, RolloutView, SetLabels,
+    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, FollowChannel, GroupView,
+    PlanView, PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
 };
 use crate::fleet::rollout::Action;
-use crate::store::{EventRecord, RolloutId};
+use crate::store::{Channel, EventRecord, RolloutId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -180,6 +180,33 @@ impl Client {
     pub async fn add_release(&self, envelope_json: Vec<u8>) -> Result<ReleaseView, ClientError> {
         self.send(Method::POST, "/releases", Some(envelope_json))
             .await
+    }
+
+    /// Publishes a signed release envelope to `channel`.
+    pub async fn publish_release(
+        &self,
+        channel: &Channel,
+        envelope_json: Vec<u8>,
+    ) -> Result<PublishView, ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/channels/{channel}/releases"),
+            Some(envelope_json),
+        )
+        .await
+    }
+
+    pub async fn follow(
+        &self,
+        name: &GroupName,
+        req: &FollowChannel,
+    ) -> Result<GroupView, ClientError> {
+        self.post(&format!("/groups/{name}/follow"), req).await
+    }
+
+    /// What a rollout request would do; nothing is kept or sent.
+    pub async fn plan_rollout(&self, req: &CreateRollout) -> Result<PlanView, ClientError> {
+        self.post("/rollouts/plan", req).await
     }
 
     pub async fn start_rollout(&self, req: &CreateRollout) -> Result<RolloutView, ClientError> {

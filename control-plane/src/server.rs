@@ -469,6 +469,9 @@ async fn outbox_loop(fleet: Fleet, stop: CancellationToken, every: Duration) {
         if let Err(e) = fleet.renew_due().await {
             tracing::warn!(error = %e, "renewing desired states failed");
         }
+        if let Err(e) = fleet.tick().await {
+            tracing::warn!(error = %e, "stepping rollouts with wave deadlines failed");
+        }
         if let Err(e) = fleet.publish_pending().await {
             tracing::warn!(error = %e, "publishing pending desired states failed");
         }

@@ -218,6 +218,7 @@ async fn a_rollout_gives_each_group_device_a_signed_desired_state_with_increasin
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -248,6 +249,7 @@ async fn a_rollout_gives_each_group_device_a_signed_desired_state_with_increasin
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -258,6 +260,7 @@ async fn a_rollout_gives_each_group_device_a_signed_desired_state_with_increasin
             release: Some(v2),
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -330,6 +333,7 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -352,6 +356,7 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
             release: None,
             group: group("cameras"),
             waves: vec![1],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -444,6 +449,7 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
             release: None,
             group: group("cameras"),
             waves: vec![1],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -508,6 +514,7 @@ async fn a_restart_mid_rollout_loses_nothing_and_duplicates_nothing() {
             release: None,
             group: group("cameras"),
             waves: vec![1],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -583,6 +590,7 @@ async fn a_restart_mid_rollout_loses_nothing_and_duplicates_nothing() {
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
@@ -621,6 +629,7 @@ async fn desired_states_are_re_signed_with_a_new_generation_before_they_expire()
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();

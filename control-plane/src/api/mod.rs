@@ -10,8 +10,11 @@
 //! | GET, POST | `/api/v1/groups` | list, create |
 //! | GET | `/api/v1/groups/{name}` | one group |
 //! | POST | `/api/v1/groups/{name}/members` | add explicit members |
+//! | POST | `/api/v1/groups/{name}/follow` | follow a channel for an app |
+//! | POST | `/api/v1/channels/{channel}/releases` | publish a signed release to a channel |
 //! | GET, POST | `/api/v1/releases` | list, add a signed release (verified) |
 //! | GET, POST | `/api/v1/rollouts` | list, start |
+//! | POST | `/api/v1/rollouts/plan` | waves, excluded and offline devices of a rollout request; nothing kept or sent |
 //! | GET | `/api/v1/rollouts/{id}` | one rollout with per-device progress |
 //! | POST | `/api/v1/rollouts/{id}/{pause,resume,abort,undo}` | operator actions |
 //! | GET | `/api/v1/images/resolve?ref=` | tag → manifest digest |
@@ -33,10 +36,10 @@ use serde::Deserialize;
 use crate::fleet::ports::ImageResolver;
 use crate::fleet::rollout::{Action, UnknownAction};
 use crate::fleet::{
-    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorKind, Fleet, FleetError, GroupView,
-    ReleaseView, RolloutView, SetLabels,
+    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorKind, Fleet, FleetError,
+    FollowChannel, GroupView, PlanView, PublishView, ReleaseView, RolloutView, SetLabels,
 };
-use crate::store::RolloutId;
+use crate::store::{Channel, RolloutId};
 use types::ResolveView;
 
 /// What the handlers share.
@@ -184,8 +187,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/groups", get(groups).post(create_group))
         .route("/groups/{name}", get(group))
         .route("/groups/{name}/members", post(add_members))
+        .route("/groups/{name}/follow", post(follow))
+        .route("/channels/{channel}/releases", post(publish_release))
         .route("/releases", get(releases).post(add_release))
         .route("/rollouts", get(rollouts).post(start_rollout))
+        .route("/rollouts/plan", post(plan_rollout))
         .route("/rollouts/{id}", get(rollout))
         .route("/rollouts/{id}/{action}", post(rollout_action))
         .route("/images/resolve", get(resolve))
@@ -281,6 +287,28 @@ async fn add_members(
     ))
 }
 
+async fn follow(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    Json(req): Json<FollowChannel>,
+) -> ApiResult<GroupView> {
+    Ok(Json(
+        s.fleet.follow(parse("group name", &name)?, req).await?,
+    ))
+}
+
+async fn publish_release(
+    State(s): State<ApiState>,
+    Path(channel): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<PublishView>), ApiError> {
+    let channel = parse::<Channel>("channel", &channel)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.fleet.publish_release(channel, body.to_vec()).await?),
+    ))
+}
+
 async fn releases(State(s): State<ApiState>) -> ApiResult<Vec<ReleaseView>> {
     Ok(Json(s.fleet.releases().await?))
 }
@@ -304,6 +332,13 @@ async fn start_rollout(
     Json(req): Json<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     Ok((StatusCode::CREATED, Json(s.fleet.start_rollout(req).await?)))
+}
+
+async fn plan_rollout(
+    State(s): State<ApiState>,
+    Json(req): Json<CreateRollout>,
+) -> ApiResult<PlanView> {
+    Ok(Json(s.fleet.plan_rollout(req).await?))
 }
 
 async fn rollout(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<RolloutView> {

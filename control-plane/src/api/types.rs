@@ -6,8 +6,8 @@ use fleet_protocol::Digest;
 use serde::{Deserialize, Serialize};
 
 pub use crate::fleet::{
-    AddMembers, CreateGroup, CreateRollout, DesiredSummary, DeviceView, GroupView, ReleaseView,
-    RolloutView, SetLabels, TelemetryView, WaveView,
+    AddMembers, CreateGroup, CreateRollout, DesiredSummary, DeviceView, FollowChannel, GroupView,
+    PlanView, PublishView, ReleaseView, RolloutView, SetLabels, TelemetryView, WaveView,
 };
 
 /// Every error answer: a stable code and a message saying what to do.

@@ -2,11 +2,12 @@
 //! and device labels.
 
 use clap::{Args, Subcommand};
-use fleet_protocol::{DeviceId, GroupName};
+use fleet_protocol::{AppName, DeviceId, GroupName};
 
 use super::{CliError, Output, Remote, print_json, render};
-use crate::api::types::{AddMembers, CreateGroup, DeviceView, GroupView, SetLabels};
+use crate::api::types::{AddMembers, CreateGroup, DeviceView, FollowChannel, GroupView, SetLabels};
 use crate::client::{Client, ClientError};
+use crate::store::{Channel, HaltRollback, Safety, Supersede, Threshold};
 
 #[derive(Debug, Args)]
 pub struct GroupsArgs {
@@ -36,6 +37,36 @@ pub enum GroupsCommand {
         #[arg(required = true)]
         devices: Vec<DeviceId>,
     },
+    /// Follow a release channel for an app: every release published to it
+    /// rolls out to the group by this policy; devices joining get the
+    /// group's current release.
+    Follow {
+        name: GroupName,
+        #[arg(long)]
+        app: AppName,
+        #[arg(long)]
+        channel: Channel,
+        /// Size of a wave (repeatable: canary first, then growing); the last
+        /// wave takes the rest.
+        #[arg(long = "wave")]
+        waves: Vec<usize>,
+        /// What a newer release does to a running rollout: queue or replace.
+        #[arg(long, value_parser = parse_supersede, default_value = "queue")]
+        supersede: Supersede,
+        /// Failed devices tolerated per wave (2 or 10%); more halt.
+        #[arg(long)]
+        max_failed_per_wave: Option<Threshold>,
+        /// Failed devices tolerated in a rollout (2 or 10%).
+        #[arg(long)]
+        max_failed: Option<Threshold>,
+        /// What a halt rolls back: failed, updated or nothing.
+        #[arg(long, value_parser = super::rollout::parse_on_halt, default_value = "failed")]
+        on_halt: HaltRollback,
+        /// Seconds a wave may stay open; then its unsettled devices count
+        /// as pending and the next wave goes out.
+        #[arg(long)]
+        wave_deadline: Option<u64>,
+    },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
         device: DeviceId,
@@ -50,6 +81,14 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_supersede(s: &str) -> Result<Supersede, String> {
+    match s {
+        "queue" => Ok(Supersede::Queue),
+        "replace" => Ok(Supersede::Replace),
+        other => Err(format!("{other:?}: use queue or replace")),
     }
 }
 
@@ -83,6 +122,35 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                 .add_members(&name, &AddMembers { devices })
                 .await
                 .map_err(failed(format!("cannot add members to group {name}")))?;
+            show_group(&group, output)
+        }
+        GroupsCommand::Follow {
+            name,
+            app,
+            channel,
+            waves,
+            supersede,
+            max_failed_per_wave,
+            max_failed,
+            on_halt,
+            wave_deadline,
+        } => {
+            let req = FollowChannel {
+                app,
+                channel,
+                waves,
+                supersede,
+                safety: Safety {
+                    wave_failures: max_failed_per_wave,
+                    total_failures: max_failed,
+                    on_halt,
+                    wave_deadline_secs: wave_deadline,
+                },
+            };
+            let group = client.follow(&name, &req).await.map_err(failed(format!(
+                "cannot make group {name} follow {}",
+                req.channel
+            )))?;
             show_group(&group, output)
         }
         GroupsCommand::Label {
@@ -128,6 +196,16 @@ fn show_group(group: &GroupView, output: Output) -> Result<(), CliError> {
                 group.devices.len(),
                 render::list(&group.devices)
             );
+            for (app, f) in &group.group.follows {
+                let current = f
+                    .current
+                    .as_ref()
+                    .map_or("none".into(), ToString::to_string);
+                println!(
+                    "  follows {} for {app}: waves {:?}, supersede {:?}, current {current}",
+                    f.channel, f.waves, f.supersede
+                );
+            }
             Ok(())
         }
     }

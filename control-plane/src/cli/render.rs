@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::api::types::{DeviceView, GroupView, RolloutView, TelemetryView};
+use crate::api::types::{DeviceView, GroupView, PlanView, RolloutView, TelemetryView};
 use crate::store::{Labels, RolloutId};
 
 pub fn list<T: Display>(items: &[T]) -> String {
@@ -270,6 +270,37 @@ pub fn rollouts(all: &[RolloutView]) -> String {
     out
 }
 
+/// A rollout plan: waves with their devices, then the devices left out and
+/// those offline.
+pub fn plan(p: &PlanView) -> String {
+    let mut out = format!(
+        "plan: {} {} ({}) to group {}, {} wave(s)\n",
+        p.app,
+        p.version,
+        p.release_digest,
+        p.group,
+        p.waves.len()
+    );
+    for (i, w) in p.waves.iter().enumerate() {
+        out.push_str(&format!(
+            "wave {}: {} device(s): {}\n",
+            i + 1,
+            w.len(),
+            list(w)
+        ));
+    }
+    for e in &p.excluded {
+        out.push_str(&format!("excluded {}: {}\n", e.device, e.reason));
+    }
+    if !p.offline.is_empty() {
+        out.push_str(&format!(
+            "offline now (they get it when they return): {}\n",
+            list(&p.offline)
+        ));
+    }
+    out
+}
+
 /// One rollout: its summary, waves and per-device progress.
 pub fn rollout(v: &RolloutView) -> String {
     let mut out = format!("{}\nrelease {}\n", summary(v), v.release_digest);
@@ -297,6 +328,9 @@ pub fn rollout(v: &RolloutView) -> String {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" error: {e}"))
         ));
+    }
+    for e in &v.excluded {
+        out.push_str(&format!("  {:<24} excluded: {}\n", e.device, e.reason));
     }
     out
 }

@@ -2,10 +2,11 @@
 //! to the server), follow it, and steer it (pause, resume, abort, undo).
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use fleet_protocol::dsse::Envelope;
 use fleet_protocol::message::{GpuRequest, RuntimeSettings};
 use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
@@ -17,7 +18,7 @@ use crate::client::{Client, ClientError};
 use crate::fleet::rollout::Action;
 use crate::keys::KeyFile;
 use crate::sign;
-use crate::store::{RolloutId, RolloutState};
+use crate::store::{HaltRollback, RolloutId, RolloutState, Safety, Threshold};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -53,6 +54,25 @@ pub struct RolloutArgs {
     /// Follow the rollout's progress after starting it.
     #[arg(long)]
     pub watch: bool,
+    /// Print the waves, the devices in each, and the incompatible and
+    /// offline ones, without starting anything.
+    #[arg(long, conflicts_with = "watch")]
+    pub plan: bool,
+    /// Failed devices tolerated in one wave (2, or 10% of the wave); more
+    /// halt the rollout.
+    #[arg(long)]
+    pub max_failed_per_wave: Option<Threshold>,
+    /// Failed devices tolerated in the whole rollout (2, or 10%).
+    #[arg(long)]
+    pub max_failed: Option<Threshold>,
+    /// What a halt rolls back: failed (default), updated (every device
+    /// given the release) or nothing.
+    #[arg(long, value_parser = parse_on_halt, default_value = "failed")]
+    pub on_halt: HaltRollback,
+    /// Seconds a wave may stay open; then its unsettled (e.g. offline)
+    /// devices count as pending and the next wave goes out.
+    #[arg(long)]
+    pub wave_deadline: Option<u64>,
     /// Give the container the device's GPU (`all`: `nvidia.com/gpu=all`).
     #[arg(long, value_parser = parse_gpu)]
     pub gpu: Option<GpuRequest>,
@@ -68,6 +88,15 @@ pub struct RolloutArgs {
     /// Tegra SoC the device must be, e.g. t234.
     #[arg(long, value_parser = Soc::parse)]
     pub requires_soc: Option<Soc>,
+}
+
+pub(super) fn parse_on_halt(text: &str) -> Result<HaltRollback, String> {
+    match text {
+        "failed" => Ok(HaltRollback::Failed),
+        "updated" => Ok(HaltRollback::Updated),
+        "nothing" => Ok(HaltRollback::Nothing),
+        other => Err(format!("{other:?}: use failed, updated or nothing")),
+    }
 }
 
 fn parse_gpu(text: &str) -> Result<GpuRequest, String> {
@@ -148,24 +177,26 @@ async fn target(client: &Client, image: &ImageRef) -> Result<(String, Digest), C
     Ok((resolved.repository, resolved.digest))
 }
 
-/// Signs a release of the image and starts its rollout in one request that
-/// carries the signed release (the server keeps it and starts the rollout
-/// in one commit).
-async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
-    let (Some(image), Some(group)) = (args.image, args.group) else {
-        return Err(CliError::MissingRolloutTarget);
-    };
-    let key = KeyFile::load_for(&args.release_key, Role::Release)
-        .map_err(|source| CliError::ReleaseKey { source })?;
-    let (repository, digest) = target(client, &image).await?;
-    let app = match args.app {
+/// Signs a release of `image` (its tag resolved by the server) with the
+/// release key at `key`; returns the envelope and the manifest digest.
+pub(super) async fn sign_image(
+    client: &Client,
+    image: &ImageRef,
+    key: &Path,
+    app: Option<AppName>,
+    version: Option<String>,
+    runtime: RuntimeSettings,
+) -> Result<(Envelope, Digest), CliError> {
+    let key =
+        KeyFile::load_for(key, Role::Release).map_err(|source| CliError::ReleaseKey { source })?;
+    let (repository, digest) = target(client, image).await?;
+    let app = match app {
         Some(a) => a,
         None => app_name_from_repository(&repository).ok_or_else(|| CliError::NoAppName {
             repository: repository.clone(),
         })?,
     };
-    let version = args
-        .version
+    let version = version
         .or_else(|| image.tag().map(str::to_owned))
         .unwrap_or_else(|| digest.hex().chars().take(12).collect());
     let release = Release {
@@ -174,26 +205,64 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         version,
         repository,
         manifest_digest: digest.clone(),
-        runtime: RuntimeSettings {
-            gpu: args.gpu,
-            devices: args.devices,
-            requires: Requirements {
-                l4t: args.requires_l4t,
-                cuda: args.requires_cuda,
-                soc: args.requires_soc,
-            },
-            ..Default::default()
+        runtime,
+    };
+    let envelope = sign::sign_release(&image.to_string(), &serde_json::to_vec(&release)?, &key)?;
+    Ok((envelope, digest))
+}
+
+/// Signs a release of the image and starts its rollout in one request that
+/// carries the signed release (the server keeps it and starts the rollout
+/// in one commit).
+async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
+    let (Some(image), Some(group)) = (args.image, args.group) else {
+        return Err(CliError::MissingRolloutTarget);
+    };
+    let runtime = RuntimeSettings {
+        gpu: args.gpu,
+        devices: args.devices,
+        requires: Requirements {
+            l4t: args.requires_l4t,
+            cuda: args.requires_cuda,
+            soc: args.requires_soc,
+        },
+        ..Default::default()
+    };
+    let (envelope, digest) = sign_image(
+        client,
+        &image,
+        &args.release_key,
+        args.app,
+        args.version,
+        runtime,
+    )
+    .await?;
+    let what = image.to_string();
+    let req = CreateRollout {
+        release_digest: None,
+        release: Some(envelope),
+        group: group.clone(),
+        waves: args.canary.into_iter().collect(),
+        safety: Safety {
+            wave_failures: args.max_failed_per_wave,
+            total_failures: args.max_failed,
+            on_halt: args.on_halt,
+            wave_deadline_secs: args.wave_deadline,
         },
     };
-    let what = image.to_string();
-    let envelope = sign::sign_release(&what, &serde_json::to_vec(&release)?, &key)?;
+    if args.plan {
+        let plan = client
+            .plan_rollout(&req)
+            .await
+            .map_err(failed(format!("cannot plan the rollout of {what}")))?;
+        if args.remote.output == Output::Json {
+            return print_json(&plan);
+        }
+        print!("{}", render::plan(&plan));
+        return Ok(());
+    }
     let started = client
-        .start_rollout(&CreateRollout {
-            release_digest: None,
-            release: Some(envelope),
-            group: group.clone(),
-            waves: args.canary.into_iter().collect(),
-        })
+        .start_rollout(&req)
         .await
         .map_err(failed(format!("cannot start the rollout of {what}")))?;
     let output = args.remote.output;

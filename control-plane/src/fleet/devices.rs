@@ -117,8 +117,9 @@ impl Fleet {
                 Write::Device(d.clone()),
                 event(EventKind::DeviceLabels, &id, msg, now),
             ])?;
+            let changed = i.catch_up_commit(std::slice::from_ref(&id), now)?;
             let groups = i.store.groups()?;
-            Ok((i.device_view(d, &groups)?, vec![]))
+            Ok((i.device_view(d, &groups)?, changed))
         })
         .await
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fleet_protocol::{DeviceId, TrustedRoot};
+use fleet_protocol::{DeviceId, GroupName, TrustedRoot};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,8 @@ use super::ports::{DesiredPublisher, Inbound};
 use super::{FleetError, RolloutView, now, now_f64};
 use crate::director::Director;
 use crate::store::{
-    DesiredRecord, DeviceRecord, EventKind, EventRecord, GroupRecord, Store, StoreError,
-    TelemetryRecord, Write,
+    DesiredRecord, DeviceRecord, EventKind, EventRecord, GroupRecord, RolloutId, RolloutRecord,
+    Store, StoreError, TelemetryRecord, Write,
 };
 use crate::telemetry::updates::{Updates, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, Live, MessageKind};
@@ -57,10 +57,18 @@ pub(super) struct Inner {
     counters: Arc<IngestCounters>,
 }
 
-/// Desired records changed within one step, on top of the store.
+/// Desired records, rollouts and groups changed within one step, on top of
+/// the store.
 #[derive(Default)]
 pub(super) struct Staged {
     pub(super) desired: BTreeMap<DeviceId, DesiredRecord>,
+    /// Rollouts stepped in this step, as they are now.
+    pub(super) rollouts: BTreeMap<RolloutId, RolloutRecord>,
+    /// Rollouts that became final in this step, not yet looked at by the
+    /// channels (their queued releases start then).
+    pub(super) finished: Vec<RolloutId>,
+    /// Groups changed in this step (their follows).
+    pub(super) groups: BTreeMap<GroupName, GroupRecord>,
 }
 
 impl Staged {
@@ -75,8 +83,49 @@ impl Staged {
         }
     }
 
+    /// Every rollout, with those stepped here as they are now.
+    pub(super) fn rollouts(&self, store: &dyn Store) -> Result<Vec<RolloutRecord>, StoreError> {
+        let mut all = store.rollouts()?;
+        for r in &mut all {
+            if let Some(now) = self.rollouts.get(&r.id) {
+                *r = now.clone();
+            }
+        }
+        let stored: std::collections::BTreeSet<RolloutId> = all.iter().map(|r| r.id).collect();
+        all.extend(
+            self.rollouts
+                .values()
+                .filter(|r| !stored.contains(&r.id))
+                .cloned(),
+        );
+        Ok(all)
+    }
+
+    pub(super) fn group(
+        &self,
+        store: &dyn Store,
+        name: &GroupName,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        match self.groups.get(name) {
+            Some(g) => Ok(Some(g.clone())),
+            None => store.group(name),
+        }
+    }
+
+    /// Every group, with those changed here as they are now.
+    pub(super) fn groups(&self, store: &dyn Store) -> Result<Vec<GroupRecord>, StoreError> {
+        let mut all = store.groups()?;
+        for g in &mut all {
+            if let Some(now) = self.groups.get(&g.name) {
+                *g = now.clone();
+            }
+        }
+        Ok(all)
+    }
+
     pub(super) fn into_writes(self, writes: &mut Vec<Write>) -> Vec<DeviceId> {
         let devices = self.desired.keys().cloned().collect();
+        writes.extend(self.groups.into_values().map(Write::Group));
         writes.extend(self.desired.into_values().map(Write::Desired));
         devices
     }
@@ -390,7 +439,12 @@ impl Inner {
         if !self.register(id, now)? {
             return Ok(((), vec![]));
         }
-        let devices = self.on_progress(id, now)?;
+        let mut devices = self.on_progress(id, now)?;
+        for d in self.catch_up_commit(std::slice::from_ref(id), now)? {
+            if !devices.contains(&d) {
+                devices.push(d);
+            }
+        }
         Ok(((), devices))
     }
 

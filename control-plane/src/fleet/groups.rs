@@ -66,6 +66,7 @@ impl Fleet {
                 selector: req.selector,
                 members: req.members.into_iter().collect(),
                 created_at: now,
+                follows: Default::default(),
             };
             let msg = format!("selector {:?}, members {:?}", g.selector, g.members);
             i.store.commit(vec![
@@ -93,7 +94,8 @@ impl Fleet {
                 Write::Group(g.clone()),
                 event(EventKind::GroupMembers, &name, msg, now),
             ])?;
-            Ok((group_view(g, &i.store.devices()?), vec![]))
+            let changed = i.catch_up_commit(&req.devices, now)?;
+            Ok((group_view(g, &i.store.devices()?), changed))
         })
         .await
     }

@@ -15,6 +15,7 @@
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
 
+pub mod channels;
 pub mod devices;
 pub mod engine;
 pub mod groups;
@@ -28,6 +29,7 @@ use fleet_protocol::{Digest, verify};
 use crate::director::DirectorError;
 use crate::store::StoreError;
 
+pub use channels::{FollowChannel, PlanView, PublishView};
 pub use devices::{DesiredSummary, DeviceView, SetLabels, TelemetryView};
 pub use engine::{Fleet, FleetSnapshot};
 pub use groups::{AddMembers, CreateGroup, GroupView};
@@ -49,6 +51,13 @@ pub enum FleetError {
         "group {group} has no devices; label devices (`fleetctl groups label`) or add members first"
     )]
     GroupWithoutDevices { group: fleet_protocol::GroupName },
+    #[error(
+        "no device of group {group} meets the release's requirements ({excluded} incompatible; see --plan)"
+    )]
+    NoCompatibleDevices {
+        group: fleet_protocol::GroupName,
+        excluded: usize,
+    },
     #[error("give release_digest or release")]
     ReleaseMissing,
     #[error("release_digest {given} does not match the given release ({release})")]
@@ -100,6 +109,7 @@ impl FleetError {
             FleetError::NotFound { .. } => ErrorKind::NotFound,
             FleetError::GroupExists { .. }
             | FleetError::GroupWithoutDevices { .. }
+            | FleetError::NoCompatibleDevices { .. }
             | FleetError::Rollout(_) => ErrorKind::Conflict,
             FleetError::GroupSpecEmpty
             | FleetError::ReleaseMissing

@@ -93,6 +93,7 @@ impl Inner {
             release: verified.into_inner(),
             envelope,
             added_at: now,
+            channels: Default::default(),
         })
     }
 }

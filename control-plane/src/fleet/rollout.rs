@@ -14,11 +14,21 @@
 //! | aborted | error | nothing | error | error | error | rolled back | error | nothing |
 //! | completed | error | nothing | error | error | error | rolled back | error | nothing |
 //! | rolled back | error | nothing | error | error | error | error | error | nothing |
+//! | halted | error | nothing | error | error | error | rolled back | error | nothing |
 //!
-//! "Advance" starts the first pending wave, closes waves whose devices all
-//! settled and completes the rollout after the last. Failure thresholds,
-//! `max_unavailable` and gates come in at [`WaveOutcome`] (a wave that
-//! halts the rollout) and [`Event::WaveTimer`] (a pause between waves).
+//! "Advance" first checks the failure thresholds of the rollout's
+//! [`Safety`]: more failed devices in the active wave than `wave_failures`
+//! tolerates (of the wave's devices), or more in the whole rollout than
+//! `total_failures` tolerates (of all its devices), halts it at once, open
+//! wave or not: no further wave goes out, and by `on_halt` the failed
+//! devices, every device given the release, or none get their previous
+//! release back ([`Effect::Revert`]). Otherwise it starts the first pending
+//! wave, closes waves whose devices all settled and completes the rollout
+//! after the last. A wave open for `wave_deadline_secs` closes with its
+//! unsettled devices counted as pending, not failed (the engine's periodic
+//! tick steps running rollouts with progress so that deadlines pass
+//! without reports). `max_unavailable` and gates come in at [`WaveOutcome`]
+//! and [`Event::WaveTimer`] (a pause between waves).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +36,9 @@ use std::sync::Arc;
 use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{EventKind, RolloutId, RolloutRecord, RolloutState, Wave, WaveState};
+use crate::store::{
+    EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveState,
+};
 
 /// Where one device of a rollout is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,7 +377,7 @@ pub fn step(
     event: Event,
     now: u64,
 ) -> Result<(RolloutRecord, Vec<Effect>), StepError> {
-    use RolloutState::{Aborted, Completed, Paused, RolledBack, Running};
+    use RolloutState::{Aborted, Completed, Halted, Paused, RolledBack, Running};
     let before = rollout.clone();
     let mut r = rollout;
     let mut effects = Vec::new();
@@ -377,25 +389,31 @@ pub fn step(
     };
     match (r.state, event) {
         (Running, Event::Start) => advance(&mut r, &Reports::new(), &mut effects, now),
-        (Paused | Aborted | Completed | RolledBack, Event::Start) => return Err(refuse(&r)),
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::Start) => {
+            return Err(refuse(&r));
+        }
 
         (Running, Event::Progress(reports)) => advance(&mut r, &reports, &mut effects, now),
         // Held back, or over: reports change nothing.
-        (Paused | Aborted | Completed | RolledBack, Event::Progress(_)) => {}
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::Progress(_)) => {}
 
         (Running, Event::Pause) => act(&mut r, Action::Pause, Paused, &mut effects),
-        (Paused | Aborted | Completed | RolledBack, Event::Pause) => return Err(refuse(&r)),
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::Pause) => {
+            return Err(refuse(&r));
+        }
 
         (Paused, Event::Resume(reports)) => {
             act(&mut r, Action::Resume, Running, &mut effects);
             advance(&mut r, &reports, &mut effects, now);
         }
-        (Running | Aborted | Completed | RolledBack, Event::Resume(_)) => return Err(refuse(&r)),
+        (Running | Aborted | Completed | RolledBack | Halted, Event::Resume(_)) => {
+            return Err(refuse(&r));
+        }
 
         (Running | Paused, Event::Abort) => act(&mut r, Action::Abort, Aborted, &mut effects),
-        (Aborted | Completed | RolledBack, Event::Abort) => return Err(refuse(&r)),
+        (Aborted | Completed | RolledBack | Halted, Event::Abort) => return Err(refuse(&r)),
 
-        (Running | Paused | Aborted | Completed, Event::Undo) => {
+        (Running | Paused | Aborted | Completed | Halted, Event::Undo) => {
             act(&mut r, Action::Undo, RolledBack, &mut effects);
             effects.push(Effect::Revert {
                 previous: r.previous.clone(),
@@ -410,10 +428,13 @@ pub fn step(
                 message: format!("superseded by a newer rollout of the same app (rollout {by})"),
             });
         }
-        (Aborted | Completed | RolledBack, Event::Superseded { .. }) => return Err(refuse(&r)),
+        (Aborted | Completed | RolledBack | Halted, Event::Superseded { .. }) => {
+            return Err(refuse(&r));
+        }
 
         // No timer is armed today; a stale one changes nothing.
-        (Running | Paused | Aborted | Completed | RolledBack, Event::WaveTimer { .. }) => {}
+        (Running | Paused | Aborted | Completed | RolledBack | Halted, Event::WaveTimer { .. }) => {
+        }
     }
     if r != before {
         r.updated_at = now;
@@ -433,6 +454,10 @@ fn act(r: &mut RolloutRecord, action: Action, to: RolloutState, effects: &mut Ve
 /// Moves a running rollout on: starts the first pending wave, closes waves
 /// whose devices all settled, completes the rollout after the last.
 fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, now: u64) {
+    if let Some(reason) = crossed(r, reports) {
+        halt(r, &reason, reports, effects);
+        return;
+    }
     while r.state == RolloutState::Running {
         let Some(i) = r.waves.iter().position(|w| w.state != WaveState::Done) else {
             r.state = RolloutState::Completed;
@@ -455,6 +480,9 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
                 return;
             }
             WaveState::Active => match wave_outcome(r, i, reports) {
+                WaveOutcome::Open if deadline_passed(r, i, now) => {
+                    close_at_deadline(r, i, reports, effects);
+                }
                 WaveOutcome::Open => return,
                 WaveOutcome::Settled => r.waves[i].state = WaveState::Done,
             },
@@ -462,6 +490,119 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
             WaveState::Done => return,
         }
     }
+}
+
+/// The devices of started waves that failed, by wave.
+fn failed_by_wave(r: &RolloutRecord, reports: &Reports) -> Vec<Vec<DeviceId>> {
+    r.waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            w.devices
+                .iter()
+                .filter(|d| {
+                    device_progress(r, i, d, reports.get(*d).map(Arc::as_ref)).state
+                        == ProgressState::Failed
+                })
+                .cloned()
+                .collect()
+        })
+        .collect()
+}
+
+/// Which failure threshold of `r`'s [`Safety`] the reports cross, said in
+/// words; `None`: none.
+pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
+    let Safety {
+        wave_failures,
+        total_failures,
+        ..
+    } = r.safety;
+    if wave_failures.is_none() && total_failures.is_none() {
+        return None;
+    }
+    let failed = failed_by_wave(r, reports);
+    if let Some(t) = wave_failures {
+        for (i, (w, f)) in r.waves.iter().zip(&failed).enumerate() {
+            if t.crossed(f.len(), w.devices.len()) {
+                return Some(format!(
+                    "wave {}: {} of {} devices failed (tolerated: {t})",
+                    i + 1,
+                    f.len(),
+                    w.devices.len()
+                ));
+            }
+        }
+    }
+    let total: usize = failed.iter().map(Vec::len).sum();
+    let of = r.devices().count();
+    match total_failures {
+        Some(t) if t.crossed(total, of) => Some(format!(
+            "{total} of {of} devices failed in the rollout (tolerated: {t})"
+        )),
+        _ => None,
+    }
+}
+
+/// Halts `r` for `reason`; by its `on_halt`, devices get their previous
+/// release back.
+fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Vec<Effect>) {
+    r.state = RolloutState::Halted;
+    let previous: BTreeMap<DeviceId, Option<Digest>> = match r.safety.on_halt {
+        HaltRollback::Nothing => BTreeMap::new(),
+        HaltRollback::Updated => r.previous.clone(),
+        HaltRollback::Failed => failed_by_wave(r, reports)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| r.previous.get(&d).map(|p| (d, p.clone())))
+            .collect(),
+    };
+    let which = match r.safety.on_halt {
+        HaltRollback::Nothing => "no device rolled back".to_owned(),
+        _ => format!("{} device(s) rolled back", previous.len()),
+    };
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutHalted,
+        message: format!("halted: {reason}; {which}"),
+    });
+    if !previous.is_empty() {
+        effects.push(Effect::Revert { previous });
+    }
+}
+
+/// Whether wave `wave` has been open for its rollout's wave deadline.
+fn deadline_passed(r: &RolloutRecord, wave: usize, now: u64) -> bool {
+    let started = r.waves.get(wave).and_then(|w| w.started_at);
+    r.safety
+        .wave_deadline_secs
+        .zip(started)
+        .is_some_and(|(deadline, started)| now >= started.saturating_add(deadline))
+}
+
+/// Closes wave `wave` at its deadline; its unsettled devices stay pending.
+fn close_at_deadline(
+    r: &mut RolloutRecord,
+    wave: usize,
+    reports: &Reports,
+    effects: &mut Vec<Effect>,
+) {
+    let pending = r.waves[wave]
+        .devices
+        .iter()
+        .filter(|d| {
+            !device_progress(r, wave, d, reports.get(*d).map(Arc::as_ref))
+                .state
+                .settled()
+        })
+        .count();
+    r.waves[wave].state = WaveState::Done;
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutWave,
+        message: format!(
+            "wave {} closed at its deadline: {pending} device(s) pending, not failed",
+            wave + 1
+        ),
+    });
 }
 
 /// How wave `wave` stands by the latest reports.

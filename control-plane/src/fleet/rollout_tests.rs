@@ -2,6 +2,7 @@
 //! the waves end to end.
 
 use super::*;
+use crate::store::Threshold;
 use fleet_protocol::message::ReleaseRef;
 use fleet_protocol::{AppName, AppStatus, GroupName, SCHEMA_VERSION};
 
@@ -26,6 +27,8 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         state: RolloutState::Running,
         waves: plan_waves(ids(devices), sizes),
         previous: BTreeMap::new(),
+        safety: Safety::default(),
+        excluded: vec![],
         created_at: 100,
         updated_at: 100,
     }
@@ -121,7 +124,7 @@ fn every_state_event_pair_is_listed() {
     let resumed = [Record(K::RolloutResume), Record(K::RolloutWave), Deploy(1)];
     let undone = [Record(K::RolloutUndo), Revert];
     type Want<'a> = Option<(RolloutState, &'a [Shape])>;
-    let table: [(RolloutState, [Want; 8]); 5] = [
+    let table: [(RolloutState, [Want; 8]); 6] = [
         (
             Running,
             [
@@ -185,6 +188,19 @@ fn every_state_event_pair_is_listed() {
                 None,
                 None,
                 Some((RolledBack, &[])),
+            ],
+        ),
+        (
+            Halted,
+            [
+                None,
+                Some((Halted, &[])),
+                None,
+                None,
+                None,
+                Some((RolledBack, &undone)),
+                None,
+                Some((Halted, &[])),
             ],
         ),
     ];
@@ -336,4 +352,200 @@ fn actions_keep_their_wire_names() {
         assert_eq!(a.event_kind().as_str(), format!("rollout.{a}"));
     }
     assert!("restart".parse::<Action>().is_err());
+}
+
+fn failed(r: &RolloutRecord, devices: &[DeviceId]) -> Reports {
+    devices
+        .iter()
+        .map(|d| {
+            let phase = Phase::RolledBack {
+                reason: fleet_protocol::ErrorCode::CrashLoop,
+            };
+            report(d, app_status(phase, None, Some(&r.release_digest)))
+        })
+        .collect()
+}
+
+/// A rollout of 10 devices in waves 1, 3, 6 with `safety`, started; every
+/// device ran `v1` before (as the engine records on deploy).
+fn guarded(safety: Safety) -> RolloutRecord {
+    let mut r = rollout(10, &[1, 3]);
+    r.safety = safety;
+    let (mut r, _) = step(r, Event::Start, 200).unwrap();
+    for d in ids(10) {
+        r.previous.insert(d, Some(digest("v1")));
+    }
+    r
+}
+
+fn deployed(effects: &[Effect]) -> Vec<usize> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deploy { wave, .. } => Some(*wave),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reverted(effects: &[Effect]) -> Vec<DeviceId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Revert { previous } => Some(previous.keys().cloned().collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
+    let r = guarded(Safety {
+        wave_failures: Some(Threshold::Count(0)),
+        total_failures: None,
+        on_halt: HaltRollback::Failed,
+        wave_deadline_secs: None,
+    });
+    let canary = ids(1);
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert!(deployed(&effects).is_empty(), "no further wave goes out");
+    assert_eq!(reverted(&effects), canary);
+    assert_eq!(r.waves[1].state, WaveState::Pending);
+    let record = effects.iter().find_map(|e| match e {
+        Effect::Record {
+            kind: EventKind::RolloutHalted,
+            message,
+        } => Some(message.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        record.as_deref(),
+        Some("halted: wave 1: 1 of 1 devices failed (tolerated: 0); 1 device(s) rolled back")
+    );
+    // Halted is final: later reports change nothing, no wave goes out.
+    let later = committed(&r, &ids(10));
+    let (after, effects) = step(r.clone(), Event::Progress(later), 400).unwrap();
+    assert_eq!(after, r);
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn without_thresholds_failures_never_halt() {
+    let r = guarded(Safety::default());
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(
+        deployed(&effects),
+        [1],
+        "the failed canary settled the wave"
+    );
+}
+
+#[test]
+fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
+    // Wave 2 has 3 devices: 34% tolerates 1 failure, not 2.
+    let r = guarded(Safety {
+        wave_failures: Some(Threshold::Percent(34)),
+        total_failures: None,
+        on_halt: HaltRollback::Failed,
+        wave_deadline_secs: None,
+    });
+    let mut reports = committed(&r, &ids(1));
+    let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
+    assert_eq!(r.waves[1].state, WaveState::Active);
+    let wave2 = r.waves[1].devices.clone();
+    reports.extend(failed(&r, &wave2[..1]));
+    let (r, _) = step(r, Event::Progress(reports.clone()), 310).unwrap();
+    assert_eq!(r.state, RolloutState::Running, "one of three is tolerated");
+    reports.extend(failed(&r, &wave2[1..2]));
+    let (r, effects) = step(r, Event::Progress(reports), 320).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert_eq!(reverted(&effects), wave2[..2].to_vec());
+}
+
+#[test]
+fn the_total_threshold_counts_failures_across_waves() {
+    let r = guarded(Safety {
+        wave_failures: None,
+        total_failures: Some(Threshold::Count(1)),
+        on_halt: HaltRollback::Updated,
+        wave_deadline_secs: None,
+    });
+    let mut reports = failed(&r, &ids(1));
+    let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Running, "one failure is tolerated");
+    let wave2 = r.waves[1].devices.clone();
+    reports.extend(failed(&r, &wave2[..1]));
+    let (r, effects) = step(r, Event::Progress(reports), 310).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    // `updated`: every device the rollout recorded a previous release for.
+    assert_eq!(reverted(&effects), ids(10));
+}
+
+#[test]
+fn on_halt_nothing_rolls_nobody_back() {
+    let r = guarded(Safety {
+        wave_failures: Some(Threshold::Count(0)),
+        total_failures: None,
+        on_halt: HaltRollback::Nothing,
+        wave_deadline_secs: None,
+    });
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert!(reverted(&effects).is_empty());
+    assert!(effects.iter().all(|e| !matches!(e, Effect::Revert { .. })));
+}
+
+#[test]
+fn thresholds_parse_from_counts_and_percentages_and_refuse_the_rest() {
+    assert_eq!("2".parse::<Threshold>().unwrap(), Threshold::Count(2));
+    assert_eq!("10%".parse::<Threshold>().unwrap(), Threshold::Percent(10));
+    for bad in ["", "-1", "101%", "ten", "5 %"] {
+        let err = bad.parse::<Threshold>().unwrap_err();
+        assert_eq!(err.given, bad);
+    }
+    assert!(!Threshold::Percent(10).crossed(1, 10));
+    assert!(Threshold::Percent(10).crossed(2, 10));
+    assert!(Threshold::Count(0).crossed(1, 1));
+}
+
+#[test]
+fn a_wave_open_past_its_deadline_closes_with_its_devices_pending_not_failed() {
+    let r = guarded(Safety {
+        wave_deadline_secs: Some(60),
+        ..Safety::default()
+    });
+    // Started at 200; nobody reported. Before the deadline: nothing.
+    let (r, effects) = step(r, Event::Progress(Reports::new()), 259).unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.waves[0].state, WaveState::Active);
+    let (r, effects) = step(r, Event::Progress(Reports::new()), 260).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(r.waves[0].state, WaveState::Done);
+    assert_eq!(deployed(&effects), [1]);
+    let messages: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Record { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        messages[0],
+        "wave 1 closed at its deadline: 1 device(s) pending, not failed"
+    );
+    let canary = &ids(1)[0];
+    let p = device_progress(&r, 0, canary, None);
+    assert_eq!(p.state, ProgressState::Sent, "pending, not failed");
+    // Without a deadline a silent wave stays open forever.
+    let (r, effects) = step(
+        guarded(Safety::default()),
+        Event::Progress(Reports::new()),
+        99_999,
+    )
+    .unwrap();
+    assert!(effects.is_empty());
+    assert_eq!(r.waves[0].state, WaveState::Active);
 }

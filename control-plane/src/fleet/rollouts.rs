@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fleet_protocol::dsse::Envelope;
+use fleet_protocol::requires::Requirements;
 use fleet_protocol::{AppName, DeviceId, Digest, GroupName, StatusReport, verify};
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,8 @@ use super::engine::{Inner, Staged, event};
 use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
-    EventKind, ReleaseRecord, RolloutId, RolloutRecord, RolloutState, WaveState, Write,
+    DeviceRecord, EventKind, Excluded, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
+    RolloutState, Safety, WaveState, Write,
 };
 
 /// Start a rollout of a release already posted (`release_digest`) or of the
@@ -32,6 +34,9 @@ pub struct CreateRollout {
     /// Empty: one wave.
     #[serde(default)]
     pub waves: Vec<usize>,
+    /// Failure thresholds that halt the rollout, and what a halt rolls back.
+    #[serde(default)]
+    pub safety: Safety,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +59,11 @@ pub struct RolloutView {
     pub updated_at: u64,
     pub counts: Counts,
     pub devices: Vec<DeviceProgress>,
+    /// Group devices left out of the waves (incompatible), and why.
+    #[serde(default)]
+    pub excluded: Vec<Excluded>,
+    #[serde(default)]
+    pub safety: Safety,
 }
 
 impl RolloutView {
@@ -78,8 +88,40 @@ impl RolloutView {
             updated_at: r.updated_at,
             counts: Counts::of(&devices),
             devices,
+            excluded: r.excluded.clone(),
+            safety: r.safety,
         }
     }
+}
+
+/// How a new rollout goes: its wave sizes and failure thresholds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy<'a> {
+    pub(super) waves: &'a [usize],
+    pub(super) safety: Safety,
+}
+
+/// Splits group members into those that meet `requires` and those left out
+/// (with the unmet requirements as the reason).
+pub(super) fn compatible(
+    requires: &Requirements,
+    members: Vec<DeviceRecord>,
+) -> (Vec<DeviceId>, Vec<Excluded>) {
+    let mut devices = Vec::new();
+    let mut excluded = Vec::new();
+    for d in members {
+        let unmet = requires.unmet(&d.facts());
+        if unmet.is_empty() {
+            devices.push(d.id);
+        } else {
+            let why: Vec<String> = unmet.iter().map(ToString::to_string).collect();
+            excluded.push(Excluded {
+                device: d.id,
+                reason: format!("incompatible: {}", why.join("; ")),
+            });
+        }
+    }
+    (devices, excluded)
 }
 
 impl Fleet {
@@ -94,6 +136,13 @@ impl Fleet {
     ) -> Result<RolloutView, FleetError> {
         self.change(move |i, now| i.rollout_action(id, action, now))
             .await
+    }
+
+    /// Steps every running rollout with a wave deadline by its latest
+    /// reports, so that a deadline passes without any report (called by the
+    /// server's periodic sweep). Returns how many rollouts changed.
+    pub async fn tick(&self) -> Result<usize, FleetError> {
+        self.change(|i, now| i.tick(now)).await
     }
 
     pub async fn rollouts(&self) -> Result<Vec<RolloutView>, FleetError> {
@@ -136,11 +185,35 @@ impl Inner {
             let reports = self.reports(&r)?;
             self.step(r, Event::Progress(reports), &mut staged, &mut writes, now)?;
         }
+        self.settle_follows(&mut staged, &mut writes, now)?;
         let devices = staged.into_writes(&mut writes);
         if !writes.is_empty() {
             self.store.commit(writes)?;
         }
         Ok(devices)
+    }
+
+    fn tick(&self, now: u64) -> Result<(usize, Vec<DeviceId>), FleetError> {
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        let mut changed = 0;
+        for r in self.store.rollouts()? {
+            if r.state != RolloutState::Running || r.safety.wave_deadline_secs.is_none() {
+                continue;
+            }
+            let reports = self.reports(&r)?;
+            let before = r.clone();
+            let next = self.step(r, Event::Progress(reports), &mut staged, &mut writes, now)?;
+            if next != before {
+                changed += 1;
+            }
+        }
+        self.settle_follows(&mut staged, &mut writes, now)?;
+        let devices = staged.into_writes(&mut writes);
+        if !writes.is_empty() {
+            self.store.commit(writes)?;
+        }
+        Ok((changed, devices))
     }
 
     /// Steps `r` by `event` and runs the effects into `staged` and `writes`
@@ -170,6 +243,10 @@ impl Inner {
         if next != before {
             writes.push(Write::Rollout(next.clone()));
         }
+        if !before.state.is_final() && next.state.is_final() {
+            staged.finished.push(next.id);
+        }
+        staged.rollouts.insert(next.id, next.clone());
         Ok(next)
     }
 
@@ -282,39 +359,78 @@ impl Inner {
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
         let release = self.rollout_release(&req, now)?;
-        // The release must still verify (the trust root may have changed).
-        verify::verify_release_envelope(&self.trust, &release.envelope, now)
-            .map_err(|source| FleetError::Untrusted { source })?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(
                 "group",
                 format!("{} (create it with `fleetctl groups add`)", req.group),
             )
         })?;
-        let devices: Vec<DeviceId> = self
+        let mut staged = Staged::default();
+        let mut writes = Vec::new();
+        let r = self.begin_rollout(
+            &release,
+            &group,
+            Policy {
+                waves: &req.waves,
+                safety: req.safety,
+            },
+            &mut staged,
+            &mut writes,
+            now,
+        )?;
+        self.settle_follows(&mut staged, &mut writes, now)?;
+        let devices = staged.into_writes(&mut writes);
+        self.store.commit(writes)?;
+        tracing::info!(rollout = r.id, app = %r.app, group = %r.group, "rollout started");
+        Ok((self.rollout_view(&r)?, devices))
+    }
+
+    /// Creates a rollout of `release` to `group` in waves of `waves` and
+    /// takes its first step (superseding older unfinished rollouts of the
+    /// app on the same devices), into `staged` and `writes`: nothing is
+    /// committed here.
+    pub(super) fn begin_rollout(
+        &self,
+        release: &ReleaseRecord,
+        group: &GroupRecord,
+        policy: Policy<'_>,
+        staged: &mut Staged,
+        writes: &mut Vec<Write>,
+        now: u64,
+    ) -> Result<RolloutRecord, FleetError> {
+        // The release must still verify (the trust root may have changed).
+        verify::verify_release_envelope(&self.trust, &release.envelope, now)
+            .map_err(|source| FleetError::Untrusted { source })?;
+        let members: Vec<DeviceRecord> = self
             .store
             .devices()?
             .into_iter()
             .filter(|d| group.contains(d))
-            .map(|d| d.id)
             .collect();
+        if members.is_empty() {
+            return Err(FleetError::GroupWithoutDevices {
+                group: group.name.clone(),
+            });
+        }
+        let (devices, excluded) = compatible(&release.release.runtime.requires, members);
         if devices.is_empty() {
-            return Err(FleetError::GroupWithoutDevices { group: req.group });
+            return Err(FleetError::NoCompatibleDevices {
+                group: group.name.clone(),
+                excluded: excluded.len(),
+            });
         }
         let member_set: BTreeSet<&DeviceId> = devices.iter().collect();
         let id = self.store.next_rollout_id()?;
-        let mut staged = Staged::default();
-        let mut writes = Vec::new();
 
         // A newer rollout of the same app supersedes older unfinished ones
         // on the same devices.
-        for old in self.store.rollouts()? {
+        for old in staged.rollouts(self.store.as_ref())? {
             if !old.state.is_final()
                 && old.app == release.release.app
                 && old.devices().any(|d| member_set.contains(d))
             {
                 let by = Event::Superseded { by: id };
-                self.step(old, by, &mut staged, &mut writes, now)?;
+                self.step(old, by, staged, writes, now)?;
             }
         }
 
@@ -323,10 +439,12 @@ impl Inner {
             release_digest: release.digest.clone(),
             app: release.release.app.clone(),
             version: release.release.version.clone(),
-            group: req.group.clone(),
+            group: group.name.clone(),
             state: RolloutState::Running,
-            waves: rollout::plan_waves(devices, &req.waves),
+            waves: rollout::plan_waves(devices, policy.waves),
             previous: BTreeMap::new(),
+            safety: policy.safety,
+            excluded,
             created_at: now,
             updated_at: now,
         };
@@ -334,25 +452,23 @@ impl Inner {
             EventKind::RolloutStarted,
             format!("rollout/{id}"),
             format!(
-                "{} {} to group {} ({} devices, {} waves)",
+                "{} {} to group {} ({} devices, {} waves, {} excluded)",
                 r.app,
                 r.version,
                 r.group,
                 r.devices().count(),
-                r.waves.len()
+                r.waves.len(),
+                r.excluded.len()
             ),
             now,
         ));
         let created = r.clone();
-        let r = self.step(r, Event::Start, &mut staged, &mut writes, now)?;
+        let r = self.step(r, Event::Start, staged, writes, now)?;
         if r == created {
             // Written whether or not the first step changed it.
             writes.push(Write::Rollout(created));
         }
-        let devices = staged.into_writes(&mut writes);
-        self.store.commit(writes)?;
-        tracing::info!(rollout = id, app = %r.app, group = %r.group, "rollout started");
-        Ok((self.rollout_view(&r)?, devices))
+        Ok(r)
     }
 
     fn rollout_action(
@@ -370,6 +486,7 @@ impl Inner {
         let mut staged = Staged::default();
         let mut writes = Vec::new();
         let r = self.step(r, event, &mut staged, &mut writes, now)?;
+        self.settle_follows(&mut staged, &mut writes, now)?;
         let devices = staged.into_writes(&mut writes);
         self.store.commit(writes)?;
         tracing::info!(rollout = id, %action, state = %r.state, "rollout action");

@@ -27,6 +27,12 @@ pub struct DeviceRecord {
     pub variant: Option<String>,
     #[serde(default)]
     pub l4t_version: Option<String>,
+    /// Tegra SoC, e.g. `t234` (as reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soc: Option<String>,
+    /// Host CUDA version (as reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_version: Option<String>,
     #[serde(default)]
     pub agent_version: String,
     pub first_seen: u64,
@@ -38,6 +44,15 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// What a release's `requires` is checked against.
+    pub fn facts(&self) -> fleet_protocol::requires::DeviceFacts {
+        fleet_protocol::requires::DeviceFacts {
+            l4t: self.l4t_version.clone(),
+            cuda: self.cuda_version.clone(),
+            soc: self.soc.clone(),
+        }
+    }
+
     pub fn new(id: DeviceId, now: u64) -> Self {
         Self {
             id,
@@ -46,6 +61,8 @@ impl DeviceRecord {
             architecture: String::new(),
             variant: None,
             l4t_version: None,
+            soc: None,
+            cuda_version: None,
             agent_version: String::new(),
             first_seen: now,
             last_seen: now,
@@ -71,6 +88,103 @@ pub struct GroupRecord {
     #[serde(default)]
     pub members: BTreeSet<DeviceId>,
     pub created_at: u64,
+    /// The channel each app follows (see [`Follow`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub follows: BTreeMap<AppName, Follow>,
+}
+
+/// A release channel's name, e.g. `stable`: 1 to 64 of `a-z 0-9 - _ .`,
+/// starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Channel(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{given:?} is no channel name: use 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+)]
+pub struct BadChannel {
+    pub given: String,
+}
+
+impl Channel {
+    pub fn new(name: &str) -> Result<Channel, BadChannel> {
+        let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+        let ok = (1..=64).contains(&name.len())
+            && name.chars().all(ok_char)
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(Channel(name.to_owned()))
+        } else {
+            Err(BadChannel {
+                given: name.to_owned(),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Channel {
+    type Error = BadChannel;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Channel::new(&s)
+    }
+}
+
+impl From<Channel> for String {
+    fn from(c: Channel) -> String {
+        c.0
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = BadChannel;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Channel::new(s)
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a newer release on a followed channel does to a rollout of the same
+/// (group, app) still running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Supersede {
+    /// Waits until the running rollout is final, then starts (only the
+    /// newest waiting release is kept).
+    #[default]
+    Queue,
+    /// Aborts the running rollout and starts at once.
+    Replace,
+}
+
+/// A group following a channel for one app: every release published to the
+/// channel starts a rollout to the group with this policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Follow {
+    pub channel: Channel,
+    /// Wave sizes (as `CreateRollout::waves`).
+    #[serde(default)]
+    pub waves: Vec<usize>,
+    #[serde(default)]
+    pub supersede: Supersede,
+    #[serde(default)]
+    pub safety: Safety,
+    /// The newest release waiting for the running rollout (queue policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Digest>,
+    /// The release the group committed last (its last followed rollout
+    /// completed): what a device joining the group is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Digest>,
 }
 
 impl GroupRecord {
@@ -96,6 +210,9 @@ pub struct ReleaseRecord {
     pub release: Release,
     pub envelope: Envelope,
     pub added_at: u64,
+    /// The channels the release was published to.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub channels: BTreeSet<Channel>,
 }
 
 pub type RolloutId = u64;
@@ -108,6 +225,9 @@ pub enum RolloutState {
     Aborted,
     Completed,
     RolledBack,
+    /// A failure threshold was crossed: no further wave goes out (undo is
+    /// still possible).
+    Halted,
 }
 
 impl RolloutState {
@@ -118,6 +238,7 @@ impl RolloutState {
             RolloutState::Aborted => "aborted",
             RolloutState::Completed => "completed",
             RolloutState::RolledBack => "rolled_back",
+            RolloutState::Halted => "halted",
         }
     }
 
@@ -125,7 +246,10 @@ impl RolloutState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RolloutState::Aborted | RolloutState::Completed | RolloutState::RolledBack
+            RolloutState::Aborted
+                | RolloutState::Completed
+                | RolloutState::RolledBack
+                | RolloutState::Halted
         )
     }
 }
@@ -170,8 +294,105 @@ pub struct RolloutRecord {
     /// app was not deployed there): the target of `undo`.
     #[serde(default)]
     pub previous: BTreeMap<DeviceId, Option<Digest>>,
+    /// Failure thresholds and what a halt rolls back.
+    #[serde(default)]
+    pub safety: Safety,
+    /// Group devices left out of the waves, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<Excluded>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// A device of the group a rollout leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub device: DeviceId,
+    /// Why, e.g. `incompatible: requires l4t >=36.3, <37, device has 35.4.1`.
+    pub reason: String,
+}
+
+/// How many failed devices a rollout tolerates: `{"count": 1}` or
+/// `{"percent": 10}` (of the devices counted; rounded down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Threshold {
+    Count(usize),
+    Percent(u8),
+}
+
+impl Threshold {
+    /// Whether `failed` of `of` devices crosses the threshold (more failed
+    /// than tolerated).
+    pub fn crossed(self, failed: usize, of: usize) -> bool {
+        let tolerated = match self {
+            Threshold::Count(n) => n,
+            Threshold::Percent(p) => of.saturating_mul(usize::from(p.min(100))) / 100,
+        };
+        failed > tolerated
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is no threshold: give a count (2) or a percentage (10%, at most 100%)")]
+pub struct BadThreshold {
+    pub given: String,
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = BadThreshold;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadThreshold {
+            given: s.to_owned(),
+        };
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Threshold::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => s.parse().map(Threshold::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Count(n) => write!(f, "{n}"),
+            Threshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Which devices a halted rollout gives their previous release back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltRollback {
+    /// None: devices keep what they got.
+    Nothing,
+    /// The devices that failed.
+    #[default]
+    Failed,
+    /// Every device the rollout gave the release.
+    Updated,
+}
+
+/// A rollout's failure thresholds. No threshold: failures never halt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Safety {
+    /// Failed devices tolerated in one wave (of the wave's devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_failures: Option<Threshold>,
+    /// Failed devices tolerated in the whole rollout (of all its devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_failures: Option<Threshold>,
+    #[serde(default)]
+    pub on_halt: HaltRollback,
+    /// Seconds a wave may stay open: then it closes with its unsettled
+    /// devices counted as pending (not failed; offline ones get the release
+    /// when they return) and the next wave goes out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_deadline_secs: Option<u64>,
 }
 
 impl RolloutRecord {
@@ -242,6 +463,15 @@ pub enum EventKind {
     RolloutUndo,
     #[serde(rename = "token.created")]
     TokenCreated,
+    #[serde(rename = "rollout.halted")]
+    RolloutHalted,
+    #[serde(rename = "release.published")]
+    ReleasePublished,
+    #[serde(rename = "group.follow")]
+    GroupFollow,
+    /// A device joined a following group and was given its current release.
+    #[serde(rename = "group.catch_up")]
+    GroupCatchUp,
 }
 
 impl EventKind {
@@ -262,6 +492,10 @@ impl EventKind {
             EventKind::RolloutAbort => "rollout.abort",
             EventKind::RolloutUndo => "rollout.undo",
             EventKind::TokenCreated => "token.created",
+            EventKind::RolloutHalted => "rollout.halted",
+            EventKind::ReleasePublished => "release.published",
+            EventKind::GroupFollow => "group.follow",
+            EventKind::GroupCatchUp => "group.catch_up",
         }
     }
 }
@@ -318,6 +552,10 @@ mod tests {
             EventKind::RolloutAbort,
             EventKind::RolloutUndo,
             EventKind::TokenCreated,
+            EventKind::RolloutHalted,
+            EventKind::ReleasePublished,
+            EventKind::GroupFollow,
+            EventKind::GroupCatchUp,
         ];
         for kind in all {
             let json = serde_json::to_string(&kind).unwrap();
@@ -334,6 +572,7 @@ mod tests {
             (RolloutState::Aborted, "aborted"),
             (RolloutState::Completed, "completed"),
             (RolloutState::RolledBack, "rolled_back"),
+            (RolloutState::Halted, "halted"),
         ] {
             assert_eq!(
                 serde_json::to_string(&state).unwrap(),

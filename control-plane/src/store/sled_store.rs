@@ -286,6 +286,8 @@ mod tests {
                         started_at: Some(10),
                     }],
                     previous: Default::default(),
+                    safety: Default::default(),
+                    excluded: vec![],
                     created_at: 10,
                     updated_at: 10,
                 }),

@@ -129,6 +129,8 @@ impl DeviceLive {
             record.architecture = info.architecture.clone();
             record.variant = info.variant.clone();
             record.l4t_version = info.l4t_version.clone();
+            record.soc = info.soc.clone();
+            record.cuda_version = info.cuda_version.clone();
             record.agent_version = info.agent_version.clone();
         }
     }

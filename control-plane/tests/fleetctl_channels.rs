@@ -1,0 +1,221 @@
+//! `fleetctl groups follow` and `fleetctl release publish` against the real
+//! server: publishing to a channel starts the following group's rollout with
+//! the policy given to `follow`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use fleet_control_plane::store::{HaltRollback, Supersede, Threshold};
+use fleet_protocol::{Digest, GroupName};
+
+/// Runs fleetctl off the runtime's threads; returns (exit code, stdout, stderr).
+async fn fleetctl(
+    config_dir: &std::path::Path,
+    args: Vec<String>,
+) -> (Option<i32>, String, String) {
+    let cfg = config_dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(&args)
+            .env("FLEET_CONFIG_DIR", &cfg)
+            .env_remove("FLEET_SERVER")
+            .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_RELEASE_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy() {
+    let site = Site::new();
+    let run = start(site.config(), recording()).await;
+    let token = run.token.clone().unwrap();
+    let cfg = tempfile::tempdir().unwrap();
+    for id in ["cam-1", "cam-2", "cam-3"] {
+        run.send(hello(id, &[("role", "camera")])).await;
+    }
+    let client = run.client(&token);
+    eventually("devices registered", || async {
+        (client.devices().await.unwrap().len() == 3).then_some(())
+    })
+    .await;
+    let url = run.url();
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(&["--server", url.as_str(), "--token", token.as_str()])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let (code, _, err) = fleetctl(
+        cfg.path(),
+        with(&["groups", "add", "cameras", "-s", "role=camera"]),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let follow = [
+        "groups",
+        "follow",
+        "cameras",
+        "--app",
+        "model",
+        "--channel",
+        "stable",
+        "--wave",
+        "1",
+        "--supersede",
+        "replace",
+        "--max-failed-per-wave",
+        "0",
+        "--max-failed",
+        "10%",
+        "--on-halt",
+        "updated",
+    ];
+    let (code, out, err) = fleetctl(cfg.path(), with(&follow)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("follows stable for model"), "{out}");
+    let g = client
+        .group(&GroupName::new("cameras").unwrap())
+        .await
+        .unwrap();
+    let f = &g.group.follows.values().next().unwrap();
+    assert_eq!(f.waves, [1]);
+    assert_eq!(f.supersede, Supersede::Replace);
+    assert_eq!(f.safety.wave_failures, Some(Threshold::Count(0)));
+    assert_eq!(f.safety.total_failures, Some(Threshold::Percent(10)));
+    assert_eq!(f.safety.on_halt, HaltRollback::Updated);
+
+    let image = format!("registry.local:5000/edge/model:v3@{}", Digest::of(b"m"));
+    let key = site.keys().join("release.key");
+    let publish = [
+        "release",
+        "publish",
+        &image,
+        "--channel",
+        "stable",
+        "--release-key",
+        key.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    let (code, out, err) = fleetctl(cfg.path(), with(&publish)).await;
+    assert_eq!(code, Some(0), "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(view["channel"], "stable");
+    assert_eq!(view["rollouts"].as_array().unwrap().len(), 1);
+    let rollouts = client.rollouts().await.unwrap();
+    assert_eq!(rollouts.len(), 1);
+    assert_eq!(rollouts[0].version, "v3");
+    assert_eq!(rollouts[0].waves.len(), 2, "canary of one, then the rest");
+
+    // A channel name outside the rules is refused by name, before any request.
+    let bad = [
+        "release",
+        "publish",
+        &image,
+        "--channel",
+        "Stable!",
+        "--release-key",
+        key.to_str().unwrap(),
+    ];
+    let (code, _, err) = fleetctl(cfg.path(), with(&bad)).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no channel name"), "{err}");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_rollout_plan_prints_waves_excluded_and_offline_devices_and_sends_nothing() {
+    use fleet_control_plane::fleet::ports::Inbound;
+    let site = Site::new();
+    let publisher = recording();
+    let run = start(site.config(), publisher.clone()).await;
+    let token = run.token.clone().unwrap();
+    let cfg = tempfile::tempdir().unwrap();
+    for (id, soc) in [
+        ("orin-1", "t234"),
+        ("orin-2", "t234"),
+        ("orin-3", "t234"),
+        ("xavier", "t194"),
+    ] {
+        let mut r = hello(id, &[("role", "camera")]);
+        if let Some(info) = r.info.as_mut() {
+            info.soc = Some(soc.into());
+        }
+        run.send(r).await;
+    }
+    let client = run.client(&token);
+    eventually("devices registered", || async {
+        (client.devices().await.unwrap().len() == 4).then_some(())
+    })
+    .await;
+    run.inbound
+        .send(Inbound::Presence {
+            device: dev("orin-3"),
+            online: false,
+        })
+        .await
+        .unwrap();
+    eventually("orin-3 offline", || async {
+        (!client.device(&dev("orin-3")).await.unwrap().device.online).then_some(())
+    })
+    .await;
+    let url = run.url();
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(&["--server", url.as_str(), "--token", token.as_str()])
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let (code, _, err) = fleetctl(
+        cfg.path(),
+        with(&["groups", "add", "cameras", "-s", "role=camera"]),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let image = format!("registry.local:5000/edge/model:v3@{}", Digest::of(b"m"));
+    let key = site.keys().join("release.key");
+    let plan = [
+        "rollout",
+        &image,
+        "--group",
+        "cameras",
+        "--canary",
+        "1",
+        "--requires-soc",
+        "t234",
+        "--plan",
+        "--release-key",
+        key.to_str().unwrap(),
+    ];
+    let (code, out, err) = fleetctl(cfg.path(), with(&plan)).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 wave(s)"), "{out}");
+    assert!(out.contains("wave 1: 1 device(s): orin-1\n"), "{out}");
+    assert!(
+        out.contains("wave 2: 2 device(s): orin-2,orin-3\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("excluded xavier: incompatible: requires soc t234, device has t194\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("offline now (they get it when they return): orin-3\n"),
+        "{out}"
+    );
+    // Nothing kept, started or sent.
+    assert!(client.rollouts().await.unwrap().is_empty());
+    assert!(client.releases().await.unwrap().is_empty());
+    assert!(publisher.sent().is_empty());
+    run.stop().await;
+}
