@@ -699,6 +699,7 @@ async fn the_rollout_view_shows_each_devices_download_progress() {
             release: None,
             group: group("cameras"),
             waves: vec![],
+            safety: Default::default(),
         })
         .await
         .unwrap();
