@@ -285,6 +285,18 @@ impl Registry {
         self.specs.push((0, path, spec));
     }
 
+    /// Adds a spec file outside the spec directories (the one `nvidia-ctk`
+    /// generated into the state dir), below every spec in them.
+    pub fn push_file_fallback(&mut self, file: &Path) -> Result<(), CdiError> {
+        let text = std::fs::read_to_string(file).map_err(|source| CdiError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        let spec = parse(file, &text)?;
+        self.specs.push((0, file.to_owned(), spec));
+        self.check_conflicts()
+    }
+
     fn check_conflicts(&self) -> Result<(), CdiError> {
         let mut seen: BTreeMap<(usize, String), &Path> = BTreeMap::new();
         for (priority, path, spec) in &self.specs {
