@@ -356,6 +356,13 @@ fn var_run_cdi_wins_over_etc_cdi_and_every_version_parses() {
         .unwrap();
     assert_eq!(edits.device_nodes.len(), 1);
     assert_eq!(edits.device_nodes[0].path, "/dev/dynamic");
+    // `=all` without an `all` device: every device once, from the winning spec.
+    let all = gpu::resolve(&host, None, &release("{}", &["example.com/gpu=all"]))
+        .unwrap()
+        .unwrap();
+    let nodes: Vec<&str> = all.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert!(nodes.contains(&"/dev/dynamic"), "{nodes:?}");
+    assert!(!nodes.contains(&"/dev/a"), "{nodes:?}");
     for v in [
         "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
     ] {

@@ -358,11 +358,16 @@ impl Registry {
             match self.find(kind, device) {
                 Some(hit) => hits.push(hit),
                 None if device == "all" => {
-                    for (i, (_, _, s)) in self.specs.iter().enumerate() {
-                        if s.kind == kind {
-                            hits.extend(s.devices.iter().map(|d| (i, s, d)));
+                    // Each device once, from the spec that wins for it.
+                    let mut names: Vec<&str> = Vec::new();
+                    for (_, _, s) in self.specs.iter().filter(|(_, _, s)| s.kind == kind) {
+                        for d in &s.devices {
+                            if !names.contains(&d.name.as_str()) {
+                                names.push(&d.name);
+                            }
                         }
                     }
+                    hits.extend(names.into_iter().filter_map(|n| self.find(kind, n)));
                 }
                 None => {}
             }
