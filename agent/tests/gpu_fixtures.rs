@@ -274,6 +274,13 @@ fn bad_specs_are_refused_with_typed_errors() {
     let e = spec_err(&[("etc/cdi/x.yaml", &GOOD.replace("0.6.0", "9.9.9"))], want);
     assert!(matches!(e, CdiError::UnknownVersion { .. }), "{e}");
     assert!(e.to_string().contains("9.9.9"));
+    let perms = GOOD.replace(
+        "- path: /dev/a\n",
+        "- path: /dev/a\n      permissions: rwx\n",
+    );
+    let e = spec_err(&[("etc/cdi/x.yaml", &perms)], want);
+    assert!(matches!(e, CdiError::BadPermissions { .. }), "{e}");
+    assert!(e.to_string().contains("rwx"), "{e}");
     let host_path = GOOD
         .replace("0.6.0", "0.3.0")
         .replace("- path: /dev/a", "- path: /dev/a\n      hostPath: /dev/b");

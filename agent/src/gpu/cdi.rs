@@ -93,6 +93,8 @@ pub enum CdiError {
     BadHookName { path: PathBuf, name: String },
     #[error("CDI spec {path:?}: device node type {kind:?} is not b, c, u or p")]
     BadNodeType { path: PathBuf, kind: String },
+    #[error("CDI spec {path:?}: device node permissions {permissions:?} are not some of r, w, m")]
+    BadPermissions { path: PathBuf, permissions: String },
     #[error("CDI spec {path:?}: containerEdits.{field} is not supported by this agent")]
     Unsupported { path: PathBuf, field: &'static str },
     #[error("CDI device {name} is defined by both {first:?} and {second:?}")]
