@@ -52,19 +52,25 @@ fn detection_on_each_jetson() {
 #[test]
 fn compatibility_decisions_on_each_jetson() {
     let jp6 = release(r#"{"l4t":">=36.3, <37","soc":"t234"}"#, &[]);
-    let ok = |name: &str, s: &RuntimeSettings| gpu::check(&tree(name), s).is_ok();
+    let ok = |name: &str, s: &RuntimeSettings| gpu::check(&tree(name), None, s).is_ok();
     assert!(ok("orin-r36", &jp6));
     for name in ["nano-r32", "orin-r35", "thor-r38", "x86-none"] {
         assert!(!ok(name, &jp6), "{name}");
     }
-    let msg = gpu::check(&tree("orin-r35"), &jp6).unwrap_err().to_string();
+    let msg = gpu::check(&tree("orin-r35"), None, &jp6)
+        .unwrap_err()
+        .to_string();
     assert_eq!(msg, "requires l4t >=36.3, <37, device has R35.4.1");
-    let msg = gpu::check(&tree("thor-r38"), &jp6).unwrap_err().to_string();
+    let msg = gpu::check(&tree("thor-r38"), None, &jp6)
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         msg,
         "requires l4t >=36.3, <37, device has R38.2.0; requires soc t234, device has tegra264"
     );
-    let msg = gpu::check(&tree("x86-none"), &jp6).unwrap_err().to_string();
+    let msg = gpu::check(&tree("x86-none"), None, &jp6)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("device has none"), "{msg}");
     let cuda13 = release(r#"{"cuda":">=13"}"#, &["nvidia.com/gpu=all"]);
     assert!(ok("thor-r38", &cuda13));
@@ -78,7 +84,7 @@ fn compatibility_decisions_on_each_jetson() {
         assert!(ok(name, &gpu_only), "{name}");
     }
     assert!(matches!(
-        gpu::check(&tree("x86-none"), &gpu_only),
+        gpu::check(&tree("x86-none"), None, &gpu_only),
         Err(Incompatible::Devices {
             source: GpuError::Cdi(CdiError::Unresolvable(_)),
             ..
@@ -94,7 +100,7 @@ fn cdi_specs_as_nvidia_ctk_writes_them_resolve() {
         ..Default::default()
     };
     assert_eq!(gpu::requested(&s), ["nvidia.com/gpu=all"]);
-    let r36 = gpu::resolve(&tree("orin-r36"), &s).unwrap().unwrap();
+    let r36 = gpu::resolve(&tree("orin-r36"), None, &s).unwrap().unwrap();
     assert_eq!(r36.device_nodes.len(), 11);
     assert!(
         r36.device_nodes
@@ -109,20 +115,22 @@ fn cdi_specs_as_nvidia_ctk_writes_them_resolve() {
             .iter()
             .any(|m| m.container_path == "/etc/nv_tegra_release")
     );
-    let r35 = gpu::resolve(&tree("orin-r35"), &s).unwrap().unwrap();
+    let r35 = gpu::resolve(&tree("orin-r35"), None, &s).unwrap().unwrap();
     assert_eq!(r35.device_nodes.len(), 12);
     assert_eq!(r35.hooks[0].path, "/usr/bin/nvidia-ctk");
-    let thor = gpu::resolve(&tree("thor-r38"), &s).unwrap().unwrap();
+    let thor = gpu::resolve(&tree("thor-r38"), None, &s).unwrap().unwrap();
     assert_eq!(thor.additional_gids, [44, 992]);
     assert_eq!(thor.hooks[0].env, ["NVIDIA_CTK_DEBUG=false"]);
     // Device "0" alone: same nodes, spec edits once.
     let zero = release("{}", &["nvidia.com/gpu=0"]);
-    let z = gpu::resolve(&tree("thor-r38"), &zero).unwrap().unwrap();
+    let z = gpu::resolve(&tree("thor-r38"), None, &zero)
+        .unwrap()
+        .unwrap();
     assert_eq!(z.device_nodes.len(), 8);
     assert_eq!(z.mounts.len(), 5);
     // No devices asked: nothing to resolve.
     assert!(
-        gpu::resolve(&tree("orin-r36"), &RuntimeSettings::default())
+        gpu::resolve(&tree("orin-r36"), None, &RuntimeSettings::default())
             .unwrap()
             .is_none()
     );
@@ -176,7 +184,7 @@ fn csv_fallback_on_the_nano() {
     );
     assert!(edits.hooks.is_empty());
     // The registry uses it because no CDI spec defines nvidia.com/gpu.
-    let r = gpu::resolve(&host, &release("{}", &["nvidia.com/gpu=all"]))
+    let r = gpu::resolve(&host, None, &release("{}", &["nvidia.com/gpu=all"]))
         .unwrap()
         .unwrap();
     assert_eq!(r.device_nodes.len(), 15);
@@ -245,7 +253,7 @@ fn host_with(files: &[(&str, &str)]) -> (tempfile::TempDir, HostRoot) {
 
 fn spec_err(files: &[(&str, &str)], devices: &[&str]) -> CdiError {
     let (_tmp, host) = host_with(files);
-    match gpu::check(&host, &release("{}", devices)) {
+    match gpu::check(&host, None, &release("{}", devices)) {
         Err(Incompatible::Devices {
             source: GpuError::Cdi(e),
             ..
@@ -266,6 +274,13 @@ fn bad_specs_are_refused_with_typed_errors() {
     let e = spec_err(&[("etc/cdi/x.yaml", &GOOD.replace("0.6.0", "9.9.9"))], want);
     assert!(matches!(e, CdiError::UnknownVersion { .. }), "{e}");
     assert!(e.to_string().contains("9.9.9"));
+    let perms = GOOD.replace(
+        "- path: /dev/a\n",
+        "- path: /dev/a\n      permissions: rwx\n",
+    );
+    let e = spec_err(&[("etc/cdi/x.yaml", &perms)], want);
+    assert!(matches!(e, CdiError::BadPermissions { .. }), "{e}");
+    assert!(e.to_string().contains("rwx"), "{e}");
     let host_path = GOOD
         .replace("0.6.0", "0.3.0")
         .replace("- path: /dev/a", "- path: /dev/a\n      hostPath: /dev/b");
@@ -343,11 +358,18 @@ fn bad_specs_are_refused_with_typed_errors() {
 fn var_run_cdi_wins_over_etc_cdi_and_every_version_parses() {
     let dynamic = GOOD.replace("/dev/a", "/dev/dynamic");
     let (_tmp, host) = host_with(&[("etc/cdi/x.yaml", GOOD), ("var/run/cdi/x.yaml", &dynamic)]);
-    let edits = gpu::resolve(&host, &release("{}", &["example.com/gpu=a"]))
+    let edits = gpu::resolve(&host, None, &release("{}", &["example.com/gpu=a"]))
         .unwrap()
         .unwrap();
     assert_eq!(edits.device_nodes.len(), 1);
     assert_eq!(edits.device_nodes[0].path, "/dev/dynamic");
+    // `=all` without an `all` device: every device once, from the winning spec.
+    let all = gpu::resolve(&host, None, &release("{}", &["example.com/gpu=all"]))
+        .unwrap()
+        .unwrap();
+    let nodes: Vec<&str> = all.device_nodes.iter().map(|n| n.path.as_str()).collect();
+    assert!(nodes.contains(&"/dev/dynamic"), "{nodes:?}");
+    assert!(!nodes.contains(&"/dev/a"), "{nodes:?}");
     for v in [
         "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
     ] {

@@ -119,16 +119,50 @@ fn requirements_are_checked_before_download_and_the_running_release_stays() {
     );
     assert!(!in_store(&dev, &v3_image));
 
+    // Bad specs on the host: refused by name before any download, each time.
+    let bad_host = tempfile::tempdir().unwrap();
+    let cdi = bad_host.path().join("etc/cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    let root = bad_host.path().display().to_string();
+    let cases = [
+        ("cdiVersion: [unclosed\n", "not valid YAML"),
+        (
+            "cdiVersion: 0.6.0\nkind: nvidia.com/gpu\ndevices:\n- name: all\n  containerEdits:\n    mounts:\n    - hostPath: /etc/shadow\n      containerPath: /x\n",
+            "outside the allowed roots",
+        ),
+    ];
+    for (i, (spec, want)) in cases.iter().enumerate() {
+        std::fs::write(cdi.join("nvidia.yaml"), spec).unwrap();
+        let version = format!("bad{i}");
+        let image = layout.image(&version);
+        let rel = release_with(&version, &image, |r| {
+            r.runtime.devices = vec!["nvidia.com/gpu=all".into()];
+        });
+        let d = dev.file(
+            &format!("dbad{i}.json"),
+            &desired(30 + i as u64, exp, &[(APP, rel)]),
+        );
+        let out = dev.apply(&d, &layout.dir, &[("FLEET_AGENT_HOST_ROOT", root.as_str())]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        dev.assert_one_running(APP, &[&v1]);
+        let s = dev.status();
+        let a = app_status(&s, APP);
+        assert_eq!(a["error"]["code"], "incompatible", "{s}");
+        let msg = a["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{msg}");
+        assert!(!in_store(&dev, &image));
+    }
+
     // The same requirement on an r36 host passes.
     let r36 = fixture("orin-r36");
     let v4 = release_with("v4", &layout.image("v4"), |r| {
         r.runtime.requires = serde_json::from_str(r#"{"l4t":">=36.3, <37","soc":"t234"}"#).unwrap();
     });
-    let d4 = dev.file("d4.json", &desired(4, exp, &[(APP, v4.clone())]));
+    let d4 = dev.file("d4.json", &desired(40, exp, &[(APP, v4.clone())]));
     let out = dev.apply(&d4, &layout.dir, &[("FLEET_AGENT_HOST_ROOT", r36.as_str())]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     dev.assert_one_running(APP, &[&v4]);
-    let d5 = dev.file("d5.json", &desired(5, exp, &[]));
+    let d5 = dev.file("d5.json", &desired(50, exp, &[]));
     let out = dev.apply(&d5, &layout.dir, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

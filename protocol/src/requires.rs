@@ -271,6 +271,62 @@ impl Requirements {
     }
 }
 
+/// Image config labels that fill a release's `requires` when `fleetctl`
+/// creates it (flags override them): the values are written as the flags'.
+pub const LABEL_L4T: &str = "io.fleet.requires.l4t";
+pub const LABEL_CUDA: &str = "io.fleet.requires.cuda";
+pub const LABEL_SOC: &str = "io.fleet.requires.soc";
+
+/// A `io.fleet.requires.*` image label that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("image label {label}={value:?}: {source}")]
+pub struct LabelError {
+    pub label: &'static str,
+    pub value: String,
+    #[source]
+    pub source: RequirementError,
+}
+
+impl Requirements {
+    /// The requirements an image's config labels state (absent labels give
+    /// none); a malformed label is refused by name.
+    pub fn from_labels(
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, LabelError> {
+        fn get<T>(
+            labels: &std::collections::BTreeMap<String, String>,
+            label: &'static str,
+            parse: fn(&str) -> Result<T, RequirementError>,
+        ) -> Result<Option<T>, LabelError> {
+            labels
+                .get(label)
+                .map(|value| {
+                    parse(value).map_err(|source| LabelError {
+                        label,
+                        value: value.clone(),
+                        source,
+                    })
+                })
+                .transpose()
+        }
+        Ok(Requirements {
+            l4t: get(labels, LABEL_L4T, VersionRange::parse)?,
+            cuda: get(labels, LABEL_CUDA, VersionRange::parse)?,
+            soc: get(labels, LABEL_SOC, Soc::parse)?,
+        })
+    }
+
+    /// Each requirement from `self` (the flags) where set, else from
+    /// `fallback` (the labels).
+    pub fn or(self, fallback: Requirements) -> Requirements {
+        Requirements {
+            l4t: self.l4t.or(fallback.l4t),
+            cuda: self.cuda.or(fallback.cuda),
+            soc: self.soc.or(fallback.soc),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "requires_tests.rs"]
 mod tests;

@@ -85,3 +85,39 @@ fn unmet_says_what_was_required_and_what_the_device_has() {
         r#"{"l4t":">=36.3, <37","cuda":">=12.2","soc":"t234"}"#
     );
 }
+
+#[test]
+fn image_labels_fill_requirements_and_flags_override_them() {
+    let labels: std::collections::BTreeMap<String, String> = [
+        (LABEL_L4T, ">=36.3, <37"),
+        (LABEL_SOC, "t234"),
+        ("org.opencontainers.image.title", "model"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let from_labels = Requirements::from_labels(&labels).unwrap();
+    assert_eq!(from_labels.l4t.as_ref().unwrap().to_string(), ">=36.3, <37");
+    assert_eq!(from_labels.soc.as_ref().unwrap().as_str(), "t234");
+    assert!(from_labels.cuda.is_none());
+    let flags = Requirements {
+        l4t: Some(VersionRange::parse(">=38").unwrap()),
+        cuda: Some(VersionRange::parse(">=12.2").unwrap()),
+        soc: None,
+    };
+    let merged = flags.or(from_labels);
+    assert_eq!(merged.l4t.unwrap().to_string(), ">=38");
+    assert_eq!(merged.cuda.unwrap().to_string(), ">=12.2");
+    assert_eq!(merged.soc.unwrap().as_str(), "t234");
+    assert!(
+        Requirements::from_labels(&Default::default())
+            .unwrap()
+            .is_empty()
+    );
+
+    let bad: std::collections::BTreeMap<String, String> =
+        [(LABEL_CUDA.to_owned(), "twelve".to_owned())].into();
+    let err = Requirements::from_labels(&bad).unwrap_err().to_string();
+    assert!(err.contains("io.fleet.requires.cuda"), "{err}");
+    assert!(err.contains("twelve"), "{err}");
+}

@@ -168,8 +168,10 @@ impl Inner {
     ) -> Result<Event, DeployError> {
         // Requirements and devices are checked before any byte moves; an
         // incompatible release fails here and the running one keeps running.
-        let host = HostRoot::new(&self.containers.runtime().config().host_root);
-        if let Err(e) = gpu::check(&host, &target.release.runtime) {
+        let config = self.containers.runtime().config();
+        let host = HostRoot::new(&config.host_root);
+        let cache = config.cdi_cache_dir.as_deref();
+        if let Err(e) = gpu::check(&host, cache, &target.release.runtime) {
             Self::fail(
                 rec,
                 ErrorCode::Incompatible,

@@ -93,6 +93,8 @@ pub enum CdiError {
     BadHookName { path: PathBuf, name: String },
     #[error("CDI spec {path:?}: device node type {kind:?} is not b, c, u or p")]
     BadNodeType { path: PathBuf, kind: String },
+    #[error("CDI spec {path:?}: device node permissions {permissions:?} are not some of r, w, m")]
+    BadPermissions { path: PathBuf, permissions: String },
     #[error("CDI spec {path:?}: containerEdits.{field} is not supported by this agent")]
     Unsupported { path: PathBuf, field: &'static str },
     #[error("CDI device {name} is defined by both {first:?} and {second:?}")]
@@ -285,6 +287,18 @@ impl Registry {
         self.specs.push((0, path, spec));
     }
 
+    /// Adds a spec file outside the spec directories (the one `nvidia-ctk`
+    /// generated into the state dir), below every spec in them.
+    pub fn push_file_fallback(&mut self, file: &Path) -> Result<(), CdiError> {
+        let text = std::fs::read_to_string(file).map_err(|source| CdiError::Io {
+            path: file.to_owned(),
+            source,
+        })?;
+        let spec = parse(file, &text)?;
+        self.specs.push((0, file.to_owned(), spec));
+        self.check_conflicts()
+    }
+
     fn check_conflicts(&self) -> Result<(), CdiError> {
         let mut seen: BTreeMap<(usize, String), &Path> = BTreeMap::new();
         for (priority, path, spec) in &self.specs {
@@ -346,11 +360,16 @@ impl Registry {
             match self.find(kind, device) {
                 Some(hit) => hits.push(hit),
                 None if device == "all" => {
-                    for (i, (_, _, s)) in self.specs.iter().enumerate() {
-                        if s.kind == kind {
-                            hits.extend(s.devices.iter().map(|d| (i, s, d)));
+                    // Each device once, from the spec that wins for it.
+                    let mut names: Vec<&str> = Vec::new();
+                    for (_, _, s) in self.specs.iter().filter(|(_, _, s)| s.kind == kind) {
+                        for d in &s.devices {
+                            if !names.contains(&d.name.as_str()) {
+                                names.push(&d.name);
+                            }
                         }
                     }
+                    hits.extend(names.into_iter().filter_map(|n| self.find(kind, n)));
                 }
                 None => {}
             }

@@ -4,8 +4,9 @@
 //!
 //! - [`detect`]: what the device is (model, SoC, L4T, JetPack, CUDA).
 //! - [`cdi`]: CDI specs from `/etc/cdi` and `/var/run/cdi` (host root).
-//! - [`csv`]: without a CDI spec for `nvidia.com/gpu`, the L4T CSV files
-//!   give the same spec.
+//! - [`ctk`]: without a CDI spec for `nvidia.com/gpu`, `nvidia-ctk cdi
+//!   generate` run once (when installed) and its spec cached in the state dir.
+//! - [`csv`]: without either, the L4T CSV files give the same spec.
 //! - [`apply`]: edits → OCI spec; only the requested devices are allowed.
 //! - [`check`]: the release's `requires` and devices against the device,
 //!   before anything is downloaded.
@@ -13,6 +14,7 @@
 pub mod apply;
 pub mod cdi;
 pub mod csv;
+pub mod ctk;
 pub mod detect;
 mod validate;
 mod yaml;
@@ -23,6 +25,8 @@ use fleet_protocol::requires::{DeviceFacts, Unmet};
 pub use apply::ApplyError;
 pub use cdi::{CdiError, ContainerEdits, Registry};
 pub use detect::TegraInfo;
+
+use std::path::Path;
 
 use crate::host_root::HostRoot;
 
@@ -69,13 +73,30 @@ pub fn requested(settings: &RuntimeSettings) -> Vec<String> {
     out
 }
 
-/// The host's device registry: its CDI specs, and the CSV fallback's
-/// `nvidia.com/gpu` spec when no CDI spec defines that kind.
-pub fn registry(host: &HostRoot) -> Result<Registry, CdiError> {
+/// The host's device registry: its CDI specs; when none defines
+/// `nvidia.com/gpu`, the spec `nvidia-ctk` generated into `cache_dir`
+/// (generated now if the tool is installed and nothing is cached), else the
+/// CSV fallback's spec.
+pub fn registry(host: &HostRoot, cache_dir: Option<&Path>) -> Result<Registry, CdiError> {
     let mut registry = Registry::load(host)?;
-    if !registry.has_kind(NVIDIA_GPU_KIND)
-        && let Some(spec) = csv::generate(host)
-    {
+    if registry.has_kind(NVIDIA_GPU_KIND) {
+        return Ok(registry);
+    }
+    if let Some(dir) = cache_dir {
+        match ctk::cached_spec(host, dir) {
+            Ok(Some(path)) => {
+                registry.push_file_fallback(&path)?;
+                if registry.has_kind(NVIDIA_GPU_KIND) {
+                    return Ok(registry);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "nvidia-ctk gave no CDI spec; using the CSV files")
+            }
+        }
+    }
+    if let Some(spec) = csv::generate(host) {
         registry.push_fallback(csv::spec_path(host), spec);
     }
     Ok(registry)
@@ -84,23 +105,25 @@ pub fn registry(host: &HostRoot) -> Result<Registry, CdiError> {
 /// The edits for the release's devices (`None`: it asks for none).
 pub fn resolve(
     host: &HostRoot,
+    cache_dir: Option<&Path>,
     settings: &RuntimeSettings,
 ) -> Result<Option<ContainerEdits>, GpuError> {
     let names = requested(settings);
     if names.is_empty() {
         return Ok(None);
     }
-    Ok(Some(registry(host)?.resolve(&names)?))
+    Ok(Some(registry(host, cache_dir)?.resolve(&names)?))
 }
 
 /// Applies the release's devices to its OCI spec (device nodes stat'ed
 /// now, at create time).
 pub fn inject(
     host: &HostRoot,
+    cache_dir: Option<&Path>,
     settings: &RuntimeSettings,
     spec: &mut oci_spec::runtime::Spec,
 ) -> Result<(), GpuError> {
-    if let Some(edits) = resolve(host, settings)? {
+    if let Some(edits) = resolve(host, cache_dir, settings)? {
         apply::apply(spec, &edits, host)?;
     }
     Ok(())
@@ -117,7 +140,11 @@ pub fn facts(info: Option<&TegraInfo>) -> DeviceFacts {
 
 /// Whether the release can run here: its `requires` against the detected
 /// device, and its devices resolvable from the host's specs.
-pub fn check(host: &HostRoot, settings: &RuntimeSettings) -> Result<(), Incompatible> {
+pub fn check(
+    host: &HostRoot,
+    cache_dir: Option<&Path>,
+    settings: &RuntimeSettings,
+) -> Result<(), Incompatible> {
     if !settings.requires.is_empty() {
         let info = detect::detect(host);
         let unmet = settings.requires.unmet(&facts(info.as_ref()));
@@ -125,7 +152,7 @@ pub fn check(host: &HostRoot, settings: &RuntimeSettings) -> Result<(), Incompat
             return Err(Incompatible::Requirements(unmet));
         }
     }
-    resolve(host, settings)
+    resolve(host, cache_dir, settings)
         .map(|_| ())
         .map_err(|source| Incompatible::Devices {
             devices: requested(settings),
@@ -133,9 +160,10 @@ pub fn check(host: &HostRoot, settings: &RuntimeSettings) -> Result<(), Incompat
         })
 }
 
-/// The fully qualified devices the host describes (for device info).
+/// The fully qualified devices the host describes (for device info; a
+/// spec `nvidia-ctk` generated earlier counts, none is generated here).
 pub fn device_names(host: &HostRoot) -> Vec<String> {
-    match registry(host) {
+    match registry(host, None) {
         Ok(r) => r.device_names(),
         Err(e) => {
             tracing::warn!(error = %e, "CDI specs unreadable; no devices reported");

@@ -149,6 +149,14 @@ fn edits(
                 kind: kind.clone(),
             });
         }
+        if let Some(perm) = &node.permissions
+            && !is_cgroup_access(perm)
+        {
+            return Err(CdiError::BadPermissions {
+                path: p(),
+                permissions: perm.clone(),
+            });
+        }
     }
     for m in &e.mounts {
         if !is_clean_abs(&m.container_path) || over_runtime_mount(&m.container_path) {
@@ -185,4 +193,13 @@ fn edits(
         }
     }
     Ok(())
+}
+
+/// A cgroup device access string: some of `r`, `w`, `m`, each once (CDI
+/// `deviceNodes.permissions`); `none` is the agent's "no cgroup rule".
+fn is_cgroup_access(p: &str) -> bool {
+    p == "none"
+        || (!p.is_empty()
+            && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
+            && p.chars().enumerate().all(|(i, c)| !p[..i].contains(c)))
 }
