@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets of protocol/fuzz with libFuzzer's coverage
+# Builds the fuzz targets of fuzz/ (the fuzz crate) with libFuzzer's coverage
 # instrumentation on the stable toolchain (what `cargo fuzz build -s none`
 # does, without cargo-fuzz or nightly) and runs each for SECONDS, seeded from
 # the signed fixtures where they fit. Prints one line per target: executions,
@@ -10,7 +10,7 @@
 # Usage: scripts/fuzz-run.sh [SECONDS] [--report FILE] [TARGET...]
 #   SECONDS   per target (default 60); CI runs 10.
 #   --report  also write the table as Markdown to FILE (a long run's report,
-#             e.g. protocol/fuzz/REPORT.md).
+#             e.g. fuzz/REPORT.md).
 #   TARGET    the targets to run (default: every [[bin]] of the fuzz crate).
 # Environment: FUZZ_WORK (default target/fuzz): build dir, corpora, logs.
 #   The corpora persist there, so a second run continues from the first.
@@ -29,7 +29,7 @@ case $seconds in
   '' | *[!0-9]*) echo "fuzz-run: SECONDS must be a whole number, not '$seconds'" >&2; exit 2 ;;
 esac
 
-manifest=protocol/fuzz/Cargo.toml
+manifest=fuzz/Cargo.toml
 if [ $# -gt 0 ]; then
   targets=("$@")
 else

@@ -1,6 +1,6 @@
 //! The embedded broker's front frames untrusted bytes: properties of its frame
 //! splitter and PUBLISH header parser on random input (the fuzz target
-//! `broker_frames` in `protocol/fuzz/` checks the same on guided input).
+//! `broker_frames` in `fuzz/` checks the same on guided input).
 
 use bytes::BytesMut;
 use fleet_control_plane::broker::{PublishHeader, next_frame};

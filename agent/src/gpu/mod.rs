@@ -16,6 +16,7 @@ pub mod cdi;
 pub mod csv;
 pub mod ctk;
 pub mod detect;
+pub mod spec;
 mod validate;
 mod yaml;
 

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path};
 
-use super::cdi::{ALLOWED_HOST_ROOTS, CdiError, ContainerEdits, Spec, VERSIONS};
+use super::spec::{ALLOWED_HOST_ROOTS, CdiError, ContainerEdits, Spec, VERSIONS};
 
 const HOOK_NAMES: [&str; 6] = [
     "prestart",

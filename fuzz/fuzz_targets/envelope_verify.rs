@@ -7,7 +7,7 @@ use fleet_protocol::{DeviceId, TrustedRoot, verify};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: u64 = 1_767_225_600;
-const TRUST: &[u8] = include_bytes!("../../tests/fixtures/trust.json");
+const TRUST: &[u8] = include_bytes!("../../protocol/tests/fixtures/trust.json");
 
 fuzz_target!(|data: &[u8]| {
     let Ok(root) = TrustedRoot::bootstrap(TRUST, NOW) else {
