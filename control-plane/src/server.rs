@@ -318,6 +318,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         source,
     })?;
     let content = ContentStore::open(&data_dir)?;
+    let deltas = crate::content::Deltas::new(
+        content.clone(),
+        crate::content::DeltaOptions {
+            ratio: config.content.delta_ratio,
+            ..Default::default()
+        },
+    );
     let tokens = DeviceTokens::open(&data_dir)?;
     let scheme = TopicScheme::new(config.broker.topic_prefix.clone()).map_err(|e| {
         ServerError::Config(ConfigError::Invalid {
@@ -358,7 +365,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let plugins = Plugins {
         publisher: Arc::new(LinkPublisher(link)),
         resolver: Arc::new(ContentResolver(content.clone())),
-        routes: crate::content::router(content.clone()),
+        routes: crate::content::router_with_deltas(deltas),
         authed_routes: Some(crate::content::import_router(content)),
         counters,
     };
