@@ -264,6 +264,12 @@ async fn deltas_survive_a_restart_and_are_counted_when_served() {
         c.replaced_layer_bytes.load(Relaxed),
         f.store.blob_size(&f.v2.0).unwrap()
     );
+    let exposition = first.render_metrics();
+    assert!(
+        exposition.contains(&format!("fleet_content_delta_served_bytes_total {len}\n")),
+        "{exposition}"
+    );
+    assert!(exposition.contains("fleet_content_deltas_computed_total 1\n"));
 
     // A new process over the same data directory serves it at once.
     let store = content::ContentStore::open(f.data.path()).unwrap();

@@ -198,6 +198,46 @@ impl Deltas {
         }
     }
 
+    /// The Prometheus exposition of [`DeltaCounters`].
+    pub fn render_metrics(&self) -> String {
+        let c = &self.inner.counters;
+        let families = [
+            (
+                "fleet_content_delta_served_bytes_total",
+                "Layer delta bytes sent by the content endpoint.",
+                &c.served_bytes,
+            ),
+            (
+                "fleet_content_delta_replaced_layer_bytes_total",
+                "Whole-layer blob bytes that the deltas sent in full replaced.",
+                &c.replaced_layer_bytes,
+            ),
+            (
+                "fleet_content_deltas_computed_total",
+                "Layer deltas computed and stored.",
+                &c.computed,
+            ),
+            (
+                "fleet_content_deltas_not_worth_total",
+                "Layer deltas computed but not clearly smaller than the layer.",
+                &c.not_worth,
+            ),
+            (
+                "fleet_content_deltas_failed_total",
+                "Layer delta computations that failed.",
+                &c.failed,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in families {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
     fn jobs(&self) -> MutexGuard<'_, HashMap<Digest, Job>> {
         self.inner.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
