@@ -157,8 +157,7 @@ fn delta_url(addr: SocketAddr, layer: &Digest, bases: &[&Digest]) -> String {
 /// GETs `url` until it is no longer 202 (at most ~60 s); returns the last
 /// answer and how many 202s came first.
 async fn until_ready(http: &reqwest::Client, url: &str) -> (reqwest::Response, u32) {
-    let mut pending = 0;
-    for _ in 0..600 {
+    for pending in 0..600u32 {
         let r = http.get(url).send().await.unwrap();
         if r.status() != reqwest::StatusCode::ACCEPTED {
             return (r, pending);
@@ -166,7 +165,6 @@ async fn until_ready(http: &reqwest::Client, url: &str) -> (reqwest::Response, u
         assert_eq!(r.headers()["retry-after"], "2");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["errors"][0]["code"], "DELTA_PENDING");
-        pending += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the delta of {url} was never ready");
