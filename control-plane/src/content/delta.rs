@@ -368,16 +368,22 @@ pub fn compute(
     let layer_bytes = store.blob_size(target).ok_or_else(unknown)?;
     let index = layer_index(store);
     let target_diff = index.get(target).cloned().ok_or_else(unknown)?;
+    // Every base is resolved before any layer is uncompressed.
+    let base_blobs = bases
+        .iter()
+        .map(|diff_id| {
+            index
+                .iter()
+                .find(|(_, d)| *d == diff_id)
+                .map(|(b, _)| (b.clone(), diff_id))
+                .ok_or_else(|| DeltaComputeError::UnknownBase {
+                    diff_id: diff_id.clone(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut base_tars = Vec::with_capacity(bases.len());
-    for diff_id in bases {
-        let blob = index
-            .iter()
-            .find(|(_, d)| *d == diff_id)
-            .map(|(b, _)| b.clone())
-            .ok_or_else(|| DeltaComputeError::UnknownBase {
-                diff_id: diff_id.clone(),
-            })?;
-        base_tars.push(uncompressed(store, &blob, diff_id)?);
+    for (blob, diff_id) in &base_blobs {
+        base_tars.push(uncompressed(store, blob, diff_id)?);
     }
     let mut target_tar = uncompressed(store, target, &target_diff)?;
     let out = tempfile::NamedTempFile::new_in(store.tmp_dir())
