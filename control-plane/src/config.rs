@@ -43,6 +43,23 @@ pub struct Config {
     pub director: DirectorConfig,
     pub desired: DesiredConfig,
     pub telemetry: TelemetryConfig,
+    pub content: ContentConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentConfig {
+    /// A layer delta is served only when smaller than this fraction of the
+    /// whole layer blob (0 < ratio <= 1); otherwise devices pull the layer.
+    pub delta_ratio: f64,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        Self {
+            delta_ratio: fleet_protocol::delta::DEFAULT_RATIO,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +136,7 @@ impl Default for Config {
             director: DirectorConfig::default(),
             desired: DesiredConfig::default(),
             telemetry: TelemetryConfig::default(),
+            content: ContentConfig::default(),
         }
     }
 }
@@ -265,6 +283,13 @@ impl Config {
             return Err(invalid(
                 "desired.renew_check_secs",
                 "must be greater than 0",
+            ));
+        }
+        let ratio = self.content.delta_ratio;
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(invalid(
+                "content.delta_ratio",
+                "must be greater than 0 and at most 1",
             ));
         }
         if self.telemetry.flush_secs == 0 {

@@ -101,6 +101,8 @@ pub struct Plugins {
     /// Extra routes merged at the root behind the API's token check (e.g.
     /// image import).
     pub authed_routes: Option<Router>,
+    /// The layer-delta cache, whose counters `/metrics` exposes.
+    pub deltas: Option<crate::content::Deltas>,
     /// Ingest counters shared with the MQTT link (which counts rejects).
     pub counters: Arc<IngestCounters>,
 }
@@ -112,6 +114,7 @@ impl Default for Plugins {
             resolver: Arc::new(DigestOnlyResolver),
             routes: Router::new(),
             authed_routes: None,
+            deltas: None,
             counters: IngestCounters::new(),
         }
     }
@@ -124,6 +127,7 @@ pub struct Server {
     resolver: Arc<dyn ImageResolver>,
     routes: Router,
     authed_routes: Option<Router>,
+    deltas: Option<crate::content::Deltas>,
     inbound_tx: mpsc::Sender<Inbound>,
     inbound_rx: mpsc::Receiver<Inbound>,
     admin_token: Option<String>,
@@ -210,6 +214,7 @@ impl Server {
             resolver: plugins.resolver,
             routes: plugins.routes,
             authed_routes: plugins.authed_routes,
+            deltas: plugins.deltas,
             inbound_tx,
             inbound_rx,
             admin_token,
@@ -249,6 +254,7 @@ impl Server {
             resolver,
             routes,
             authed_routes,
+            deltas,
             inbound_tx,
             inbound_rx,
             admin_token: _,
@@ -269,7 +275,7 @@ impl Server {
         })
         .merge(routes);
         if config.http.metrics {
-            app = app.merge(api::metrics_router(fleet.clone()));
+            app = app.merge(api::metrics_router(fleet.clone(), deltas));
         }
         if let Some(authed) = authed_routes {
             app = app.merge(authed.route_layer(axum::middleware::from_fn_with_state(
@@ -318,6 +324,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         source,
     })?;
     let content = ContentStore::open(&data_dir)?;
+    let deltas = crate::content::Deltas::new(
+        content.clone(),
+        crate::content::DeltaOptions {
+            ratio: config.content.delta_ratio,
+            ..Default::default()
+        },
+    );
     let tokens = DeviceTokens::open(&data_dir)?;
     let scheme = TopicScheme::new(config.broker.topic_prefix.clone()).map_err(|e| {
         ServerError::Config(ConfigError::Invalid {
@@ -358,7 +371,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let plugins = Plugins {
         publisher: Arc::new(LinkPublisher(link)),
         resolver: Arc::new(ContentResolver(content.clone())),
-        routes: crate::content::router(content.clone()),
+        routes: crate::content::router_with_deltas(deltas.clone()),
+        deltas: Some(deltas),
         authed_routes: Some(crate::content::import_router(content)),
         counters,
     };

@@ -208,14 +208,20 @@ pub fn router(state: ApiState) -> Router {
 
 /// `/metrics`: the Prometheus exposition, without a token (as Prometheus
 /// scrapes it; see `control-plane/METRICS.md`).
-pub fn metrics_router(fleet: Fleet) -> Router {
+/// With `deltas`, the layer-delta counters are exposed too.
+pub fn metrics_router(fleet: Fleet, deltas: Option<crate::content::Deltas>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state(fleet)
+        .with_state((fleet, deltas))
 }
 
-async fn metrics(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    let text = crate::metrics::scrape(&fleet).await?;
+async fn metrics(
+    State((fleet, deltas)): State<(Fleet, Option<crate::content::Deltas>)>,
+) -> Result<Response, ApiError> {
+    let mut text = crate::metrics::scrape(&fleet).await?;
+    if let Some(d) = deltas {
+        text.push_str(&d.render_metrics());
+    }
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio_util::io::ReaderStream;
 
+use super::delta::{DeltaOptions, Deltas, Lookup, Outcome, parse_bases};
 use super::range::{ByteRange, parse_range};
 use super::{ContentError, ContentStore, import_archive, validate_repository};
 
@@ -29,17 +30,27 @@ const STREAM_CHUNK: usize = 64 * 1024;
 #[derive(Clone)]
 struct Pull {
     store: ContentStore,
+    deltas: Deltas,
 }
 
 /// The OCI distribution pull API under `/v2/`: base check, manifests (by tag
 /// or digest), blobs (with HTTP Range) and tag lists. Repository names may
 /// contain slashes. Pushes are refused (`UNSUPPORTED`).
 pub fn router(store: ContentStore) -> Router {
+    router_with_deltas(Deltas::new(store, DeltaOptions::default()))
+}
+
+/// [`router`] serving layer deltas from `deltas` under
+/// `/v2/<name>/deltas/<layer digest>?bases=<diff_id>,...` (protocol/DELTA.md).
+pub fn router_with_deltas(deltas: Deltas) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
         .route("/v2/{*rest}", any(dispatch))
-        .with_state(Pull { store })
+        .with_state(Pull {
+            store: deltas.store().clone(),
+            deltas,
+        })
 }
 
 async fn base() -> Response {
@@ -141,6 +152,10 @@ async fn route(
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         check_name(name)?;
         return manifest(state, name, reference, head).await;
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/deltas/") {
+        check_name(name)?;
+        return delta(state, name, digest, query, head, headers).await;
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
         check_name(name)?;
@@ -270,13 +285,33 @@ async fn blob(
         .detail(json!({ "name": name, "digest": digest })));
     };
 
+    serve_blob(
+        &state.store,
+        &digest,
+        len,
+        head,
+        request_headers,
+        HeaderMap::new(),
+    )
+    .await
+}
+
+/// Answers a GET/HEAD of stored blob `digest` (`len` bytes), honouring a
+/// single `Range`; `headers` go into the answer too.
+async fn serve_blob(
+    store: &ContentStore,
+    digest: &Digest,
+    len: u64,
+    head: bool,
+    request_headers: &HeaderMap,
+    mut headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let range = parse_range(
         request_headers
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok()),
         len,
     );
-    let mut headers = HeaderMap::new();
     insert(
         &mut headers,
         header::CONTENT_TYPE,
@@ -313,7 +348,7 @@ async fn blob(
     if head {
         return Ok((status, headers, Body::empty()).into_response());
     }
-    let path = state.store.blob_path(&digest);
+    let path = store.blob_path(digest);
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::internal(ContentError::io("open", &path, e)))?;
@@ -324,6 +359,91 @@ async fn blob(
     }
     let stream = ReaderStream::with_capacity(file.take(count), STREAM_CHUNK);
     Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// Header naming the diff_id a delta rebuilds.
+pub const DELTA_TARGET: &str = "Fleet-Delta-Target";
+/// Header with the size of the whole layer blob a delta replaces.
+pub const DELTA_LAYER_SIZE: &str = "Fleet-Delta-Layer-Size";
+/// Seconds a device waits before asking again for a delta being computed.
+pub const DELTA_RETRY_SECS: u64 = 2;
+
+/// `GET|HEAD /v2/<name>/deltas/<layer digest>?bases=<diff_id>,...`: the
+/// delta rebuilding that layer's tar from the named base layers (200/206,
+/// Range honoured like a blob), 202 `DELTA_PENDING` with `Retry-After`
+/// while it is computed, or 404 `DELTA_UNAVAILABLE` (pull the layer).
+async fn delta(
+    state: &Pull,
+    name: &str,
+    digest: &str,
+    query: &HashMap<String, String>,
+    head: bool,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let target = Digest::new(digest).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+            .detail(json!({ "digest": digest }))
+    })?;
+    let bases = parse_bases(query.get("bases").map(String::as_str)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "DELTA_BASES_INVALID",
+            "bases= must list 1 to 128 comma-separated diff_ids (sha256:<hex>)",
+        )
+    })?;
+    if !state.store.has_repository(name) {
+        return Err(ApiError::name_unknown(name));
+    }
+    let unavailable = |reason: String| {
+        ApiError::new(StatusCode::NOT_FOUND, "DELTA_UNAVAILABLE", reason)
+            .detail(json!({ "name": name, "digest": target }))
+    };
+    match state.deltas.lookup(&target, &bases) {
+        Lookup::Pending => {
+            let mut headers = HeaderMap::new();
+            insert(
+                &mut headers,
+                header::RETRY_AFTER,
+                &DELTA_RETRY_SECS.to_string(),
+            );
+            let err = ApiError::new(
+                StatusCode::ACCEPTED,
+                "DELTA_PENDING",
+                "the delta is being computed: ask again after Retry-After seconds",
+            );
+            Ok((headers, err).into_response())
+        }
+        Lookup::Done(Outcome::NotWorth {
+            delta_bytes,
+            layer_bytes,
+        }) => Err(unavailable(format!(
+            "a delta of {delta_bytes} bytes is not clearly smaller than the {layer_bytes}-byte layer"
+        ))),
+        Lookup::Done(Outcome::Failed { reason }) => Err(unavailable(reason)),
+        Lookup::Done(Outcome::Ready {
+            delta,
+            delta_bytes,
+            layer_bytes,
+            target: diff_id,
+        }) => {
+            let mut headers = HeaderMap::new();
+            insert(&mut headers, DELTA_TARGET, diff_id.as_str());
+            insert(&mut headers, DELTA_LAYER_SIZE, &layer_bytes.to_string());
+            let response = serve_blob(
+                &state.store,
+                &delta,
+                delta_bytes,
+                head,
+                request_headers,
+                headers,
+            )
+            .await?;
+            if !head && response.status().is_success() {
+                state.deltas.count_served(&response, layer_bytes);
+            }
+            Ok(response)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,8 @@
 //!   holds.
 //! - [`router`]: the OCI distribution *pull* API under `/v2/`, so skopeo,
 //!   crane, containerd and the agent can pull from the server.
+//! - [`Deltas`]: byte-level layer deltas computed off the request path,
+//!   cached in the store, served under `/v2/<name>/deltas/` ([`delta`]).
 //! - [`import_oci_layout`], [`import_archive`] (OCI archive or `docker save`
 //!   tar), [`import_docker_archive`]: fill the store; every blob's digest is
 //!   verified before it is stored, and tags move only after all the content
@@ -14,14 +16,19 @@
 //!   behind `fleetctl image import` ([`cli::import_image`]).
 
 pub mod cli;
+pub mod delta;
 mod http;
 mod import;
 pub mod range;
 mod source;
 mod store;
 
+pub use delta::{DeltaOptions, Deltas};
 pub use fleet_protocol::oci::media_type;
-pub use http::{MAX_IMPORT_BYTES, import_router, router};
+pub use http::{
+    DELTA_LAYER_SIZE, DELTA_RETRY_SECS, DELTA_TARGET, MAX_IMPORT_BYTES, import_router, router,
+    router_with_deltas,
+};
 pub use import::{
     ImportSummary, ImportedImage, import_archive, import_docker_archive, import_oci_archive,
     import_oci_layout,

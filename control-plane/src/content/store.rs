@@ -166,6 +166,19 @@ impl ContentStore {
             .cloned()
     }
 
+    /// Every manifest digest of every repository, sorted, deduplicated.
+    pub fn manifest_digests(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = self
+            .read()
+            .repositories
+            .values()
+            .flat_map(|r| r.manifests.keys().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Reads a stored blob whole. For manifests and configs; stream layers.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ContentError> {
         let path = self.blob_path(digest);
