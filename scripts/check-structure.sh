@@ -24,4 +24,13 @@ else
   echo "check-structure: functions over 100 lines outside tests (above): split them" >&2
   bad=1
 fi
+# The fuzz crate is its own workspace with its own lock file: a dependency
+# added to one of the three crates must reach fuzz/Cargo.lock too, or the
+# fuzz build (late in the test run) refuses to start.
+if cargo metadata --manifest-path fuzz/Cargo.toml --locked --format-version 1 >/dev/null; then
+  echo "check-structure: fuzz/Cargo.lock agrees with the crates it imports"
+else
+  echo "check-structure: fuzz/Cargo.lock is stale: run 'cargo metadata --manifest-path fuzz/Cargo.toml --format-version 1 >/dev/null' and commit it" >&2
+  bad=1
+fi
 exit "$bad"
