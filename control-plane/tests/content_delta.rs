@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fleet_control_plane::content::{
@@ -339,5 +340,58 @@ async fn no_delta_when_it_is_not_clearly_smaller_or_the_bases_are_unknown() {
         r.status(),
         404,
         "under a strict ratio the delta is not sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computations_queue_and_a_failed_delta_is_tried_again_once_its_base_arrives() {
+    let f = fixture().await;
+    let options = DeltaOptions {
+        max_concurrent: 1,
+        // Long enough for the polls below to see the failure, short enough
+        // to wait out.
+        retry_failed_after: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let deltas = Deltas::new(f.store.clone(), options);
+    let addr = serve(deltas.clone()).await;
+    let http = reqwest::Client::new();
+    // v0: v1's files with one more block of end-of-archive zeros (another
+    // diff_id), not imported yet.
+    let mut v0_tar = f.v1_tar.clone();
+    v0_tar.extend_from_slice(&[0u8; 512]);
+    let work = tempfile::tempdir().unwrap();
+    let v0 = layout(&work.path().join("v0"), "v0", &v0_tar);
+
+    // Two requests at once with one slot: both are answered in turn.
+    let known = delta_url(addr, &f.v2.0, &[&f.v1.1]);
+    let missing = delta_url(addr, &f.v2.0, &[&v0.1]);
+    let (a, b) = tokio::join!(until_ready(&http, &known), until_ready(&http, &missing));
+    assert_eq!(a.0.status(), 200);
+    assert_eq!(b.0.status(), 404);
+    let body: Value = b.0.json().await.unwrap();
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(v0.1.as_str()),
+        "{body}"
+    );
+    assert_eq!(deltas.counters().failed.load(Ordering::Relaxed), 1);
+
+    // The base arrives; the failure is not final.
+    import_oci_layout(&f.store, &work.path().join("v0"), "edge/app", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (r, pending) = until_ready(&http, &missing).await;
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    assert!(
+        pending > 0,
+        "a retried delta is computed again, not replayed"
+    );
+    assert_eq!(
+        r.headers()["fleet-delta-target"].to_str().unwrap(),
+        f.v2.1.as_str()
     );
 }

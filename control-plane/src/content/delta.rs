@@ -18,6 +18,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fleet_protocol::Digest;
 use fleet_protocol::delta::{self, EncodeError, EncodeOptions, MAX_BASES};
@@ -36,13 +37,22 @@ pub struct DeltaOptions {
     /// A delta is served only when under `ratio ×` the layer blob's size.
     pub ratio: f64,
     pub encode: EncodeOptions,
+    /// Computations running at once; more wait their turn (each takes a
+    /// core and tens of MB while it runs, and any `/v2` client can ask).
+    pub max_concurrent: usize,
+    /// How long a failed computation is remembered before a request may
+    /// try again (a base image imported meanwhile, a full disk freed).
+    pub retry_failed_after: Duration,
 }
 
 impl Default for DeltaOptions {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             ratio: delta::DEFAULT_RATIO,
             encode: EncodeOptions::default(),
+            max_concurrent: (cores / 2).max(1),
+            retry_failed_after: Duration::from_secs(60),
         }
     }
 }
@@ -109,7 +119,7 @@ pub struct DeltaCounters {
 
 enum Job {
     Running,
-    Done(Outcome),
+    Done(Outcome, Instant),
 }
 
 /// The delta cache over a [`ContentStore`]. Cheap to clone.
@@ -123,6 +133,8 @@ struct Inner {
     options: DeltaOptions,
     records: PathBuf,
     jobs: Mutex<HashMap<Digest, Job>>,
+    /// Bounds the computations running at once ([`DeltaOptions::max_concurrent`]).
+    slots: Arc<tokio::sync::Semaphore>,
     counters: DeltaCounters,
 }
 
@@ -136,6 +148,7 @@ impl Deltas {
                 options,
                 records,
                 jobs: Mutex::new(HashMap::new()),
+                slots: Arc::new(tokio::sync::Semaphore::new(options.max_concurrent.max(1))),
                 counters: DeltaCounters::default(),
             }),
         }
@@ -157,18 +170,27 @@ impl Deltas {
         let mut jobs = self.jobs();
         match jobs.get(&key) {
             Some(Job::Running) => return Lookup::Pending,
-            Some(Job::Done(outcome)) => return Lookup::Done(outcome.clone()),
+            Some(Job::Done(Outcome::Failed { .. }, at))
+                if at.elapsed() >= self.inner.options.retry_failed_after => {}
+            Some(Job::Done(outcome, _)) => return Lookup::Done(outcome.clone()),
             None => {}
         }
         if let Some(outcome) = self.read_record(&key) {
-            jobs.insert(key, Job::Done(outcome.clone()));
+            jobs.insert(key, Job::Done(outcome.clone(), Instant::now()));
             return Lookup::Done(outcome);
         }
         jobs.insert(key.clone(), Job::Running);
         drop(jobs);
         let this = self.clone();
         let (target, bases) = (target.clone(), bases.to_vec());
-        tokio::task::spawn_blocking(move || this.run(key, &target, &bases));
+        let slots = self.inner.slots.clone();
+        tokio::spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || this.run(key, &target, &bases)).await;
+        });
         Lookup::Pending
     }
 
@@ -263,7 +285,7 @@ impl Deltas {
             Err(e) => {
                 tracing::warn!(%target, error = %e, "layer delta failed");
                 Outcome::Failed {
-                    reason: error_chain(&e),
+                    reason: fleet_protocol::report(&e),
                 }
             }
         };
@@ -284,7 +306,7 @@ impl Deltas {
         {
             tracing::warn!(%target, error = %e, "cannot record the layer delta");
         }
-        self.jobs().insert(key, Job::Done(outcome));
+        self.jobs().insert(key, Job::Done(outcome, Instant::now()));
     }
 
     fn write_record(&self, key: &Digest, outcome: &Outcome) -> Result<(), ContentError> {
@@ -305,17 +327,6 @@ impl Deltas {
             .map_err(|e| ContentError::io("rename into", &path, e.error))?;
         Ok(())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The cache key of (target, bases): SHA-256 over their digests in order.
