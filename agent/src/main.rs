@@ -32,6 +32,9 @@ enum Command {
     Status(cmd::deploy::StatusArgs),
     /// Print one telemetry sample (host sensors, Tegra GPU/EMC/power rails).
     Telemetry(cmd::telemetry::TelemetryArgs),
+    /// Run as an OCI runtime hook (the runtime calls this, not a person).
+    #[command(hide = true)]
+    OciHook(cmd::oci_hook::HookArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         },
         Some(Command::Gc(args)) => cmd::pull::gc(args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(args),
+        Some(Command::OciHook(args)) => cmd::oci_hook::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,8 +4,11 @@
 //! numbers under Tegra names, a small shared library, and a hook that
 //! writes a marker file. Inside the container the nodes (usable: the cgroup
 //! allows them), the mounts, the env, the groups and the hook's marker are
-//! present, and the spec's device that was not requested is not. Needs root
-//! (mknod, overlay, crun/runc); skips loudly otherwise.
+//! present, and the spec's device that was not requested is not. And the
+//! CSV fallback on a host without NVIDIA's hook program: the agent binary
+//! is the hook that makes the `sym` links and the ld.so cache, so the
+//! library's SONAME resolves in the container. Needs root (mknod, overlay,
+//! crun/runc); skips loudly otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -239,5 +242,138 @@ async fn a_gpu_request_the_host_cannot_satisfy_fails_staging_by_name() {
                 .contains("no CDI spec defines device nvidia.com/gpu=all"),
             "{kind}: {err}"
         );
+    }
+}
+
+/// A Jetson without a CDI spec nor NVIDIA's toolkit: CSV files, a device
+/// node, a driver library with its SONAME (built here with gcc), its `sym`
+/// link, glibc's `ldconfig`, and the agent binary under the host root.
+fn csv_host_tree(root: &Path) -> bool {
+    node(root, "/dev/nvmap", 3, 0o666, 0);
+    let dir = root.join("usr/lib/aarch64-linux-gnu/tegra");
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = std::process::Command::new("gcc")
+        .args([
+            "-shared",
+            "-fPIC",
+            "-nostdlib",
+            "-Wl,-soname,libcuda.so.1",
+            "-o",
+        ])
+        .arg(dir.join("libcuda.so.1.1"))
+        .args(["-x", "c", "/dev/null"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        return false;
+    }
+    std::os::unix::fs::symlink("libcuda.so.1.1", dir.join("libcuda.so")).unwrap();
+    let csv = root.join("etc/nvidia-container-runtime/host-files-for-container.d");
+    std::fs::create_dir_all(&csv).unwrap();
+    std::fs::write(csv.join("devices.csv"), "dev, /dev/nvmap\n").unwrap();
+    std::fs::write(
+        csv.join("drivers.csv"),
+        "lib, /usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1.1\n\
+         sym, /usr/lib/aarch64-linux-gnu/tegra/libcuda.so\n",
+    )
+    .unwrap();
+    let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file());
+    let Some(ldconfig) = ldconfig else {
+        return false;
+    };
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    std::fs::copy(ldconfig, root.join("sbin/ldconfig")).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_fleet-agent"),
+        root.join("usr/bin/fleet-agent"),
+    )
+    .unwrap();
+    true
+}
+
+const CSV_SCRIPT: &str = "\
+cd /usr/lib/aarch64-linux-gnu/tegra; \
+echo SYM=$(readlink libcuda.so); \
+echo SONAME=$(readlink libcuda.so.1); \
+grep -q /usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1 /etc/ld.so.cache && echo LDCACHE_OK; \
+cat /etc/ld.so.conf.d/00-fleet-tegra.conf; \
+echo LDP=[$LD_LIBRARY_PATH]; echo DONE";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_fallback_without_nvidia_hooks_gets_links_and_ld_cache_from_the_agent_hook() {
+    let test = "gpu-csv-hook";
+    if !can_run(test) {
+        return;
+    }
+    let host = tempfile::tempdir().unwrap();
+    match std::panic::catch_unwind(|| csv_host_tree(host.path())) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("SKIPPED: {test}: needs gcc and glibc's ldconfig on this machine");
+            return;
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: {test}: cannot mknod here ({e:?})");
+            return;
+        }
+    }
+    for (kind, binary) in runtimes(test) {
+        let env = Env::with_host_root(kind, &binary, RootfsMode::Auto, host.path());
+        let s = RuntimeSettings {
+            args: Some(vec!["/bin/sh".into(), "-c".into(), CSV_SCRIPT.into()]),
+            gpu: Some(GpuRequest::All),
+            restart: RestartPolicy::No,
+            ..Default::default()
+        };
+        let staged = env
+            .stage(test, &[env.busybox_snapshot()], &image(&["/bin/sh"]), &s)
+            .await;
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(staged.dir.join("config.json")).unwrap())
+                .unwrap();
+        let hooks = &config["hooks"]["createContainer"];
+        assert_eq!(
+            (&hooks[0]["args"][1], &hooks[0]["args"][2]),
+            (&"oci-hook".into(), &"tegra-prepare".into()),
+            "{kind}: {hooks}"
+        );
+        let supervisor = env.runtime.start(&staged).await.unwrap();
+        let stdout = staged.dir.join("logs/stdout.log");
+        let read = || std::fs::read_to_string(&stdout).unwrap_or_default();
+        let done = wait_until(LONG, || read().contains("DONE")).await;
+        let out = read();
+        eprintln!("{kind} container output:\n{out}");
+        assert!(
+            done,
+            "{kind}: {out} / {:?}",
+            std::fs::read_to_string(staged.dir.join("logs/stderr.log")).unwrap_or_default()
+        );
+        assert!(
+            out.contains("SYM=libcuda.so.1.1"),
+            "{kind}: sym link: {out}"
+        );
+        assert!(
+            out.contains("SONAME=libcuda.so.1.1"),
+            "{kind}: ldconfig made the SONAME link: {out}"
+        );
+        assert!(out.contains("LDCACHE_OK"), "{kind}: {out}");
+        assert!(
+            out.contains("\n/usr/lib/aarch64-linux-gnu/tegra\n"),
+            "{kind}: {out}"
+        );
+        assert!(out.contains("LDP=[]"), "{kind}: no LD_LIBRARY_PATH: {out}");
+        // The host's library directory got no link: they are in the rootfs.
+        assert!(
+            !host
+                .path()
+                .join("usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1")
+                .exists(),
+            "{kind}"
+        );
+        supervisor.stop(Duration::from_secs(5)).await.unwrap();
+        env.runtime.remove(&staged.id).await.unwrap();
     }
 }

@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use fleet_agent::gpu;
+use fleet_agent::gpu::{self, Tools};
 use fleet_agent::telemetry::HostRoot;
 use fleet_protocol::message::RuntimeSettings;
 
@@ -64,7 +64,9 @@ fn with_nvidia_ctk_on_path() {
     // fallback's spec is used (no env line from the ctk spec).
     let state = tempfile::tempdir().unwrap();
     let cache = state.path().join("cdi");
-    let csv = gpu::resolve(&host, None, &settings).unwrap().unwrap();
+    let csv = gpu::resolve(&host, Tools::NONE, &settings)
+        .unwrap()
+        .unwrap();
     assert!(
         !csv.env
             .iter()
@@ -80,7 +82,7 @@ fn with_nvidia_ctk_on_path() {
     );
 
     for _ in 0..3 {
-        let edits = gpu::resolve(&host, Some(&cache), &settings)
+        let edits = gpu::resolve(&host, Tools::cache(&cache), &settings)
             .unwrap()
             .unwrap();
         assert!(
@@ -99,7 +101,7 @@ fn with_nvidia_ctk_on_path() {
             ]
         );
         assert_eq!(edits.hooks.len(), 2);
-        gpu::check(&host, Some(&cache), &settings).unwrap();
+        gpu::check(&host, Tools::cache(&cache), &settings).unwrap();
     }
     let cached = std::fs::read_to_string(cache.join("nvidia.yaml")).unwrap();
     assert!(cached.contains("kind: nvidia.com/gpu"));
@@ -112,7 +114,7 @@ fn with_nvidia_ctk_on_path() {
         "cdiVersion: 9.9.9\nkind: nvidia.com/gpu\ndevices: []\n",
     )
     .unwrap();
-    let err = gpu::resolve(&host, Some(&cache), &settings)
+    let err = gpu::resolve(&host, Tools::cache(&cache), &settings)
         .unwrap_err()
         .to_string();
     assert!(err.contains("9.9.9"), "{err}");

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_agent::gpu::{self, CdiError, GpuError, Incompatible, detect};
+use fleet_agent::gpu::{self, CdiError, GpuError, Incompatible, Tools, detect};
 use fleet_agent::telemetry::HostRoot;
 use fleet_protocol::message::{GpuRequest, RuntimeSettings};
 
@@ -52,23 +52,23 @@ fn detection_on_each_jetson() {
 #[test]
 fn compatibility_decisions_on_each_jetson() {
     let jp6 = release(r#"{"l4t":">=36.3, <37","soc":"t234"}"#, &[]);
-    let ok = |name: &str, s: &RuntimeSettings| gpu::check(&tree(name), None, s).is_ok();
+    let ok = |name: &str, s: &RuntimeSettings| gpu::check(&tree(name), Tools::NONE, s).is_ok();
     assert!(ok("orin-r36", &jp6));
     for name in ["nano-r32", "orin-r35", "thor-r38", "x86-none"] {
         assert!(!ok(name, &jp6), "{name}");
     }
-    let msg = gpu::check(&tree("orin-r35"), None, &jp6)
+    let msg = gpu::check(&tree("orin-r35"), Tools::NONE, &jp6)
         .unwrap_err()
         .to_string();
     assert_eq!(msg, "requires l4t >=36.3, <37, device has R35.4.1");
-    let msg = gpu::check(&tree("thor-r38"), None, &jp6)
+    let msg = gpu::check(&tree("thor-r38"), Tools::NONE, &jp6)
         .unwrap_err()
         .to_string();
     assert_eq!(
         msg,
         "requires l4t >=36.3, <37, device has R38.2.0; requires soc t234, device has tegra264"
     );
-    let msg = gpu::check(&tree("x86-none"), None, &jp6)
+    let msg = gpu::check(&tree("x86-none"), Tools::NONE, &jp6)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("device has none"), "{msg}");
@@ -84,7 +84,7 @@ fn compatibility_decisions_on_each_jetson() {
         assert!(ok(name, &gpu_only), "{name}");
     }
     assert!(matches!(
-        gpu::check(&tree("x86-none"), None, &gpu_only),
+        gpu::check(&tree("x86-none"), Tools::NONE, &gpu_only),
         Err(Incompatible::Devices {
             source: GpuError::Cdi(CdiError::Unresolvable(_)),
             ..
@@ -100,7 +100,9 @@ fn cdi_specs_as_nvidia_ctk_writes_them_resolve() {
         ..Default::default()
     };
     assert_eq!(gpu::requested(&s), ["nvidia.com/gpu=all"]);
-    let r36 = gpu::resolve(&tree("orin-r36"), None, &s).unwrap().unwrap();
+    let r36 = gpu::resolve(&tree("orin-r36"), Tools::NONE, &s)
+        .unwrap()
+        .unwrap();
     assert_eq!(r36.device_nodes.len(), 11);
     assert!(
         r36.device_nodes
@@ -115,22 +117,26 @@ fn cdi_specs_as_nvidia_ctk_writes_them_resolve() {
             .iter()
             .any(|m| m.container_path == "/etc/nv_tegra_release")
     );
-    let r35 = gpu::resolve(&tree("orin-r35"), None, &s).unwrap().unwrap();
+    let r35 = gpu::resolve(&tree("orin-r35"), Tools::NONE, &s)
+        .unwrap()
+        .unwrap();
     assert_eq!(r35.device_nodes.len(), 12);
     assert_eq!(r35.hooks[0].path, "/usr/bin/nvidia-ctk");
-    let thor = gpu::resolve(&tree("thor-r38"), None, &s).unwrap().unwrap();
+    let thor = gpu::resolve(&tree("thor-r38"), Tools::NONE, &s)
+        .unwrap()
+        .unwrap();
     assert_eq!(thor.additional_gids, [44, 992]);
     assert_eq!(thor.hooks[0].env, ["NVIDIA_CTK_DEBUG=false"]);
     // Device "0" alone: same nodes, spec edits once.
     let zero = release("{}", &["nvidia.com/gpu=0"]);
-    let z = gpu::resolve(&tree("thor-r38"), None, &zero)
+    let z = gpu::resolve(&tree("thor-r38"), Tools::NONE, &zero)
         .unwrap()
         .unwrap();
     assert_eq!(z.device_nodes.len(), 8);
     assert_eq!(z.mounts.len(), 5);
     // No devices asked: nothing to resolve.
     assert!(
-        gpu::resolve(&tree("orin-r36"), None, &RuntimeSettings::default())
+        gpu::resolve(&tree("orin-r36"), Tools::NONE, &RuntimeSettings::default())
             .unwrap()
             .is_none()
     );
@@ -139,7 +145,7 @@ fn cdi_specs_as_nvidia_ctk_writes_them_resolve() {
 #[test]
 fn csv_fallback_on_the_nano() {
     let host = tree("nano-r32");
-    let spec = gpu::csv::generate(&host).unwrap();
+    let spec = gpu::csv::generate(&host, None).unwrap();
     assert_eq!(spec.kind, "nvidia.com/gpu");
     let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["0", "all"]);
@@ -184,7 +190,7 @@ fn csv_fallback_on_the_nano() {
     );
     assert!(edits.hooks.is_empty());
     // The registry uses it because no CDI spec defines nvidia.com/gpu.
-    let r = gpu::resolve(&host, None, &release("{}", &["nvidia.com/gpu=all"]))
+    let r = gpu::resolve(&host, Tools::NONE, &release("{}", &["nvidia.com/gpu=all"]))
         .unwrap()
         .unwrap();
     assert_eq!(r.device_nodes.len(), 15);
@@ -215,7 +221,7 @@ fn csv_with_nvidia_cdi_hook_gets_symlink_and_ldcache_hooks() {
         root.join("usr/lib/aarch64-linux-gnu/nvidia/libcuda.so"),
     )
     .unwrap();
-    let spec = gpu::csv::generate(&HostRoot::new(root)).unwrap();
+    let spec = gpu::csv::generate(&HostRoot::new(root), None).unwrap();
     let hooks = &spec.container_edits.hooks;
     assert_eq!(hooks.len(), 2);
     assert_eq!(hooks[0].path, "/usr/bin/nvidia-cdi-hook");
@@ -239,6 +245,76 @@ fn csv_with_nvidia_cdi_hook_gets_symlink_and_ldcache_hooks() {
     );
 }
 
+#[test]
+fn csv_without_nvidia_hooks_makes_the_agent_its_own_ldcache_hook() {
+    // The Nano's tree, plus the agent binary and glibc's ldconfig.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tegra/nano-r32");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in ["usr/bin/fleet-agent", "sbin/ldconfig"] {
+        let p = tmp.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "").unwrap();
+    }
+    let host = HostRoot::new(tmp.path());
+    let agent = Path::new("/usr/bin/fleet-agent");
+    let spec = gpu::csv::generate(&host, Some(agent)).unwrap();
+    let edits = &spec.container_edits;
+    assert_eq!(
+        edits.env,
+        ["NVIDIA_VISIBLE_DEVICES=void"],
+        "the ld.so cache, not LD_LIBRARY_PATH"
+    );
+    assert_eq!(edits.hooks.len(), 1);
+    let hook = &edits.hooks[0];
+    assert_eq!(
+        (hook.hook_name.as_str(), hook.path.as_str()),
+        ("createContainer", "/usr/bin/fleet-agent")
+    );
+    let ldconfig = tmp.path().join("sbin/ldconfig");
+    assert_eq!(
+        hook.args,
+        [
+            "fleet-agent",
+            "oci-hook",
+            "tegra-prepare",
+            "--link",
+            "libcuda.so.1.1::/usr/lib/aarch64-linux-gnu/tegra/libcuda.so",
+            "--folder",
+            "/usr/lib/aarch64-linux-gnu/tegra",
+            "--ldconfig",
+            ldconfig.to_str().unwrap(),
+        ]
+    );
+    // What the hook parses is what the spec says.
+    let parsed = gpu::hook::Prepare::parse(&hook.args[3..]).unwrap();
+    assert_eq!(parsed.folders, ["/usr/lib/aarch64-linux-gnu/tegra"]);
+
+    // Without ldconfig on the host the links still come from the hook and
+    // the folders go into LD_LIBRARY_PATH; an agent binary that is not
+    // under the host root is no hook at all.
+    std::fs::remove_file(&ldconfig).unwrap();
+    let spec = gpu::csv::generate(&host, Some(agent)).unwrap();
+    assert_eq!(spec.container_edits.hooks.len(), 1);
+    assert!(
+        !spec.container_edits.hooks[0]
+            .args
+            .contains(&"--ldconfig".to_owned())
+    );
+    assert_eq!(
+        spec.container_edits.env[1],
+        "LD_LIBRARY_PATH=/usr/lib/aarch64-linux-gnu/tegra"
+    );
+    let spec = gpu::csv::generate(&host, Some(Path::new("/nowhere/fleet-agent"))).unwrap();
+    assert!(spec.container_edits.hooks.is_empty());
+}
+
 /// A temp host whose CDI dirs hold `files` (name, text).
 fn host_with(files: &[(&str, &str)]) -> (tempfile::TempDir, HostRoot) {
     let tmp = tempfile::tempdir().unwrap();
@@ -253,7 +329,7 @@ fn host_with(files: &[(&str, &str)]) -> (tempfile::TempDir, HostRoot) {
 
 fn spec_err(files: &[(&str, &str)], devices: &[&str]) -> CdiError {
     let (_tmp, host) = host_with(files);
-    match gpu::check(&host, None, &release("{}", devices)) {
+    match gpu::check(&host, Tools::NONE, &release("{}", devices)) {
         Err(Incompatible::Devices {
             source: GpuError::Cdi(e),
             ..
@@ -358,13 +434,13 @@ fn bad_specs_are_refused_with_typed_errors() {
 fn var_run_cdi_wins_over_etc_cdi_and_every_version_parses() {
     let dynamic = GOOD.replace("/dev/a", "/dev/dynamic");
     let (_tmp, host) = host_with(&[("etc/cdi/x.yaml", GOOD), ("var/run/cdi/x.yaml", &dynamic)]);
-    let edits = gpu::resolve(&host, None, &release("{}", &["example.com/gpu=a"]))
+    let edits = gpu::resolve(&host, Tools::NONE, &release("{}", &["example.com/gpu=a"]))
         .unwrap()
         .unwrap();
     assert_eq!(edits.device_nodes.len(), 1);
     assert_eq!(edits.device_nodes[0].path, "/dev/dynamic");
     // `=all` without an `all` device: every device once, from the winning spec.
-    let all = gpu::resolve(&host, None, &release("{}", &["example.com/gpu=all"]))
+    let all = gpu::resolve(&host, Tools::NONE, &release("{}", &["example.com/gpu=all"]))
         .unwrap()
         .unwrap();
     let nodes: Vec<&str> = all.device_nodes.iter().map(|n| n.path.as_str()).collect();

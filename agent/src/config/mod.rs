@@ -410,6 +410,9 @@ impl Config {
         }
         let mut config = RuntimeConfig::new(driver, &self.state_dir);
         config.host_root = self.host_root.clone();
+        // This binary, as the CSV fallback's ld.so cache hook (used only
+        // when it is found under the host root, i.e. on a real device).
+        config.gpu_hook = std::env::current_exe().ok();
         if let Ok(device) = self.device_id() {
             config.cgroup_parent = format!("/fleet/{device}");
         }

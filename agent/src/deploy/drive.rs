@@ -170,8 +170,7 @@ impl Inner {
         // incompatible release fails here and the running one keeps running.
         let config = self.containers.runtime().config();
         let host = HostRoot::new(&config.host_root);
-        let cache = config.cdi_cache_dir.as_deref();
-        if let Err(e) = gpu::check(&host, cache, &target.release.runtime) {
+        if let Err(e) = gpu::check(&host, config.gpu_tools(), &target.release.runtime) {
             Self::fail(
                 rec,
                 ErrorCode::Incompatible,

@@ -16,17 +16,23 @@
 //! by default.
 //!
 //! The hooks run NVIDIA's `nvidia-cdi-hook` (toolkit ≥ 1.16) or
-//! `nvidia-ctk hook` when the host has one; without either the library
-//! directories go into `LD_LIBRARY_PATH` instead (the note's last resort).
+//! `nvidia-ctk hook` when the host has one; without either the agent itself
+//! is the hook (`fleet-agent oci-hook tegra-prepare`, [`super::hook`]): the
+//! same links, an ld.so.conf.d entry and the host's `ldconfig -r`. Only a
+//! host with neither hook nor `ldconfig` gets the library directories in
+//! `LD_LIBRARY_PATH` (the last resort: it replaces the image's value).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::cdi::{ContainerEdits, Device, DeviceNode, Hook, Mount, Spec};
+use super::hook::{Prepare, SUBCOMMAND};
 use crate::host_root::HostRoot;
 
 pub const CSV_DIR: &str = "/etc/nvidia-container-runtime/host-files-for-container.d";
 pub const BASE_FILES: [&str; 3] = ["devices.csv", "drivers.csv", "l4t.csv"];
+/// Where glibc's (static) `ldconfig` is on the host.
+const LDCONFIG: [&str; 2] = ["/sbin/ldconfig", "/usr/sbin/ldconfig"];
 const MOUNT_OPTIONS: [&str; 5] = ["ro", "nosuid", "nodev", "rbind", "rprivate"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -221,8 +227,10 @@ fn collect_symlink(host: &HostRoot, path: &str, allowed: &dyn Fn(&str) -> bool, 
 }
 
 /// The CDI spec the host's CSV files describe, or `None` without CSV files
-/// or device nodes.
-pub fn generate(host: &HostRoot) -> Option<Spec> {
+/// or device nodes. `agent` is the agent binary (a path under the host
+/// root): without NVIDIA's hook program it is the spec's
+/// `createContainer` hook ([`super::hook`]).
+pub fn generate(host: &HostRoot, agent: Option<&Path>) -> Option<Spec> {
     if !present(host) {
         return None;
     }
@@ -238,37 +246,64 @@ pub fn generate(host: &HostRoot) -> Option<Spec> {
     if host.path("/etc/nv_tegra_release").is_file() {
         common.mounts.push(bind("/etc/nv_tegra_release"));
     }
-    match hook_program(host) {
-        Some((program, lead)) => {
-            let hook = |extra: Vec<String>| Hook {
-                hook_name: "createContainer".into(),
-                path: program.clone(),
-                args: lead.iter().cloned().chain(extra).collect(),
-                env: Vec::new(),
-                timeout: None,
-            };
-            if !c.links.is_empty() {
-                let mut args = vec!["create-symlinks".to_owned()];
-                for l in &c.links {
-                    args.extend(["--link".to_owned(), l.clone()]);
-                }
-                common.hooks.push(hook(args));
-            }
-            if !c.lib_dirs.is_empty() {
-                let mut args = vec!["update-ldcache".to_owned()];
-                for d in &c.lib_dirs {
-                    args.extend(["--folder".to_owned(), d.clone()]);
-                }
-                common.hooks.push(hook(args));
-            }
-        }
-        None if !c.lib_dirs.is_empty() => {
+    let ldconfig = LDCONFIG.into_iter().find(|p| host.path(p).is_file());
+    let hook = |program: &str, args: Vec<String>| Hook {
+        hook_name: "createContainer".into(),
+        path: program.to_owned(),
+        args,
+        env: Vec::new(),
+        timeout: None,
+    };
+    let last_resort = |common: &mut ContainerEdits| {
+        if !c.lib_dirs.is_empty() {
             let dirs: Vec<&str> = c.lib_dirs.iter().map(String::as_str).collect();
             common
                 .env
                 .push(format!("LD_LIBRARY_PATH={}", dirs.join(":")));
         }
-        None => {}
+    };
+    match (hook_program(host), agent) {
+        (Some((program, lead)), _) => {
+            if !c.links.is_empty() {
+                let mut args = lead.clone();
+                args.push("create-symlinks".to_owned());
+                for l in &c.links {
+                    args.extend(["--link".to_owned(), l.clone()]);
+                }
+                common.hooks.push(hook(&program, args));
+            }
+            if !c.lib_dirs.is_empty() {
+                let mut args = lead;
+                args.push("update-ldcache".to_owned());
+                for d in &c.lib_dirs {
+                    args.extend(["--folder".to_owned(), d.clone()]);
+                }
+                common.hooks.push(hook(&program, args));
+            }
+        }
+        (None, Some(agent))
+            if host.path(&agent.to_string_lossy()).is_file()
+                && (!c.links.is_empty() || !c.lib_dirs.is_empty()) =>
+        {
+            let prepare = Prepare {
+                links: c
+                    .links
+                    .iter()
+                    .filter_map(|l| l.split_once("::"))
+                    .map(|(t, l)| (t.to_owned(), l.to_owned()))
+                    .collect(),
+                folders: c.lib_dirs.iter().cloned().collect(),
+                ldconfig: ldconfig.map(|p| host.path(p)),
+            };
+            let mut args = vec!["fleet-agent".to_owned()];
+            args.extend(SUBCOMMAND.iter().map(|s| (*s).to_owned()));
+            args.extend(prepare.args());
+            common.hooks.push(hook(&agent.to_string_lossy(), args));
+            if ldconfig.is_none() {
+                last_resort(&mut common);
+            }
+        }
+        (None, _) => last_resort(&mut common),
     }
     let device = |name: &str| Device {
         name: name.to_owned(),

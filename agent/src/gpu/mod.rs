@@ -6,7 +6,9 @@
 //! - [`cdi`]: CDI specs from `/etc/cdi` and `/var/run/cdi` (host root).
 //! - [`ctk`]: without a CDI spec for `nvidia.com/gpu`, `nvidia-ctk cdi
 //!   generate` run once (when installed) and its spec cached in the state dir.
-//! - [`csv`]: without either, the L4T CSV files give the same spec.
+//! - [`csv`]: without either, the L4T CSV files give the same spec; its
+//!   links and ld.so cache made by NVIDIA's hook or, without it, by the
+//!   agent as its own hook ([`hook`]).
 //! - [`apply`]: edits → OCI spec; only the requested devices are allowed.
 //! - [`check`]: the release's `requires` and devices against the device,
 //!   before anything is downloaded.
@@ -16,6 +18,7 @@ pub mod cdi;
 pub mod csv;
 pub mod ctk;
 pub mod detect;
+pub mod hook;
 pub mod spec;
 mod validate;
 mod yaml;
@@ -74,16 +77,43 @@ pub fn requested(settings: &RuntimeSettings) -> Vec<String> {
     out
 }
 
+/// What the agent brings besides the host's files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tools<'a> {
+    /// Where a spec `nvidia-ctk` generates is cached (`None`: never run it).
+    pub cdi_cache: Option<&'a Path>,
+    /// The agent binary, a path under the host root: the CSV fallback's
+    /// `createContainer` hook when NVIDIA's is not installed (`None`: the
+    /// library folders go into `LD_LIBRARY_PATH`).
+    pub agent: Option<&'a Path>,
+}
+
+impl<'a> Tools<'a> {
+    /// Neither: CDI specs and the CSV files only.
+    pub const NONE: Tools<'static> = Tools {
+        cdi_cache: None,
+        agent: None,
+    };
+
+    /// A spec cache for `nvidia-ctk`.
+    pub fn cache(dir: &'a Path) -> Self {
+        Tools {
+            cdi_cache: Some(dir),
+            agent: None,
+        }
+    }
+}
+
 /// The host's device registry: its CDI specs; when none defines
-/// `nvidia.com/gpu`, the spec `nvidia-ctk` generated into `cache_dir`
+/// `nvidia.com/gpu`, the spec `nvidia-ctk` generated into the cache
 /// (generated now if the tool is installed and nothing is cached), else the
 /// CSV fallback's spec.
-pub fn registry(host: &HostRoot, cache_dir: Option<&Path>) -> Result<Registry, CdiError> {
+pub fn registry(host: &HostRoot, tools: Tools<'_>) -> Result<Registry, CdiError> {
     let mut registry = Registry::load(host)?;
     if registry.has_kind(NVIDIA_GPU_KIND) {
         return Ok(registry);
     }
-    if let Some(dir) = cache_dir {
+    if let Some(dir) = tools.cdi_cache {
         match ctk::cached_spec(host, dir) {
             Ok(Some(path)) => {
                 registry.push_file_fallback(&path)?;
@@ -97,7 +127,7 @@ pub fn registry(host: &HostRoot, cache_dir: Option<&Path>) -> Result<Registry, C
             }
         }
     }
-    if let Some(spec) = csv::generate(host) {
+    if let Some(spec) = csv::generate(host, tools.agent) {
         registry.push_fallback(csv::spec_path(host), spec);
     }
     Ok(registry)
@@ -106,25 +136,25 @@ pub fn registry(host: &HostRoot, cache_dir: Option<&Path>) -> Result<Registry, C
 /// The edits for the release's devices (`None`: it asks for none).
 pub fn resolve(
     host: &HostRoot,
-    cache_dir: Option<&Path>,
+    tools: Tools<'_>,
     settings: &RuntimeSettings,
 ) -> Result<Option<ContainerEdits>, GpuError> {
     let names = requested(settings);
     if names.is_empty() {
         return Ok(None);
     }
-    Ok(Some(registry(host, cache_dir)?.resolve(&names)?))
+    Ok(Some(registry(host, tools)?.resolve(&names)?))
 }
 
 /// Applies the release's devices to its OCI spec (device nodes stat'ed
 /// now, at create time).
 pub fn inject(
     host: &HostRoot,
-    cache_dir: Option<&Path>,
+    tools: Tools<'_>,
     settings: &RuntimeSettings,
     spec: &mut oci_spec::runtime::Spec,
 ) -> Result<(), GpuError> {
-    if let Some(edits) = resolve(host, cache_dir, settings)? {
+    if let Some(edits) = resolve(host, tools, settings)? {
         apply::apply(spec, &edits, host)?;
     }
     Ok(())
@@ -143,7 +173,7 @@ pub fn facts(info: Option<&TegraInfo>) -> DeviceFacts {
 /// device, and its devices resolvable from the host's specs.
 pub fn check(
     host: &HostRoot,
-    cache_dir: Option<&Path>,
+    tools: Tools<'_>,
     settings: &RuntimeSettings,
 ) -> Result<(), Incompatible> {
     if !settings.requires.is_empty() {
@@ -153,7 +183,7 @@ pub fn check(
             return Err(Incompatible::Requirements(unmet));
         }
     }
-    resolve(host, cache_dir, settings)
+    resolve(host, tools, settings)
         .map(|_| ())
         .map_err(|source| Incompatible::Devices {
             devices: requested(settings),
@@ -164,7 +194,7 @@ pub fn check(
 /// The fully qualified devices the host describes (for device info; a
 /// spec `nvidia-ctk` generated earlier counts, none is generated here).
 pub fn device_names(host: &HostRoot) -> Vec<String> {
-    match registry(host, None) {
+    match registry(host, Tools::NONE) {
         Ok(r) => r.device_names(),
         Err(e) => {
             tracing::warn!(error = %e, "CDI specs unreadable; no devices reported");

@@ -131,6 +131,8 @@ impl Env {
         let tmp = tempfile::tempdir().unwrap();
         let mut config = Self::config(tmp.path(), kind, binary, mode);
         config.host_root = host_root.to_owned();
+        // The agent's own GPU hook, when a test puts the binary there.
+        config.gpu_hook = Some(PathBuf::from("/usr/bin/fleet-agent"));
         let runtime = ContainerRuntime::new(config).unwrap();
         Env {
             tmp,
