@@ -493,6 +493,7 @@ fn jetson(id: &str, soc: &str, l4t: &str) -> StatusReport {
     if let Some(info) = r.info.as_mut() {
         info.soc = Some(soc.into());
         info.l4t_version = Some(l4t.into());
+        info.cdi_devices = vec!["nvidia.com/gpu=0".into(), "nvidia.com/gpu=all".into()];
     }
     r
 }
@@ -509,8 +510,14 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
     run.send(jetson("orin-1", "t234", "R36.4.0")).await;
     run.send(jetson("orin-old", "t234", "R35.4.1")).await;
     run.send(jetson("xavier", "t194", "R36.4.0")).await;
+    // An Orin whose host describes no GPU (no CDI spec, no CSV files).
+    let mut no_gpu = jetson("orin-nogpu", "t234", "R36.4.0");
+    if let Some(info) = no_gpu.info.as_mut() {
+        info.cdi_devices.clear();
+    }
+    run.send(no_gpu).await;
     eventually("devices registered", || async {
-        (client.devices().await.unwrap().len() == 3).then_some(())
+        (client.devices().await.unwrap().len() == 4).then_some(())
     })
     .await;
     cameras_following(&client, vec![], Supersede::Queue).await;
@@ -526,6 +533,7 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
                 cuda: None,
                 soc: Some(Soc::parse("t234").unwrap()),
             },
+            gpu: Some(fleet_protocol::message::GpuRequest::All),
             ..Default::default()
         },
     };
@@ -549,6 +557,10 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
     assert_eq!(
         excluded,
         [
+            (
+                "orin-nogpu".to_owned(),
+                "incompatible: requires device nvidia.com/gpu=all, device has none".to_owned()
+            ),
             (
                 "orin-old".to_owned(),
                 "incompatible: requires l4t >=36.3, <37, device has R35.4.1".to_owned()
@@ -578,6 +590,7 @@ async fn incompatible_devices_are_left_out_of_the_waves_and_shown_with_the_reaso
     let sent = sent_models(&site, &publisher.sent());
     assert!(!sent.contains_key(&dev("orin-old")));
     assert!(!sent.contains_key(&dev("xavier")));
+    assert!(!sent.contains_key(&dev("orin-nogpu")));
     run.stop().await;
 }
 

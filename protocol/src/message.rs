@@ -134,6 +134,21 @@ pub enum GpuRequest {
     All,
 }
 
+impl RuntimeSettings {
+    /// The CDI devices the release asks for: `gpu` first, then `devices`,
+    /// each once.
+    pub fn requested_devices(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let gpu = self.gpu.map(|g| g.cdi_name().to_owned());
+        for name in gpu.into_iter().chain(self.devices.iter().cloned()) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
+
 impl GpuRequest {
     /// The CDI device this request stands for.
     pub fn cdi_name(self) -> &'static str {

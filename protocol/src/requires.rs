@@ -201,7 +201,7 @@ pub struct DeviceFacts {
 /// One requirement the device does not meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unmet {
-    /// `l4t`, `cuda` or `soc`.
+    /// `l4t`, `cuda`, `soc` or `device` (a CDI device, [`unmet_devices`]).
     pub what: &'static str,
     pub required: String,
     /// What the device has; `None` when it reports nothing.
@@ -269,6 +269,28 @@ impl Requirements {
         }
         out
     }
+}
+
+/// The requested CDI devices (`vendor/class=name`) a device does not
+/// report having: a `…=all` request is met by any device of its kind.
+pub fn unmet_devices(requested: &[String], reported: &[String]) -> Vec<Unmet> {
+    requested
+        .iter()
+        .filter(|want| {
+            let met = match want.strip_suffix("=all") {
+                Some(kind) => reported
+                    .iter()
+                    .any(|r| r.split_once('=').is_some_and(|(k, _)| k == kind)),
+                None => reported.contains(want),
+            };
+            !met
+        })
+        .map(|want| Unmet {
+            what: "device",
+            required: want.clone(),
+            found: (!reported.is_empty()).then(|| reported.join(", ")),
+        })
+        .collect()
 }
 
 /// Image config labels that fill a release's `requires` when `fleetctl`

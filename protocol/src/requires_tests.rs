@@ -121,3 +121,26 @@ fn image_labels_fill_requirements_and_flags_override_them() {
     assert!(err.contains("io.fleet.requires.cuda"), "{err}");
     assert!(err.contains("twelve"), "{err}");
 }
+
+#[test]
+fn requested_cdi_devices_are_met_by_name_or_by_kind_for_all() {
+    use crate::requires::unmet_devices;
+    let v = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let orin = v(&["nvidia.com/gpu=0", "nvidia.com/gpu=all"]);
+    let custom = v(&["example.com/dev=a", "example.com/dev=b"]);
+    assert!(unmet_devices(&v(&["nvidia.com/gpu=all"]), &orin).is_empty());
+    assert!(unmet_devices(&v(&["nvidia.com/gpu=0"]), &orin).is_empty());
+    // `=all` without an `all` device: any device of the kind.
+    assert!(unmet_devices(&v(&["example.com/dev=all"]), &custom).is_empty());
+    let missing = unmet_devices(&v(&["nvidia.com/gpu=1", "example.com/dev=a"]), &orin);
+    assert_eq!(missing.len(), 2);
+    assert_eq!(
+        missing[0].to_string(),
+        "requires device nvidia.com/gpu=1, device has nvidia.com/gpu=0, nvidia.com/gpu=all"
+    );
+    assert_eq!(
+        unmet_devices(&v(&["nvidia.com/gpu=all"]), &[])[0].to_string(),
+        "requires device nvidia.com/gpu=all, device has none"
+    );
+    assert!(unmet_devices(&[], &[]).is_empty());
+}

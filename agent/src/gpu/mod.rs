@@ -67,14 +67,7 @@ fn join(unmet: &[Unmet]) -> String {
 
 /// The CDI devices a release asks for: `gpu` first, then `devices`, each once.
 pub fn requested(settings: &RuntimeSettings) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let gpu = settings.gpu.map(|g| g.cdi_name().to_owned());
-    for name in gpu.into_iter().chain(settings.devices.iter().cloned()) {
-        if !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    out
+    settings.requested_devices()
 }
 
 /// What the agent brings besides the host's files.

@@ -350,7 +350,7 @@ impl Inner {
                 let compatible = self
                     .store
                     .release(digest)?
-                    .is_some_and(|r| r.release.runtime.requires.unmet(&device.facts()).is_empty());
+                    .is_some_and(|r| device.unmet(&r.release.runtime).is_empty());
                 if !compatible {
                     continue;
                 }
@@ -458,8 +458,7 @@ impl Inner {
             .filter(|d| !d.online)
             .map(|d| d.id.clone())
             .collect();
-        let (devices, excluded) =
-            super::rollouts::compatible(&release.release.runtime.requires, members);
+        let (devices, excluded) = super::rollouts::compatible(&release.release.runtime, members);
         let waves = super::rollout::plan_waves(devices, &req.waves);
         let offline = waves
             .iter()

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fleet_protocol::dsse::Envelope;
-use fleet_protocol::requires::Requirements;
+use fleet_protocol::message::RuntimeSettings;
 use fleet_protocol::{AppName, DeviceId, Digest, GroupName, StatusReport, verify};
 use serde::{Deserialize, Serialize};
 
@@ -104,13 +104,13 @@ pub(super) struct Policy<'a> {
 /// Splits group members into those that meet `requires` and those left out
 /// (with the unmet requirements as the reason).
 pub(super) fn compatible(
-    requires: &Requirements,
+    settings: &RuntimeSettings,
     members: Vec<DeviceRecord>,
 ) -> (Vec<DeviceId>, Vec<Excluded>) {
     let mut devices = Vec::new();
     let mut excluded = Vec::new();
     for d in members {
-        let unmet = requires.unmet(&d.facts());
+        let unmet = d.unmet(settings);
         if unmet.is_empty() {
             devices.push(d.id);
         } else {
@@ -412,7 +412,7 @@ impl Inner {
                 group: group.name.clone(),
             });
         }
-        let (devices, excluded) = compatible(&release.release.runtime.requires, members);
+        let (devices, excluded) = compatible(&release.release.runtime, members);
         if devices.is_empty() {
             return Err(FleetError::NoCompatibleDevices {
                 group: group.name.clone(),

@@ -33,6 +33,9 @@ pub struct DeviceRecord {
     /// Host CUDA version (as reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_version: Option<String>,
+    /// The CDI devices the device reported (`None`: it never said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdi_devices: Option<Vec<String>>,
     #[serde(default)]
     pub agent_version: String,
     pub first_seen: u64,
@@ -44,6 +47,23 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
+    /// What the device lacks of what a release needs: its `requires`, and
+    /// the CDI devices it asks for when the device reported its own (empty:
+    /// compatible, or not known to be otherwise).
+    pub fn unmet(
+        &self,
+        settings: &fleet_protocol::message::RuntimeSettings,
+    ) -> Vec<fleet_protocol::requires::Unmet> {
+        let mut unmet = settings.requires.unmet(&self.facts());
+        if let Some(reported) = &self.cdi_devices {
+            unmet.extend(fleet_protocol::requires::unmet_devices(
+                &settings.requested_devices(),
+                reported,
+            ));
+        }
+        unmet
+    }
+
     /// What a release's `requires` is checked against.
     pub fn facts(&self) -> fleet_protocol::requires::DeviceFacts {
         fleet_protocol::requires::DeviceFacts {
@@ -63,6 +83,7 @@ impl DeviceRecord {
             l4t_version: None,
             soc: None,
             cuda_version: None,
+            cdi_devices: None,
             agent_version: String::new(),
             first_seen: now,
             last_seen: now,

@@ -131,6 +131,7 @@ impl DeviceLive {
             record.l4t_version = info.l4t_version.clone();
             record.soc = info.soc.clone();
             record.cuda_version = info.cuda_version.clone();
+            record.cdi_devices = Some(info.cdi_devices.clone());
             record.agent_version = info.agent_version.clone();
         }
     }
