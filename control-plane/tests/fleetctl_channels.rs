@@ -117,6 +117,31 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     assert_eq!(rollouts[0].version, "v3");
     assert_eq!(rollouts[0].waves.len(), 2, "canary of one, then the rest");
 
+    // GPU, devices and requirements are signed into a published release
+    // too; no device here meets them, so nothing is rolled out.
+    let gpu_image = format!("registry.local:5000/edge/model:v4@{}", Digest::of(b"g"));
+    let mut gpu_publish = publish.to_vec();
+    gpu_publish[2] = &gpu_image;
+    gpu_publish.extend([
+        "--gpu",
+        "all",
+        "--device",
+        "example.com/dev=a",
+        "--requires-soc",
+        "t234",
+        "--requires-l4t",
+        ">=36.3, <37",
+    ]);
+    let (code, out, err) = fleetctl(cfg.path(), with(&gpu_publish)).await;
+    assert_eq!(code, Some(0), "{err}");
+    let view: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runtime = &view["release"]["runtime"];
+    assert_eq!(runtime["gpu"], "all", "{view}");
+    assert_eq!(runtime["devices"][0], "example.com/dev=a", "{view}");
+    assert_eq!(runtime["requires"]["soc"], "t234", "{view}");
+    assert_eq!(runtime["requires"]["l4t"], ">=36.3, <37", "{view}");
+    assert_eq!(view["rollouts"].as_array().unwrap().len(), 0, "{view}");
+
     // A channel name outside the rules is refused by name, before any request.
     let bad = [
         "release",

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use fleet_protocol::message::RuntimeSettings;
 use fleet_protocol::trust::Role;
 use fleet_protocol::{AppName, ImageRef};
 
@@ -53,6 +52,8 @@ pub struct PublishArgs {
     #[arg(long)]
     pub version: Option<String>,
     #[command(flatten)]
+    pub device: super::rollout::DeviceArgs,
+    #[command(flatten)]
     pub remote: Remote,
 }
 
@@ -75,7 +76,7 @@ async fn publish(args: PublishArgs) -> Result<(), CliError> {
         &args.release_key,
         args.app,
         args.version,
-        RuntimeSettings::default(),
+        args.device.settings(),
     )
     .await?;
     let view = client

@@ -73,6 +73,15 @@ pub struct RolloutArgs {
     /// devices count as pending and the next wave goes out.
     #[arg(long)]
     pub wave_deadline: Option<u64>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// What the release needs of the device: GPU, CDI devices, requirements
+/// (signed with the release; the agent checks them before downloading,
+/// the server leaves devices that do not meet them out of the waves).
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
     /// Give the container the device's GPU (`all`: `nvidia.com/gpu=all`).
     #[arg(long, value_parser = parse_gpu)]
     pub gpu: Option<GpuRequest>,
@@ -88,6 +97,22 @@ pub struct RolloutArgs {
     /// Tegra SoC the device must be, e.g. t234.
     #[arg(long, value_parser = Soc::parse)]
     pub requires_soc: Option<Soc>,
+}
+
+impl DeviceArgs {
+    /// The release's runtime settings these flags give.
+    pub fn settings(self) -> RuntimeSettings {
+        RuntimeSettings {
+            gpu: self.gpu,
+            devices: self.devices,
+            requires: Requirements {
+                l4t: self.requires_l4t,
+                cuda: self.requires_cuda,
+                soc: self.requires_soc,
+            },
+            ..Default::default()
+        }
+    }
 }
 
 pub(super) fn parse_on_halt(text: &str) -> Result<HaltRollback, String> {
@@ -218,16 +243,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
     let (Some(image), Some(group)) = (args.image, args.group) else {
         return Err(CliError::MissingRolloutTarget);
     };
-    let runtime = RuntimeSettings {
-        gpu: args.gpu,
-        devices: args.devices,
-        requires: Requirements {
-            l4t: args.requires_l4t,
-            cuda: args.requires_cuda,
-            soc: args.requires_soc,
-        },
-        ..Default::default()
-    };
+    let runtime = args.device.settings();
     let (envelope, digest) = sign_image(
         client,
         &image,

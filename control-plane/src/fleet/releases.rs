@@ -16,6 +16,10 @@ pub struct ReleaseView {
     pub repository: String,
     pub manifest_digest: Digest,
     pub added_at: u64,
+    /// What the release runs with (signed with it): args, env, GPU,
+    /// devices, requirements, restart and health policy.
+    #[serde(default)]
+    pub runtime: fleet_protocol::message::RuntimeSettings,
 }
 
 impl From<&ReleaseRecord> for ReleaseView {
@@ -27,6 +31,7 @@ impl From<&ReleaseRecord> for ReleaseView {
             repository: r.release.repository.clone(),
             manifest_digest: r.release.manifest_digest.clone(),
             added_at: r.added_at,
+            runtime: r.release.runtime.clone(),
         }
     }
 }
