@@ -27,7 +27,7 @@ pub enum ReleaseCommand {
     },
     /// Sign a release of an image and publish it to a channel: every group
     /// following the channel for the app starts rolling it out.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -64,7 +64,7 @@ pub fn run(command: ReleaseCommand) -> Result<(), CliError> {
             key,
             output,
         } => sign_file(release, key, output),
-        ReleaseCommand::Publish(args) => super::block_on(publish(args)),
+        ReleaseCommand::Publish(args) => super::block_on(publish(*args)),
     }
 }
 
