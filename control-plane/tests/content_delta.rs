@@ -155,10 +155,11 @@ fn delta_url(addr: SocketAddr, layer: &Digest, bases: &[&Digest]) -> String {
     )
 }
 
-/// GETs `url` until it is no longer 202 (at most ~60 s); returns the last
-/// answer and how many 202s came first.
+/// GETs `url` until it is no longer 202 (at most ~5 min: a liveness bound
+/// for a loaded machine, not a timing); returns the last answer and how
+/// many 202s came first.
 async fn until_ready(http: &reqwest::Client, url: &str) -> (reqwest::Response, u32) {
-    for pending in 0..600u32 {
+    for pending in 0..3000u32 {
         let r = http.get(url).send().await.unwrap();
         if r.status() != reqwest::StatusCode::ACCEPTED {
             return (r, pending);
