@@ -460,3 +460,25 @@ fn var_run_cdi_wins_over_etc_cdi_and_every_version_parses() {
         assert_eq!(gpu::cdi::parse(Path::new("x.json"), &json).unwrap(), spec);
     }
 }
+
+#[test]
+fn annotations_are_read_and_change_nothing_but_need_version_0_6() {
+    // Spec- and device-level annotations (as Intel's and NVIDIA's specs
+    // carry them) are accepted from 0.6.0 on and never reach the edits.
+    let annotated = "cdiVersion: 0.6.0\nkind: example.com/gpu\nannotations:\n  vendor.example/generator: test\ndevices:\n- name: a\n  annotations:\n    vendor.example/memory: 8G\n  containerEdits:\n    deviceNodes:\n    - path: /dev/a\n    env: [A=1]\n";
+    let (_tmp, host) = host_with(&[("etc/cdi/x.yaml", annotated), ("dev/a", "")]);
+    let edits = gpu::resolve(&host, Tools::NONE, &release("{}", &["example.com/gpu=a"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(edits.env, ["A=1"]);
+    assert_eq!(edits.device_nodes.len(), 1);
+    assert!(edits.mounts.is_empty() && edits.hooks.is_empty());
+    let old = spec_err(
+        &[("etc/cdi/x.yaml", &annotated.replace("0.6.0", "0.5.0"))],
+        &["example.com/gpu=a"],
+    );
+    assert!(
+        matches!(old, CdiError::VersionTooLow { needs: "0.6.0", .. }),
+        "{old}"
+    );
+}

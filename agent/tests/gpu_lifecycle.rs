@@ -3,7 +3,10 @@
 //! release requiring L4T r36 is refused on an r35 host before anything is
 //! downloaded (`incompatible`, saying what was required and what the device
 //! has) and the running release keeps running; one naming a device no spec
-//! defines is refused the same way; on an r36 host the same requirement
+//! defines is refused the same way, and so is any release asking for a
+//! device when the host's specs are malformed YAML or JSON, of an unknown
+//! version, mount a host path outside the allowed roots or define a device
+//! twice; on an r36 host the same requirement
 //! passes and the release is committed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -124,15 +127,36 @@ fn requirements_are_checked_before_download_and_the_running_release_stays() {
     let cdi = bad_host.path().join("etc/cdi");
     std::fs::create_dir_all(&cdi).unwrap();
     let root = bad_host.path().display().to_string();
-    let cases = [
-        ("cdiVersion: [unclosed\n", "not valid YAML"),
+    let good = "cdiVersion: 0.6.0\nkind: nvidia.com/gpu\ndevices:\n- name: all\n  containerEdits:\n    env: [A=1]\n";
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (
-            "cdiVersion: 0.6.0\nkind: nvidia.com/gpu\ndevices:\n- name: all\n  containerEdits:\n    mounts:\n    - hostPath: /etc/shadow\n      containerPath: /x\n",
+            &[("nvidia.yaml", "cdiVersion: [unclosed\n")],
+            "not valid YAML",
+        ),
+        (&[("nvidia.json", "{\"cdiVersion\": ")], "not valid JSON"),
+        (
+            &[("nvidia.yaml", &good.replace("0.6.0", "9.9.9"))],
+            "unknown cdiVersion \"9.9.9\"",
+        ),
+        (
+            &[(
+                "nvidia.yaml",
+                "cdiVersion: 0.6.0\nkind: nvidia.com/gpu\ndevices:\n- name: all\n  containerEdits:\n    mounts:\n    - hostPath: /etc/shadow\n      containerPath: /x\n",
+            )],
             "outside the allowed roots",
         ),
+        (
+            &[("nvidia.yaml", good), ("other.yaml", good)],
+            "CDI device nvidia.com/gpu=all is defined by both",
+        ),
     ];
-    for (i, (spec, want)) in cases.iter().enumerate() {
-        std::fs::write(cdi.join("nvidia.yaml"), spec).unwrap();
+    for (i, (files, want)) in cases.iter().enumerate() {
+        for old in std::fs::read_dir(&cdi).unwrap() {
+            std::fs::remove_file(old.unwrap().path()).unwrap();
+        }
+        for (name, spec) in *files {
+            std::fs::write(cdi.join(name), spec).unwrap();
+        }
         let version = format!("bad{i}");
         let image = layout.image(&version);
         let rel = release_with(&version, &image, |r| {

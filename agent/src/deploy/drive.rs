@@ -168,9 +168,23 @@ impl Inner {
     ) -> Result<Event, DeployError> {
         // Requirements and devices are checked before any byte moves; an
         // incompatible release fails here and the running one keeps running.
-        let config = self.containers.runtime().config();
-        let host = HostRoot::new(&config.host_root);
-        if let Err(e) = gpu::check(&host, config.gpu_tools(), &target.release.runtime) {
+        // Off the async threads: it reads host files and may run nvidia-ctk.
+        let runtime = self.containers.runtime().clone();
+        let settings = target.release.runtime.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let config = runtime.config();
+            gpu::check(
+                &HostRoot::new(&config.host_root),
+                config.gpu_tools(),
+                &settings,
+            )
+        })
+        .await
+        .map_err(|source| DeployError::Blocking {
+            what: "gpu check",
+            source,
+        })?;
+        if let Err(e) = checked {
             Self::fail(
                 rec,
                 ErrorCode::Incompatible,
