@@ -528,3 +528,91 @@ async fn imports_refuse_content_that_does_not_match_its_digest() {
         Some(summary.images[0].digest.clone())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_requirements_come_from_image_labels_read_over_the_pull_api_flags_first() {
+    use fleet_control_plane::cli::labels::{LabelsError, image_labels, with_image_requirements};
+    use fleet_protocol::ImageRef;
+    use fleet_protocol::message::RuntimeSettings;
+    use fleet_protocol::requires::{Soc, VersionRange};
+    if !have("umoci") {
+        return;
+    }
+    let server = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let img = umoci_busybox(work.path());
+    let tag = format!("{}:latest", img.display());
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &tag,
+        "--config.label",
+        "io.fleet.requires.l4t=>=36.3, <37",
+        "--config.label",
+        "io.fleet.requires.soc=t234",
+    ]));
+    let good = check_layout(&img, "latest");
+    import_oci_layout(&server.store, &img, "edge/labelled", Some("1"))
+        .await
+        .unwrap();
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &tag,
+        "--config.label",
+        "io.fleet.requires.cuda=twelve",
+    ]));
+    let bad = check_layout(&img, "latest");
+    import_oci_layout(&server.store, &img, "edge/labelled", Some("bad"))
+        .await
+        .unwrap();
+    let base = server.url("");
+    let image = ImageRef::parse(&format!("{}/edge/labelled:1", server.addr)).unwrap();
+
+    let labels = image_labels(&base, "edge/labelled", &good)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(labels["io.fleet.requires.soc"], "t234");
+
+    // Labels fill what the flags leave open.
+    let r = with_image_requirements(&base, &image, &good, RuntimeSettings::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.requires.l4t,
+        Some(VersionRange::parse(">=36.3, <37").unwrap())
+    );
+    assert_eq!(r.requires.soc, Some(Soc::parse("t234").unwrap()));
+    // A flag wins over its label.
+    let mut flags = RuntimeSettings::default();
+    flags.requires.l4t = Some(VersionRange::parse(">=36.4").unwrap());
+    let r = with_image_requirements(&base, &image, &good, flags)
+        .await
+        .unwrap();
+    assert_eq!(r.requires.l4t, Some(VersionRange::parse(">=36.4").unwrap()));
+    assert_eq!(r.requires.soc, Some(Soc::parse("t234").unwrap()));
+
+    // A malformed label is refused by name.
+    let e = with_image_requirements(&base, &image, &bad, RuntimeSettings::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LabelsError::Label(_)), "{e}");
+    assert!(
+        fleet_protocol::report(&e).contains("io.fleet.requires.cuda=\"twelve\""),
+        "{}",
+        fleet_protocol::report(&e)
+    );
+    // An image the server does not hold: labels unread, flags kept.
+    let elsewhere = Digest::of(b"not imported");
+    assert_eq!(
+        image_labels(&base, "edge/labelled", &elsewhere)
+            .await
+            .unwrap(),
+        None
+    );
+    let r = with_image_requirements(&base, &image, &elsewhere, RuntimeSettings::default())
+        .await
+        .unwrap();
+    assert!(r.requires.is_empty());
+}

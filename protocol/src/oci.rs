@@ -235,6 +235,23 @@ pub struct ImageConfig {
     pub rootfs: RootFs,
 }
 
+/// The labels of an image config (`config.Labels`; absent or `null`
+/// labels are none).
+pub fn config_labels(config: &[u8]) -> Result<BTreeMap<String, String>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        config: Option<Inner>,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        #[serde(rename = "Labels", default)]
+        labels: Option<BTreeMap<String, String>>,
+    }
+    let c: Config = serde_json::from_slice(config)?;
+    Ok(c.config.and_then(|i| i.labels).unwrap_or_default())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct RootFs {
     #[serde(default)]

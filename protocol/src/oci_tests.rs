@@ -139,3 +139,23 @@ fn descriptors_round_trip_with_their_optional_fields() {
     let json = serde_json::to_vec(&desc).unwrap();
     assert_eq!(serde_json::from_slice::<Descriptor>(&json).unwrap(), desc);
 }
+
+#[test]
+fn config_labels_are_read_leniently() {
+    let labels = config_labels(
+        br#"{"architecture":"arm64","config":{"Labels":{"io.fleet.requires.l4t":">=36"}},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .unwrap();
+    assert_eq!(labels["io.fleet.requires.l4t"], ">=36");
+    assert!(
+        config_labels(br#"{"config":{"Labels":null}}"#)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        config_labels(br#"{"architecture":"amd64"}"#)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(config_labels(b"[").is_err());
+}

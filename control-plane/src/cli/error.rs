@@ -91,6 +91,12 @@ pub enum CliError {
         #[source]
         source: VerifyError,
     },
+    #[error("reading the labels of {image}: {source}")]
+    Labels {
+        image: String,
+        #[source]
+        source: super::labels::LabelsError,
+    },
     #[error("cannot make an app name from {repository}; pass --app")]
     NoAppName { repository: String },
     #[error("no rollouts yet: start one with fleetctl rollout IMAGE --group G")]
@@ -143,6 +149,7 @@ impl CliError {
             CliError::Sign(SignError::Untrusted { .. }) | CliError::TrustRoot { .. } => {
                 ExitClass::Rejected
             }
+            CliError::Labels { source, .. } => labels_class(source),
             CliError::Sign(_)
             | CliError::NoAppName { .. }
             | CliError::NoRollouts
@@ -223,6 +230,22 @@ pub fn client_class(e: &ClientError) -> ExitClass {
         ClientError::Unauthorized { .. } => ExitClass::Rejected,
         ClientError::Api { status, .. } => status_class(*status),
         ClientError::Decode { .. } => ExitClass::Other,
+    }
+}
+
+fn labels_class(e: &super::labels::LabelsError) -> ExitClass {
+    use super::labels::LabelsError;
+    match e {
+        LabelsError::Http { source, .. } | LabelsError::Unreachable { source, .. } => {
+            transport_class(source)
+        }
+        LabelsError::Status { status, .. } => status_class(*status),
+        LabelsError::Label(_) | LabelsError::DigestMismatch { .. } => ExitClass::Rejected,
+        LabelsError::TooLarge { .. }
+        | LabelsError::Manifest { .. }
+        | LabelsError::EmptyIndex { .. }
+        | LabelsError::NestedIndex { .. }
+        | LabelsError::Config { .. } => ExitClass::Other,
     }
 }
 

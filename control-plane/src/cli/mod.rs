@@ -11,6 +11,7 @@ mod error;
 pub mod groups;
 pub mod image;
 pub mod keys;
+pub mod labels;
 pub mod login;
 pub mod release;
 pub mod render;
