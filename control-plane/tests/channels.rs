@@ -65,9 +65,13 @@ async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supers
 }
 
 /// What the device's current desired state gives `model`, verified as the
-/// device would.
+/// device would (`None` also while the device's first report is on its way).
 async fn desired_model(site: &Site, client: &Client, id: &str) -> Option<(u64, Digest)> {
-    let d = client.device(&dev(id)).await.unwrap().desired?;
+    let d = match client.device(&dev(id)).await {
+        Ok(view) => view.desired?,
+        Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => return None,
+        Err(e) => panic!("device {id}: {e}"),
+    };
     let envelope = client.device_desired(&dev(id)).await.unwrap();
     let v =
         verify_desired_state(&site.trust(), &envelope.to_json(), &dev(id), None, now()).unwrap();
@@ -290,6 +294,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             total_failures: None,
             on_halt: HaltRollback::Failed,
             wave_deadline_secs: None,
+            bake_secs: None,
         },
     }
 }
@@ -643,5 +648,101 @@ async fn an_offline_device_is_pending_at_the_wave_deadline_and_the_next_wave_goe
         (client.rollout(id).await.unwrap().counts.committed == 2).then_some(())
     })
     .await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_fails_during_the_bake_halts_before_the_next_wave_and_a_quiet_one_promotes() {
+    let site = Site::new();
+    let mut config = site.config();
+    config.desired.renew_check_secs = 1;
+    let publisher = recording();
+    let run = start(config, publisher.clone()).await;
+    let client = run.client(run.token.as_deref().unwrap());
+    register(&run, &client, &["cam-1", "cam-2"]).await;
+    client
+        .create_group(&CreateGroup {
+            name: group("cameras"),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+    let mut follow = guarded(vec![1]);
+    follow.safety.bake_secs = Some(2);
+    client.follow(&group("cameras"), &follow).await.unwrap();
+
+    // v1: the canary commits and stays healthy through the bake; then the
+    // second wave goes out on the server's own tick.
+    let first = client
+        .publish_release(&stable(), site.release("model", "v1"))
+        .await
+        .unwrap();
+    let v1 = first.release.digest.clone();
+    let id = first.rollouts[0];
+    let canary = |r: &fleet_control_plane::fleet::RolloutView| {
+        r.devices
+            .iter()
+            .find(|p| p.wave == 0)
+            .unwrap()
+            .device
+            .to_string()
+    };
+    let r = client.rollout(id).await.unwrap();
+    let (c, other) = if canary(&r) == "cam-1" {
+        ("cam-1", "cam-2")
+    } else {
+        ("cam-2", "cam-1")
+    };
+    let (g, _) = desired_model(&site, &client, c).await.unwrap();
+    run.send(committed(c, g, "model", &v1)).await;
+    let r = eventually("canary wave baking", || async {
+        let r = client.rollout(id).await.unwrap();
+        r.waves[0].settled_at.map(|_| r)
+    })
+    .await;
+    assert_eq!(r.waves[1].state, WaveState::Pending, "not before the bake");
+    assert_eq!(desired_model(&site, &client, other).await, None);
+    let (g2, d2) = eventually("second wave out after the bake", || async {
+        desired_model(&site, &client, other).await
+    })
+    .await;
+    assert_eq!(d2, v1);
+    run.send(committed(other, g2, "model", &v1)).await;
+    eventually("v1 completed", || async {
+        (client.rollout(id).await.unwrap().state == RolloutState::Completed).then_some(())
+    })
+    .await;
+
+    // v2: the canary commits, then crash-loops back to v1 during the bake.
+    let second = client
+        .publish_release(&stable(), site.release("model", "v2"))
+        .await
+        .unwrap();
+    let v2 = second.release.digest.clone();
+    let id = second.rollouts[0];
+    let c = canary(&client.rollout(id).await.unwrap());
+    let other = if c == "cam-1" { "cam-2" } else { "cam-1" };
+    let (g, d) = desired_model(&site, &client, &c).await.unwrap();
+    assert_eq!(d, v2);
+    run.send(committed(&c, g, "model", &v2)).await;
+    eventually("v2 canary baking", || async {
+        client.rollout(id).await.unwrap().waves[0].settled_at
+    })
+    .await;
+    run.send(rolled_back(&c, g, &v1, &v2)).await;
+    let r = eventually("halted during the bake", || async {
+        let r = client.rollout(id).await.unwrap();
+        (r.state == RolloutState::Halted).then_some(r)
+    })
+    .await;
+    assert_eq!(r.waves[1].state, WaveState::Pending);
+    // Past the bake time: still nobody else was sent v2.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let sent = sent_models(&site, &publisher.sent());
+    assert!(
+        !sent[&dev(other)].contains(&v2),
+        "{other} never received v2: {sent:?}"
+    );
     run.stop().await;
 }

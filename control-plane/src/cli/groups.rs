@@ -66,6 +66,9 @@ pub enum GroupsCommand {
         /// as pending and the next wave goes out.
         #[arg(long)]
         wave_deadline: Option<u64>,
+        /// Seconds a settled wave is watched before the next goes out.
+        #[arg(long)]
+        bake: Option<u64>,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -134,6 +137,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             max_failed,
             on_halt,
             wave_deadline,
+            bake,
         } => {
             let req = FollowChannel {
                 app,
@@ -145,6 +149,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     total_failures: max_failed,
                     on_halt,
                     wave_deadline_secs: wave_deadline,
+                    bake_secs: bake,
                 },
             };
             let group = client.follow(&name, &req).await.map_err(failed(format!(

@@ -305,8 +305,14 @@ pub fn plan(p: &PlanView) -> String {
 pub fn rollout(v: &RolloutView) -> String {
     let mut out = format!("{}\nrelease {}\n", summary(v), v.release_digest);
     for (i, w) in v.waves.iter().enumerate() {
+        let baking = match (w.state, w.settled_at, v.safety.bake_secs) {
+            (crate::store::WaveState::Active, Some(at), Some(bake)) => {
+                format!(", settled, baking until {}", at.saturating_add(bake))
+            }
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "wave {}: {:?}, {} device(s)\n",
+            "wave {}: {:?}, {} device(s){baking}\n",
             i + 1,
             w.state,
             w.devices

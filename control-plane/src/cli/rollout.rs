@@ -73,6 +73,10 @@ pub struct RolloutArgs {
     /// devices count as pending and the next wave goes out.
     #[arg(long)]
     pub wave_deadline: Option<u64>,
+    /// Seconds a settled wave is watched before the next goes out; a
+    /// device failing meanwhile counts against the thresholds.
+    #[arg(long)]
+    pub bake: Option<u64>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -270,6 +274,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             total_failures: args.max_failed,
             on_halt: args.on_halt,
             wave_deadline_secs: args.wave_deadline,
+            bake_secs: args.bake,
         },
     };
     if args.plan {

@@ -27,8 +27,10 @@
 //! after the last. A wave open for `wave_deadline_secs` closes with its
 //! unsettled devices counted as pending, not failed (the engine's periodic
 //! tick steps running rollouts with progress so that deadlines pass
-//! without reports). `max_unavailable` and gates come in at [`WaveOutcome`]
-//! and [`Event::WaveTimer`] (a pause between waves).
+//! without reports). A settled wave with a next one bakes for `bake_secs`
+//! first: the thresholds are checked all along (the same tick steps it),
+//! and only then does the next wave go out. `max_unavailable` and gates
+//! come in at [`WaveOutcome`] and [`Event::WaveTimer`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -186,6 +188,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[usize]) -> Vec<Wave> {
             devices: rest[..n].to_vec(),
             state: WaveState::Pending,
             started_at: None,
+            settled_at: None,
         });
         rest = &rest[n..];
     }
@@ -194,6 +197,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[usize]) -> Vec<Wave> {
             devices: rest.to_vec(),
             state: WaveState::Pending,
             started_at: None,
+            settled_at: None,
         });
     }
     waves
@@ -484,7 +488,12 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
                     close_at_deadline(r, i, reports, effects);
                 }
                 WaveOutcome::Open => return,
-                WaveOutcome::Settled => r.waves[i].state = WaveState::Done,
+                WaveOutcome::Settled => {
+                    if baking(r, i, now, effects) {
+                        return;
+                    }
+                    r.waves[i].state = WaveState::Done;
+                }
             },
             // Not found by the search above.
             WaveState::Done => return,
@@ -568,6 +577,31 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     if !previous.is_empty() {
         effects.push(Effect::Revert { previous });
     }
+}
+
+/// Whether settled wave `wave` is still in its bake time (the rollout's
+/// `bake_secs`, only between waves: the last one completes at once). The
+/// first call after it settled starts the clock.
+fn baking(r: &mut RolloutRecord, wave: usize, now: u64, effects: &mut Vec<Effect>) -> bool {
+    let Some(bake) = r.safety.bake_secs.filter(|b| *b > 0) else {
+        return false;
+    };
+    if wave + 1 >= r.waves.len() {
+        return false;
+    }
+    let Some(settled) = r.waves[wave].settled_at else {
+        r.waves[wave].settled_at = Some(now);
+        effects.push(Effect::Record {
+            kind: EventKind::RolloutWave,
+            message: format!(
+                "wave {} settled; baking {bake} s before wave {}",
+                wave + 1,
+                wave + 2
+            ),
+        });
+        return true;
+    };
+    now < settled.saturating_add(bake)
 }
 
 /// Whether wave `wave` has been open for its rollout's wave deadline.

@@ -406,6 +406,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         total_failures: None,
         on_halt: HaltRollback::Failed,
         wave_deadline_secs: None,
+        bake_secs: None,
     });
     let canary = ids(1);
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
@@ -451,6 +452,7 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         total_failures: None,
         on_halt: HaltRollback::Failed,
         wave_deadline_secs: None,
+        bake_secs: None,
     });
     let mut reports = committed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -472,6 +474,7 @@ fn the_total_threshold_counts_failures_across_waves() {
         total_failures: Some(Threshold::Count(1)),
         on_halt: HaltRollback::Updated,
         wave_deadline_secs: None,
+        bake_secs: None,
     });
     let mut reports = failed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -491,6 +494,7 @@ fn on_halt_nothing_rolls_nobody_back() {
         total_failures: None,
         on_halt: HaltRollback::Nothing,
         wave_deadline_secs: None,
+        bake_secs: None,
     });
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
@@ -548,4 +552,66 @@ fn a_wave_open_past_its_deadline_closes_with_its_devices_pending_not_failed() {
     .unwrap();
     assert!(effects.is_empty());
     assert_eq!(r.waves[0].state, WaveState::Active);
+}
+
+#[test]
+fn a_settled_wave_bakes_before_the_next_goes_out_and_the_last_completes_at_once() {
+    let r = guarded(Safety {
+        bake_secs: Some(30),
+        ..Safety::default()
+    });
+    let canary = ids(1);
+    // The canary commits at 210: its wave settles and the bake starts.
+    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 210).unwrap();
+    assert!(deployed(&effects).is_empty(), "{effects:?}");
+    assert_eq!(r.waves[0].state, WaveState::Active);
+    assert_eq!(r.waves[0].settled_at, Some(210));
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Record { message, .. } if message == "wave 1 settled; baking 30 s before wave 2")));
+    // During the bake: nothing moves, and the clock is not restarted.
+    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 239).unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+    assert_eq!(r.waves[0].settled_at, Some(210));
+    // Baked: the next wave goes out.
+    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 240).unwrap();
+    assert_eq!(deployed(&effects), [1]);
+    assert_eq!(r.waves[0].state, WaveState::Done);
+
+    // The last wave completes the rollout without a bake.
+    let mut all = guarded(Safety {
+        bake_secs: Some(30),
+        ..Safety::default()
+    });
+    for w in &mut all.waves {
+        w.state = WaveState::Active;
+        w.started_at = Some(200);
+    }
+    all.waves[0].state = WaveState::Done;
+    all.waves[1].state = WaveState::Done;
+    let everyone = ids(10);
+    let (all, _) = step(
+        all.clone(),
+        Event::Progress(committed(&all, &everyone)),
+        300,
+    )
+    .unwrap();
+    assert_eq!(all.state, RolloutState::Completed);
+}
+
+#[test]
+fn a_device_failing_during_the_bake_halts_the_rollout_before_the_next_wave() {
+    let r = guarded(Safety {
+        bake_secs: Some(600),
+        wave_failures: Some(Threshold::Count(0)),
+        ..Safety::default()
+    });
+    let canary = ids(1);
+    let (r, _) = step(r.clone(), Event::Progress(committed(&r, &canary)), 210).unwrap();
+    assert_eq!(r.waves[0].settled_at, Some(210));
+    // Committed, then a crash loop rolls it back on the device.
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert!(deployed(&effects).is_empty(), "nobody else got the release");
+    assert_eq!(reverted(&effects), canary);
+    assert_eq!(r.waves[1].state, WaveState::Pending);
 }

@@ -44,6 +44,10 @@ pub struct WaveView {
     pub state: WaveState,
     pub devices: usize,
     pub started_at: Option<u64>,
+    /// When the wave settled; with a bake time the next wave waits until
+    /// `settled_at + safety.bake_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ impl RolloutView {
                     state: w.state,
                     devices: w.devices.len(),
                     started_at: w.started_at,
+                    settled_at: w.settled_at,
                 })
                 .collect(),
             created_at: r.created_at,
@@ -198,7 +203,8 @@ impl Inner {
         let mut writes = Vec::new();
         let mut changed = 0;
         for r in self.store.rollouts()? {
-            if r.state != RolloutState::Running || r.safety.wave_deadline_secs.is_none() {
+            let timed = r.safety.wave_deadline_secs.is_some() || r.safety.bake_secs.is_some();
+            if r.state != RolloutState::Running || !timed {
                 continue;
             }
             let reports = self.reports(&r)?;

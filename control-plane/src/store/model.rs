@@ -298,6 +298,9 @@ pub struct Wave {
     pub state: WaveState,
     #[serde(default)]
     pub started_at: Option<u64>,
+    /// When every device of the wave settled (its bake time starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<u64>,
 }
 
 /// A rollout of one release to a group, in waves. The device set of each wave
@@ -414,6 +417,12 @@ pub struct Safety {
     /// when they return) and the next wave goes out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_deadline_secs: Option<u64>,
+    /// Seconds a settled wave is watched before the next goes out (bake
+    /// time): a device that fails meanwhile (a crash loop after commit
+    /// rolls it back) counts against the thresholds and can halt the
+    /// rollout before anyone else gets the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_secs: Option<u64>,
 }
 
 impl RolloutRecord {

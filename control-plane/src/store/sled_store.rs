@@ -281,6 +281,7 @@ mod tests {
                     group: GroupName::new("g").unwrap(),
                     state: RolloutState::Running,
                     waves: vec![Wave {
+                        settled_at: None,
                         devices: vec![DeviceId::new("a").unwrap()],
                         state: WaveState::Active,
                         started_at: Some(10),
