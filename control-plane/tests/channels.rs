@@ -737,6 +737,15 @@ async fn a_canary_that_fails_during_the_bake_halts_before_the_next_wave_and_a_qu
     })
     .await;
     assert_eq!(r.waves[1].state, WaveState::Pending);
+    assert_eq!(
+        r.halt_reason.as_deref(),
+        Some("wave 1: 1 of 1 devices failed (tolerated: 0)")
+    );
+    let history = fleet_control_plane::cli::render::history(&[r.clone()]);
+    assert!(
+        history.contains("halted: wave 1: 1 of 1 devices failed (tolerated: 0)"),
+        "{history}"
+    );
     // Past the bake time: still nobody else was sent v2.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let sent = sent_models(&site, &publisher.sent());

@@ -116,6 +116,26 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     assert_eq!(rollouts.len(), 1);
     assert_eq!(rollouts[0].version, "v3");
     assert_eq!(rollouts[0].waves.len(), 2, "canary of one, then the rest");
+    let (code, out, err) = fleetctl(
+        cfg.path(),
+        with(&["rollout", "history", "--group", "cameras", "--app", "model"]),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("  ID STATE"), "{out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].contains("running") && lines[1].contains("v3"),
+        "{out}"
+    );
+    let (code, out, _) = fleetctl(
+        cfg.path(),
+        with(&["rollout", "history", "--group", "other", "-o", "json"]),
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), "[]");
 
     // GPU, devices and requirements are signed into a published release
     // too; no device here meets them, so nothing is rolled out.

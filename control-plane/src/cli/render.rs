@@ -270,6 +270,60 @@ pub fn rollouts(all: &[RolloutView]) -> String {
     out
 }
 
+/// The `fleetctl rollout history` table: how each rollout ended, and why
+/// it halted. Times are UTC.
+pub fn history(all: &[RolloutView]) -> String {
+    let mut out = format!(
+        "{:>4} {:<12} {:<20} {:<12} {:<16} {:<20} {:<20} OUTCOME\n",
+        "ID", "STATE", "APP", "VERSION", "GROUP", "STARTED", "LAST CHANGE"
+    );
+    for v in all {
+        let outcome = match &v.halt_reason {
+            Some(reason) => format!("halted: {reason}"),
+            None => format!(
+                "{}/{} committed, {} failed, {} excluded",
+                v.counts.committed,
+                v.counts.total,
+                v.counts.failed,
+                v.excluded.len()
+            ),
+        };
+        out.push_str(&format!(
+            "{:>4} {:<12} {:<20} {:<12} {:<16} {:<20} {:<20} {outcome}\n",
+            v.id,
+            v.state.as_str(),
+            v.app,
+            v.version,
+            v.group,
+            utc(v.created_at),
+            utc(v.updated_at),
+        ));
+    }
+    out
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// A rollout plan: waves with their devices, then the devices left out and
 /// those offline.
 pub fn plan(p: &PlanView) -> String {
@@ -304,6 +358,9 @@ pub fn plan(p: &PlanView) -> String {
 /// One rollout: its summary, waves and per-device progress.
 pub fn rollout(v: &RolloutView) -> String {
     let mut out = format!("{}\nrelease {}\n", summary(v), v.release_digest);
+    if let Some(reason) = &v.halt_reason {
+        out.push_str(&format!("halted: {reason}\n"));
+    }
     for (i, w) in v.waves.iter().enumerate() {
         let baking = match (w.state, w.settled_at, v.safety.bake_secs) {
             (crate::store::WaveState::Active, Some(at), Some(bake)) => {
@@ -357,4 +414,15 @@ pub fn update_bar(bar: &ProgressBar, v: &RolloutView) {
         "{} | updating {} failed {}",
         v.state, v.counts.updating, v.counts.failed
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates_are_civil_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_796_598_000), "2026-12-06 23:00:00");
+        assert_eq!(super::utc(4_107_542_399), "2100-02-28 23:59:59");
+    }
 }

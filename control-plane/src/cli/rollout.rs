@@ -152,6 +152,15 @@ pub enum RolloutCommand {
     Abort { id: RolloutId },
     /// Give every device the rollout reached its previous release back.
     Undo { id: RolloutId },
+    /// Every rollout, newest first, with how it ended (and why it halted).
+    History {
+        /// Only rollouts to this group.
+        #[arg(long)]
+        group: Option<GroupName>,
+        /// Only rollouts of this app.
+        #[arg(long)]
+        app: Option<AppName>,
+    },
 }
 
 /// An app name from the last part of a repository path: lowercase, other
@@ -188,6 +197,9 @@ pub async fn run(args: RolloutArgs) -> Result<(), CliError> {
         Some(RolloutCommand::Resume { id }) => act(&client, output, id, Action::Resume).await,
         Some(RolloutCommand::Abort { id }) => act(&client, output, id, Action::Abort).await,
         Some(RolloutCommand::Undo { id }) => act(&client, output, id, Action::Undo).await,
+        Some(RolloutCommand::History { group, app }) => {
+            history(&client, output, group.as_ref(), app.as_ref()).await
+        }
         None => start(&client, args).await,
     }
 }
@@ -358,6 +370,26 @@ async fn status(client: &Client, output: Output, id: Option<RolloutId>) -> Resul
         }
     };
     print!("{text}");
+    Ok(())
+}
+
+/// `rollout history`: every rollout (of `group` / `app`), newest first.
+async fn history(
+    client: &Client,
+    output: Output,
+    group: Option<&GroupName>,
+    app: Option<&AppName>,
+) -> Result<(), CliError> {
+    let mut all = client
+        .rollouts()
+        .await
+        .map_err(failed("cannot list rollouts".into()))?;
+    all.retain(|r| group.is_none_or(|g| &r.group == g) && app.is_none_or(|a| &r.app == a));
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    if output == Output::Json {
+        return print_json(&all);
+    }
+    print!("{}", render::history(&all));
     Ok(())
 }
 

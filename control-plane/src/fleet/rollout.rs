@@ -557,6 +557,7 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
 /// release back.
 fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Vec<Effect>) {
     r.state = RolloutState::Halted;
+    r.halt_reason = Some(reason.to_owned());
     let previous: BTreeMap<DeviceId, Option<Digest>> = match r.safety.on_halt {
         HaltRollback::Nothing => BTreeMap::new(),
         HaltRollback::Updated => r.previous.clone(),

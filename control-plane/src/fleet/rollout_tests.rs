@@ -29,6 +29,7 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         previous: BTreeMap::new(),
         safety: Safety::default(),
         excluded: vec![],
+        halt_reason: None,
         created_at: 100,
         updated_at: 100,
     }
@@ -424,6 +425,11 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
     assert_eq!(
         record.as_deref(),
         Some("halted: wave 1: 1 of 1 devices failed (tolerated: 0); 1 device(s) rolled back")
+    );
+    assert_eq!(
+        r.halt_reason.as_deref(),
+        Some("wave 1: 1 of 1 devices failed (tolerated: 0)"),
+        "the view and fleetctl say why"
     );
     // Halted is final: later reports change nothing, no wave goes out.
     let later = committed(&r, &ids(10));

@@ -68,6 +68,9 @@ pub struct RolloutView {
     pub excluded: Vec<Excluded>,
     #[serde(default)]
     pub safety: Safety,
+    /// Why it halted (the threshold crossed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_reason: Option<String>,
 }
 
 impl RolloutView {
@@ -95,6 +98,7 @@ impl RolloutView {
             devices,
             excluded: r.excluded.clone(),
             safety: r.safety,
+            halt_reason: r.halt_reason.clone(),
         }
     }
 }
@@ -451,6 +455,7 @@ impl Inner {
             previous: BTreeMap::new(),
             safety: policy.safety,
             excluded,
+            halt_reason: None,
             created_at: now,
             updated_at: now,
         };

@@ -324,6 +324,9 @@ pub struct RolloutRecord {
     /// Group devices left out of the waves, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<Excluded>,
+    /// Why the rollout halted (the threshold crossed, in words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_reason: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
 }

@@ -288,6 +288,7 @@ mod tests {
                     }],
                     previous: Default::default(),
                     safety: Default::default(),
+                    halt_reason: None,
                     excluded: vec![],
                     created_at: 10,
                     updated_at: 10,
