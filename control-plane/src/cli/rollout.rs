@@ -385,7 +385,7 @@ async fn history(
         .await
         .map_err(failed("cannot list rollouts".into()))?;
     all.retain(|r| group.is_none_or(|g| &r.group == g) && app.is_none_or(|a| &r.app == a));
-    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.sort_by_key(|r| std::cmp::Reverse(r.id));
     if output == Output::Json {
         return print_json(&all);
     }
