@@ -741,7 +741,7 @@ async fn a_canary_that_fails_during_the_bake_halts_before_the_next_wave_and_a_qu
         r.halt_reason.as_deref(),
         Some("wave 1: 1 of 1 devices failed (tolerated: 0)")
     );
-    let history = fleet_control_plane::cli::render::history(&[r.clone()]);
+    let history = fleet_control_plane::cli::render::history(std::slice::from_ref(&r));
     assert!(
         history.contains("halted: wave 1: 1 of 1 devices failed (tolerated: 0)"),
         "{history}"
