@@ -13,7 +13,8 @@ use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
 use fleet_control_plane::client::Client;
 use fleet_control_plane::fleet::rollout::ProgressState;
 use fleet_control_plane::store::{
-    Channel, EventKind, HaltRollback, RolloutState, Safety, Supersede, Threshold, WaveState,
+    Channel, EventKind, HaltRollback, RolloutState, Safety, Supersede, Threshold, WaveSize,
+    WaveState,
 };
 use fleet_protocol::message::ReleaseRef;
 use fleet_protocol::{
@@ -54,7 +55,7 @@ async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supers
             &FollowChannel {
                 app: AppName::new("model").unwrap(),
                 channel: stable(),
-                waves,
+                waves: waves.into_iter().map(WaveSize::Count).collect(),
                 supersede,
                 safety: Safety::default(),
             },
@@ -287,7 +288,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
     FollowChannel {
         app: AppName::new("model").unwrap(),
         channel: stable(),
-        waves,
+        waves: waves.into_iter().map(WaveSize::Count).collect(),
         supersede: Supersede::Queue,
         safety: Safety {
             wave_failures: Some(Threshold::Count(0)),

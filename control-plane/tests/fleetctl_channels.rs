@@ -71,6 +71,8 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
         "stable",
         "--wave",
         "1",
+        "--wave",
+        "50%",
         "--supersede",
         "replace",
         "--max-failed-per-wave",
@@ -82,13 +84,19 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     ];
     let (code, out, err) = fleetctl(cfg.path(), with(&follow)).await;
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("follows stable for model"), "{out}");
+    assert!(
+        out.contains("follows stable for model: waves 1, 50%"),
+        "{out}"
+    );
     let g = client
         .group(&GroupName::new("cameras").unwrap())
         .await
         .unwrap();
     let f = &g.group.follows.values().next().unwrap();
-    assert_eq!(f.waves, [1]);
+    {
+        use fleet_control_plane::store::WaveSize;
+        assert_eq!(f.waves, [WaveSize::Count(1), WaveSize::Percent(50)]);
+    }
     assert_eq!(f.supersede, Supersede::Replace);
     assert_eq!(f.safety.wave_failures, Some(Threshold::Count(0)));
     assert_eq!(f.safety.total_failures, Some(Threshold::Percent(10)));
@@ -115,7 +123,15 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     let rollouts = client.rollouts().await.unwrap();
     assert_eq!(rollouts.len(), 1);
     assert_eq!(rollouts[0].version, "v3");
-    assert_eq!(rollouts[0].waves.len(), 2, "canary of one, then the rest");
+    assert_eq!(
+        rollouts[0]
+            .waves
+            .iter()
+            .map(|w| w.devices)
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "canary of one, then 50% of three (rounded up)"
+    );
     let (code, out, err) = fleetctl(
         cfg.path(),
         with(&["rollout", "history", "--group", "cameras", "--app", "model"]),

@@ -355,7 +355,7 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
             release_digest: Some(v2.digest.clone()),
             release: None,
             group: group("cameras"),
-            waves: vec![1],
+            waves: vec![fleet_control_plane::store::WaveSize::Count(1)],
             safety: Default::default(),
         })
         .await
@@ -448,7 +448,7 @@ async fn pause_holds_waves_back_resume_lets_them_go_and_undo_restores_the_previo
             release_digest: Some(v3.digest.clone()),
             release: None,
             group: group("cameras"),
-            waves: vec![1],
+            waves: vec![fleet_control_plane::store::WaveSize::Count(1)],
             safety: Default::default(),
         })
         .await
@@ -513,7 +513,7 @@ async fn a_restart_mid_rollout_loses_nothing_and_duplicates_nothing() {
             release_digest: Some(v1.digest.clone()),
             release: None,
             group: group("cameras"),
-            waves: vec![1],
+            waves: vec![fleet_control_plane::store::WaveSize::Count(1)],
             safety: Default::default(),
         })
         .await

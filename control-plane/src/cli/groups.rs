@@ -7,7 +7,7 @@ use fleet_protocol::{AppName, DeviceId, GroupName};
 use super::{CliError, Output, Remote, print_json, render};
 use crate::api::types::{AddMembers, CreateGroup, DeviceView, FollowChannel, GroupView, SetLabels};
 use crate::client::{Client, ClientError};
-use crate::store::{Channel, HaltRollback, Safety, Supersede, Threshold};
+use crate::store::{Channel, HaltRollback, Safety, Supersede, Threshold, WaveSize};
 
 #[derive(Debug, Args)]
 pub struct GroupsArgs {
@@ -46,10 +46,11 @@ pub enum GroupsCommand {
         app: AppName,
         #[arg(long)]
         channel: Channel,
-        /// Size of a wave (repeatable: canary first, then growing); the last
-        /// wave takes the rest.
+        /// Size of a wave, a count or a percentage of the rollout's devices
+        /// (repeatable: canary first, then growing, e.g. --wave 1 --wave
+        /// 10% --wave 50%); the last wave takes the rest.
         #[arg(long = "wave")]
-        waves: Vec<usize>,
+        waves: Vec<WaveSize>,
         /// What a newer release does to a running rollout: queue or replace.
         #[arg(long, value_parser = parse_supersede, default_value = "queue")]
         supersede: Supersede,
@@ -207,8 +208,10 @@ fn show_group(group: &GroupView, output: Output) -> Result<(), CliError> {
                     .as_ref()
                     .map_or("none".into(), ToString::to_string);
                 println!(
-                    "  follows {} for {app}: waves {:?}, supersede {:?}, current {current}",
-                    f.channel, f.waves, f.supersede
+                    "  follows {} for {app}: waves {}, supersede {:?}, current {current}",
+                    f.channel,
+                    crate::store::wave_sizes(&f.waves),
+                    f.supersede
                 );
             }
             Ok(())

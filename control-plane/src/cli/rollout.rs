@@ -18,7 +18,7 @@ use crate::client::{Client, ClientError};
 use crate::fleet::rollout::Action;
 use crate::keys::KeyFile;
 use crate::sign;
-use crate::store::{HaltRollback, RolloutId, RolloutState, Safety, Threshold};
+use crate::store::{HaltRollback, RolloutId, RolloutState, Safety, Threshold, WaveSize};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -51,6 +51,11 @@ pub struct RolloutArgs {
     /// Size of a first (canary) wave; the next wave starts when it settled.
     #[arg(long)]
     pub canary: Option<usize>,
+    /// Size of a wave after the canary, a count or a percentage of the
+    /// rollout's devices (repeatable, e.g. --wave 10% --wave 50%); the last
+    /// wave takes the rest.
+    #[arg(long = "wave")]
+    pub waves: Vec<WaveSize>,
     /// Follow the rollout's progress after starting it.
     #[arg(long)]
     pub watch: bool,
@@ -280,7 +285,12 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         release_digest: None,
         release: Some(envelope),
         group: group.clone(),
-        waves: args.canary.into_iter().collect(),
+        waves: args
+            .canary
+            .map(WaveSize::Count)
+            .into_iter()
+            .chain(args.waves)
+            .collect(),
         safety: Safety {
             wave_failures: args.max_failed_per_wave,
             total_failures: args.max_failed,

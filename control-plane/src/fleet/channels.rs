@@ -30,9 +30,9 @@ use crate::store::{
 pub struct FollowChannel {
     pub app: AppName,
     pub channel: Channel,
-    /// Wave sizes of each rollout; empty: one wave.
+    /// Wave sizes of each rollout (counts or percentages); empty: one wave.
     #[serde(default)]
-    pub waves: Vec<usize>,
+    pub waves: Vec<crate::store::WaveSize>,
     #[serde(default)]
     pub supersede: Supersede,
     #[serde(default)]
@@ -157,8 +157,11 @@ impl Inner {
             EventKind::GroupFollow,
             &name,
             format!(
-                "follows channel {} for {} (waves {:?}, supersede {:?})",
-                req.channel, req.app, req.waves, req.supersede
+                "follows channel {} for {} (waves {}, supersede {:?})",
+                req.channel,
+                req.app,
+                crate::store::wave_sizes(&req.waves),
+                req.supersede
             ),
             now,
         )];

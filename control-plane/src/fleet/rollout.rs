@@ -39,7 +39,8 @@ use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveState,
+    EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveSize,
+    WaveState,
 };
 
 /// Where one device of a rollout is.
@@ -174,16 +175,18 @@ pub fn device_progress(
     p
 }
 
-/// Splits `devices` into waves of the given sizes; the last wave takes the
-/// rest. No sizes: one wave with every device.
-pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[usize]) -> Vec<Wave> {
+/// Splits `devices` into waves of the given sizes (a percentage is of all
+/// the devices); the last wave takes the rest. No sizes: one wave with
+/// every device.
+pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
     let mut waves = Vec::new();
+    let total = devices.len();
     let mut rest = devices.as_slice();
     for &size in sizes {
         if rest.is_empty() {
             break;
         }
-        let n = size.clamp(1, rest.len());
+        let n = size.of(total).clamp(1, rest.len());
         waves.push(Wave {
             devices: rest[..n].to_vec(),
             state: WaveState::Pending,

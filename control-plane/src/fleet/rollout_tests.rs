@@ -12,6 +12,10 @@ fn ids(n: usize) -> Vec<DeviceId> {
         .collect()
 }
 
+fn counts(sizes: &[usize]) -> Vec<WaveSize> {
+    sizes.iter().copied().map(WaveSize::Count).collect()
+}
+
 fn digest(s: &str) -> Digest {
     Digest::of(s.as_bytes())
 }
@@ -25,7 +29,7 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         version: "v2".into(),
         group: GroupName::new("cameras").unwrap(),
         state: RolloutState::Running,
-        waves: plan_waves(ids(devices), sizes),
+        waves: plan_waves(ids(devices), &counts(sizes)),
         previous: BTreeMap::new(),
         safety: Safety::default(),
         excluded: vec![],
@@ -334,12 +338,48 @@ fn undo_reverts_every_device_the_rollout_reached_to_what_it_ran_before() {
 #[test]
 fn waves_take_the_given_sizes_and_the_last_takes_the_rest() {
     let sizes = |w: &[Wave]| w.iter().map(|w| w.devices.len()).collect::<Vec<_>>();
-    assert_eq!(sizes(&plan_waves(ids(5), &[])), [5]);
-    assert_eq!(sizes(&plan_waves(ids(5), &[1])), [1, 4]);
-    assert_eq!(sizes(&plan_waves(ids(5), &[1, 2])), [1, 2, 2]);
-    assert_eq!(sizes(&plan_waves(ids(2), &[1, 5, 5])), [1, 1]);
-    assert_eq!(sizes(&plan_waves(ids(3), &[0])), [1, 2]);
-    assert!(plan_waves(vec![], &[1]).is_empty());
+    assert_eq!(sizes(&plan_waves(ids(5), &counts(&[]))), [5]);
+    assert_eq!(sizes(&plan_waves(ids(5), &counts(&[1]))), [1, 4]);
+    assert_eq!(sizes(&plan_waves(ids(5), &counts(&[1, 2]))), [1, 2, 2]);
+    assert_eq!(sizes(&plan_waves(ids(2), &counts(&[1, 5, 5]))), [1, 1]);
+    assert_eq!(sizes(&plan_waves(ids(3), &counts(&[0]))), [1, 2]);
+    assert!(plan_waves(vec![], &counts(&[1])).is_empty());
+}
+
+#[test]
+fn percentage_waves_are_of_all_the_devices_rounded_up_and_mix_with_counts() {
+    let sizes = |w: &[Wave]| w.iter().map(|w| w.devices.len()).collect::<Vec<_>>();
+    let p = |s: &[&str]| {
+        s.iter()
+            .map(|s| s.parse::<WaveSize>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // A canary of 1, then 10% and 50% of 100 devices, then the rest.
+    assert_eq!(
+        sizes(&plan_waves(ids(100), &p(&["1", "10%", "50%"]))),
+        [1, 10, 50, 39]
+    );
+    // Rounded up, never an empty wave.
+    assert_eq!(sizes(&plan_waves(ids(7), &p(&["10%", "50%"]))), [1, 4, 2]);
+    assert_eq!(sizes(&plan_waves(ids(3), &p(&["100%"]))), [3]);
+    for bad in ["0", "0%", "101%", "-1", "ten", "5 %", ""] {
+        let e = bad.parse::<WaveSize>().unwrap_err();
+        assert_eq!(e.given, bad);
+    }
+    // On the wire: counts are numbers (as stored before percentages), a
+    // percentage a string.
+    let wire: Vec<WaveSize> = serde_json::from_str(r#"[1, "25%", "3"]"#).unwrap();
+    assert_eq!(
+        wire,
+        [
+            WaveSize::Count(1),
+            WaveSize::Percent(25),
+            WaveSize::Count(3)
+        ]
+    );
+    assert_eq!(serde_json::to_string(&wire).unwrap(), r#"[1,"25%",3]"#);
+    assert!(serde_json::from_str::<Vec<WaveSize>>(r#"["0%"]"#).is_err());
+    assert_eq!(crate::store::wave_sizes(&wire), "1, 25%, 3");
 }
 
 #[test]

@@ -30,10 +30,10 @@ pub struct CreateRollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Envelope>,
     pub group: GroupName,
-    /// Sizes of the first waves; the last wave takes the remaining devices.
-    /// Empty: one wave.
+    /// Sizes of the first waves (counts, or percentages of the rollout's
+    /// devices); the last wave takes the remaining devices. Empty: one wave.
     #[serde(default)]
-    pub waves: Vec<usize>,
+    pub waves: Vec<crate::store::WaveSize>,
     /// Failure thresholds that halt the rollout, and what a halt rolls back.
     #[serde(default)]
     pub safety: Safety,
@@ -106,7 +106,7 @@ impl RolloutView {
 /// How a new rollout goes: its wave sizes and failure thresholds.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Policy<'a> {
-    pub(super) waves: &'a [usize],
+    pub(super) waves: &'a [crate::store::WaveSize],
     pub(super) safety: Safety,
 }
 

@@ -194,7 +194,7 @@ pub struct Follow {
     pub channel: Channel,
     /// Wave sizes (as `CreateRollout::waves`).
     #[serde(default)]
-    pub waves: Vec<usize>,
+    pub waves: Vec<WaveSize>,
     #[serde(default)]
     pub supersede: Supersede,
     #[serde(default)]
@@ -387,6 +387,94 @@ impl std::fmt::Display for Threshold {
         match self {
             Threshold::Count(n) => write!(f, "{n}"),
             Threshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// The size of a wave: a count of devices (`10`) or a percentage of the
+/// rollout's devices (`"25%"`, rounded up, at least one). On the wire a
+/// count is a number and a percentage a string, so that the plain counts
+/// stored before percentages existed read the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveSize {
+    Count(usize),
+    Percent(u8),
+}
+
+impl WaveSize {
+    /// How many of `total` devices the wave takes.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            WaveSize::Count(n) => n,
+            WaveSize::Percent(p) => (total.saturating_mul(usize::from(p.min(100)))).div_ceil(100),
+        }
+    }
+}
+
+/// Wave sizes as an operator writes them: `1, 10%, 50%` (`all` for none:
+/// one wave).
+pub fn wave_sizes(sizes: &[WaveSize]) -> String {
+    if sizes.is_empty() {
+        return "all".into();
+    }
+    let parts: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+    parts.join(", ")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is no wave size: give a count (10) or a percentage (25%, 1% to 100%)")]
+pub struct BadWaveSize {
+    pub given: String,
+}
+
+impl std::str::FromStr for WaveSize {
+    type Err = BadWaveSize;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadWaveSize {
+            given: s.to_owned(),
+        };
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(WaveSize::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(WaveSize::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for WaveSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaveSize::Count(n) => write!(f, "{n}"),
+            WaveSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for WaveSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WaveSize::Count(n) => s.serialize_u64(*n as u64),
+            WaveSize::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WaveSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Count(usize),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Count(n) => Ok(WaveSize::Count(n)),
+            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
         }
     }
 }
