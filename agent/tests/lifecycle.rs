@@ -155,3 +155,53 @@ fn v1_v2_commit_rollbacks_and_refusals_with_crun() {
 fn v1_v2_commit_rollbacks_and_refusals_with_runc() {
     scenario("runc");
 }
+
+/// A crash loop slower than the restart threshold (the container waits out
+/// a long backoff between restarts, as on a loaded device): at the end of
+/// probation its container is not running, so the release is rolled back,
+/// never committed.
+#[test]
+fn a_release_whose_container_is_down_at_the_end_of_probation_is_not_committed() {
+    let test = "down at the end of probation";
+    if !can_run(test) {
+        return;
+    }
+    let Some(binary) = runtime_binary(test, "crun") else {
+        return;
+    };
+    let dev = Device::new("crun", &binary);
+    let config = std::fs::read_to_string(dev.path("config.toml")).unwrap();
+    let config = config
+        .replace("backoff_initial_ms = 100", "backoff_initial_ms = 60000")
+        .replace("backoff_max_ms = 400", "backoff_max_ms = 60000")
+        .replace("crash_loop_restarts = 2", "crash_loop_restarts = 1000");
+    std::fs::write(dev.path("config.toml"), config).unwrap();
+    let layout = Layout::new(&dev.path("layout"));
+    let rk = release_key();
+    let v1 = signed_release(APP, "v1", &layout.image("v1"), Behaviour::Good, &rk);
+    let v2 = signed_release(APP, "v2", &layout.image("v2"), Behaviour::CrashLoop, &rk);
+    let exp = now() + 3600;
+    let d1 = dev.file("d1.json", &desired(1, exp, &[(APP, v1.clone())]));
+    let out = dev.apply(&d1, &layout.dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let d2 = dev.file("d2.json", &desired(2, exp, &[(APP, v2.clone())]));
+    let out = dev.apply(&d2, &layout.dir, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    dev.assert_one_running(APP, &[&v1]);
+    let s = dev.status();
+    let a = app_status(&s, APP);
+    assert_eq!(a["phase"]["phase"], "rolled_back", "{s}");
+    assert_eq!(a["error"]["code"], "crash_loop", "{s}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not running at the end of probation"),
+        "{s}"
+    );
+    assert_eq!(a["running"]["version"], "v1", "{s}");
+    let d3 = dev.file("d3.json", &desired(3, exp, &[]));
+    let out = dev.apply(&d3, &layout.dir, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -12,6 +12,9 @@ use crate::health::{HealthMonitor, NetNs};
 use crate::runtime::{ContainerStatus, RunState};
 use crate::state::{AppRecord, ReleaseRecord};
 
+/// How long past its deadline a container still starting may take.
+const START_GRACE_SECS: u64 = 30;
+
 /// When a probation ends.
 struct Deadlines {
     /// The probation deadline.
@@ -136,6 +139,29 @@ impl Inner {
             && now < deadlines.verdict_by;
         if now < deadlines.deadline || undecided {
             return None;
+        }
+        // A release is committed only while its container runs: one caught
+        // between restarts at the deadline (a crash loop on a slow machine
+        // that has not reached the restart threshold yet) is not.
+        match &st.state {
+            RunState::Running { .. } => {}
+            RunState::Exited { code: Some(0) } if settings.restart == RestartPolicy::OnFailure => {}
+            RunState::Starting if now < deadlines.deadline.saturating_add(START_GRACE_SECS) => {
+                return None;
+            }
+            state => {
+                Self::fail(
+                    rec,
+                    ErrorCode::CrashLoop,
+                    format!(
+                        "not running at the end of probation ({state:?}; {} restarts, {} failures in a row; last exit {:?})",
+                        st.restarts,
+                        st.consecutive_failures,
+                        st.last_exit.flatten()
+                    ),
+                );
+                return Some(Event::CrashLoop);
+            }
         }
         match monitor.map(|m| m.state()) {
             Some(h) if h.health != Health::Healthy => {
