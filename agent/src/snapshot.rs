@@ -270,8 +270,8 @@ impl SnapshotStore {
         let fs_dir = work.join(FS_DIR);
         fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
         // An OS pipe (std's `io::pipe` is newer than this crate's MSRV).
-        let (reader, writer) = rustix::pipe::pipe()
-            .map_err(|e| io_err("pipe", work)(io::Error::from(e)))?;
+        let (reader, writer) =
+            rustix::pipe::pipe().map_err(|e| io_err("pipe", work)(io::Error::from(e)))?;
         let (reader, writer) = (fs::File::from(reader), fs::File::from(writer));
         let (target, limits) = (diff_id.clone(), *limits);
         let applier = std::thread::Builder::new()
