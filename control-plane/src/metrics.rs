@@ -504,6 +504,27 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
         &[],
         sum(|t| t.reused_bytes_total),
     );
+    let device_deltas: [(&str, &str, fn(&Telemetry) -> Option<u64>); 3] = [
+        (
+            "fleet_content_device_delta_fetched_bytes_total",
+            "Layer delta bytes devices downloaded and applied (sum over devices).",
+            |t| t.delta_fetched_bytes_total,
+        ),
+        (
+            "fleet_content_device_delta_replaced_bytes_total",
+            "Whole-layer bytes devices did not download because a delta replaced them (sum over devices).",
+            |t| t.delta_replaced_bytes_total,
+        ),
+        (
+            "fleet_content_device_delta_fallbacks_total",
+            "Deltas devices could not use and replaced by the whole layer (sum over devices).",
+            |t| t.delta_fallbacks_total,
+        ),
+    ];
+    for (name, help, field) in device_deltas {
+        o.family(name, "counter", help);
+        o.sample(name, &[], sum(field));
+    }
     device_gauges(o, &devices);
     fleet_aggregates(o, &devices);
 }
