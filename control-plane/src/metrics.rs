@@ -504,7 +504,8 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
         &[],
         sum(|t| t.reused_bytes_total),
     );
-    let device_deltas: [(&str, &str, fn(&Telemetry) -> Option<u64>); 3] = [
+    type Field = fn(&Telemetry) -> Option<u64>;
+    let device_deltas: [(&str, &str, Field); 3] = [
         (
             "fleet_content_device_delta_fetched_bytes_total",
             "Layer delta bytes devices downloaded and applied (sum over devices).",

@@ -384,11 +384,10 @@ async fn a_tampered_base_file_falls_back_to_the_whole_layer() {
     device.assert_runs_v2(s.addr, &s);
 }
 
-/// A proxy to `upstream` that serves every delta with one byte flipped in
-/// its middle, announced under the digest of the flipped bytes (a server
-/// that stored a corrupt delta): the download checks out, the apply must
-/// not.
-async fn corrupting_proxy(upstream: SocketAddr) -> SocketAddr {
+/// A proxy to `upstream` that serves every delta changed by `mutate`,
+/// announced under the digest of the changed bytes (a server that stored a
+/// bad delta): the download checks out, the apply must not.
+async fn corrupting_proxy(upstream: SocketAddr, mutate: fn(&mut Vec<u8>)) -> SocketAddr {
     use axum::body::Body;
     use axum::http::{Request, Response, StatusCode};
     let http = reqwest::Client::new();
@@ -415,8 +414,7 @@ async fn corrupting_proxy(upstream: SocketAddr) -> SocketAddr {
                 }
             }
             if path.contains("/deltas/") && status == 200 {
-                let mid = body.len() / 2;
-                body[mid] ^= 0x01;
+                mutate(&mut body);
                 out = out.header("docker-content-digest", Digest::of(&body).as_str());
             } else if let Some(d) = headers.get("docker-content-digest") {
                 out = out.header("docker-content-digest", d);
@@ -437,22 +435,58 @@ async fn corrupting_proxy(upstream: SocketAddr) -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn a_corrupt_delta_falls_back_to_the_whole_layer() {
-    let s = server().await;
-    let proxy = corrupting_proxy(s.addr).await;
-    let device = Device::running_v1(proxy, &s).await;
-    let puller = device.puller(ClientConfig::default());
-    device
-        .pull(&puller, proxy, &s.v2, std::slice::from_ref(&s.v1.diff_id))
-        .await;
+/// Byte offsets in a v1 delta header (protocol/DELTA.md).
+const TARGET_AT: usize = 10;
+const WINDOW_CAP_AT: usize = 8 + 2 + 32 + 8;
 
-    let reasons = device.fallbacks();
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(device.applied().is_empty());
-    assert!(device.store.has_blob(&s.v2.layer));
-    device.assert_snapshots_clean();
-    device.assert_runs_v2(proxy, &s);
+#[tokio::test]
+async fn a_bad_delta_falls_back_to_the_whole_layer_with_the_reason() {
+    let s = server().await;
+    type Mutate = fn(&mut Vec<u8>);
+    let cases: [(&str, Mutate, &str); 4] = [
+        (
+            "a flipped byte",
+            |d| {
+                let mid = d.len() / 2;
+                d[mid] ^= 0x01;
+            },
+            "",
+        ),
+        (
+            "a truncated delta",
+            |d| d.truncate(d.len() / 2),
+            "truncated",
+        ),
+        (
+            "a delta claiming another target",
+            |d| d[TARGET_AT] ^= 0xff,
+            "expected",
+        ),
+        (
+            "a window over the device's cap (memory bomb)",
+            |d| d[WINDOW_CAP_AT..WINDOW_CAP_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes()),
+            "memory bomb",
+        ),
+    ];
+    for (what, mutate, says) in cases {
+        let proxy = corrupting_proxy(s.addr, mutate).await;
+        let device = Device::running_v1(proxy, &s).await;
+        let puller = device.puller(ClientConfig::default());
+        device
+            .pull(&puller, proxy, &s.v2, std::slice::from_ref(&s.v1.diff_id))
+            .await;
+
+        let reasons = device.fallbacks();
+        assert_eq!(reasons.len(), 1, "{what}: {reasons:?}");
+        assert!(reasons[0].contains(says), "{what}: {}", reasons[0]);
+        assert!(device.applied().is_empty(), "{what}");
+        assert!(device.store.has_blob(&s.v2.layer), "{what}");
+        assert_eq!(device.store.content_counters().unwrap().delta_fallbacks, 1);
+        device.assert_snapshots_clean();
+        // The running release's snapshot is untouched.
+        assert!(device.snapshots.get(&s.v1.diff_id).is_some(), "{what}");
+        device.assert_runs_v2(proxy, &s);
+    }
 }
 
 #[tokio::test]
