@@ -16,6 +16,8 @@ use crate::store::{DeviceRecord, GroupRecord};
 use crate::telemetry::updates::{BUCKETS, RESULTS, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, MessageKind};
 
+mod content;
+
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -481,51 +483,7 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
             Some((&d.id, t))
         })
         .collect();
-    let sum = |f: fn(&Telemetry) -> Option<u64>| -> f64 {
-        devices.iter().filter_map(|(_, t)| f(t)).sum::<u64>() as f64
-    };
-    o.family(
-        "fleet_content_fetched_bytes_total",
-        "counter",
-        "Content bytes devices downloaded (sum over devices of their own counters).",
-    );
-    o.sample(
-        "fleet_content_fetched_bytes_total",
-        &[],
-        sum(|t| t.fetched_bytes_total),
-    );
-    o.family(
-        "fleet_content_reused_bytes_total",
-        "counter",
-        "Content bytes devices did not download because they already had them (bytes saved by dedup).",
-    );
-    o.sample(
-        "fleet_content_reused_bytes_total",
-        &[],
-        sum(|t| t.reused_bytes_total),
-    );
-    type Field = fn(&Telemetry) -> Option<u64>;
-    let device_deltas: [(&str, &str, Field); 3] = [
-        (
-            "fleet_content_device_delta_fetched_bytes_total",
-            "Layer delta bytes devices downloaded and applied (sum over devices).",
-            |t| t.delta_fetched_bytes_total,
-        ),
-        (
-            "fleet_content_device_delta_replaced_bytes_total",
-            "Whole-layer bytes devices did not download because a delta replaced them (sum over devices).",
-            |t| t.delta_replaced_bytes_total,
-        ),
-        (
-            "fleet_content_device_delta_fallbacks_total",
-            "Deltas devices could not use and replaced by the whole layer (sum over devices).",
-            |t| t.delta_fallbacks_total,
-        ),
-    ];
-    for (name, help, field) in device_deltas {
-        o.family(name, "counter", help);
-        o.sample(name, &[], sum(field));
-    }
+    content::device_sums(o, &devices);
     device_gauges(o, &devices);
     fleet_aggregates(o, &devices);
 }
