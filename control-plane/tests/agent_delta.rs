@@ -610,3 +610,129 @@ async fn stalling_proxy(upstream: SocketAddr, budget: u64) -> SocketAddr {
     });
     addr
 }
+
+/// Env var that makes [`kill_target_pull`] run (in a child process).
+const CHILD: &str = "FLEET_DELTA_KILL_CHILD";
+
+/// Opens the store in `dir`, waiting for a previous owner's lock to go.
+fn reopen(dir: &Path) -> (Arc<Store>, Arc<SnapshotStore>) {
+    for _ in 0..200 {
+        if let Ok(store) = Store::open(dir, StoreConfig::default()) {
+            return (Arc::new(store), Arc::new(SnapshotStore::open(dir).unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot reopen the store in {}", dir.display());
+}
+
+/// Not a test on its own: the process [`a_delta_download_killed_mid_way_resumes_after_a_restart`]
+/// starts and kills with SIGKILL while it pulls v2 through a stalling link.
+#[tokio::test]
+async fn kill_target_pull() {
+    let Ok(spec) = std::env::var(CHILD) else {
+        return;
+    };
+    let [proxy, manifest, dir, base]: [&str; 4] =
+        spec.split(' ').collect::<Vec<_>>().try_into().unwrap();
+    let (store, snapshots) = reopen(Path::new(dir));
+    let puller = Puller::new(
+        Client::new(ClientConfig::default()).unwrap(),
+        store,
+        Platform::host(),
+    )
+    .with_deltas(snapshots);
+    let image = ImageRef::parse(&format!("{proxy}/edge/app@{manifest}")).unwrap();
+    let base = Digest::new(base).unwrap();
+    let _ = puller
+        .pull_with_bases(&image, &[base], Arc::new(|_| {}))
+        .await;
+    eprintln!("the pull ended; it should have been killed");
+}
+
+#[tokio::test]
+async fn a_delta_download_killed_mid_way_resumes_after_a_restart() {
+    let s = server().await;
+    let Device { dir, .. } = Device::running_v1(s.addr, &s).await;
+    let head = reqwest::Client::new()
+        .head(format!(
+            "http://{}/v2/edge/app/deltas/{}?bases={}",
+            s.addr, s.v2.layer, s.v1.diff_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    let delta_size: u64 = head.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let delta = Digest::new(head.headers()["docker-content-digest"].to_str().unwrap()).unwrap();
+    let proxy = stalling_proxy(s.addr, delta_size / 2).await;
+
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kill_target_pull", "--nocapture"])
+        .env(
+            CHILD,
+            format!(
+                "127.0.0.1:{} {} {} {}",
+                proxy.port(),
+                s.v2.manifest,
+                dir.path().display(),
+                s.v1.diff_id
+            ),
+        )
+        .spawn()
+        .unwrap();
+    let partial = dir
+        .path()
+        .join("tmp")
+        .join(format!("{}.partial", delta.hex()));
+    let mut have = 0;
+    for _ in 0..600 {
+        have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        if have >= delta_size / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(have > 0, "the child never started the delta");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let have = std::fs::metadata(&partial).unwrap().len();
+    assert!(have < delta_size, "{have} of {delta_size}");
+
+    // The agent starts again over the same state.
+    let (store, snapshots) = reopen(dir.path());
+    let device = Device {
+        store,
+        snapshots,
+        events: Arc::default(),
+        dir,
+    };
+    let puller = device.puller(ClientConfig::default());
+    device
+        .pull(&puller, proxy, &s.v2, std::slice::from_ref(&s.v1.diff_id))
+        .await;
+    let resumed_from = device
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            PullEvent::BlobDone {
+                digest,
+                resumed_from,
+                ..
+            } if *digest == s.v2.layer => Some(*resumed_from),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(resumed_from, have, "resumed where the killed one stopped");
+    let again = puller.client().bytes_received();
+    assert!(
+        have + again <= delta_size + delta_size / 20 + 4096,
+        "{have} + {again} bytes for a {delta_size}-byte delta"
+    );
+    assert_eq!(device.applied().len(), 1);
+    device.assert_runs_v2(proxy, &s);
+}
