@@ -736,3 +736,51 @@ async fn a_delta_download_killed_mid_way_resumes_after_a_restart() {
     assert_eq!(device.applied().len(), 1);
     device.assert_runs_v2(proxy, &s);
 }
+
+#[tokio::test]
+async fn a_kill_mid_apply_leaves_no_half_snapshot_and_the_stored_delta_is_applied_again() {
+    let s = server().await;
+    let Device { dir, .. } = Device::running_v1(s.addr, &s).await;
+    // What a kill during the apply leaves: the downloaded delta in the
+    // store and a half-unpacked snapshot under snapshots/tmp/.
+    let url = format!(
+        "http://{}/v2/edge/app/deltas/{}?bases={}",
+        s.addr, s.v2.layer, s.v1.diff_id
+    );
+    let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let delta = Digest::of(&bytes);
+    let half = dir.path().join("snapshots/tmp/half-made/fs/models");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("net.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    {
+        let (store, _) = reopen(dir.path());
+        store
+            .put_blob(&delta, &bytes, "application/vnd.fleet.layer.delta.v1")
+            .unwrap();
+    }
+    let served = s.deltas.counters().served_bytes.load(Relaxed);
+
+    let (store, snapshots) = reopen(dir.path());
+    let device = Device {
+        store,
+        snapshots,
+        events: Arc::default(),
+        dir,
+    };
+    assert!(!half.exists(), "opening the snapshot store clears tmp/");
+    let puller = device.puller(ClientConfig::default());
+    device
+        .pull(&puller, s.addr, &s.v2, std::slice::from_ref(&s.v1.diff_id))
+        .await;
+    assert_eq!(device.applied().len(), 1);
+    assert_eq!(
+        s.deltas.counters().served_bytes.load(Relaxed),
+        served,
+        "the stored delta was not fetched again"
+    );
+    assert!(
+        !device.store.has_blob(&delta),
+        "the applied delta is removed"
+    );
+    device.assert_runs_v2(s.addr, &s);
+}
