@@ -9,11 +9,10 @@ use fleet_protocol::{Digest, ImageRef};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
+use fleet_protocol::delta::TARGET_HEADER;
+
 use super::client::{Client, header_str};
 use super::error::FetchError;
-
-/// Header naming the diff_id a served delta rebuilds.
-pub const DELTA_TARGET: &str = "fleet-delta-target";
 
 /// A delta the registry has ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +80,7 @@ impl Client {
 
 fn offer(url: String, headers: &HeaderMap) -> DeltaProbe {
     let digest = header_str(headers, "docker-content-digest").and_then(|h| Digest::new(h).ok());
-    let target = header_str(headers, DELTA_TARGET).and_then(|h| Digest::new(h).ok());
+    let target = header_str(headers, TARGET_HEADER).and_then(|h| Digest::new(h).ok());
     let size = header_str(headers, "content-length").and_then(|h| h.parse::<u64>().ok());
     match (digest, target, size) {
         (Some(digest), Some(target), Some(size)) => DeltaProbe::Ready(DeltaOffer {
@@ -110,7 +109,7 @@ mod tests {
             "docker-content-digest",
             HeaderValue::from_str(d.as_str()).unwrap(),
         );
-        h.insert(DELTA_TARGET, HeaderValue::from_str(t.as_str()).unwrap());
+        h.insert(TARGET_HEADER, HeaderValue::from_str(t.as_str()).unwrap());
         assert!(matches!(
             offer("u".into(), &h),
             DeltaProbe::Unavailable { .. }

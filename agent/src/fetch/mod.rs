@@ -18,7 +18,7 @@ mod sink;
 pub use auth::{Challenge, Credentials, parse_challenge};
 pub use blob::{BlobDownload, Partial};
 pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
-pub use delta::{DELTA_TARGET, DeltaOffer, DeltaProbe};
+pub use delta::{DeltaOffer, DeltaProbe};
 pub use error::FetchError;
 pub use fleet_protocol::ImageRef;
 pub use fleet_protocol::oci::{
