@@ -196,7 +196,17 @@ pub(super) async fn fetch_layer(
     job: DeltaJob,
 ) -> Result<BlobDownload, PullError> {
     match try_delta(&ctx, &desc, &job).await {
-        Ok(dl) => {
+        Ok(None) => {
+            // Another task of this pull rebuilt the same layer meanwhile.
+            (ctx.events)(PullEvent::BlobDone {
+                digest: desc.digest.clone(),
+                size: desc.size,
+                fetched: 0,
+                resumed_from: 0,
+            });
+            Ok(BlobDownload::default())
+        }
+        Ok(Some(dl)) => {
             count_content(&ctx.store, job.offer.size, 0);
             if let Err(e) = ctx.store.add_delta_counters(job.offer.size, desc.size, 0) {
                 tracing::warn!(error = %e, "cannot update the delta counters");
@@ -233,13 +243,22 @@ pub(super) async fn fetch_layer(
     }
 }
 
-async fn try_delta(ctx: &Ctx, desc: &Descriptor, job: &DeltaJob) -> Result<BlobDownload, Failed> {
+/// The delta's download, `None` when the layer's snapshot appeared while
+/// this task waited for another one using the same delta.
+async fn try_delta(
+    ctx: &Ctx,
+    desc: &Descriptor,
+    job: &DeltaJob,
+) -> Result<Option<BlobDownload>, Failed> {
     let offer = &job.offer;
     let unusable = |reason: String, fetched| Failed::Unusable { reason, fetched };
-    let dl = {
-        let _downloading = ctx.store.download_lock(&offer.digest).await;
-        download(ctx, desc, offer).await?
-    };
+    // Held through the apply: a second task for the same delta finds the
+    // snapshot, not a removed delta to download again.
+    let _using = ctx.store.download_lock(&offer.digest).await;
+    if ctx.snapshots.get(&job.diff_id).is_some() {
+        return Ok(None);
+    }
+    let dl = download(ctx, desc, offer).await?;
     let (snapshots, delta_file) = (ctx.snapshots.clone(), ctx.store.blob_path(&offer.digest));
     let (diff_id, bases, media_type) = (
         job.diff_id.clone(),
@@ -261,7 +280,7 @@ async fn try_delta(ctx: &Ctx, desc: &Descriptor, job: &DeltaJob) -> Result<BlobD
         tracing::warn!(delta = %offer.digest, error = %e, "cannot remove an applied delta");
     }
     match applied {
-        Ok(Ok(_)) => Ok(dl),
+        Ok(Ok(_)) => Ok(Some(dl)),
         Ok(Err(e)) => Err(unusable(fleet_protocol::report(&e), dl.fetched)),
         Err(e) => Err(unusable(format!("the apply task failed: {e}"), dl.fetched)),
     }
