@@ -88,6 +88,8 @@ impl Puller {
         let config = &manifest.config;
         if let Some(pos) = missing.iter().position(|d| d.digest == config.digest) {
             let desc = missing.remove(pos);
+            // The disk check before the first byte, for this small one.
+            self.store().ensure_space(desc.size)?;
             let (client, store) = (self.client().clone(), self.store().clone());
             let dl = fetch_blob(client, store, image.clone(), desc, events.clone()).await?;
             plan.fetched += dl.fetched;
