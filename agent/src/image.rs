@@ -29,6 +29,12 @@
 //!   diff_id differs from the config's (`unpack`), so a blob changed on
 //!   disk after entry cannot become a snapshot either.
 //!
+//! - A layer rebuilt from a delta has no blob in the store, only its
+//!   snapshot: [`StoredImage::verify_with_snapshots`] accepts it, because a
+//!   snapshot exists only once its tar hashed to the diff_id (checked by
+//!   the delta codec and again by the unpacker) and that diff_id is the
+//!   config's, whose digest the chain names.
+//!
 //! What this does not catch before unpacking is a same-sized in-place
 //! corruption of a layer file on disk; the diff_id check then refuses it at
 //! unpack time, before anything runs from it.

@@ -22,6 +22,12 @@
 //! [`apply_snapshots_to_dir`](crate::unpack::apply_snapshots_to_dir), which
 //! writes to a separate rootfs directory.
 //!
+//! A snapshot is made either from a layer blob ([`SnapshotStore::ensure`])
+//! or from a layer delta applied over the snapshots of base layers
+//! ([`SnapshotStore::ensure_from_delta`], protocol/DELTA.md): the rebuilt
+//! tar streams through a pipe into the same unpacker, both checking the
+//! diff_id, under `tmp/` like any unpack.
+//!
 //! Methods block (unpacking, fsync): async callers use `spawn_blocking`.
 //! Concurrent [`SnapshotStore::ensure`] calls for the same diff_id are safe;
 //! the first to finish wins and the others discard their copy.
