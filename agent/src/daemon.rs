@@ -151,11 +151,12 @@ fn content_source(config: &Config, deployer: &Deployer) -> Result<ContentSource,
         client.plain_http.push(host);
     }
     let client = Client::new(client)?;
-    Ok(ContentSource::Registry(Puller::new(
-        client,
-        deployer.store().clone(),
-        Platform::host(),
-    )))
+    let puller = Puller::new(client, deployer.store().clone(), Platform::host());
+    Ok(ContentSource::Registry(if config.store.deltas {
+        puller.with_deltas(deployer.snapshots().clone())
+    } else {
+        puller
+    }))
 }
 
 struct Daemon {

@@ -29,6 +29,12 @@
 //!   diff_id differs from the config's (`unpack`), so a blob changed on
 //!   disk after entry cannot become a snapshot either.
 //!
+//! - A layer rebuilt from a delta has no blob in the store, only its
+//!   snapshot: [`StoredImage::verify_with_snapshots`] accepts it, because a
+//!   snapshot exists only once its tar hashed to the diff_id (checked by
+//!   the delta codec and again by the unpacker) and that diff_id is the
+//!   config's, whose digest the chain names.
+//!
 //! What this does not catch before unpacking is a same-sized in-place
 //! corruption of a layer file on disk; the diff_id check then refuses it at
 //! unpack time, before anything runs from it.
@@ -152,6 +158,20 @@ impl StoredImage {
     /// index) digest a signed release names: see the module doc for the
     /// chain and why layer blobs are not hashed again here. Blocking.
     pub fn verify(store: &Store, reference: &str, named: &Digest) -> Result<Self, ImageError> {
+        Self::verify_with_snapshots(store, None, reference, named)
+    }
+
+    /// [`StoredImage::verify`], also accepting a layer whose blob is not in
+    /// the store when `snapshots` has the snapshot of its diff_id (a layer
+    /// rebuilt from a delta): a snapshot exists only if its tar hashed to
+    /// that diff_id, and the diff_id comes from the config the chain
+    /// verified.
+    pub fn verify_with_snapshots(
+        store: &Store,
+        snapshots: Option<&SnapshotStore>,
+        reference: &str,
+        named: &Digest,
+    ) -> Result<Self, ImageError> {
         let record = store
             .image(reference)
             .map_err(|source| ImageError::Store {
@@ -183,7 +203,10 @@ impl StoredImage {
         }
         let image = Self::load(store, &record.manifest)?;
         for layer in &image.layers {
-            check_recorded(store, &layer.blob, layer.size)?;
+            let unpacked = snapshots.is_some_and(|s| s.get(&layer.diff_id).is_some());
+            if !unpacked {
+                check_recorded(store, &layer.blob, layer.size)?;
+            }
         }
         Ok(image)
     }

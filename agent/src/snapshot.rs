@@ -22,6 +22,12 @@
 //! [`apply_snapshots_to_dir`](crate::unpack::apply_snapshots_to_dir), which
 //! writes to a separate rootfs directory.
 //!
+//! A snapshot is made either from a layer blob ([`SnapshotStore::ensure`])
+//! or from a layer delta applied over the snapshots of base layers
+//! ([`SnapshotStore::ensure_from_delta`], protocol/DELTA.md): the rebuilt
+//! tar streams through a pipe into the same unpacker, both checking the
+//! diff_id, under `tmp/` like any unpack.
+//!
 //! Methods block (unpacking, fsync): async callers use `spawn_blocking`.
 //! Concurrent [`SnapshotStore::ensure`] calls for the same diff_id are safe;
 //! the first to finish wins and the others discard their copy.
@@ -35,7 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fleet_protocol::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::unpack::{self, LayerStats, Limits, UnpackError, WhiteoutFormat};
+use fleet_protocol::delta::{self, DeltaError, DirBases};
+
+use crate::unpack::{self, Compression, LayerStats, Limits, UnpackError, WhiteoutFormat};
 
 const META_FILE: &str = "snapshot.json";
 const FS_DIR: &str = "fs";
@@ -54,6 +62,16 @@ pub enum SnapshotError {
         #[source]
         source: UnpackError,
     },
+    #[error("rebuilding layer {diff_id} from a delta: {source}")]
+    Delta {
+        diff_id: Digest,
+        #[source]
+        source: DeltaError,
+    },
+    #[error("delta for layer {diff_id} needs base layer {base}, which has no snapshot")]
+    MissingBase { diff_id: Digest, base: Digest },
+    #[error("the delta apply thread for layer {diff_id} failed")]
+    DeltaThread { diff_id: Digest },
     #[error("snapshot {diff_id}: unreadable {META_FILE}: {source}")]
     BadMetadata {
         diff_id: Digest,
@@ -212,6 +230,97 @@ impl SnapshotStore {
         result
     }
 
+    /// Returns the snapshot of `diff_id`, rebuilding its tar from the delta
+    /// file `delta_file` over the snapshots of the `bases` layers (read-only)
+    /// and unpacking that tar as it streams, if there is no snapshot yet.
+    /// Both the delta codec and the unpacker check the rebuilt tar against
+    /// `diff_id`; on any error nothing of the attempt stays. `media_type`
+    /// (the layer's) is only recorded.
+    pub fn ensure_from_delta(
+        &self,
+        diff_id: &Digest,
+        delta_file: &Path,
+        bases: &[Digest],
+        media_type: &str,
+        limits: &delta::Limits,
+    ) -> Result<PathBuf, SnapshotError> {
+        if let Some(p) = self.get(diff_id) {
+            return Ok(p);
+        }
+        let mut dirs = DirBases::new();
+        for base in bases {
+            let dir = self.get(base).ok_or_else(|| SnapshotError::MissingBase {
+                diff_id: diff_id.clone(),
+                base: base.clone(),
+            })?;
+            dirs.insert(base.clone(), dir);
+        }
+        let file = fs::File::open(delta_file).map_err(io_err("open", delta_file))?;
+        let work = self.temp_dir(&diff_id.hex()[..12])?;
+        let result = self.rebuild_and_commit(diff_id, file, dirs, media_type, limits, &work);
+        let _ = unpack::remove_tree(&work);
+        result
+    }
+
+    /// Applies the delta on a thread writing the rebuilt tar into a pipe,
+    /// and unpacks from the pipe's other end here.
+    fn rebuild_and_commit(
+        &self,
+        diff_id: &Digest,
+        delta_file: fs::File,
+        bases: DirBases,
+        media_type: &str,
+        limits: &delta::Limits,
+        work: &Path,
+    ) -> Result<PathBuf, SnapshotError> {
+        let fs_dir = work.join(FS_DIR);
+        fs::create_dir(&fs_dir).map_err(io_err("create", &fs_dir))?;
+        // An OS pipe (std's `io::pipe` is newer than this crate's MSRV).
+        let (reader, writer) =
+            rustix::pipe::pipe().map_err(|e| io_err("pipe", work)(io::Error::from(e)))?;
+        let (reader, writer) = (fs::File::from(reader), fs::File::from(writer));
+        let (target, limits) = (diff_id.clone(), *limits);
+        let applier = std::thread::Builder::new()
+            .name("delta-apply".into())
+            .spawn(move || {
+                let input = io::BufReader::with_capacity(64 << 10, delta_file);
+                let out = io::BufWriter::with_capacity(64 << 10, writer);
+                // The writer is dropped on return: the unpacker sees the end.
+                delta::apply(input, &bases, out, &target, &limits)
+            })
+            .map_err(io_err("spawn delta thread", work))?;
+        let unpacked = unpack::unpack_stream(
+            reader,
+            Compression::None,
+            diff_id,
+            &fs_dir,
+            &self.limits,
+            self.format,
+        );
+        let applied = applier.join().map_err(|_| SnapshotError::DeltaThread {
+            diff_id: diff_id.clone(),
+        })?;
+        let delta_err = |source| SnapshotError::Delta {
+            diff_id: diff_id.clone(),
+            source,
+        };
+        let unpack_err = |source| SnapshotError::Unpack {
+            diff_id: diff_id.clone(),
+            source,
+        };
+        let stats = match (applied, unpacked) {
+            (Ok(_), Ok(stats)) => stats,
+            // The unpacker stopped reading first (the codec then only saw
+            // a closed pipe): its error is the cause.
+            (Err(DeltaError::WriteOutput { .. }), Err(e)) => return Err(unpack_err(e)),
+            // Otherwise the codec's error says more (which base file, which
+            // op) than the unpacker's view of a stream that stopped.
+            (Err(e), _) => return Err(delta_err(e)),
+            (Ok(_), Err(e)) => return Err(unpack_err(e)),
+        };
+        self.commit(diff_id, media_type, stats, work)
+    }
+
     fn unpack_and_commit(
         &self,
         diff_id: &Digest,
@@ -232,6 +341,17 @@ impl SnapshotStore {
             diff_id: diff_id.clone(),
             source,
         })?;
+        self.commit(diff_id, media_type, stats, work)
+    }
+
+    /// Writes the metadata into `work`, syncs, and renames it into place.
+    fn commit(
+        &self,
+        diff_id: &Digest,
+        media_type: &str,
+        stats: LayerStats,
+        work: &Path,
+    ) -> Result<PathBuf, SnapshotError> {
         let info = SnapshotInfo {
             diff_id: diff_id.clone(),
             media_type: media_type.to_string(),

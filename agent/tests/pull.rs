@@ -511,3 +511,96 @@ async fn gc_after_an_update_removes_only_what_the_old_version_alone_used() {
         assert!(st.has_blob(d));
     }
 }
+
+/// A registry that is not Fleet's content endpoint has no deltas: with
+/// deltas enabled and a running release's layers as bases, the changed
+/// layer is pulled whole, silently (no delta event, no fallback counted),
+/// and a layer whose snapshot the device has is not fetched at all.
+#[tokio::test]
+async fn against_a_plain_registry_deltas_quietly_fall_back_to_whole_layers() {
+    let Some(reg) = Registry::start().await else {
+        return;
+    };
+    // Layers with owners set, so that they unpack.
+    let layer = |path: &str, seed| {
+        use std::io::Write;
+        let data = random_bytes(100 * 1024, seed);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, data.as_slice()).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&tar).unwrap();
+        Layer {
+            media_type: LAYER_GZIP,
+            blob: enc.finish().unwrap(),
+            diff_id: fleet_protocol::Digest::of(&tar),
+        }
+    };
+    let shared = layer("bin/tool", 7);
+    let v1 = layer("app/model.bin", 8);
+    let v2 = layer("app/model.bin", 9);
+    let (shared_diff, v1_diff) = (shared.diff_id.clone(), v1.diff_id.clone());
+    push_image(&reg.base(), "edge/app", "1", &[shared.clone(), v1], "amd64").await;
+    let p2 = push_image(&reg.base(), "edge/app", "2", &[shared, v2], "amd64").await;
+    let dir = tempfile::tempdir().unwrap();
+    let st = store(dir.path());
+    let snapshots = Arc::new(fleet_agent::snapshot::SnapshotStore::open(dir.path()).unwrap());
+    let puller = puller(st.clone(), "linux/amd64").with_deltas(snapshots.clone());
+    let (sink, log) = events();
+    puller
+        .pull(&image(&format!("{}/edge/app:1", reg.addr)), sink.clone())
+        .await
+        .unwrap();
+    // The device runs v1: its layers are snapshots; the shared layer's blob
+    // is gone from the store (as after a delta), only its snapshot stays.
+    let gz = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let v1_blob = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|e| match e {
+            PullEvent::Done(s) => Some(s.layers[1].clone()),
+            _ => None,
+        })
+        .unwrap();
+    let shared_blob = &p2.layers[0].0;
+    snapshots
+        .ensure(&shared_diff, &st.blob_path(shared_blob), gz)
+        .unwrap();
+    st.remove_blob(shared_blob).unwrap();
+    snapshots
+        .ensure(&v1_diff, &st.blob_path(&v1_blob), gz)
+        .unwrap();
+    log.lock().unwrap().clear();
+
+    let s = puller
+        .pull_with_bases(
+            &image(&format!("{}/edge/app:2", reg.addr)),
+            &[shared_diff.clone(), v1_diff],
+            sink,
+        )
+        .await
+        .unwrap();
+    let events = log.lock().unwrap();
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            PullEvent::DeltaApplied { .. } | PullEvent::DeltaFallback { .. }
+        )),
+        "no delta events against a plain registry"
+    );
+    assert!(st.has_blob(&p2.layers[1].0), "the changed layer came whole");
+    assert!(
+        !st.has_blob(&p2.layers[0].0),
+        "the layer the device has unpacked was not fetched"
+    );
+    assert_eq!(s.blobs_reused, 1);
+    let c = st.content_counters().unwrap();
+    assert_eq!((c.delta_fetched_bytes, c.delta_fallbacks), (0, 0));
+}

@@ -16,6 +16,8 @@ use crate::store::{DeviceRecord, GroupRecord};
 use crate::telemetry::updates::{BUCKETS, RESULTS, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, MessageKind};
 
+mod content;
+
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -481,29 +483,7 @@ fn telemetry(o: &mut Out, input: &Input<'_>) {
             Some((&d.id, t))
         })
         .collect();
-    let sum = |f: fn(&Telemetry) -> Option<u64>| -> f64 {
-        devices.iter().filter_map(|(_, t)| f(t)).sum::<u64>() as f64
-    };
-    o.family(
-        "fleet_content_fetched_bytes_total",
-        "counter",
-        "Content bytes devices downloaded (sum over devices of their own counters).",
-    );
-    o.sample(
-        "fleet_content_fetched_bytes_total",
-        &[],
-        sum(|t| t.fetched_bytes_total),
-    );
-    o.family(
-        "fleet_content_reused_bytes_total",
-        "counter",
-        "Content bytes devices did not download because they already had them (bytes saved by dedup).",
-    );
-    o.sample(
-        "fleet_content_reused_bytes_total",
-        &[],
-        sum(|t| t.reused_bytes_total),
-    );
+    content::device_sums(o, &devices);
     device_gauges(o, &devices);
     fleet_aggregates(o, &devices);
 }

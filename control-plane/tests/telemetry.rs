@@ -281,6 +281,9 @@ fn jetson_telemetry() -> Telemetry {
         power_mw: BTreeMap::from([("VDD_IN".into(), 5200), ("VDD_CPU_GPU_CV".into(), 1800)]),
         fetched_bytes_total: Some(1_000),
         reused_bytes_total: Some(4_000),
+        delta_fetched_bytes_total: Some(100),
+        delta_replaced_bytes_total: Some(900),
+        delta_fallbacks_total: Some(1),
         ..Telemetry::default()
     }
 }
@@ -293,6 +296,9 @@ fn box_telemetry() -> Telemetry {
         temperatures: BTreeMap::from([("x86_pkg_temp".into(), 40.0)]),
         fetched_bytes_total: Some(500),
         reused_bytes_total: Some(0),
+        delta_fetched_bytes_total: Some(50),
+        delta_replaced_bytes_total: Some(1_000),
+        delta_fallbacks_total: Some(0),
         ..Telemetry::default()
     }
 }
@@ -478,6 +484,12 @@ async fn devices_over_mqtt_show_up_in_metrics_that_promtool_accepts_and_in_fleet
     // Content bytes: sums of the devices' counters.
     assert_eq!(get("fleet_content_fetched_bytes_total"), 1_500.0);
     assert_eq!(get("fleet_content_reused_bytes_total"), 4_000.0);
+    assert_eq!(get("fleet_content_device_delta_fetched_bytes_total"), 150.0);
+    assert_eq!(
+        get("fleet_content_device_delta_replaced_bytes_total"),
+        1_900.0
+    );
+    assert_eq!(get("fleet_content_device_delta_fallbacks_total"), 1.0);
 
     // The server's own counters.
     assert!(get(r#"fleet_ingest_messages_total{kind="telemetry"}"#) >= 2.0);

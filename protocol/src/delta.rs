@@ -21,6 +21,13 @@ pub use bases::{BaseFiles, DirBases};
 pub use encode::{EncodeError, EncodeOptions, Encoded, encode};
 pub use format::{Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, VERSION, path_is_safe};
 
+/// HTTP header of a served delta naming the diff_id it rebuilds
+/// (protocol/DELTA.md, "Asking the server for a delta").
+pub const TARGET_HEADER: &str = "Fleet-Delta-Target";
+/// HTTP header of a served delta with the bytes of the whole layer blob it
+/// replaces.
+pub const LAYER_SIZE_HEADER: &str = "Fleet-Delta-Layer-Size";
+
 /// Default [`worth_sending`] ratio: a delta must be under 80% of the layer.
 pub const DEFAULT_RATIO: f64 = 0.8;
 

@@ -421,6 +421,18 @@ pub struct Telemetry {
     /// had them (monotonic counter, same origin as `fetched_bytes_total`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reused_bytes_total: Option<u64>,
+    /// Bytes of layer deltas downloaded and applied (monotonic counter;
+    /// also counted in `fetched_bytes_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_fetched_bytes_total: Option<u64>,
+    /// Bytes of the whole layers those deltas replaced (monotonic counter):
+    /// what the device would have fetched without deltas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_replaced_bytes_total: Option<u64>,
+    /// Deltas the device could not use and replaced by the whole layer
+    /// (monotonic counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_fallbacks_total: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<AppTelemetry>,
 }
@@ -447,6 +459,9 @@ impl Default for Telemetry {
             power_mw: BTreeMap::new(),
             fetched_bytes_total: None,
             reused_bytes_total: None,
+            delta_fetched_bytes_total: None,
+            delta_replaced_bytes_total: None,
+            delta_fallbacks_total: None,
             apps: Vec::new(),
         }
     }

@@ -172,6 +172,9 @@ fn telemetry() -> Telemetry {
         power_mw: BTreeMap::from([("VDD_GPU_SOC".into(), 4200)]),
         fetched_bytes_total: Some(5 << 20),
         reused_bytes_total: Some(40 << 20),
+        delta_fetched_bytes_total: Some(1 << 20),
+        delta_replaced_bytes_total: Some(30 << 20),
+        delta_fallbacks_total: Some(1),
         apps: vec![AppTelemetry {
             app: Some(app("model")),
             running: true,

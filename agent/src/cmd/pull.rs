@@ -126,6 +126,17 @@ fn print_event(ev: &PullEvent, json: bool) {
             "pulled {} ({} bytes fetched, {} reused)",
             s.reference, s.bytes_fetched, s.bytes_reused
         ),
+        PullEvent::DeltaApplied {
+            layer,
+            delta_bytes,
+            layer_bytes,
+            ..
+        } => println!(
+            "  {layer}: rebuilt from a {delta_bytes}-byte delta instead of {layer_bytes} bytes"
+        ),
+        PullEvent::DeltaFallback { layer, reason } => {
+            println!("  {layer}: delta unusable ({reason}); fetching the whole layer")
+        }
         PullEvent::Progress { .. } => {}
     }
 }

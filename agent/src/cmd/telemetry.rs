@@ -112,6 +112,16 @@ fn print_text(t: &Telemetry) {
             .zip(t.reused_bytes_total)
             .map(|(f, r)| format!("{f} / {r}")),
     );
+    line(
+        "delta_fetched_replaced_bytes_total",
+        t.delta_fetched_bytes_total
+            .zip(t.delta_replaced_bytes_total)
+            .map(|(f, r)| format!("{f} / {r}")),
+    );
+    line(
+        "delta_fallbacks_total",
+        t.delta_fallbacks_total.map(|v| v.to_string()),
+    );
     for (zone, c) in &t.temperatures {
         println!("temperature {zone}: {c:.1} °C");
     }

@@ -33,6 +33,7 @@
 //! [store]
 //! reserve_bytes = 268435456             # disk space downloads leave free
 //! cache_bytes = 1048576                 # sled page cache
+//! deltas = true                         # ask the content endpoint for layer deltas
 //! ```
 //!
 //! Environment overrides: `FLEET_AGENT_DEVICE_ID`, `FLEET_AGENT_STATE_DIR`,
@@ -41,7 +42,8 @@
 //! `FLEET_AGENT_TELEMETRY_INTERVAL_SECS`, `FLEET_AGENT_HOST_ROOT`,
 //! `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
 //! `FLEET_AGENT_RUNTIME_ROOT`, `FLEET_AGENT_PROBATION_SECS`,
-//! `FLEET_AGENT_CRASH_LOOP_RESTARTS`, `FLEET_AGENT_RESERVE_BYTES`.
+//! `FLEET_AGENT_CRASH_LOOP_RESTARTS`, `FLEET_AGENT_RESERVE_BYTES`,
+//! `FLEET_AGENT_DELTAS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -216,6 +218,11 @@ pub struct DeploySection {
 pub struct StoreSection {
     pub reserve_bytes: u64,
     pub cache_bytes: u64,
+    /// Whether an update asks the registry for byte-level deltas of its
+    /// changed layers against the running release's (protocol/DELTA.md);
+    /// only Fleet's content endpoint serves them, others cost one HEAD per
+    /// changed layer.
+    pub deltas: bool,
 }
 
 impl Default for Config {
@@ -265,6 +272,7 @@ impl Default for StoreSection {
         StoreSection {
             reserve_bytes: 256 * 1024 * 1024,
             cache_bytes: 1024 * 1024,
+            deltas: true,
         }
     }
 }
@@ -341,6 +349,7 @@ impl Config {
             &mut self.deploy.crash_loop_restarts,
         )?;
         env.parse("FLEET_AGENT_RESERVE_BYTES", &mut self.store.reserve_bytes)?;
+        env.parse("FLEET_AGENT_DELTAS", &mut self.store.deltas)?;
         Ok(())
     }
 

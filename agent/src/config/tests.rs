@@ -108,6 +108,7 @@ fn every_variable_overrides_its_field() {
             "FLEET_AGENT_PROBATION_SECS" => "5",
             "FLEET_AGENT_CRASH_LOOP_RESTARTS" => "6",
             "FLEET_AGENT_RESERVE_BYTES" => "7",
+            "FLEET_AGENT_DELTAS" => "false",
             _ => return None,
         };
         Some(v.into())
@@ -129,6 +130,7 @@ fn every_variable_overrides_its_field() {
         (5, 6)
     );
     assert_eq!(c.store.reserve_bytes, 7);
+    assert!(!c.store.deltas);
     for (var, bad) in [
         ("FLEET_AGENT_RUNTIME", "docker"),
         ("FLEET_AGENT_DEVICE_ID", "Not A Device"),

@@ -117,12 +117,15 @@ pub fn image_reference(repository: &str, manifest: &Digest) -> Result<String, Co
         })
 }
 
-/// Makes sure manifest, config and layers of `release` are in the store, and
-/// records the image there as kept. A registry pull reports to `events`.
+/// Makes sure manifest, config and layers of `release` are in the store (or,
+/// for a layer rebuilt from a delta against the `bases` layers the device
+/// runs, its snapshot), and records the image there as kept. A registry
+/// pull reports to `events`.
 pub fn fetch<'a>(
     store: &'a Arc<Store>,
     source: &'a ContentSource,
     release: &'a ReleaseRecord,
+    bases: &'a [Digest],
     events: EventSink,
 ) -> Pin<Box<dyn Future<Output = Result<(), ContentError>> + Send + 'a>> {
     Box::pin(async move {
@@ -134,7 +137,7 @@ pub fn fetch<'a>(
                         reference: release.image.clone(),
                         source,
                     })?;
-                puller.pull(&image, events).await?;
+                puller.pull_with_bases(&image, bases, events).await?;
                 Ok(())
             }
             ContentSource::Layout(dir) => {

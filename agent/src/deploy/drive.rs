@@ -203,7 +203,13 @@ impl Inner {
         let events = self.progress.sink(rec.app.clone(), move || {
             phases.send_modify(|n| *n = n.wrapping_add(1));
         });
-        let fetched = content::fetch(&self.store, source, target, events).await;
+        // Deltas are asked for against the layers of the release running now.
+        let bases: Vec<_> = rec
+            .current
+            .iter()
+            .flat_map(|c| c.layers.iter().map(|l| l.diff_id.clone()))
+            .collect();
+        let fetched = content::fetch(&self.store, source, target, &bases, events).await;
         self.progress.clear(&rec.app);
         Ok(match fetched {
             Ok(()) => {
@@ -225,9 +231,14 @@ impl Inner {
         rec: &mut AppRecord,
         target: ReleaseRecord,
     ) -> Result<Event, DeployError> {
-        let store = self.store.clone();
+        let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
         let verified = tokio::task::spawn_blocking(move || {
-            StoredImage::verify(&store, &target.image, &target.release.manifest_digest)
+            StoredImage::verify_with_snapshots(
+                &store,
+                Some(&snapshots),
+                &target.image,
+                &target.release.manifest_digest,
+            )
         })
         .await
         .map_err(|source| DeployError::Blocking {

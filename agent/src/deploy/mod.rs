@@ -211,6 +211,11 @@ impl Deployer {
         &self.inner.store
     }
 
+    /// The read-only layer snapshots (where deltas are applied).
+    pub fn snapshots(&self) -> &Arc<SnapshotStore> {
+        &self.inner.snapshots
+    }
+
     /// The agent's containers (supervisors, stop, adoption).
     pub fn containers(&self) -> &Containers {
         &self.inner.containers

@@ -103,7 +103,8 @@ impl Downloads {
                 t.blobs.insert(digest, size);
                 due
             }
-            PullEvent::Done(_) => true,
+            PullEvent::DeltaApplied { .. } => due,
+            PullEvent::DeltaFallback { .. } | PullEvent::Done(_) => true,
         };
         if announce {
             t.announced = Some(now);

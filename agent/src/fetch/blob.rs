@@ -101,8 +101,22 @@ impl Client {
         dest: &Partial,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<BlobDownload, FetchError> {
-        let _slot = self.inner.blob_slots.acquire().await.ok();
         let url = self.blob_url(image, &desc.digest);
+        self.download_from(image, &url, desc, dest, progress).await
+    }
+
+    /// [`Client::download_blob`] from another URL of `image`'s registry
+    /// serving the content `desc` names (a delta of the content endpoint):
+    /// the same checks, journal and resume.
+    pub async fn download_from(
+        &self,
+        image: &ImageRef,
+        url: &str,
+        desc: &Descriptor,
+        dest: &Partial,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<BlobDownload, FetchError> {
+        let _slot = self.inner.blob_slots.acquire().await.ok();
         let policy = self.inner.cfg.retry.clone();
         let mut stats = BlobDownload::default();
         let mut first = true;
@@ -113,7 +127,7 @@ impl Client {
             let result = self
                 .try_download(
                     image,
-                    &url,
+                    url,
                     desc,
                     dest,
                     progress,

@@ -186,11 +186,26 @@ impl Client {
         url: &str,
         headers: HeaderMap,
     ) -> Result<Response, FetchError> {
+        self.send(reqwest::Method::GET, image, url, headers).await
+    }
+
+    /// [`Client::get`] with another method (HEAD).
+    pub(super) async fn send(
+        &self,
+        method: reqwest::Method,
+        image: &ImageRef,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, FetchError> {
         let registry = image.domain();
         let scope = format!("repository:{}:pull", image.repository());
         let mut challenged = false;
         loop {
-            let req = self.inner.http.get(url).headers(headers.clone());
+            let req = self
+                .inner
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
             let resp = self
                 .authorize(req, registry, &scope)
                 .send()

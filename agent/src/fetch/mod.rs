@@ -6,15 +6,19 @@
 mod auth;
 mod blob;
 mod client;
+mod delta;
 mod error;
 mod limit;
 #[cfg(feature = "agent")]
 mod pull;
+#[cfg(feature = "agent")]
+mod pull_delta;
 mod sink;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
 pub use blob::{BlobDownload, Partial};
 pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
+pub use delta::{DeltaOffer, DeltaProbe};
 pub use error::FetchError;
 pub use fleet_protocol::ImageRef;
 pub use fleet_protocol::oci::{

@@ -3,6 +3,7 @@
 //! space before the first byte, download the rest (bounded, verified,
 //! resumable), then record the manifests and the image.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +11,9 @@ use fleet_protocol::{Digest, ImageRef};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use super::pull_delta::{self, DeltaJob};
 use super::{BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, Platform};
+use crate::snapshot::SnapshotStore;
 use crate::store::{ImageRecord, Store, StoreError};
 
 /// Why a pull failed.
@@ -63,12 +66,26 @@ pub enum PullEvent {
         done: u64,
         total: u64,
     },
-    /// One blob is verified and in the store.
+    /// One blob is verified and in the store (for a layer rebuilt from a
+    /// delta: its snapshot is, and `fetched` counts the delta's bytes).
     BlobDone {
         digest: Digest,
         size: u64,
         fetched: u64,
         resumed_from: u64,
+    },
+    /// The layer `layer` was rebuilt from a delta of `delta_bytes` instead
+    /// of fetching its `layer_bytes`.
+    DeltaApplied {
+        layer: Digest,
+        diff_id: Digest,
+        delta_bytes: u64,
+        layer_bytes: u64,
+    },
+    /// A delta for `layer` could not be used; the whole layer is fetched.
+    DeltaFallback {
+        layer: Digest,
+        reason: String,
     },
     Done(PullSummary),
 }
@@ -100,6 +117,9 @@ pub struct Puller {
     client: Client,
     store: Arc<Store>,
     platform: Platform,
+    /// Where layers rebuilt from deltas go (and base files come from);
+    /// `None`: layers are always fetched whole.
+    snapshots: Option<Arc<SnapshotStore>>,
 }
 
 struct Got {
@@ -116,7 +136,20 @@ impl Puller {
             client,
             store,
             platform,
+            snapshots: None,
         }
+    }
+
+    /// Lets [`Puller::pull_with_bases`] ask the registry for layer deltas
+    /// and rebuild layers into `snapshots` from them; a layer whose
+    /// snapshot exists is then not fetched at all.
+    pub fn with_deltas(mut self, snapshots: Arc<SnapshotStore>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    pub(super) fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
+        self.snapshots.as_ref()
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -133,6 +166,20 @@ impl Puller {
         image: &ImageRef,
         events: EventSink,
     ) -> Result<PullSummary, PullError> {
+        self.pull_with_bases(image, &[], events).await
+    }
+
+    /// [`Puller::pull`] for a device that has the layers `bases` (diff_ids,
+    /// bottom → top: the running release's) unpacked: with deltas enabled
+    /// ([`Puller::with_deltas`]), a missing layer the registry has a delta
+    /// for (against those bases) is rebuilt from it; any failure of a delta
+    /// falls back to the whole layer ([`PullEvent::DeltaFallback`]).
+    pub async fn pull_with_bases(
+        &self,
+        image: &ImageRef,
+        bases: &[Digest],
+        events: EventSink,
+    ) -> Result<PullSummary, PullError> {
         let _lease = self.store.lease().await;
         let reference = image.to_string();
         let (index, manifest, mut fetched) = self.resolve(image, &reference).await?;
@@ -145,20 +192,25 @@ impl Puller {
         };
 
         let blobs: Vec<Descriptor> = image_manifest.blobs().into_iter().cloned().collect();
-        let (present, missing): (Vec<_>, Vec<_>) = blobs
+        let (mut present, mut missing): (Vec<_>, Vec<_>) = blobs
             .iter()
             .cloned()
             .partition(|d| self.store.has_blob(&d.digest));
+        let plan = self
+            .plan_layers(image, image_manifest, &mut missing, bases, &events)
+            .await?;
+        present.extend(plan.unpacked);
         let total_bytes: u64 = blobs.iter().map(|d| d.size).sum();
         let reused_bytes: u64 = present.iter().map(|d| d.size).sum();
         let mut needed: u64 = missing
             .iter()
-            .map(|d| {
-                d.size.saturating_sub(
+            .map(|d| match plan.deltas.get(&d.digest) {
+                Some(job) => job.needed(&self.store),
+                None => d.size.saturating_sub(
                     self.store
                         .partial(&d.digest)
                         .resumable_len(&d.digest, d.size),
-                )
+                ),
             })
             .sum();
         for m in index.iter().chain([&manifest]) {
@@ -178,7 +230,10 @@ impl Puller {
         });
 
         let manifest_bytes = fetched;
-        fetched += self.fetch_missing(image, &missing, &events).await?;
+        fetched += plan.fetched;
+        fetched += self
+            .fetch_missing(image, &missing, plan.deltas, &events)
+            .await?;
 
         for m in index.iter().chain([&manifest]) {
             self.store.put_blob(&m.digest, &m.bytes, &m.media_type)?;
@@ -201,7 +256,7 @@ impl Puller {
             total_bytes,
             fetched,
             reused_bytes,
-            (missing.len(), present.len()),
+            (missing.len() + plan.fetched_blobs, present.len()),
         );
         events(PullEvent::Done(summary.clone()));
         Ok(summary)
@@ -243,6 +298,7 @@ impl Puller {
         &self,
         image: &ImageRef,
         missing: &[Descriptor],
+        mut deltas: HashMap<Digest, DeltaJob>,
         events: &EventSink,
     ) -> Result<u64, PullError> {
         let mut fetched = 0;
@@ -254,7 +310,21 @@ impl Puller {
                 image.clone(),
                 events.clone(),
             );
-            tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await });
+            match (deltas.remove(&desc.digest), self.snapshots.clone()) {
+                (Some(job), Some(snapshots)) => {
+                    let ctx = pull_delta::Ctx {
+                        client,
+                        store,
+                        snapshots,
+                        image,
+                        events,
+                    };
+                    tasks.spawn(async move { pull_delta::fetch_layer(ctx, desc, job).await })
+                }
+                _ => {
+                    tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await })
+                }
+            };
         }
         while let Some(done) = tasks.join_next().await {
             match done.map_err(PullError::Task).and_then(|r| r) {
@@ -307,7 +377,7 @@ impl Puller {
     }
 }
 
-async fn fetch_blob(
+pub(super) async fn fetch_blob(
     client: Client,
     store: Arc<Store>,
     image: ImageRef,
@@ -365,7 +435,7 @@ async fn fetch_blob(
 }
 
 /// Adds to the store's content counters; a failure costs only telemetry.
-fn count_content(store: &Store, fetched: u64, reused: u64) {
+pub(super) fn count_content(store: &Store, fetched: u64, reused: u64) {
     if let Err(e) = store.add_content_counters(fetched, reused) {
         tracing::warn!(error = %e, "cannot update the content byte counters");
     }

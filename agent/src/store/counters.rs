@@ -1,8 +1,10 @@
-//! The store's own accounting: bytes held (from the blob records) and two
+//! The store's own accounting: bytes held (from the blob records) and
 //! monotonic counters of content bytes — downloaded, and not downloaded
-//! because the store already had them. The counters live in sled (tree
-//! `counters`), are bumped once per committed blob or finished pull (never
-//! per chunk) and survive restarts.
+//! because the store already had them — and of layer deltas: delta bytes
+//! fetched, the whole-layer bytes they replaced, and deltas that could not
+//! be used (fallbacks to the whole layer). The counters live in sled (tree
+//! `counters`), are bumped once per committed blob, delta or finished pull
+//! (never per chunk) and survive restarts.
 
 use serde::Serialize;
 
@@ -18,24 +20,57 @@ pub struct ContentCounters {
     pub fetched_bytes: u64,
     /// Content bytes a pull needed and found already in the store.
     pub reused_bytes: u64,
+    /// Bytes of layer deltas fetched and applied (also in `fetched_bytes`).
+    pub delta_fetched_bytes: u64,
+    /// Bytes of the whole layers those deltas replaced.
+    pub delta_replaced_bytes: u64,
+    /// Deltas that could not be used; the whole layer was fetched instead.
+    pub delta_fallbacks: u64,
 }
 
 impl ContentCounters {
-    fn encode(self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.fetched_bytes.to_be_bytes());
-        out[8..].copy_from_slice(&self.reused_bytes.to_be_bytes());
-        out
+    fn fields(self) -> [u64; 5] {
+        [
+            self.fetched_bytes,
+            self.reused_bytes,
+            self.delta_fetched_bytes,
+            self.delta_replaced_bytes,
+            self.delta_fallbacks,
+        ]
     }
 
-    /// Anything but 16 bytes reads as zero (a fresh store).
+    fn encode(self) -> Vec<u8> {
+        self.fields().iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    /// 16 bytes (a store from before deltas) or 40; anything else reads as
+    /// zero (a fresh store).
     fn decode(bytes: &[u8]) -> Self {
-        match (bytes.get(..8), bytes.get(8..16)) {
-            (Some(f), Some(r)) if bytes.len() == 16 => Self {
-                fetched_bytes: u64::from_be_bytes(f.try_into().unwrap_or([0; 8])),
-                reused_bytes: u64::from_be_bytes(r.try_into().unwrap_or([0; 8])),
-            },
-            _ => Self::default(),
+        if bytes.len() != 16 && bytes.len() != 40 {
+            return Self::default();
+        }
+        let mut v = [0u64; 5];
+        for (slot, chunk) in v.iter_mut().zip(bytes.chunks_exact(8)) {
+            *slot = u64::from_be_bytes(chunk.try_into().unwrap_or([0; 8]));
+        }
+        Self {
+            fetched_bytes: v[0],
+            reused_bytes: v[1],
+            delta_fetched_bytes: v[2],
+            delta_replaced_bytes: v[3],
+            delta_fallbacks: v[4],
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        let (a, b) = (self.fields(), other.fields());
+        let s = |i: usize| a[i].saturating_add(b[i]);
+        Self {
+            fetched_bytes: s(0),
+            reused_bytes: s(1),
+            delta_fetched_bytes: s(2),
+            delta_replaced_bytes: s(3),
+            delta_fallbacks: s(4),
         }
     }
 }
@@ -53,21 +88,38 @@ impl Store {
         fetched: u64,
         reused: u64,
     ) -> Result<ContentCounters, StoreError> {
-        if fetched == 0 && reused == 0 {
+        self.add_counters(ContentCounters {
+            fetched_bytes: fetched,
+            reused_bytes: reused,
+            ..ContentCounters::default()
+        })
+    }
+
+    /// Adds to the delta counters: `fetched` delta bytes that replaced
+    /// `replaced` whole-layer bytes, and `fallbacks` unusable deltas.
+    pub fn add_delta_counters(
+        &self,
+        fetched: u64,
+        replaced: u64,
+        fallbacks: u64,
+    ) -> Result<ContentCounters, StoreError> {
+        self.add_counters(ContentCounters {
+            delta_fetched_bytes: fetched,
+            delta_replaced_bytes: replaced,
+            delta_fallbacks: fallbacks,
+            ..ContentCounters::default()
+        })
+    }
+
+    fn add_counters(&self, more: ContentCounters) -> Result<ContentCounters, StoreError> {
+        if more == ContentCounters::default() {
             return self.content_counters();
         }
         let tree = self.counters_tree()?;
         let new = tree
             .update_and_fetch(CONTENT_KEY, |old| {
                 let c = old.map(ContentCounters::decode).unwrap_or_default();
-                Some(
-                    ContentCounters {
-                        fetched_bytes: c.fetched_bytes.saturating_add(fetched),
-                        reused_bytes: c.reused_bytes.saturating_add(reused),
-                    }
-                    .encode()
-                    .to_vec(),
-                )
+                Some(c.add(more).encode())
             })
             .map_err(|source| self.db_err(source))?;
         Ok(new.map(|v| ContentCounters::decode(&v)).unwrap_or_default())
@@ -117,8 +169,18 @@ mod tests {
                 c,
                 ContentCounters {
                     fetched_bytes: 120,
-                    reused_bytes: 300
+                    reused_bytes: 300,
+                    ..ContentCounters::default()
                 }
+            );
+            let c = store.add_delta_counters(10, 90, 1).unwrap();
+            assert_eq!(
+                (
+                    c.delta_fetched_bytes,
+                    c.delta_replaced_bytes,
+                    c.delta_fallbacks
+                ),
+                (10, 90, 1)
             );
             let blob = b"hello blob";
             store
@@ -143,7 +205,10 @@ mod tests {
             store.content_counters().unwrap(),
             ContentCounters {
                 fetched_bytes: 120,
-                reused_bytes: 300
+                reused_bytes: 300,
+                delta_fetched_bytes: 10,
+                delta_replaced_bytes: 90,
+                delta_fallbacks: 1,
             }
         );
         assert_eq!(store.used_bytes().unwrap(), 10);
@@ -158,7 +223,17 @@ mod tests {
         let c = ContentCounters {
             fetched_bytes: 7,
             reused_bytes: u64::MAX,
+            delta_fetched_bytes: 1,
+            delta_replaced_bytes: 2,
+            delta_fallbacks: 3,
         };
         assert_eq!(ContentCounters::decode(&c.encode()), c);
+        // A record from before deltas keeps its two counters.
+        let old: Vec<u8> = [5u64, 6].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let d = ContentCounters::decode(&old);
+        assert_eq!(
+            (d.fetched_bytes, d.reused_bytes, d.delta_fallbacks),
+            (5, 6, 0)
+        );
     }
 }

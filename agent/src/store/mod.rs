@@ -298,6 +298,21 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a blob and its record (e.g. a layer delta once applied, or
+    /// one that failed). Missing is fine.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+        self.blobs
+            .remove(digest.as_str().as_bytes())
+            .map_err(|source| self.db_err(source))?;
+        Ok(())
+    }
+
     /// Stores `bytes` (e.g. a manifest) under `digest` after checking it.
     pub fn put_blob(
         &self,

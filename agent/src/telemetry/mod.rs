@@ -153,6 +153,9 @@ impl Sampler {
             if let Ok(c) = store.content_counters() {
                 t.fetched_bytes_total = Some(c.fetched_bytes);
                 t.reused_bytes_total = Some(c.reused_bytes);
+                t.delta_fetched_bytes_total = Some(c.delta_fetched_bytes);
+                t.delta_replaced_bytes_total = Some(c.delta_replaced_bytes);
+                t.delta_fallbacks_total = Some(c.delta_fallbacks);
             }
         }
         t.apps = self.apps(apps);

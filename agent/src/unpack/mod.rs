@@ -297,6 +297,22 @@ fn unpack_into(
                 .map_err(|source| UnpackError::Read { source })?,
         ),
     };
+    unpack_stream(decoder, compression, expected_diff_id, dest, limits, format)
+}
+
+/// Extracts the uncompressed layer tar read from `tar_stream` into `dest`
+/// (an existing empty directory), hashing every byte of the stream (read to
+/// its end) and checking it against `expected_diff_id`. `compression` is
+/// only recorded in the stats. On error the caller removes `dest`.
+pub fn unpack_stream(
+    tar_stream: impl Read + 'static,
+    compression: Compression,
+    expected_diff_id: &Digest,
+    dest: &Path,
+    limits: &Limits,
+    format: WhiteoutFormat,
+) -> Result<LayerStats, UnpackError> {
+    let decoder: Box<dyn Read> = Box::new(tar_stream);
     let over_limit = Rc::new(Cell::new(None));
     let hashing = HashingReader {
         inner: decoder,

@@ -197,6 +197,17 @@ pub fn telemetry(v: &TelemetryView) -> String {
     if let Some(r) = t.reused_bytes_total {
         content.push(format!("reused {}", bytes(r)));
     }
+    if let Some(d) = t.delta_fetched_bytes_total {
+        let replaced = t.delta_replaced_bytes_total.unwrap_or(0);
+        content.push(format!(
+            "deltas {} for {} of layers",
+            bytes(d),
+            bytes(replaced)
+        ));
+    }
+    if let Some(n) = t.delta_fallbacks_total.filter(|n| *n > 0) {
+        content.push(format!("{n} delta fallbacks"));
+    }
     line("content", content);
     line(
         "apps",

@@ -362,9 +362,9 @@ async fn serve_blob(
 }
 
 /// Header naming the diff_id a delta rebuilds.
-pub const DELTA_TARGET: &str = "Fleet-Delta-Target";
+pub const DELTA_TARGET: &str = fleet_protocol::delta::TARGET_HEADER;
 /// Header with the size of the whole layer blob a delta replaces.
-pub const DELTA_LAYER_SIZE: &str = "Fleet-Delta-Layer-Size";
+pub const DELTA_LAYER_SIZE: &str = fleet_protocol::delta::LAYER_SIZE_HEADER;
 /// Seconds a device waits before asking again for a delta being computed.
 pub const DELTA_RETRY_SECS: u64 = 2;
 
