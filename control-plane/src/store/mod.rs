@@ -9,9 +9,11 @@
 //! Methods are blocking: async callers run them in `spawn_blocking`.
 
 mod model;
+mod policy;
 mod sled_store;
 
 pub use model::*;
+pub use policy::*;
 pub use sled_store::SledStore;
 
 use fleet_protocol::{DeviceId, Digest, GroupName};
