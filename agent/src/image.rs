@@ -33,23 +33,19 @@
 //! corruption of a layer file on disk; the diff_id check then refuses it at
 //! unpack time, before anything runs from it.
 //!
-//! Manifests and configs are read whole, up to [`MAX_METADATA_BYTES`].
+//! Manifests and configs are read whole, up to [`MAX_MANIFEST_BYTES`] (the
+//! registry's own manifest limit; image configs are a few KiB).
 
 use std::path::PathBuf;
 
 use fleet_protocol::Digest;
+use fleet_protocol::oci::MAX_MANIFEST_BYTES;
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
 use crate::fetch::{Descriptor, ImageManifest, Manifest, ManifestError};
 use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::store::{Store, StoreError};
-
-/// Upper bound for a manifest, an index or an image config read from the
-/// store: 4 MiB, the limit the distribution registry itself puts on
-/// manifests (and the fetch client's default `max_manifest_bytes`); image
-/// configs are a few KiB.
-pub const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -247,7 +243,7 @@ pub fn config(
 
 fn read(store: &Store, manifest: &Digest, digest: &Digest) -> Result<Vec<u8>, ImageError> {
     store
-        .read_blob(digest, MAX_METADATA_BYTES)
+        .read_blob(digest, MAX_MANIFEST_BYTES)
         .map_err(|source| ImageError::Store {
             manifest: manifest.clone(),
             source,

@@ -17,11 +17,13 @@ use super::limit::{RateLimiter, RetryPolicy};
 use super::manifest::{ImageManifest, MANIFEST_ACCEPT, Manifest};
 use super::platform::Platform;
 use fleet_protocol::ImageRef;
+use fleet_protocol::oci::MAX_MANIFEST_BYTES;
 
 /// How a [`Client`] behaves. `Default` suits a device.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Manifests (and indexes) larger than this are refused.
+    /// Manifests (and indexes) larger than this are refused; default
+    /// [`MAX_MANIFEST_BYTES`], the limit the store and the importer use too.
     pub max_manifest_bytes: u64,
     pub retry: RetryPolicy,
     /// Bytes per second over all downloads of this client; `None` = unlimited.
@@ -41,7 +43,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            max_manifest_bytes: 4 * 1024 * 1024,
+            max_manifest_bytes: MAX_MANIFEST_BYTES,
             retry: RetryPolicy::default(),
             max_bandwidth: None,
             max_concurrent_blobs: 3,
