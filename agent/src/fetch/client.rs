@@ -14,10 +14,9 @@ use tokio::sync::Semaphore;
 use super::auth::{AuthHeader, Challenge, Credentials, TokenCache, TokenResponse, parse_challenge};
 use super::error::FetchError;
 use super::limit::{RateLimiter, RetryPolicy};
-use super::manifest::{ImageManifest, MANIFEST_ACCEPT, Manifest};
-use super::platform::Platform;
 use fleet_protocol::ImageRef;
-use fleet_protocol::oci::MAX_MANIFEST_BYTES;
+use fleet_protocol::oci::media_type::MANIFEST_ACCEPT;
+use fleet_protocol::oci::{ImageManifest, MAX_MANIFEST_BYTES, Manifest, Platform};
 
 /// How a [`Client`] behaves. `Default` suits a device.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use fleet_protocol::Digest;
 
-use super::manifest::ManifestError;
+use fleet_protocol::oci::ManifestError;
 
 /// Everything that can go wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]

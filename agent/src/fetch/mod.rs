@@ -1,7 +1,8 @@
 //! OCI distribution (pull) client: manifests and indexes, platform selection,
 //! anonymous/basic/bearer auth, and verified, resumable, rate-capped blob
-//! downloads. Free of agent state, so the control plane uses it too
-//! (cargo feature `fetch`).
+//! downloads. Free of agent state: cargo feature `fetch` builds it alone
+//! (the fuzz crate does, for the `WWW-Authenticate` parser); the control
+//! plane does not use it.
 
 mod auth;
 mod blob;
@@ -22,16 +23,5 @@ pub use fleet_protocol::oci::{
 };
 pub use limit::{RateLimiter, RetryPolicy};
 
-/// The OCI types, under the names the agent has always used for them
-/// (`fetch::manifest::OCI_MANIFEST`, `super::manifest::Descriptor`).
-pub mod manifest {
-    pub use fleet_protocol::oci::media_type::*;
-    pub use fleet_protocol::oci::*;
-}
-
-/// The platform type, where the client looks for it.
-mod platform {
-    pub use fleet_protocol::oci::Platform;
-}
 #[cfg(feature = "agent")]
 pub use pull::{EventSink, PullError, PullEvent, PullSummary, Puller};
