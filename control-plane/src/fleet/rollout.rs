@@ -164,10 +164,17 @@ pub fn device_progress(
     p.error = app.error.as_ref().map(|e| e.message.clone());
     p.state = match &app.phase {
         Phase::Committed if is_running => ProgressState::Committed,
+        // Committed but not yet reported as the running release: still updating.
+        Phase::Committed
+        | Phase::Pending
+        | Phase::Downloading
+        | Phase::Verifying
+        | Phase::Staged
+        | Phase::Starting
+        | Phase::Probation { .. } => ProgressState::Updating,
         Phase::Failed { .. } | Phase::RolledBack { .. } | Phase::RollingBack { .. } => {
             ProgressState::Failed
         }
-        _ => ProgressState::Updating,
     };
     p
 }
@@ -540,7 +547,7 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
         Some(t) if t.crossed(total, of) => Some(format!(
             "{total} of {of} devices failed in the rollout (tolerated: {t})"
         )),
-        _ => None,
+        Some(_) | None => None,
     }
 }
 
@@ -559,7 +566,9 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     };
     let which = match r.safety.on_halt {
         HaltRollback::Nothing => "no device rolled back".to_owned(),
-        _ => format!("{} device(s) rolled back", previous.len()),
+        HaltRollback::Updated | HaltRollback::Failed => {
+            format!("{} device(s) rolled back", previous.len())
+        }
     };
     effects.push(Effect::Record {
         kind: EventKind::RolloutHalted,
