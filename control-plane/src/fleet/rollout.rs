@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
+use fleet_protocol::{DeviceId, Digest, ErrorInfo, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
@@ -74,8 +74,10 @@ pub struct DeviceProgress {
     pub bytes_done: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<u64>,
+    /// The app's error, or the device's rejection of its desired state, as
+    /// the device reported it (stable code plus message).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<ErrorInfo>,
 }
 
 /// Counts of devices per state.
@@ -136,7 +138,7 @@ pub fn device_progress(
     let Some(app) = status.apps.iter().find(|a| a.app == rollout.app) else {
         if let Some(rejected) = &status.rejected {
             p.state = ProgressState::Failed;
-            p.error = Some(rejected.message.clone());
+            p.error = Some(rejected.clone());
         }
         return p;
     };
@@ -152,7 +154,7 @@ pub fn device_progress(
     if !(is_target || is_running) {
         if let Some(rejected) = &status.rejected {
             p.state = ProgressState::Failed;
-            p.error = Some(rejected.message.clone());
+            p.error = Some(rejected.clone());
         }
         return p;
     }
@@ -161,7 +163,7 @@ pub fn device_progress(
         p.bytes_done = Some(progress.bytes_done);
         p.bytes_total = Some(progress.bytes_total);
     }
-    p.error = app.error.as_ref().map(|e| e.message.clone());
+    p.error.clone_from(&app.error);
     p.state = match &app.phase {
         Phase::Committed if is_running => ProgressState::Committed,
         // Committed but not yet reported as the running release: still updating.
