@@ -16,7 +16,7 @@ mod sink;
 pub use auth::{Challenge, Credentials, parse_challenge};
 pub use blob::{BlobDownload, Partial};
 pub use client::{Client, ClientConfig, FetchedManifest, Resolved};
-pub use error::FetchError;
+pub use error::{BodyError, FetchError, TokenError};
 pub use fleet_protocol::ImageRef;
 pub use fleet_protocol::oci::{
     Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Platform, PlatformError,
