@@ -47,8 +47,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_protocol::DeviceId;
 use fleet_protocol::env::{EnvError, Overrides};
+use fleet_protocol::{DeviceId, IdError};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{BackoffConfig, DriverConfig, RuntimeConfig, RuntimeKind};
@@ -76,8 +76,19 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("config: {0}")]
-    Invalid(String),
+    #[error("config: {field} {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("config: server {url:?} must start with http:// or https://")]
+    ServerUrl { url: String },
+    #[error("config: no device_id configured and the host name {host:?} is not a device id")]
+    HostName {
+        host: String,
+        #[source]
+        source: IdError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,43 +356,42 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
         if self.state_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid("state_dir is empty".into()));
+            return invalid("state_dir", "is empty");
         }
         if self.broker.trim().is_empty() {
-            return Err(ConfigError::Invalid("broker is empty".into()));
+            return invalid("broker", "is empty");
         }
         if self.status_interval_secs == 0
             || self.supervise_interval_secs == 0
             || self.telemetry_interval_secs == 0
         {
-            return Err(ConfigError::Invalid(
-                "status_interval_secs, supervise_interval_secs and telemetry_interval_secs \
-                 must be at least 1"
-                    .into(),
-            ));
+            return invalid(
+                "status_interval_secs, supervise_interval_secs and telemetry_interval_secs",
+                "must be at least 1",
+            );
         }
         if self.host_root.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid("host_root is empty".into()));
+            return invalid("host_root", "is empty");
         }
         if let Some(server) = &self.server
             && !(server.starts_with("http://") || server.starts_with("https://"))
         {
-            return Err(ConfigError::Invalid(format!(
-                "server {server:?} must start with http:// or https://"
-            )));
+            return Err(ConfigError::ServerUrl {
+                url: server.clone(),
+            });
         }
         if self.deploy.crash_loop_restarts == 0 {
-            return Err(ConfigError::Invalid(
-                "deploy.crash_loop_restarts must be at least 1".into(),
-            ));
+            return invalid("deploy.crash_loop_restarts", "must be at least 1");
         }
         if self.runtime.backoff_initial_ms == 0
             || self.runtime.backoff_max_ms < self.runtime.backoff_initial_ms
         {
-            return Err(ConfigError::Invalid(
-                "runtime.backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
-            ));
+            return invalid(
+                "runtime.backoff_initial_ms",
+                "must be > 0 and <= backoff_max_ms",
+            );
         }
         Ok(())
     }
@@ -392,11 +402,9 @@ impl Config {
             return Ok(id.clone());
         }
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        DeviceId::new(host.trim()).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "no device_id configured and the host name {:?} is not a device id: {e}",
-                host.trim()
-            ))
+        DeviceId::new(host.trim()).map_err(|source| ConfigError::HostName {
+            host: host.trim().to_owned(),
+            source,
         })
     }
 
