@@ -413,7 +413,10 @@ impl DesiredPublisher for LinkPublisher {
         self.0
             .publish_desired(device, envelope_json)
             .await
-            .map_err(|e| PortError::new(format!("MQTT link: {e}")))
+            .map_err(|e| PortError::Publish {
+                device: device.clone(),
+                source: Box::new(e),
+            })
     }
 }
 
@@ -427,14 +430,12 @@ impl ImageResolver for ContentResolver {
             return Ok(digest.clone());
         }
         let tag = image.tag().unwrap_or("latest");
-        self.0.resolve(image.repository(), tag).ok_or_else(|| {
-            PortError::new(format!(
-                "{}:{tag} is not in the server's content store; import it with `fleetctl image import <oci-layout|tar> --repository {}{}`, or give the image by digest",
-                image.repository(),
-                image.repository(),
-                if tag == "latest" { String::new() } else { format!(" --tag {tag}") }
-            ))
-        })
+        self.0
+            .resolve(image.repository(), tag)
+            .ok_or_else(|| PortError::NotImported {
+                repository: image.repository().to_owned(),
+                tag: tag.to_owned(),
+            })
     }
 }
 

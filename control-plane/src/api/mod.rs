@@ -383,10 +383,13 @@ async fn resolve(
             format!("image reference {:?}: {e}", q.reference),
         )
     })?;
-    let digest =
-        s.resolver.resolve(&image).await.map_err(|e| {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unresolved, e.to_string())
-        })?;
+    let digest = s.resolver.resolve(&image).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unresolved,
+            with_sources(&e),
+        )
+    })?;
     Ok(Json(ResolveView {
         image: image.to_string(),
         repository: image.name(),
@@ -406,4 +409,16 @@ async fn events(
     Ok(Json(
         s.fleet.events(q.limit.unwrap_or(100).min(10_000)).await?,
     ))
+}
+
+/// An error and its sources, `: `-joined, for an API message.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -154,8 +154,11 @@ pub struct BrokerDown;
 
 #[async_trait::async_trait]
 impl DesiredPublisher for BrokerDown {
-    async fn publish_desired(&self, _: &DeviceId, _: Vec<u8>) -> Result<(), PortError> {
-        Err(PortError::new("broker unreachable"))
+    async fn publish_desired(&self, device: &DeviceId, _: Vec<u8>) -> Result<(), PortError> {
+        Err(PortError::Publish {
+            device: device.clone(),
+            source: "broker unreachable".into(),
+        })
     }
 }
 
