@@ -264,7 +264,7 @@ mod tests {
     fn client_errors_are_classed_by_status() {
         let api = |status| ClientError::Api {
             status,
-            code: "x".into(),
+            code: Some(crate::api::types::ErrorCode::Unknown("x".into())),
             message: "m".into(),
         };
         assert_eq!(
