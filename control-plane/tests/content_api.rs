@@ -501,7 +501,12 @@ async fn imports_refuse_content_that_does_not_match_its_digest() {
         .unwrap_err();
     match refused {
         cli::ImportCliError::Refused { status, code, .. } => {
+            let code = code.expect("an error body");
             assert_eq!((status, code.as_str()), (400, "DIGEST_INVALID"));
+            assert_eq!(
+                code,
+                fleet_control_plane::content::ContentCode::DigestInvalid
+            );
         }
         other => panic!("expected a refusal, got {other}"),
     }

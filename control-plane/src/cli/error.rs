@@ -233,9 +233,10 @@ fn import_class(e: &ImportCliError) -> ExitClass {
             reqwest::StatusCode::from_u16(*status).map_or(ExitClass::Other, status_class)
         }
         ImportCliError::NotALayout { .. } => ExitClass::Usage,
-        ImportCliError::Io { .. } | ImportCliError::Pack { .. } | ImportCliError::Client(_) => {
-            ExitClass::Other
-        }
+        ImportCliError::Io { .. }
+        | ImportCliError::Pack { .. }
+        | ImportCliError::Client(_)
+        | ImportCliError::BadAnswer { .. } => ExitClass::Other,
     }
 }
 

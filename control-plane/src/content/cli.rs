@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::io::{ReaderStream, SyncIoBridge};
 
-use super::ImportSummary;
+use super::{ContentCode, ImportSummary};
 
 /// How much of a directory's tar is buffered between packing and sending.
 const PIPE: usize = 256 * 1024;
@@ -39,11 +39,19 @@ pub enum ImportCliError {
         #[source]
         source: reqwest::Error,
     },
-    #[error("the server refused the import (HTTP {status}, {code}): {message}")]
+    #[error("the server refused the import (HTTP {status}{}): {message}", code.as_ref().map(|c| format!(", {c}")).unwrap_or_default())]
     Refused {
         status: u16,
-        code: String,
+        /// `None` when the answer was not an error body.
+        code: Option<ContentCode>,
         message: String,
+    },
+    #[error("unreadable answer from {url} (HTTP {status})")]
+    BadAnswer {
+        url: String,
+        status: u16,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -140,23 +148,20 @@ pub async fn import_image_with(
     let status = response.status();
     let bytes = response.bytes().await.map_err(http_err)?;
     if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| ImportCliError::Refused {
+        return serde_json::from_slice(&bytes).map_err(|source| ImportCliError::BadAnswer {
+            url: url.clone(),
             status: status.as_u16(),
-            code: "BAD_RESPONSE".into(),
-            message: format!("unreadable answer: {e}"),
+            source,
         });
     }
     #[derive(serde::Deserialize)]
     struct WireError {
-        code: String,
+        code: ContentCode,
         message: String,
     }
     let (code, message) = match serde_json::from_slice::<WireError>(&bytes) {
-        Ok(e) => (e.code, e.message),
-        Err(_) => (
-            "HTTP".to_owned(),
-            String::from_utf8_lossy(&bytes).trim().to_owned(),
-        ),
+        Ok(e) => (Some(e.code), e.message),
+        Err(_) => (None, String::from_utf8_lossy(&bytes).trim().to_owned()),
     };
     Err(ImportCliError::Refused {
         status: status.as_u16(),
