@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fleet_control_plane::cli::image as cli;
 use fleet_control_plane::content::{
-    self, ContentError, ContentStore, cli, import_oci_layout, media_type,
+    self, ContentError, ContentStore, import_oci_layout, media_type,
 };
 use fleet_protocol::Digest;
 use serde_json::{Value, json};

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use fleet_protocol::VerifyError;
 
 use super::credentials::CredentialsError;
+use super::image::ImportCliError;
 use crate::client::ClientError;
-use crate::content::cli::ImportCliError;
 use crate::keys::KeyError;
 use crate::sign::SignError;
 

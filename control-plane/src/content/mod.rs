@@ -13,9 +13,8 @@
 //!   verified before it is stored, and tags move only after all the content
 //!   they point to is in place.
 //! - [`import_router`]: `POST /api/v1/images/import`, the upload endpoint
-//!   behind `fleetctl image import` ([`cli::import_image`]).
+//!   behind `fleetctl image import` (its client is `crate::cli::image`).
 
-pub mod cli;
 mod code;
 pub mod delta;
 mod http;
