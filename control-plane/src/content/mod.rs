@@ -20,6 +20,7 @@ pub mod delta;
 mod http;
 mod import;
 pub mod range;
+mod resolver;
 mod source;
 mod store;
 
@@ -34,6 +35,7 @@ pub use import::{
     ImportSummary, ImportedImage, import_archive, import_docker_archive, import_oci_archive,
     import_oci_layout,
 };
+pub use resolver::ContentResolver;
 pub use store::{ContentStore, ManifestEntry};
 
 use std::path::PathBuf;
