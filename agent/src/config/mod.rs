@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fleet_protocol::broker::BrokerAddr;
 use fleet_protocol::env::{EnvError, Overrides};
 use fleet_protocol::{DeviceId, IdError};
 use serde::{Deserialize, Serialize};
@@ -103,8 +104,9 @@ pub struct Config {
     /// themselves (`<server host:port>/<repo>`); an `http://` server here
     /// makes its host reachable over plain HTTP even when not on loopback.
     pub server: Option<String>,
-    /// The MQTT broker: `mqtt://host:port` (TLS is not supported yet).
-    pub broker: String,
+    /// The MQTT broker: `mqtt://host:port` (TLS is not supported yet),
+    /// parsed when the file (or `FLEET_AGENT_BROKER`) is read.
+    pub broker: BrokerAddr,
     /// The device's MQTT password (its user name is the device id).
     pub token: Secret,
     /// Labels reported to the server with the device info.
@@ -236,7 +238,10 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/fleet-agent"),
             trust: PathBuf::from("/etc/fleet-agent/trust.json"),
             server: None,
-            broker: DEFAULT_BROKER.to_owned(),
+            broker: BrokerAddr {
+                host: "127.0.0.1".to_owned(),
+                port: 1883,
+            },
             token: Secret::default(),
             labels: BTreeMap::new(),
             status_interval_secs: 30,
@@ -319,7 +324,7 @@ impl Config {
         env.set("FLEET_AGENT_STATE_DIR", &mut self.state_dir, PathBuf::from);
         env.set("FLEET_AGENT_TRUST", &mut self.trust, PathBuf::from);
         env.set("FLEET_AGENT_SERVER", &mut self.server, Some);
-        env.set("FLEET_AGENT_BROKER", &mut self.broker, |v| v);
+        env.parse("FLEET_AGENT_BROKER", &mut self.broker)?;
         env.set("FLEET_AGENT_TOKEN", &mut self.token, Secret);
         env.parse(
             "FLEET_AGENT_STATUS_INTERVAL_SECS",
@@ -359,9 +364,6 @@ impl Config {
         let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
         if self.state_dir.as_os_str().is_empty() {
             return invalid("state_dir", "is empty");
-        }
-        if self.broker.trim().is_empty() {
-            return invalid("broker", "is empty");
         }
         if self.status_interval_secs == 0
             || self.supervise_interval_secs == 0
