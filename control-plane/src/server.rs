@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use fleet_protocol::{TopicScheme, TrustedRoot};
+use fleet_protocol::TrustedRoot;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -416,12 +416,7 @@ async fn attach(
         },
     );
     let tokens = DeviceTokens::open(data_dir)?;
-    let scheme = TopicScheme::new(config.broker.topic_prefix.clone()).map_err(|e| {
-        ServerError::Config(ConfigError::Invalid {
-            field: "broker.topic_prefix",
-            reason: e.to_string(),
-        })
-    })?;
+    let scheme = config.broker.topic_prefix.clone();
     let client_id = config.broker.client_id.clone();
     let (broker_addr, password) = if config.broker.embedded {
         let password = random_password();
@@ -439,9 +434,12 @@ async fn attach(
         attached.broker = Some(broker);
         (addr, password)
     } else {
-        let url = config.broker.url.clone().unwrap_or_default();
+        let url = config.broker.url.clone().ok_or(ConfigError::Invalid {
+            field: "broker.url",
+            reason: "must be set when broker.embedded = false",
+        })?;
         let password = config.broker.password.clone().unwrap_or_default();
-        (BrokerAddr::parse(&url).map_err(LinkError::from)?, password)
+        (url, password)
     };
     let counters = IngestCounters::new();
     let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);
