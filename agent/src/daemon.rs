@@ -42,8 +42,9 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
-use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
+use crate::fetch::{Client, ClientConfig, FetchError, Platform};
 use crate::link::{AgentLink, AgentLinkConfig, Downlink, LinkError};
+use crate::pull::Puller;
 use crate::telemetry::{AppSource, CgroupFs, HostRoot, Sampler, Sources, sample_blocking};
 use socket::{Refusal, RefusalCode, Request, Response};
 

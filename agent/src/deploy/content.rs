@@ -19,7 +19,8 @@ use fleet_protocol::oci::MAX_MANIFEST_BYTES;
 use fleet_protocol::{Digest, ErrorCode, ImageRef, ImageRefError};
 use sha2::{Digest as _, Sha256};
 
-use crate::fetch::{EventSink, ImageManifest, Manifest, ManifestError, PullError, Puller};
+use crate::fetch::{ImageManifest, Manifest, ManifestError};
+use crate::pull::{EventSink, PullError, Puller};
 use crate::state::ReleaseRecord;
 use crate::store::{ImageRecord, Store, StoreError};
 

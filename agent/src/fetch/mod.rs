@@ -9,8 +9,6 @@ mod blob;
 mod client;
 mod error;
 mod limit;
-#[cfg(feature = "agent")]
-mod pull;
 mod sink;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
@@ -22,6 +20,3 @@ pub use fleet_protocol::oci::{
     Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, Platform, PlatformError,
 };
 pub use limit::{RateLimiter, RetryPolicy};
-
-#[cfg(feature = "agent")]
-pub use pull::{EventSink, PullError, PullEvent, PullSummary, Puller};

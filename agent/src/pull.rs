@@ -10,7 +10,9 @@ use fleet_protocol::{Digest, ImageRef};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::{BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, Platform};
+use crate::fetch::{
+    BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, ManifestError, Platform,
+};
 use crate::store::{ImageRecord, Store, StoreError};
 
 /// Why a pull failed.
@@ -24,7 +26,7 @@ pub enum PullError {
     StoredManifest {
         digest: Digest,
         #[source]
-        source: super::ManifestError,
+        source: ManifestError,
     },
     #[error("{reference}: the index entry {digest} for {platform} is itself an index")]
     NestedIndex {
