@@ -332,7 +332,7 @@ async fn resolve(
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::Unresolved,
-            with_sources(&e),
+            fleet_protocol::report(&e),
         )
     })?;
     Ok(Json(ResolveView {
@@ -354,16 +354,4 @@ async fn events(
     Ok(Json(
         s.fleet.events(q.limit.unwrap_or(100).min(10_000)).await?,
     ))
-}
-
-/// An error and its sources, `: `-joined, for an API message.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
