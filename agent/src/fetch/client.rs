@@ -259,16 +259,13 @@ impl Client {
                     realm: realm.clone(),
                     source,
                 };
-                let mut url = reqwest::Url::parse(&realm)
-                    .map_err(|e| token_err(TokenError::RealmUrl(Box::new(e))))?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = &service {
-                        q.append_pair("service", s);
-                    }
-                    q.append_pair("scope", asked.as_deref().unwrap_or(scope));
+                // A realm that is no URL fails as the request is built
+                // (`TokenError::Request`, a builder error).
+                let mut req = self.inner.http.get(realm.as_str());
+                if let Some(s) = &service {
+                    req = req.query(&[("service", s.as_str())]);
                 }
-                let mut req = self.inner.http.get(url);
+                req = req.query(&[("scope", asked.as_deref().unwrap_or(scope))]);
                 if let Some(c) = creds {
                     req = req.basic_auth(&c.username, Some(&c.password));
                 }

@@ -95,8 +95,7 @@ pub enum FetchError {
 /// Why a bearer token could not be had from a token endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("the realm is not a URL")]
-    RealmUrl(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Also a realm that is not a URL (a builder error).
     #[error("the request failed")]
     Request(#[source] reqwest::Error),
     #[error("it answered HTTP {0}")]
