@@ -42,8 +42,9 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::deploy::{ContentSource, DeployError, Deployer, unix_now};
-use crate::fetch::{Client, ClientConfig, FetchError, Platform, Puller};
-use crate::link::{AgentLink, AgentLinkConfig, BrokerAddr, Downlink, LinkError};
+use crate::fetch::{Client, ClientConfig, FetchError, Platform};
+use crate::link::{AgentLink, AgentLinkConfig, Downlink, LinkError};
+use crate::pull::Puller;
 use crate::telemetry::{AppSource, CgroupFs, HostRoot, Sampler, Sources, sample_blocking};
 use socket::{Refusal, RefusalCode, Request, Response};
 
@@ -81,14 +82,13 @@ impl DaemonError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     config.validate()?;
     let device = config.device_id()?;
-    let broker = BrokerAddr::parse(&config.broker).map_err(LinkError::from)?;
     let deployer = Deployer::open(config.clone())
         .await
         .map_err(DaemonError::Deploy)?;
     let source = content_source(&config, &deployer)?;
 
     let mut link_config = AgentLinkConfig::new(
-        broker,
+        config.broker.clone(),
         device.clone(),
         config.token.expose(),
         config.state_dir.clone(),

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_protocol::message::{HealthCheck, Probe};
@@ -19,8 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::ContainerId;
-use crate::runtime::driver::{Driver, ExecOpts};
+use crate::runtime::driver::ExecOpts;
+use crate::runtime::{NetNs, ProbeTarget};
 
 pub use fleet_protocol::message::Health;
 
@@ -45,32 +44,6 @@ pub enum ProbeError {
     NotRunning,
     #[error("entering the container's network namespace failed: {0}")]
     Netns(#[source] io::Error),
-}
-
-/// Where HTTP/TCP probes connect from.
-#[derive(Clone)]
-pub enum NetNs {
-    /// The agent's own network namespace (container on the host network).
-    Host,
-    /// The network namespace of the container's current init process.
-    Container(Arc<dyn Fn() -> Option<i32> + Send + Sync>),
-}
-
-impl std::fmt::Debug for NetNs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NetNs::Host => f.write_str("Host"),
-            NetNs::Container(_) => f.write_str("Container"),
-        }
-    }
-}
-
-/// The container a probe runs against.
-#[derive(Debug, Clone)]
-pub struct ProbeTarget {
-    pub driver: Driver,
-    pub container_id: ContainerId,
-    pub net: NetNs,
 }
 
 /// Runs one probe with a timeout.
@@ -407,7 +380,7 @@ mod tests {
             }
         });
         let target = ProbeTarget {
-            driver: Driver::new(crate::runtime::DriverConfig::new(
+            driver: crate::runtime::driver::Driver::new(crate::runtime::DriverConfig::new(
                 crate::runtime::RuntimeKind::Crun,
             )),
             container_id: crate::runtime::ContainerId::for_release(

@@ -39,23 +39,19 @@
 //! corruption of a layer file on disk; the diff_id check then refuses it at
 //! unpack time, before anything runs from it.
 //!
-//! Manifests and configs are read whole, up to [`MAX_METADATA_BYTES`].
+//! Manifests and configs are read whole, up to [`MAX_MANIFEST_BYTES`] (the
+//! registry's own manifest limit; image configs are a few KiB).
 
 use std::path::PathBuf;
 
 use fleet_protocol::Digest;
+use fleet_protocol::oci::MAX_MANIFEST_BYTES;
 use oci_spec::image::ImageConfiguration;
 use serde::{Deserialize, Serialize};
 
 use crate::fetch::{Descriptor, ImageManifest, Manifest, ManifestError};
 use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::store::{Store, StoreError};
-
-/// Upper bound for a manifest, an index or an image config read from the
-/// store: 4 MiB, the limit the distribution registry itself puts on
-/// manifests (and the fetch client's default `max_manifest_bytes`); image
-/// configs are a few KiB.
-pub const MAX_METADATA_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -85,8 +81,32 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("image {manifest}: {what}")]
-    Invalid { manifest: Digest, what: String },
+    #[error("image {manifest} is an index, not an image manifest")]
+    NotAnImage { manifest: Digest },
+    #[error("image {manifest} is not listed by the index {index}")]
+    NotInIndex { manifest: Digest, index: Digest },
+    #[error("image {manifest}: config {config} has {actual} bytes, the manifest says {expected}")]
+    ConfigSize {
+        manifest: Digest,
+        config: Digest,
+        actual: u64,
+        expected: u64,
+    },
+    #[error(
+        "image {manifest}: {layers} layers in the manifest but {diff_ids} diff_ids in the config"
+    )]
+    LayerCount {
+        manifest: Digest,
+        layers: usize,
+        diff_ids: usize,
+    },
+    #[error("image {manifest}: bad diff_id {diff_id:?} in the config")]
+    DiffId {
+        manifest: Digest,
+        diff_id: String,
+        #[source]
+        source: fleet_protocol::IdError,
+    },
     #[error(
         "blob {digest}: the store holds {recorded:?} bytes verified on entry and {on_disk:?} on disk, \
          the manifest says {expected}"
@@ -134,14 +154,12 @@ pub struct StoredImage {
 impl StoredImage {
     /// Reads the image manifest `manifest` (not an index) and its config.
     pub fn load(store: &Store, manifest: &Digest) -> Result<Self, ImageError> {
-        let invalid = |what: String| ImageError::Invalid {
-            manifest: manifest.clone(),
-            what,
-        };
         let image = match parse_manifest(store, manifest)? {
             Manifest::Image(m) => m,
             Manifest::Index(_) => {
-                return Err(invalid("is an index, not an image manifest".into()));
+                return Err(ImageError::NotAnImage {
+                    manifest: manifest.clone(),
+                });
             }
         };
         let config = read_config(store, manifest, &image.config)?;
@@ -195,9 +213,9 @@ impl StoredImage {
                 Manifest::Image(_) => false,
             };
             if !listed {
-                return Err(ImageError::Invalid {
+                return Err(ImageError::NotInIndex {
                     manifest: record.manifest.clone(),
-                    what: format!("is not listed by the index {index}"),
+                    index: index.clone(),
                 });
             }
         }
@@ -270,7 +288,7 @@ pub fn config(
 
 fn read(store: &Store, manifest: &Digest, digest: &Digest) -> Result<Vec<u8>, ImageError> {
     store
-        .read_blob(digest, MAX_METADATA_BYTES)
+        .read_blob(digest, MAX_MANIFEST_BYTES)
         .map_err(|source| ImageError::Store {
             manifest: manifest.clone(),
             source,
@@ -291,14 +309,11 @@ fn read_config(
 ) -> Result<ImageConfiguration, ImageError> {
     let bytes = read(store, manifest, &desc.digest)?;
     if bytes.len() as u64 != desc.size {
-        return Err(ImageError::Invalid {
+        return Err(ImageError::ConfigSize {
             manifest: manifest.clone(),
-            what: format!(
-                "config {} has {} bytes, the manifest says {}",
-                desc.digest,
-                bytes.len(),
-                desc.size
-            ),
+            config: desc.digest.clone(),
+            actual: bytes.len() as u64,
+            expected: desc.size,
         });
     }
     serde_json::from_slice(&bytes).map_err(|source| ImageError::Config {
@@ -312,17 +327,13 @@ fn layers_of(
     image: &ImageManifest,
     config: &ImageConfiguration,
 ) -> Result<Vec<Layer>, ImageError> {
-    let invalid = |what: String| ImageError::Invalid {
-        manifest: manifest.clone(),
-        what,
-    };
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != image.layers.len() {
-        return Err(invalid(format!(
-            "{} layers in the manifest but {} diff_ids in the config",
-            image.layers.len(),
-            diff_ids.len()
-        )));
+        return Err(ImageError::LayerCount {
+            manifest: manifest.clone(),
+            layers: image.layers.len(),
+            diff_ids: diff_ids.len(),
+        });
     }
     image
         .layers
@@ -332,8 +343,11 @@ fn layers_of(
             Ok(Layer {
                 blob: d.digest.clone(),
                 media_type: d.media_type.clone(),
-                diff_id: Digest::new(diff_id.as_str())
-                    .map_err(|e| invalid(format!("bad diff_id {diff_id:?}: {e}")))?,
+                diff_id: Digest::new(diff_id.as_str()).map_err(|source| ImageError::DiffId {
+                    manifest: manifest.clone(),
+                    diff_id: diff_id.clone(),
+                    source,
+                })?,
                 size: d.size,
             })
         })

@@ -23,6 +23,9 @@ pub mod host_root;
 pub mod image;
 #[cfg(feature = "link")]
 pub mod link;
+/// Pulling an image from a registry into the content store.
+#[cfg(feature = "agent")]
+pub mod pull;
 #[cfg(feature = "agent")]
 pub mod runtime;
 #[cfg(feature = "agent")]

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("fleet-agent: {e:#}");
             let disk_full = e
-                .downcast_ref::<fleet_agent::fetch::PullError>()
+                .downcast_ref::<fleet_agent::pull::PullError>()
                 .is_some_and(|p| p.is_disk_full());
             ExitCode::from(if disk_full {
                 cmd::pull::EXIT_DISK_FULL

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use fleet_agent::fetch::{
-    Client, ClientConfig, Credentials, FetchError, ImageRef, Platform, PullError, PullSummary,
-    Puller, RetryPolicy,
+    Client, ClientConfig, Credentials, FetchError, ImageRef, Platform, RetryPolicy,
 };
+use fleet_agent::pull::{PullError, PullSummary, Puller};
 use fleet_agent::store::{Store, StoreConfig};
 use fleet_protocol::Digest;
 use support::*;

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_agent::fetch::Client;
-use fleet_agent::fetch::{
-    ClientConfig, FetchError, ImageRef, Platform, PullError, PullEvent, Puller, RetryPolicy,
-};
+use fleet_agent::fetch::{ClientConfig, FetchError, ImageRef, Platform, RetryPolicy};
+use fleet_agent::pull::{PullError, PullEvent, Puller};
 use fleet_agent::store::{Store, StoreConfig, StoreError};
 use support::*;
 
@@ -46,7 +45,7 @@ fn puller(store: Arc<Store>, platform: &str) -> Puller {
     )
 }
 
-fn events() -> (fleet_agent::fetch::EventSink, Arc<Mutex<Vec<PullEvent>>>) {
+fn events() -> (fleet_agent::pull::EventSink, Arc<Mutex<Vec<PullEvent>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     (Arc::new(move |e| l.lock().unwrap().push(e)), log)

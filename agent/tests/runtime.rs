@@ -10,11 +10,12 @@ mod runtime_support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_agent::health::{Health, HealthMonitor, NetNs, ProbeTarget, probe_once};
+use fleet_agent::health::{Health, HealthMonitor, probe_once};
 use fleet_agent::runtime::{
     ContainerRuntime, DriverConfig, DriverError, RootfsKind, RootfsMode, RunState, RuntimeError,
     StageRequest, rootfs,
 };
+use fleet_agent::runtime::{NetNs, ProbeTarget};
 use fleet_protocol::message::{
     HealthCheck, NetworkMode, Probe, Resources, RestartPolicy, RuntimeSettings,
 };

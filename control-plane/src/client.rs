@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, FollowChannel, GroupView,
-    PlanView, PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
+    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, ErrorCode, FollowChannel,
+    GroupView, PlanView, PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
 };
 use crate::fleet::rollout::Action;
 use crate::store::{Channel, EventRecord, RolloutId};
@@ -25,10 +25,11 @@ pub enum ClientError {
         "the server refused the token ({message}); log in again: fleetctl login --server URL --token TOKEN"
     )]
     Unauthorized { message: String },
-    #[error("{message} (HTTP {status}, {code})")]
+    #[error("{message} (HTTP {status}{})", code.as_ref().map(|c| format!(", {c}")).unwrap_or_default())]
     Api {
         status: StatusCode,
-        code: String,
+        /// `None` when the answer was not an API error body.
+        code: Option<ErrorCode>,
         message: String,
     },
     #[error("unexpected answer from {url}: {source}")]
@@ -105,8 +106,8 @@ impl Client {
         }
         let text = resp.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(e) => (e.code, e.message),
-            Err(_) => ("http".to_owned(), text),
+            Ok(e) => (Some(e.code), e.message),
+            Err(_) => (None, text),
         };
         if status == StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized { message });

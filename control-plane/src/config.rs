@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fleet_protocol::TopicScheme;
+use fleet_protocol::broker::BrokerAddr;
 use fleet_protocol::env::{EnvError, Overrides};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Env(#[from] EnvError),
     #[error("config: {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// The whole server configuration.
@@ -95,11 +99,12 @@ pub struct BrokerConfig {
     pub embedded: bool,
     /// Where the embedded broker listens.
     pub listen: SocketAddr,
-    /// An external broker (`mqtt://host:1883`, `mqtts://...`); with it,
+    /// An external broker (`mqtt://host:1883`; TLS is not supported yet),
+    /// parsed when the file or `FLEET_BROKER_URL` is read; with it,
     /// `embedded` must be false.
-    pub url: Option<String>,
-    /// MQTT topic prefix.
-    pub topic_prefix: String,
+    pub url: Option<BrokerAddr>,
+    /// MQTT topic prefix, checked when the file or `FLEET_TOPIC_PREFIX` is read.
+    pub topic_prefix: TopicScheme,
     /// The server's MQTT client id.
     pub client_id: String,
     /// The server's MQTT password on an external broker (the embedded one
@@ -156,7 +161,7 @@ impl Default for BrokerConfig {
             embedded: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             url: None,
-            topic_prefix: fleet_protocol::topic::DEFAULT_PREFIX.to_owned(),
+            topic_prefix: TopicScheme::default(),
             client_id: "fleet-server".to_owned(),
             password: None,
         }
@@ -236,13 +241,16 @@ impl Config {
         env.parse("FLEET_TELEMETRY_FLUSH_SECS", &mut self.telemetry.flush_secs)?;
         env.parse("FLEET_BROKER_EMBEDDED", &mut self.broker.embedded)?;
         env.parse("FLEET_BROKER_LISTEN", &mut self.broker.listen)?;
-        env.set("FLEET_BROKER_URL", &mut self.broker.url, non_empty);
+        env.try_set("FLEET_BROKER_URL", &mut self.broker.url, |v| match v {
+            "" => Ok(None),
+            v => BrokerAddr::parse(v).map(Some),
+        })?;
         env.set(
             "FLEET_BROKER_PASSWORD",
             &mut self.broker.password,
             non_empty,
         );
-        env.set("FLEET_TOPIC_PREFIX", &mut self.broker.topic_prefix, |v| v);
+        env.parse("FLEET_TOPIC_PREFIX", &mut self.broker.topic_prefix)?;
         env.set("FLEET_DIRECTOR_KEY", &mut self.director.key, PathBuf::from);
         env.set("FLEET_TRUST", &mut self.director.trust, PathBuf::from);
         env.parse(
@@ -263,10 +271,7 @@ impl Config {
     /// Checks what can be checked without touching files (the key and trust
     /// files are loaded, with their own errors, when the server starts).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, reason: &str| ConfigError::Invalid {
-            field,
-            reason: reason.to_owned(),
-        };
+        let invalid = |field, reason| ConfigError::Invalid { field, reason };
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -301,20 +306,12 @@ impl Config {
                 "an external broker URL is set while broker.embedded = true; set embedded = false to use it",
             ));
         }
-        if let Some(url) = &self.broker.url
-            && !["mqtt://", "mqtts://", "tcp://", "ssl://"]
-                .iter()
-                .any(|s| url.starts_with(s))
-        {
+        if !self.broker.embedded && self.broker.url.is_none() {
             return Err(invalid(
                 "broker.url",
-                "must start with mqtt://, mqtts://, tcp:// or ssl://",
+                "must be set when broker.embedded = false",
             ));
         }
-        TopicScheme::new(self.broker.topic_prefix.clone()).map_err(|e| ConfigError::Invalid {
-            field: "broker.topic_prefix",
-            reason: e.to_string(),
-        })?;
         if self.broker.client_id.is_empty() {
             return Err(invalid("broker.client_id", "must not be empty"));
         }
@@ -378,10 +375,22 @@ mod tests {
                 "renew_margin_secs",
             ),
             ("[broker]\nurl = \"mqtt://x:1883\"", &[], "embedded"),
+            // The URL is parsed as the file is read: TOML names the line.
             (
                 "[broker]\nembedded = false\nurl = \"http://x\"",
                 &[],
-                "broker.url",
+                "url = \"http://x\"",
+            ),
+            (
+                "[broker]\nembedded = false\nurl = \"mqtts://x\"",
+                &[],
+                "TLS",
+            ),
+            ("[broker]\nembedded = false", &[], "broker.url"),
+            (
+                "[broker]\nembedded = false",
+                &[("FLEET_BROKER_URL", "ftp://x")],
+                "FLEET_BROKER_URL",
             ),
             (
                 "",
@@ -404,7 +413,7 @@ mod tests {
     #[test]
     fn every_variable_overrides_its_field() {
         let mut c = Config::default();
-        c.broker.url = Some("mqtt://file:1883".into());
+        c.broker.url = Some(BrokerAddr::parse("mqtt://file:1883").unwrap());
         c.apply_env(env(&[
             ("FLEET_DATA_DIR", "/d"),
             ("FLEET_HTTP_LISTEN", "0.0.0.0:1"),
@@ -430,7 +439,7 @@ mod tests {
         assert_eq!(c.broker.listen.to_string(), "0.0.0.0:2");
         assert_eq!(c.broker.url, None, "an empty URL unsets the file's");
         assert_eq!(c.broker.password.as_deref(), Some("pw"));
-        assert_eq!(c.broker.topic_prefix, "t/v9");
+        assert_eq!(c.broker.topic_prefix.prefix(), "t/v9");
         assert_eq!(c.director.key, PathBuf::from("/k"));
         assert_eq!(c.director.trust, PathBuf::from("/t"));
         assert_eq!(

@@ -96,6 +96,7 @@ impl std::fmt::Debug for ServerLinkConfig {
 
 /// What devices sent (the fleet engine's inbound port).
 pub use crate::fleet::ports::Inbound;
+use crate::fleet::ports::{DesiredPublisher, PortError};
 
 enum Request {
     Publish {
@@ -305,6 +306,32 @@ pub fn parse_inbound(scheme: &TopicScheme, topic: &str, payload: &[u8]) -> Optio
             }
         },
         Topic::Desired(_) | Topic::Cmd(_) => None,
+    }
+}
+
+/// The link as the engine's desired-state publisher.
+pub struct LinkPublisher(ServerLink);
+
+impl LinkPublisher {
+    pub fn new(link: ServerLink) -> Self {
+        Self(link)
+    }
+}
+
+#[async_trait::async_trait]
+impl DesiredPublisher for LinkPublisher {
+    async fn publish_desired(
+        &self,
+        device: &DeviceId,
+        envelope_json: Vec<u8>,
+    ) -> Result<(), PortError> {
+        self.0
+            .publish_desired(device, envelope_json)
+            .await
+            .map_err(|e| PortError::Publish {
+                device: device.clone(),
+                source: Box::new(e),
+            })
     }
 }
 

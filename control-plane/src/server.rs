@@ -3,7 +3,8 @@
 //! [`Server::bind`] opens everything and binds the HTTP listener (so tests
 //! can bind `127.0.0.1:0` and read [`Server::local_addr`]); [`Server::run`]
 //! serves until `shutdown` is cancelled, then drains with a grace timeout.
-//! The MQTT link and the content endpoint plug in through [`Plugins`].
+//! `bind` builds the content store, the broker and the MQTT link itself;
+//! [`Server::bind_with`] takes [`Plugins`] in their place (tests).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,23 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use fleet_protocol::{Digest, ImageRef, TopicScheme, TrustedRoot};
+use fleet_protocol::TrustedRoot;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::broker::{BrokerConfig, EmbeddedBroker, ServerAccount};
 use crate::config::{Config, ConfigError};
-use crate::content::ContentStore;
+use crate::content::{ContentResolver, ContentStore};
 use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
-    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, PortError, RecordingPublisher,
+    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, RecordingPublisher,
 };
 use crate::fleet::{self, Fleet};
-use crate::link::{BrokerAddr, LinkError, ServerLink, ServerLinkConfig};
+use crate::link::{BrokerAddr, LinkError, LinkPublisher, ServerLink, ServerLinkConfig};
 use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::IngestCounters;
 
@@ -128,8 +130,12 @@ pub struct Server {
     routes: Router,
     authed_routes: Option<Router>,
     deltas: Option<crate::content::Deltas>,
-    inbound_tx: mpsc::Sender<Inbound>,
+    /// Where tests send device messages when no link was built.
+    inbound_tx: Option<mpsc::Sender<Inbound>>,
+    /// Device messages for the engine: the link's own receiver, or the
+    /// receiving end of `inbound_tx`.
     inbound_rx: mpsc::Receiver<Inbound>,
+    attached: Attached,
     admin_token: Option<String>,
 }
 
@@ -145,10 +151,40 @@ fn load_trust(path: &std::path::Path, now: u64) -> Result<TrustedRoot, ServerErr
 }
 
 impl Server {
-    /// Validates `config`, opens the store, loads the director key and the
-    /// trust root, creates the admin token on first start, binds HTTP.
-    pub async fn bind(config: Config, plugins: Plugins) -> Result<Server, ServerError> {
+    /// Validates `config`; builds the content store, the embedded broker (or
+    /// the address of an external one) and the MQTT link, whose receiver of
+    /// device messages goes straight to the engine; then as [`Self::bind_with`].
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let mut attached = Attached::default();
+        let (plugins, from_devices) = attach(&config, &mut attached).await?;
+        Self::open(config, plugins, from_devices, None, attached).await
+    }
+
+    /// Validates `config` and opens the server with `plugins` in place of the
+    /// MQTT link and the content store: device messages come through
+    /// [`Self::inbound`]. Opens the store, loads the director key and the
+    /// trust root, creates the admin token on first start, binds HTTP.
+    pub async fn bind_with(config: Config, plugins: Plugins) -> Result<Server, ServerError> {
+        config.validate()?;
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        Self::open(
+            config,
+            plugins,
+            inbound_rx,
+            Some(inbound_tx),
+            Attached::default(),
+        )
+        .await
+    }
+
+    async fn open(
+        config: Config,
+        plugins: Plugins,
+        inbound_rx: mpsc::Receiver<Inbound>,
+        inbound_tx: Option<mpsc::Sender<Inbound>>,
+        attached: Attached,
+    ) -> Result<Server, ServerError> {
         let now = fleet::now();
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
@@ -206,7 +242,6 @@ impl Server {
                 })?;
             tracing::debug!(devices = n, "latest device state loaded");
         }
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         Ok(Server {
             config,
             listener,
@@ -217,6 +252,7 @@ impl Server {
             deltas: plugins.deltas,
             inbound_tx,
             inbound_rx,
+            attached,
             admin_token,
         })
     }
@@ -232,8 +268,10 @@ impl Server {
         self.admin_token.as_deref()
     }
 
-    /// Where the link sends device messages.
-    pub fn inbound(&self) -> mpsc::Sender<Inbound> {
+    /// Where device messages are sent to the engine, for a server opened
+    /// with [`Self::bind_with`] (one built by [`Self::bind`] hands the
+    /// link's receiver to the engine and has none).
+    pub fn inbound(&self) -> Option<mpsc::Sender<Inbound>> {
         self.inbound_tx.clone()
     }
 
@@ -257,6 +295,7 @@ impl Server {
             deltas,
             inbound_tx,
             inbound_rx,
+            attached,
             admin_token: _,
         } = self;
         drop(inbound_tx);
@@ -308,6 +347,7 @@ impl Server {
             Ok(n) => tracing::info!(devices = n, "device state flushed at shutdown"),
             Err(e) => tracing::error!(error = %e, "flushing device state at shutdown failed"),
         }
+        attached.stop().await;
         tracing::info!("server stopped");
         served
     }
@@ -317,13 +357,57 @@ impl Server {
 /// store and its OCI pull API, the embedded MQTT broker (or a link to an
 /// external one), the MQTT link, the API and the engine.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
-    config.validate()?;
-    let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+    let server = Server::bind(config).await?;
+    if let Some(token) = server.admin_token() {
+        println!("admin token (shown once, stored hashed): {token}");
+        println!(
+            "next: fleetctl login --server http://{} --token {token}",
+            server.local_addr()?
+        );
+    }
+    server.run(shutdown).await
+}
+
+/// What [`Server::bind`] starts beside the API and the engine: the embedded
+/// broker (if any) and the MQTT link's task, stopped by `stop` when the
+/// server stops (or is dropped unstarted).
+#[derive(Default)]
+struct Attached {
+    broker: Option<EmbeddedBroker>,
+    link_task: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Attached {
+    /// Stops the link, waits for its task, then stops the broker.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.link_task.take() {
+            let _ = task.await;
+        }
+        self.broker.take();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Builds the content store, the embedded broker (or the address of an
+/// external one) and the MQTT link from `config`, as the [`Plugins`] they
+/// make, with the link's receiver of device messages.
+async fn attach(
+    config: &Config,
+    attached: &mut Attached,
+) -> Result<(Plugins, mpsc::Receiver<Inbound>), ServerError> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
         path: data_dir.clone(),
         source,
     })?;
-    let content = ContentStore::open(&data_dir)?;
+    let content = ContentStore::open(data_dir)?;
     let deltas = crate::content::Deltas::new(
         content.clone(),
         crate::content::DeltaOptions {
@@ -331,15 +415,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             ..Default::default()
         },
     );
-    let tokens = DeviceTokens::open(&data_dir)?;
-    let scheme = TopicScheme::new(config.broker.topic_prefix.clone()).map_err(|e| {
-        ServerError::Config(ConfigError::Invalid {
-            field: "broker.topic_prefix",
-            reason: e.to_string(),
-        })
-    })?;
+    let tokens = DeviceTokens::open(data_dir)?;
+    let scheme = config.broker.topic_prefix.clone();
     let client_id = config.broker.client_id.clone();
-    let (broker, broker_addr, password) = if config.broker.embedded {
+    let (broker_addr, password) = if config.broker.embedded {
         let password = random_password();
         let mut broker_config = BrokerConfig::new(
             ServerAccount {
@@ -350,92 +429,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         );
         broker_config.listen = config.broker.listen;
         broker_config.scheme = scheme.clone();
-        let broker = EmbeddedBroker::start(broker_config, shutdown.child_token()).await?;
+        let broker = EmbeddedBroker::start(broker_config, attached.stop.child_token()).await?;
         let addr = BrokerAddr::parse(&broker.url()).map_err(LinkError::from)?;
-        (Some(broker), addr, password)
+        attached.broker = Some(broker);
+        (addr, password)
     } else {
-        let url = config.broker.url.clone().unwrap_or_default();
+        let url = config.broker.url.clone().ok_or(ConfigError::Invalid {
+            field: "broker.url",
+            reason: "must be set when broker.embedded = false",
+        })?;
         let password = config.broker.password.clone().unwrap_or_default();
-        (
-            None,
-            BrokerAddr::parse(&url).map_err(LinkError::from)?,
-            password,
-        )
+        (url, password)
     };
     let counters = IngestCounters::new();
     let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);
     link_config.scheme = scheme;
     link_config.counters = counters.clone();
-    let (link, mut from_devices, link_task) =
-        ServerLink::connect(link_config, shutdown.child_token());
+    let (link, from_devices, link_task) =
+        ServerLink::connect(link_config, attached.stop.child_token());
+    attached.link_task = Some(link_task);
     let plugins = Plugins {
-        publisher: Arc::new(LinkPublisher(link)),
-        resolver: Arc::new(ContentResolver(content.clone())),
+        publisher: Arc::new(LinkPublisher::new(link)),
+        resolver: Arc::new(ContentResolver::new(content.clone())),
         routes: crate::content::router_with_deltas(deltas.clone()),
         deltas: Some(deltas),
         authed_routes: Some(crate::content::import_router(content)),
         counters,
     };
-    let server = Server::bind(config, plugins).await?;
-    if let Some(token) = server.admin_token() {
-        println!("admin token (shown once, stored hashed): {token}");
-        println!(
-            "next: fleetctl login --server http://{} --token {token}",
-            server.local_addr()?
-        );
-    }
-    let to_engine = server.inbound();
-    let forward = tokio::spawn(async move {
-        while let Some(message) = from_devices.recv().await {
-            if to_engine.send(message).await.is_err() {
-                break;
-            }
-        }
-    });
-    let result = server.run(shutdown.clone()).await;
-    shutdown.cancel();
-    forward.abort();
-    let _ = link_task.await;
-    drop(broker);
-    result
-}
-
-/// The MQTT link as the engine's desired-state publisher.
-struct LinkPublisher(ServerLink);
-
-#[async_trait::async_trait]
-impl DesiredPublisher for LinkPublisher {
-    async fn publish_desired(
-        &self,
-        device: &fleet_protocol::DeviceId,
-        envelope_json: Vec<u8>,
-    ) -> Result<(), PortError> {
-        self.0
-            .publish_desired(device, envelope_json)
-            .await
-            .map_err(|e| PortError::new(format!("MQTT link: {e}")))
-    }
-}
-
-/// Tags resolved in the server's own content store.
-struct ContentResolver(ContentStore);
-
-#[async_trait::async_trait]
-impl ImageResolver for ContentResolver {
-    async fn resolve(&self, image: &ImageRef) -> Result<Digest, PortError> {
-        if let Some(digest) = image.digest() {
-            return Ok(digest.clone());
-        }
-        let tag = image.tag().unwrap_or("latest");
-        self.0.resolve(image.repository(), tag).ok_or_else(|| {
-            PortError::new(format!(
-                "{}:{tag} is not in the server's content store; import it with `fleetctl image import <oci-layout|tar> --repository {}{}`, or give the image by digest",
-                image.repository(),
-                image.repository(),
-                if tag == "latest" { String::new() } else { format!(" --tag {tag}") }
-            ))
-        })
-    }
+    Ok((plugins, from_devices))
 }
 
 fn random_password() -> String {

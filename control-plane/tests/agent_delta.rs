@@ -19,8 +19,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_agent::fetch::{Client, ClientConfig, EventSink, Platform, PullEvent, Puller};
+use fleet_agent::fetch::{Client, ClientConfig, Platform};
 use fleet_agent::image::StoredImage;
+use fleet_agent::pull::{EventSink, PullEvent, Puller};
 use fleet_agent::snapshot::SnapshotStore;
 use fleet_agent::store::{Store, StoreConfig};
 use fleet_control_plane::content::{self, DeltaOptions, Deltas, import_oci_layout, media_type};

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use fleet_agent::config::Config;
 use fleet_agent::deploy::{ContentSource, Deployer};
-use fleet_agent::fetch::{Client, ClientConfig, Platform, Puller};
+use fleet_agent::fetch::{Client, ClientConfig, Platform};
+use fleet_agent::pull::Puller;
 use fleet_control_plane::content::{self, DeltaOptions, Deltas, import_oci_layout, media_type};
 use fleet_protocol::dsse::{
     self, DESIRED_STATE_PAYLOAD_TYPE, Envelope, KeyId, RELEASE_PAYLOAD_TYPE, ROOT_PAYLOAD_TYPE,

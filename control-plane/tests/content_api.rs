@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fleet_control_plane::cli::image as cli;
 use fleet_control_plane::content::{
-    self, ContentError, ContentStore, cli, import_oci_layout, media_type,
+    self, ContentError, ContentStore, import_oci_layout, media_type,
 };
 use fleet_protocol::Digest;
 use serde_json::{Value, json};
@@ -501,7 +502,12 @@ async fn imports_refuse_content_that_does_not_match_its_digest() {
         .unwrap_err();
     match refused {
         cli::ImportCliError::Refused { status, code, .. } => {
+            let code = code.expect("an error body");
             assert_eq!((status, code.as_str()), (400, "DIGEST_INVALID"));
+            assert_eq!(
+                code,
+                fleet_control_plane::content::ContentCode::DigestInvalid
+            );
         }
         other => panic!("expected a refusal, got {other}"),
     }

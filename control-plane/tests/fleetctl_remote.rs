@@ -559,7 +559,10 @@ impl ImageResolver for OneTag {
         if image == &self.image {
             Ok(self.digest.clone())
         } else {
-            Err(PortError::new(format!("{image} is not known")))
+            Err(PortError::Resolve {
+                image: image.clone(),
+                source: format!("{image} is not known").into(),
+            })
         }
     }
 }

@@ -65,9 +65,52 @@ impl BrokerAddr {
     }
 }
 
+/// `mqtt://host:port`, with an IPv6 host in brackets: what [`BrokerAddr::parse`] reads back.
+impl std::fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for BrokerAddr {
+    type Err = BrokerAddrError;
+    fn from_str(s: &str) -> Result<Self, BrokerAddrError> {
+        Self::parse(s)
+    }
+}
+
+/// Serialised as its address string (for config files); parsed on the way in.
+impl serde::Serialize for BrokerAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BrokerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_reads_back_from_its_display_and_its_json() {
+        for s in ["mqtt://10.0.0.2:1883", "mqtt://[::1]:1884", "broker.local"] {
+            let a = BrokerAddr::parse(s).unwrap();
+            assert_eq!(BrokerAddr::parse(&a.to_string()).unwrap(), a);
+            let json = serde_json::to_string(&a).unwrap();
+            assert_eq!(serde_json::from_str::<BrokerAddr>(&json).unwrap(), a);
+        }
+        assert!(serde_json::from_str::<BrokerAddr>("\"mqtts://x\"").is_err());
+    }
 
     #[test]
     fn broker_addresses_parse() {

@@ -30,6 +30,18 @@ pub mod media_type {
     /// An uncompressed layer tar.
     pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// An uncompressed Docker layer tar.
+    pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+    /// A Docker "foreign" layer (e.g. Windows base layers), gzip.
+    pub const DOCKER_LAYER_FOREIGN_GZIP: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    /// OCI non-distributable layers (deprecated by the image spec, still met).
+    pub const OCI_LAYER_NONDISTRIBUTABLE_TAR: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    pub const OCI_LAYER_NONDISTRIBUTABLE_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    pub const OCI_LAYER_NONDISTRIBUTABLE_ZSTD: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
 
     /// The `Accept` header sent for manifests: every manifest type understood here.
     pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";

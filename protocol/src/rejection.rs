@@ -87,6 +87,35 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// Every value [`Self::code`] returns.
+    pub const CODES: [&'static str; 20] = [
+        "too_large",
+        "malformed_envelope",
+        "wrong_payload_type",
+        "bad_signature",
+        "unknown_key",
+        "wrong_role",
+        "below_threshold",
+        "malformed_payload",
+        "wrong_device",
+        "expired",
+        "stale_generation",
+        "too_many_apps",
+        "duplicate_app",
+        "release_digest_mismatch",
+        "release_app_mismatch",
+        "privileged_not_allowed",
+        "root_expired",
+        "root_missing_link",
+        "root_rollback",
+        "invalid_root",
+    ];
+
+    /// The code named `s`, as the `'static` string [`Self::code`] returns.
+    pub fn code_named(s: &str) -> Option<&'static str> {
+        Self::CODES.into_iter().find(|c| *c == s)
+    }
+
     /// A stable, machine-readable code (reported in status messages).
     pub fn code(&self) -> &'static str {
         match self {
@@ -145,5 +174,30 @@ impl VerifyError {
             code: self.error_code(),
             message: format!("{}: {self}", self.code()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_list_names_each_code_once_and_holds_what_code_returns() {
+        let mut codes = VerifyError::CODES.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), VerifyError::CODES.len());
+        for e in [
+            VerifyError::Expired {
+                expires_at: 1,
+                now: 2,
+            },
+            VerifyError::StaleGeneration { got: 1, last: 2 },
+            VerifyError::UnknownKey { keyid: "k".into() },
+            VerifyError::TooManyApps { count: 9, max: 1 },
+        ] {
+            assert_eq!(VerifyError::code_named(e.code()), Some(e.code()));
+        }
+        assert_eq!(VerifyError::code_named("not_a_code"), None);
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use fleet_agent::fetch::{Client, ClientConfig, ImageRef, Platform, PullEvent, Puller};
+use fleet_agent::fetch::{Client, ClientConfig, ImageRef, Platform};
 use fleet_agent::image::StoredImage;
+use fleet_agent::pull::{PullEvent, Puller};
 use fleet_agent::snapshot::SnapshotStore;
 use fleet_agent::store::{GcOptions, Store, StoreConfig};
 

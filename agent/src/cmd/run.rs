@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use fleet_agent::config::Config;
 use fleet_protocol::DeviceId;
+use fleet_protocol::broker::BrokerAddr;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration that cannot work.
@@ -30,7 +31,7 @@ pub struct RunArgs {
     device: Option<DeviceId>,
     /// The MQTT broker, mqtt://host:port (overrides the config's `broker`).
     #[arg(long)]
-    broker: Option<String>,
+    broker: Option<BrokerAddr>,
     /// Log format on stderr (RUST_LOG filters; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,

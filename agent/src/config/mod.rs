@@ -49,8 +49,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_protocol::DeviceId;
+use fleet_protocol::broker::BrokerAddr;
 use fleet_protocol::env::{EnvError, Overrides};
+use fleet_protocol::{DeviceId, IdError};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{BackoffConfig, DriverConfig, RuntimeConfig, RuntimeKind};
@@ -78,8 +79,19 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Env(#[from] EnvError),
-    #[error("config: {0}")]
-    Invalid(String),
+    #[error("config: {field} {reason}")]
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("config: server {url:?} must start with http:// or https://")]
+    ServerUrl { url: String },
+    #[error("config: no device_id configured and the host name {host:?} is not a device id")]
+    HostName {
+        host: String,
+        #[source]
+        source: IdError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +106,9 @@ pub struct Config {
     /// themselves (`<server host:port>/<repo>`); an `http://` server here
     /// makes its host reachable over plain HTTP even when not on loopback.
     pub server: Option<String>,
-    /// The MQTT broker: `mqtt://host:port` (TLS is not supported yet).
-    pub broker: String,
+    /// The MQTT broker: `mqtt://host:port` (TLS is not supported yet),
+    /// parsed when the file (or `FLEET_AGENT_BROKER`) is read.
+    pub broker: BrokerAddr,
     /// The device's MQTT password (its user name is the device id).
     pub token: Secret,
     /// Labels reported to the server with the device info.
@@ -232,7 +245,10 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/fleet-agent"),
             trust: PathBuf::from("/etc/fleet-agent/trust.json"),
             server: None,
-            broker: DEFAULT_BROKER.to_owned(),
+            broker: BrokerAddr {
+                host: "127.0.0.1".to_owned(),
+                port: 1883,
+            },
             token: Secret::default(),
             labels: BTreeMap::new(),
             status_interval_secs: 30,
@@ -316,7 +332,7 @@ impl Config {
         env.set("FLEET_AGENT_STATE_DIR", &mut self.state_dir, PathBuf::from);
         env.set("FLEET_AGENT_TRUST", &mut self.trust, PathBuf::from);
         env.set("FLEET_AGENT_SERVER", &mut self.server, Some);
-        env.set("FLEET_AGENT_BROKER", &mut self.broker, |v| v);
+        env.parse("FLEET_AGENT_BROKER", &mut self.broker)?;
         env.set("FLEET_AGENT_TOKEN", &mut self.token, Secret);
         env.parse(
             "FLEET_AGENT_STATUS_INTERVAL_SECS",
@@ -354,43 +370,39 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
         if self.state_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid("state_dir is empty".into()));
-        }
-        if self.broker.trim().is_empty() {
-            return Err(ConfigError::Invalid("broker is empty".into()));
+            return invalid("state_dir", "is empty");
         }
         if self.status_interval_secs == 0
             || self.supervise_interval_secs == 0
             || self.telemetry_interval_secs == 0
         {
-            return Err(ConfigError::Invalid(
-                "status_interval_secs, supervise_interval_secs and telemetry_interval_secs \
-                 must be at least 1"
-                    .into(),
-            ));
+            return invalid(
+                "status_interval_secs, supervise_interval_secs and telemetry_interval_secs",
+                "must be at least 1",
+            );
         }
         if self.host_root.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid("host_root is empty".into()));
+            return invalid("host_root", "is empty");
         }
         if let Some(server) = &self.server
             && !(server.starts_with("http://") || server.starts_with("https://"))
         {
-            return Err(ConfigError::Invalid(format!(
-                "server {server:?} must start with http:// or https://"
-            )));
+            return Err(ConfigError::ServerUrl {
+                url: server.clone(),
+            });
         }
         if self.deploy.crash_loop_restarts == 0 {
-            return Err(ConfigError::Invalid(
-                "deploy.crash_loop_restarts must be at least 1".into(),
-            ));
+            return invalid("deploy.crash_loop_restarts", "must be at least 1");
         }
         if self.runtime.backoff_initial_ms == 0
             || self.runtime.backoff_max_ms < self.runtime.backoff_initial_ms
         {
-            return Err(ConfigError::Invalid(
-                "runtime.backoff_initial_ms must be > 0 and <= backoff_max_ms".into(),
-            ));
+            return invalid(
+                "runtime.backoff_initial_ms",
+                "must be > 0 and <= backoff_max_ms",
+            );
         }
         Ok(())
     }
@@ -401,11 +413,9 @@ impl Config {
             return Ok(id.clone());
         }
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        DeviceId::new(host.trim()).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "no device_id configured and the host name {:?} is not a device id: {e}",
-                host.trim()
-            ))
+        DeviceId::new(host.trim()).map_err(|source| ConfigError::HostName {
+            host: host.trim().to_owned(),
+            source,
         })
     }
 

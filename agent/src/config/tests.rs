@@ -33,7 +33,7 @@ fn the_documented_device_config_parses() {
     c.validate().unwrap();
     assert_eq!(c.runtime.kind, RuntimeKind::Runc);
     assert_eq!(c.runtime.backoff_max_ms, 60_000);
-    assert_eq!(c.broker, "mqtt://10.0.0.2:1883");
+    assert_eq!(c.broker.to_string(), "mqtt://10.0.0.2:1883");
     assert_eq!(c.labels.get("site").map(String::as_str), Some("north"));
     assert_eq!(c.plain_http_server().as_deref(), Some("10.0.0.2:8080"));
     assert_eq!(c.token.expose(), "s3cret");
@@ -41,7 +41,7 @@ fn the_documented_device_config_parses() {
     assert!(toml::from_str::<Config>("runtime = \"docker\"").is_err());
     assert!(toml::from_str::<Config>("[runtime]\nbogus = 1").is_err());
     let d = Config::default();
-    assert_eq!(d.broker, DEFAULT_BROKER);
+    assert_eq!(d.broker.to_string(), DEFAULT_BROKER);
     assert_eq!(d.status_interval_secs, 30);
 }
 
@@ -118,7 +118,7 @@ fn every_variable_overrides_its_field() {
     assert_eq!(c.state_dir, PathBuf::from("/s"));
     assert_eq!(c.trust, PathBuf::from("/t.json"));
     assert_eq!(c.server.as_deref(), Some("http://h:1"));
-    assert_eq!(c.broker, "mqtt://b:2");
+    assert_eq!(c.broker.to_string(), "mqtt://b:2");
     assert_eq!(c.token.expose(), "tok");
     assert_eq!((c.status_interval_secs, c.telemetry_interval_secs), (3, 4));
     assert_eq!(c.host_root, PathBuf::from("/h"));

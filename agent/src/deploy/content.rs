@@ -15,11 +15,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use fleet_protocol::oci::MAX_MANIFEST_BYTES;
 use fleet_protocol::{Digest, ErrorCode, ImageRef, ImageRefError};
 use sha2::{Digest as _, Sha256};
 
-use crate::fetch::{EventSink, ImageManifest, Manifest, ManifestError, PullError, Puller};
-use crate::image::MAX_METADATA_BYTES;
+use crate::fetch::{ImageManifest, Manifest, ManifestError};
+use crate::pull::{EventSink, PullError, Puller};
 use crate::state::ReleaseRecord;
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -82,7 +83,7 @@ pub enum ContentError {
     },
     #[error("manifest {digest} in the layout hashes to {actual}")]
     ManifestMismatch { digest: Digest, actual: Digest },
-    #[error("manifest {digest} in the layout is larger than {MAX_METADATA_BYTES} bytes")]
+    #[error("manifest {digest} in the layout is larger than {MAX_MANIFEST_BYTES} bytes")]
     ManifestTooLarge { digest: Digest },
     #[error("manifest {digest} in the layout is an index, not an image manifest")]
     NotAnImage { digest: Digest },
@@ -219,7 +220,7 @@ fn fetch_from_layout(
 }
 
 fn parse_image_manifest(digest: &Digest, bytes: &[u8]) -> Result<ImageManifest, ContentError> {
-    if bytes.len() as u64 > MAX_METADATA_BYTES {
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(ContentError::ManifestTooLarge {
             digest: digest.clone(),
         });

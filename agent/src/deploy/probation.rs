@@ -8,7 +8,8 @@ use fleet_protocol::message::{Health, NetworkMode, RestartPolicy, RuntimeSetting
 use fleet_protocol::{ErrorCode, Event};
 
 use super::{Inner, crash, unix_now};
-use crate::health::{HealthMonitor, NetNs};
+use crate::health::HealthMonitor;
+use crate::runtime::NetNs;
 use crate::runtime::{ContainerStatus, RunState};
 use crate::state::{AppRecord, ReleaseRecord};
 

@@ -15,7 +15,7 @@ use fleet_protocol::message::Progress;
 use fleet_protocol::{AppName, Digest};
 use tokio::time::Instant;
 
-use crate::fetch::{EventSink, PullEvent};
+use crate::pull::{EventSink, PullEvent};
 
 /// The shortest time between two announcements of progress.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);

@@ -17,9 +17,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::client::{Client, header_str};
 use super::error::FetchError;
-use super::manifest::Descriptor;
 use super::sink::BlobSink;
 use fleet_protocol::ImageRef;
+use fleet_protocol::oci::Descriptor;
 
 /// Where a download in progress lives: the data and its journal.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,16 +12,17 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use super::auth::{AuthHeader, Challenge, Credentials, TokenCache, TokenResponse, parse_challenge};
-use super::error::FetchError;
+use super::error::{BodyError, FetchError, TokenError};
 use super::limit::{RateLimiter, RetryPolicy};
-use super::manifest::{ImageManifest, MANIFEST_ACCEPT, Manifest};
-use super::platform::Platform;
 use fleet_protocol::ImageRef;
+use fleet_protocol::oci::media_type::MANIFEST_ACCEPT;
+use fleet_protocol::oci::{ImageManifest, MAX_MANIFEST_BYTES, Manifest, Platform};
 
 /// How a [`Client`] behaves. `Default` suits a device.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Manifests (and indexes) larger than this are refused.
+    /// Manifests (and indexes) larger than this are refused; default
+    /// [`MAX_MANIFEST_BYTES`], the limit the store and the importer use too.
     pub max_manifest_bytes: u64,
     pub retry: RetryPolicy,
     /// Bytes per second over all downloads of this client; `None` = unlimited.
@@ -41,7 +42,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            max_manifest_bytes: 4 * 1024 * 1024,
+            max_manifest_bytes: MAX_MANIFEST_BYTES,
             retry: RetryPolicy::default(),
             max_bandwidth: None,
             max_concurrent_blobs: 3,
@@ -269,37 +270,37 @@ impl Client {
                 service,
                 scope: asked,
             }) => {
-                let token_err = |reason: String| FetchError::Token {
+                let token_err = |source: TokenError| FetchError::Token {
                     realm: realm.clone(),
-                    reason,
+                    source,
                 };
-                let mut url = reqwest::Url::parse(&realm)
-                    .map_err(|e| token_err(format!("bad realm URL: {e}")))?;
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = &service {
-                        q.append_pair("service", s);
-                    }
-                    q.append_pair("scope", asked.as_deref().unwrap_or(scope));
+                // A realm that is no URL fails as the request is built
+                // (`TokenError::Request`, a builder error).
+                let mut req = self.inner.http.get(realm.as_str());
+                if let Some(s) = &service {
+                    req = req.query(&[("service", s.as_str())]);
                 }
-                let mut req = self.inner.http.get(url);
+                req = req.query(&[("scope", asked.as_deref().unwrap_or(scope))]);
                 if let Some(c) = creds {
                     req = req.basic_auth(&c.username, Some(&c.password));
                 }
-                let resp = req.send().await.map_err(|e| token_err(e.to_string()))?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| token_err(TokenError::Request(e)))?;
                 if !resp.status().is_success() {
-                    return Err(token_err(format!("HTTP {}", resp.status().as_u16())));
+                    return Err(token_err(TokenError::Status(resp.status().as_u16())));
                 }
                 let body = read_limited(resp, 64 * 1024)
                     .await
-                    .map_err(|e| token_err(e.to_string()))?;
-                let tr: TokenResponse = serde_json::from_slice(&body)
-                    .map_err(|e| token_err(format!("bad token response: {e}")))?;
+                    .map_err(|e| token_err(TokenError::Body(e)))?;
+                let tr: TokenResponse =
+                    serde_json::from_slice(&body).map_err(|e| token_err(TokenError::Json(e)))?;
                 let token = tr
                     .token
                     .or(tr.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| token_err("no token in the response".into()))?;
+                    .ok_or_else(|| token_err(TokenError::NoToken))?;
                 let lifetime = Duration::from_secs(tr.expires_in.unwrap_or(60).max(60));
                 self.inner.tokens.put(registry, scope, token, lifetime);
                 Ok(())
@@ -461,11 +462,11 @@ pub(super) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>, String> {
+async fn read_limited(mut resp: Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
-    while let Some(c) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(c) = resp.chunk().await.map_err(BodyError::Read)? {
         if out.len() + c.len() > limit {
-            return Err(format!("response larger than {limit} bytes"));
+            return Err(BodyError::TooLarge { limit });
         }
         out.extend_from_slice(&c);
     }

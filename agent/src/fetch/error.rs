@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use fleet_protocol::Digest;
 
-use super::manifest::ManifestError;
+use fleet_protocol::oci::ManifestError;
 
 /// Everything that can go wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +23,12 @@ pub enum FetchError {
     NotFound { url: String },
     #[error("registry {registry} refused access: {reason}")]
     Unauthorized { registry: String, reason: String },
-    #[error("token endpoint {realm} failed: {reason}")]
-    Token { realm: String, reason: String },
+    #[error("token endpoint {realm} failed")]
+    Token {
+        realm: String,
+        #[source]
+        source: TokenError,
+    },
     #[error("manifest at {url} is larger than the {limit}-byte limit{}", size.map(|s| format!(" ({s} bytes)")).unwrap_or_default())]
     ManifestTooLarge {
         url: String,
@@ -86,6 +90,31 @@ pub enum FetchError {
     },
     #[error("invalid URL {url}")]
     Url { url: String },
+}
+
+/// Why a bearer token could not be had from a token endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Also a realm that is not a URL (a builder error).
+    #[error("the request failed")]
+    Request(#[source] reqwest::Error),
+    #[error("it answered HTTP {0}")]
+    Status(u16),
+    #[error("reading its response")]
+    Body(#[source] BodyError),
+    #[error("its response is not a token response")]
+    Json(#[source] serde_json::Error),
+    #[error("its response holds no token")]
+    NoToken,
+}
+
+/// Why a small response body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the connection failed")]
+    Read(#[source] reqwest::Error),
+    #[error("the response is larger than {limit} bytes")]
+    TooLarge { limit: usize },
 }
 
 impl FetchError {

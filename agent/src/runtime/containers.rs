@@ -23,7 +23,7 @@ use super::{
     ContainerId, ContainerRuntime, ContainerStatus, RunState, RuntimeError, Staged, Status,
     Supervisor,
 };
-use crate::health::{NetNs, ProbeTarget};
+use super::{NetNs, ProbeTarget};
 
 /// The default time a container gets to exit after SIGTERM.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);

@@ -11,7 +11,8 @@
 //! - [`ContainerRuntime::adopt_all`]: after an agent restart, supervisors for
 //!   every container of ours the runtime still holds.
 //! - [`ContainerRuntime::remove`]: deletes the container and its rootfs.
-//! - [`crate::health::HealthMonitor`]: health checks on a running container.
+//! - [`ProbeTarget`]: what `crate::health::HealthMonitor` probes (health
+//!   checks sit above the runtime and import it, never the other way).
 //!
 //! Layout: `<state_dir>/<container id>/{config.json, rootfs/, upper/, work/,
 //! release.json, stdout.pipe, stderr.pipe, logs/, runtime.log}`.
@@ -22,6 +23,7 @@ pub mod driver;
 pub mod logs;
 pub mod rootfs;
 pub mod supervise;
+mod target;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +44,7 @@ pub use driver::{
 pub use logs::LogConfig;
 pub use rootfs::{Rootfs, RootfsError, RootfsKind, RootfsMode};
 pub use supervise::{BackoffConfig, ContainerStatus, RunState, Supervisor};
+pub use target::{NetNs, ProbeTarget};
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@ use std::fs;
 use std::time::{Duration, SystemTime};
 
 use fleet_protocol::Digest;
+use fleet_protocol::oci::{MAX_MANIFEST_BYTES, Manifest};
 use serde::Serialize;
 
 use super::{Store, StoreError, io};
-use crate::fetch::Manifest;
 
 /// Garbage-collection settings.
 #[derive(Clone, Debug)]
@@ -35,9 +35,6 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub temp_files_removed: u64,
 }
-
-/// Manifests larger than this are not read for marking (they were refused at pull).
-const MANIFEST_LIMIT: u64 = 16 * 1024 * 1024;
 
 impl Store {
     /// Collects garbage. Fails with [`StoreError::Busy`] while a pull holds a lease.
@@ -94,7 +91,7 @@ impl Store {
                 live.insert(index.hex().to_owned());
             }
             live.insert(rec.manifest.hex().to_owned());
-            let bytes = match self.read_blob(&rec.manifest, MANIFEST_LIMIT) {
+            let bytes = match self.read_blob(&rec.manifest, MAX_MANIFEST_BYTES) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(image = %rec.reference, error = %e, "kept image has no readable manifest");

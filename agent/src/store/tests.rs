@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::fetch::manifest::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use fleet_protocol::oci::media_type::{OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
 
 fn open(dir: &Path) -> Store {
     Store::open(

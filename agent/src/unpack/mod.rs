@@ -376,16 +376,16 @@ pub fn unpack_stream(
 /// The compression a media type promises; `None` when it does not say
 /// (generic types: then the magic bytes decide).
 fn declared_compression(media_type: &str) -> Result<Option<Compression>, UnpackError> {
+    use fleet_protocol::oci::media_type as mt;
     let c = match media_type {
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        mt::OCI_LAYER_TAR | mt::OCI_LAYER_NONDISTRIBUTABLE_TAR | mt::DOCKER_LAYER_TAR => {
+            Some(Compression::None)
+        }
+        mt::OCI_LAYER_GZIP
+        | mt::OCI_LAYER_NONDISTRIBUTABLE_GZIP
+        | mt::DOCKER_LAYER_GZIP
+        | mt::DOCKER_LAYER_FOREIGN_GZIP => Some(Compression::Gzip),
+        mt::OCI_LAYER_ZSTD | mt::OCI_LAYER_NONDISTRIBUTABLE_ZSTD => Some(Compression::Zstd),
         "" | "application/octet-stream" | "application/x-tar" | "application/tar" => None,
         other => {
             return Err(UnpackError::UnsupportedMediaType {

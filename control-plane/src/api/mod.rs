@@ -40,6 +40,7 @@ use crate::fleet::{
     FollowChannel, GroupView, PlanView, PublishView, ReleaseView, RolloutView, SetLabels,
 };
 use crate::store::{Channel, RolloutId};
+pub use types::ErrorCode;
 use types::ResolveView;
 
 /// What the handlers share.
@@ -47,62 +48,6 @@ use types::ResolveView;
 pub struct ApiState {
     pub fleet: Fleet,
     pub resolver: Arc<dyn ImageResolver>,
-}
-
-/// The stable code of an API error answer (`ErrorBody::code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    NotFound,
-    Conflict,
-    Invalid,
-    /// An image reference that does not resolve to a digest.
-    Unresolved,
-    Unauthorized,
-    Store,
-    Director,
-    Internal,
-    /// A release the verifier refused, with its precise reason as the
-    /// verifier names it (`bad_signature`, `unknown_key`, ...).
-    Refused {
-        reason: &'static str,
-    },
-}
-
-impl ErrorCode {
-    /// The wire form, e.g. `not_found`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::Invalid => "invalid",
-            ErrorCode::Unresolved => "unresolved",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Store => "store",
-            ErrorCode::Director => "director",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Refused { reason } => reason,
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for ErrorCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-/// What the server writes for an error (the client reads it as
-/// [`types::ErrorBody`]).
-#[derive(serde::Serialize)]
-struct ErrorAnswer {
-    code: ErrorCode,
-    message: String,
 }
 
 /// An API error: HTTP status, stable code, message.
@@ -153,7 +98,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(ErrorAnswer {
+            Json(types::ErrorBody {
                 code: self.code,
                 message: self.message,
             }),
@@ -383,10 +328,13 @@ async fn resolve(
             format!("image reference {:?}: {e}", q.reference),
         )
     })?;
-    let digest =
-        s.resolver.resolve(&image).await.map_err(|e| {
-            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::Unresolved, e.to_string())
-        })?;
+    let digest = s.resolver.resolve(&image).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::Unresolved,
+            fleet_protocol::report(&e),
+        )
+    })?;
     Ok(Json(ResolveView {
         image: image.to_string(),
         repository: image.name(),

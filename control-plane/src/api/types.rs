@@ -2,7 +2,7 @@
 //! The engine's requests and views are the fleet module's own types,
 //! re-exported here; only what is the API's alone is defined here.
 
-use fleet_protocol::Digest;
+use fleet_protocol::{Digest, VerifyError};
 use serde::{Deserialize, Serialize};
 
 pub use crate::fleet::{
@@ -11,12 +11,86 @@ pub use crate::fleet::{
 };
 
 /// Every error answer: a stable code and a message saying what to do.
-/// The server writes an [`super::ErrorCode`]; a client reads the code as
-/// given, so that codes added later still come through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+/// The stable code of an API error answer. The server writes it; a client
+/// reads codes it does not know (added later) as [`ErrorCode::Unknown`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    NotFound,
+    Conflict,
+    Invalid,
+    /// An image reference that does not resolve to a digest.
+    Unresolved,
+    Unauthorized,
+    Store,
+    Director,
+    Internal,
+    /// A release the verifier refused, with its precise reason as the
+    /// verifier names it (`bad_signature`, `unknown_key`, ...).
+    Refused {
+        reason: &'static str,
+    },
+    /// A code this side does not know.
+    Unknown(String),
+}
+
+impl ErrorCode {
+    /// The wire form, e.g. `not_found`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Unresolved => "unresolved",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Store => "store",
+            ErrorCode::Director => "director",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Refused { reason } => reason,
+            ErrorCode::Unknown(code) => code,
+        }
+    }
+
+    /// Reads a wire code; one not listed here is [`ErrorCode::Unknown`].
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "not_found" => ErrorCode::NotFound,
+            "conflict" => ErrorCode::Conflict,
+            "invalid" => ErrorCode::Invalid,
+            "unresolved" => ErrorCode::Unresolved,
+            "unauthorized" => ErrorCode::Unauthorized,
+            "store" => ErrorCode::Store,
+            "director" => ErrorCode::Director,
+            "internal" => ErrorCode::Internal,
+            other => match VerifyError::code_named(other) {
+                Some(reason) => ErrorCode::Refused { reason },
+                None => ErrorCode::Unknown(other.to_owned()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|code| ErrorCode::parse(&code))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,4 +99,34 @@ pub struct ResolveView {
     pub image: String,
     pub repository: String,
     pub digest: Digest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_keep_their_wire_strings_and_unknown_ones_come_through() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::Invalid,
+            ErrorCode::Unresolved,
+            ErrorCode::Unauthorized,
+            ErrorCode::Store,
+            ErrorCode::Director,
+            ErrorCode::Internal,
+            ErrorCode::Refused {
+                reason: "bad_signature",
+            },
+            ErrorCode::Unknown("added_later".into()),
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"code":"not_found","message":"no such device"}"#).unwrap();
+        assert_eq!(body.code, ErrorCode::NotFound);
+    }
 }

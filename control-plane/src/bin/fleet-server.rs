@@ -65,21 +65,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(ServerCommand::MosquittoAcl) = cli.command {
-        return match fleet_protocol::TopicScheme::new(config.broker.topic_prefix.clone()) {
-            Ok(scheme) => {
-                print!(
-                    "{}\nuser {}\ntopic readwrite {}/#\n",
-                    scheme.mosquitto_acl_patterns(),
-                    config.broker.client_id,
-                    scheme.prefix()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("fleet-server: bad configuration: broker.topic_prefix: {e}");
-                ExitCode::from(2)
-            }
-        };
+        let scheme = &config.broker.topic_prefix;
+        print!(
+            "{}\nuser {}\ntopic readwrite {}/#\n",
+            scheme.mosquitto_acl_patterns(),
+            config.broker.client_id,
+            scheme.prefix()
+        );
+        return ExitCode::SUCCESS;
     }
     if let Some(ServerCommand::DeviceToken { device }) = cli.command {
         return match fleet_control_plane::device_token::DeviceTokens::open(&config.data_dir) {

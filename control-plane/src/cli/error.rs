@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use fleet_protocol::VerifyError;
 
 use super::credentials::CredentialsError;
+use super::image::ImportCliError;
 use crate::client::ClientError;
-use crate::content::cli::ImportCliError;
 use crate::keys::KeyError;
 use crate::sign::SignError;
 
@@ -256,9 +256,10 @@ fn import_class(e: &ImportCliError) -> ExitClass {
             reqwest::StatusCode::from_u16(*status).map_or(ExitClass::Other, status_class)
         }
         ImportCliError::NotALayout { .. } => ExitClass::Usage,
-        ImportCliError::Io { .. } | ImportCliError::Pack { .. } | ImportCliError::Client(_) => {
-            ExitClass::Other
-        }
+        ImportCliError::Io { .. }
+        | ImportCliError::Pack { .. }
+        | ImportCliError::Client(_)
+        | ImportCliError::BadAnswer { .. } => ExitClass::Other,
     }
 }
 
@@ -287,7 +288,7 @@ mod tests {
     fn client_errors_are_classed_by_status() {
         let api = |status| ClientError::Api {
             status,
-            code: "x".into(),
+            code: Some(crate::api::types::ErrorCode::Unknown("x".into())),
             message: "m".into(),
         };
         assert_eq!(

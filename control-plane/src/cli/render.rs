@@ -398,9 +398,10 @@ pub fn rollout(v: &RolloutView) -> String {
             format!("{:?}", p.state).to_lowercase(),
             p.phase.as_ref().map_or("", |ph| ph.name()),
             bytes,
-            p.error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" error: {e}"))
+            p.error.as_ref().map_or(String::new(), |e| format!(
+                " error: {}: {}",
+                e.code, e.message
+            ))
         ));
     }
     for e in &v.excluded {

@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 
 use super::delta::{DeltaOptions, Deltas, Lookup, Outcome, parse_bases};
 use super::range::{ByteRange, parse_range};
-use super::{ContentError, ContentStore, import_archive, validate_repository};
+use super::{ContentCode, ContentError, ContentStore, import_archive, validate_repository};
 
 /// The largest upload `POST /api/v1/images/import` accepts.
 pub const MAX_IMPORT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -67,13 +67,13 @@ fn with_api_version(mut response: Response) -> Response {
 /// A distribution API error: status, code and message as the spec lists them.
 struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ContentCode,
     message: String,
     detail: serde_json::Value,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ContentCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -90,7 +90,7 @@ impl ApiError {
     fn name_unknown(name: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
+            ContentCode::NameUnknown,
             "repository name not known to registry",
         )
         .detail(json!({ "name": name }))
@@ -100,7 +100,7 @@ impl ApiError {
         tracing::error!(error = %err, "content endpoint failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "UNKNOWN",
+            ContentCode::Unspecified,
             err.to_string(),
         )
     }
@@ -141,7 +141,7 @@ async fn route(
     if *method != Method::GET && !head {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
+            ContentCode::Unsupported,
             "this registry is read-only: import images with `fleetctl image import`",
         ));
     }
@@ -163,15 +163,19 @@ async fn route(
     }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
-        "UNSUPPORTED",
+        ContentCode::Unsupported,
         format!("no such endpoint: /v2/{rest}"),
     ))
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     validate_repository(name).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
-            .detail(json!({ "name": name }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ContentCode::NameInvalid,
+            e.to_string(),
+        )
+        .detail(json!({ "name": name }))
     })
 }
 
@@ -215,7 +219,7 @@ async fn manifest(
     let unknown = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "MANIFEST_UNKNOWN",
+            ContentCode::ManifestUnknown,
             "manifest unknown to registry",
         )
         .detail(json!({ "name": name, "reference": reference }))
@@ -269,8 +273,12 @@ async fn blob(
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let digest = Digest::new(digest).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
-            .detail(json!({ "digest": digest }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ContentCode::DigestInvalid,
+            e.to_string(),
+        )
+        .detail(json!({ "digest": digest }))
     })?;
     let size = state.store.blob_size(&digest);
     if !state.store.has_repository(name) {
@@ -279,7 +287,7 @@ async fn blob(
     let Some(len) = size else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
+            ContentCode::BlobUnknown,
             "blob unknown to registry",
         )
         .detail(json!({ "name": name, "digest": digest })));
@@ -338,7 +346,7 @@ async fn serve_blob(
             );
             let err = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "RANGE_INVALID",
+                ContentCode::RangeInvalid,
                 format!("range not satisfiable for a blob of {len} bytes"),
             );
             return Ok((headers, err).into_response());
@@ -381,13 +389,17 @@ async fn delta(
     request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let target = Digest::new(digest).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
-            .detail(json!({ "digest": digest }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ContentCode::DigestInvalid,
+            e.to_string(),
+        )
+        .detail(json!({ "digest": digest }))
     })?;
     let bases = parse_bases(query.get("bases").map(String::as_str)).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "DELTA_BASES_INVALID",
+            ContentCode::DeltaBasesInvalid,
             "bases= must list 1 to 128 comma-separated diff_ids (sha256:<hex>)",
         )
     })?;
@@ -395,7 +407,7 @@ async fn delta(
         return Err(ApiError::name_unknown(name));
     }
     let unavailable = |reason: String| {
-        ApiError::new(StatusCode::NOT_FOUND, "DELTA_UNAVAILABLE", reason)
+        ApiError::new(StatusCode::NOT_FOUND, ContentCode::DeltaUnavailable, reason)
             .detail(json!({ "name": name, "digest": target }))
     };
     match state.deltas.lookup(&target, &bases) {
@@ -408,7 +420,7 @@ async fn delta(
             );
             let err = ApiError::new(
                 StatusCode::ACCEPTED,
-                "DELTA_PENDING",
+                ContentCode::DeltaPending,
                 "the delta is being computed: ask again after Retry-After seconds",
             );
             Ok((headers, err).into_response())

@@ -13,16 +13,18 @@
 //!   verified before it is stored, and tags move only after all the content
 //!   they point to is in place.
 //! - [`import_router`]: `POST /api/v1/images/import`, the upload endpoint
-//!   behind `fleetctl image import` ([`cli::import_image`]).
+//!   behind `fleetctl image import` (its client is `crate::cli::image`).
 
-pub mod cli;
+mod code;
 pub mod delta;
 mod http;
 mod import;
 pub mod range;
+mod resolver;
 mod source;
 mod store;
 
+pub use code::ContentCode;
 pub use delta::{DeltaOptions, Deltas};
 pub use fleet_protocol::oci::media_type;
 pub use http::{
@@ -33,6 +35,7 @@ pub use import::{
     ImportSummary, ImportedImage, import_archive, import_docker_archive, import_oci_archive,
     import_oci_layout,
 };
+pub use resolver::ContentResolver;
 pub use store::{ContentStore, ManifestEntry};
 
 use std::path::PathBuf;
@@ -108,22 +111,22 @@ pub enum ContentError {
 
 impl ContentError {
     /// A stable code for errors that cross the wire (import API answers).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ContentCode {
         match self {
-            Self::Io { .. } | Self::CorruptIndex { .. } | Self::Join(_) => "INTERNAL",
-            Self::BadRepository { .. } => "NAME_INVALID",
-            Self::BadTag { .. } => "TAG_INVALID",
-            Self::DigestMismatch { .. } | Self::SizeMismatch { .. } => "DIGEST_INVALID",
-            Self::MissingBlob { .. } => "BLOB_UNKNOWN",
+            Self::Io { .. } | Self::CorruptIndex { .. } | Self::Join(_) => ContentCode::Internal,
+            Self::BadRepository { .. } => ContentCode::NameInvalid,
+            Self::BadTag { .. } => ContentCode::TagInvalid,
+            Self::DigestMismatch { .. } | Self::SizeMismatch { .. } => ContentCode::DigestInvalid,
+            Self::MissingBlob { .. } => ContentCode::BlobUnknown,
             Self::BadJson { .. } | Self::BadManifest { .. } | Self::UnsupportedMediaType { .. } => {
-                "MANIFEST_INVALID"
+                ContentCode::ManifestInvalid
             }
             Self::BadLayout { .. }
             | Self::BadArchive { .. }
             | Self::BadDockerLayer { .. }
             | Self::RepositoryRequired { .. }
-            | Self::TagRequired { .. } => "ARCHIVE_INVALID",
-            Self::TooLarge { .. } => "TOO_LARGE",
+            | Self::TagRequired { .. } => ContentCode::ArchiveInvalid,
+            Self::TooLarge { .. } => ContentCode::TooLarge,
         }
     }
 

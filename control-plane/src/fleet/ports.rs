@@ -6,22 +6,35 @@ use std::sync::Mutex;
 
 use fleet_protocol::{DeviceId, Digest, ImageRef, StatusReport, Telemetry};
 
-/// A failure of the link or resolver, with a human message.
+/// A failure of the link or resolver. The adapters live above the engine,
+/// so their own errors travel as boxed sources.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct PortError {
-    pub message: String,
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl PortError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
+pub enum PortError {
+    #[error("publishing the desired state of {device}")]
+    Publish {
+        device: DeviceId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the recording publisher's lock is poisoned")]
+    Poisoned,
+    #[error(
+        "cannot resolve tag of {image}: this server has no image store attached; \
+         give the image by digest (name@sha256:...) or import it first"
+    )]
+    NoImageStore { image: ImageRef },
+    #[error(
+        "{repository}:{tag} is not in the server's content store; import it with \
+         `fleetctl image import <oci-layout|tar> --repository {repository}{}`, or give the image by digest",
+        if tag == "latest" { String::new() } else { format!(" --tag {tag}") }
+    )]
+    NotImported { repository: String, tag: String },
+    #[error("cannot resolve {image}")]
+    Resolve {
+        image: ImageRef,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Publishes a device's signed desired state (the link sends it retained, at
@@ -80,7 +93,7 @@ impl DesiredPublisher for RecordingPublisher {
         tracing::debug!(%device, bytes = envelope_json.len(), "desired state recorded (no MQTT link attached)");
         self.sent
             .lock()
-            .map_err(|_| PortError::new("recording publisher poisoned"))?
+            .map_err(|_| PortError::Poisoned)?
             .push((device.clone(), envelope_json));
         Ok(())
     }
@@ -94,11 +107,11 @@ pub struct DigestOnlyResolver;
 #[async_trait::async_trait]
 impl ImageResolver for DigestOnlyResolver {
     async fn resolve(&self, image: &ImageRef) -> Result<Digest, PortError> {
-        image.digest().cloned().ok_or_else(|| {
-            PortError::new(format!(
-                "cannot resolve tag of {image}: this server has no image store attached; \
-                 give the image by digest (name@sha256:...) or import it first"
-            ))
-        })
+        image
+            .digest()
+            .cloned()
+            .ok_or_else(|| PortError::NoImageStore {
+                image: image.clone(),
+            })
     }
 }

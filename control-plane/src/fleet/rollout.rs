@@ -35,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
+use fleet_protocol::{DeviceId, Digest, ErrorInfo, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
@@ -77,8 +77,10 @@ pub struct DeviceProgress {
     pub bytes_done: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<u64>,
+    /// The app's error, or the device's rejection of its desired state, as
+    /// the device reported it (stable code plus message).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<ErrorInfo>,
 }
 
 /// Counts of devices per state.
@@ -139,7 +141,7 @@ pub fn device_progress(
     let Some(app) = status.apps.iter().find(|a| a.app == rollout.app) else {
         if let Some(rejected) = &status.rejected {
             p.state = ProgressState::Failed;
-            p.error = Some(rejected.message.clone());
+            p.error = Some(rejected.clone());
         }
         return p;
     };
@@ -155,7 +157,7 @@ pub fn device_progress(
     if !(is_target || is_running) {
         if let Some(rejected) = &status.rejected {
             p.state = ProgressState::Failed;
-            p.error = Some(rejected.message.clone());
+            p.error = Some(rejected.clone());
         }
         return p;
     }
@@ -164,13 +166,20 @@ pub fn device_progress(
         p.bytes_done = Some(progress.bytes_done);
         p.bytes_total = Some(progress.bytes_total);
     }
-    p.error = app.error.as_ref().map(|e| e.message.clone());
+    p.error.clone_from(&app.error);
     p.state = match &app.phase {
         Phase::Committed if is_running => ProgressState::Committed,
+        // Committed but not yet reported as the running release: still updating.
+        Phase::Committed
+        | Phase::Pending
+        | Phase::Downloading
+        | Phase::Verifying
+        | Phase::Staged
+        | Phase::Starting
+        | Phase::Probation { .. } => ProgressState::Updating,
         Phase::Failed { .. } | Phase::RolledBack { .. } | Phase::RollingBack { .. } => {
             ProgressState::Failed
         }
-        _ => ProgressState::Updating,
     };
     p
 }
@@ -552,7 +561,7 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
         Some(t) if t.crossed(total, of) => Some(format!(
             "{total} of {of} devices failed in the rollout (tolerated: {t})"
         )),
-        _ => None,
+        Some(_) | None => None,
     }
 }
 
@@ -572,7 +581,9 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     };
     let which = match r.safety.on_halt {
         HaltRollback::Nothing => "no device rolled back".to_owned(),
-        _ => format!("{} device(s) rolled back", previous.len()),
+        HaltRollback::Updated | HaltRollback::Failed => {
+            format!("{} device(s) rolled back", previous.len())
+        }
     };
     effects.push(Effect::Record {
         kind: EventKind::RolloutHalted,

@@ -661,3 +661,39 @@ fn a_device_failing_during_the_bake_halts_the_rollout_before_the_next_wave() {
     assert_eq!(reverted(&effects), canary);
     assert_eq!(r.waves[1].state, WaveState::Pending);
 }
+
+#[test]
+fn a_device_error_keeps_its_wire_code_and_message() {
+    let mut r = rollout(2, &[2]);
+    r.waves[0].state = WaveState::Active;
+    let [d0, d1] = [
+        &r.waves[0].devices[0].clone(),
+        &r.waves[0].devices[1].clone(),
+    ];
+    let code = fleet_protocol::ErrorCode::CrashLoop;
+    let mut app = app_status(
+        Phase::RolledBack { reason: code },
+        None,
+        Some(&r.release_digest),
+    );
+    app.error = Some(ErrorInfo::new(code, "exited 3 times in 60s"));
+    let (_, status) = report(d0, app);
+    let p = device_progress(&r, 0, d0, Some(&status));
+    assert_eq!(p.state, ProgressState::Failed);
+    assert_eq!(p.error, Some(ErrorInfo::new(code, "exited 3 times in 60s")));
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["error"]["code"], "crash_loop");
+    assert_eq!(json["error"]["message"], "exited 3 times in 60s");
+
+    // A device that refused its desired state fails with the rejection.
+    let (_, mut status) = report(d1, app_status(Phase::Pending, None, None));
+    let rejected = ErrorInfo::new(
+        fleet_protocol::ErrorCode::StaleGeneration,
+        "generation 2 <= 3",
+    );
+    Arc::make_mut(&mut status).apps.clear();
+    Arc::make_mut(&mut status).rejected = Some(rejected.clone());
+    let p = device_progress(&r, 0, d1, Some(&status));
+    assert_eq!(p.state, ProgressState::Failed);
+    assert_eq!(p.error, Some(rejected));
+}

@@ -129,10 +129,10 @@ pub async fn start(config: Config, publisher: Arc<dyn DesiredPublisher>) -> Runn
 
 /// A server with the given plugins (e.g. an image resolver).
 pub async fn start_with(config: Config, plugins: Plugins) -> Running {
-    let server = Server::bind(config, plugins).await.unwrap();
+    let server = Server::bind_with(config, plugins).await.unwrap();
     let addr = server.local_addr().unwrap();
     let token = server.admin_token().map(str::to_owned);
-    let inbound = server.inbound();
+    let inbound = server.inbound().expect("bind_with takes device messages");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let task = tokio::spawn(async move { server.run(stop).await.unwrap() });
@@ -154,8 +154,11 @@ pub struct BrokerDown;
 
 #[async_trait::async_trait]
 impl DesiredPublisher for BrokerDown {
-    async fn publish_desired(&self, _: &DeviceId, _: Vec<u8>) -> Result<(), PortError> {
-        Err(PortError::new("broker unreachable"))
+    async fn publish_desired(&self, device: &DeviceId, _: Vec<u8>) -> Result<(), PortError> {
+        Err(PortError::Publish {
+            device: device.clone(),
+            source: "broker unreachable".into(),
+        })
     }
 }
 

@@ -14,11 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fleet_protocol::{Digest, ImageRef};
 use serde::Deserialize;
 
-use super::pull::{count_content, fetch_blob};
-use super::{
-    BlobDownload, Client, DeltaOffer, DeltaProbe, Descriptor, EventSink, ImageManifest, PullError,
-    PullEvent, Puller,
-};
+use super::{EventSink, PullError, PullEvent, Puller, count_content, fetch_blob};
+use crate::fetch::{BlobDownload, Client, DeltaOffer, DeltaProbe, Descriptor, ImageManifest};
 use crate::snapshot::SnapshotStore;
 use crate::store::Store;
 

@@ -3,6 +3,8 @@
 //! space before the first byte, download the rest (bounded, verified,
 //! resumable), then record the manifests and the image.
 
+mod delta;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +13,10 @@ use fleet_protocol::{Digest, ImageRef};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::pull_delta::{self, DeltaJob};
-use super::{BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, Platform};
+use self::delta::DeltaJob;
+use crate::fetch::{
+    BlobDownload, Client, Descriptor, FetchError, ImageManifest, Manifest, ManifestError, Platform,
+};
 use crate::snapshot::SnapshotStore;
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -27,7 +31,7 @@ pub enum PullError {
     StoredManifest {
         digest: Digest,
         #[source]
-        source: super::ManifestError,
+        source: ManifestError,
     },
     #[error("{reference}: the index entry {digest} for {platform} is itself an index")]
     NestedIndex {
@@ -312,14 +316,14 @@ impl Puller {
             );
             match (deltas.remove(&desc.digest), self.snapshots.clone()) {
                 (Some(job), Some(snapshots)) => {
-                    let ctx = pull_delta::Ctx {
+                    let ctx = delta::Ctx {
                         client,
                         store,
                         snapshots,
                         image,
                         events,
                     };
-                    tasks.spawn(async move { pull_delta::fetch_layer(ctx, desc, job).await })
+                    tasks.spawn(async move { delta::fetch_layer(ctx, desc, job).await })
                 }
                 _ => {
                     tasks.spawn(async move { fetch_blob(client, store, image, desc, events).await })
