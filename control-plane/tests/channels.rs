@@ -296,6 +296,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             on_halt: HaltRollback::Failed,
             wave_deadline_secs: None,
             bake_secs: None,
+            max_restarts: None,
         },
     }
 }

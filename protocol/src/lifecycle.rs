@@ -65,6 +65,9 @@ pub enum ErrorCode {
     /// The release requires an L4T/CUDA/SoC or a device this device does
     /// not have; refused before anything is downloaded.
     Incompatible,
+    /// A rollout gate on what the device reports (e.g. its app restarting
+    /// after commit) failed: judged by the server, not the device.
+    GateFailed,
     // Desired state / command refused.
     Rejected,
     BadSignature,
@@ -80,7 +83,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::DownloadFailed,
         ErrorCode::DiskFull,
         ErrorCode::VerifyFailed,
@@ -92,6 +95,7 @@ impl ErrorCode {
         ErrorCode::Superseded,
         ErrorCode::NotAllowed,
         ErrorCode::Incompatible,
+        ErrorCode::GateFailed,
         ErrorCode::Rejected,
         ErrorCode::BadSignature,
         ErrorCode::StaleGeneration,
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Superseded => "superseded",
             ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::Incompatible => "incompatible",
+            ErrorCode::GateFailed => "gate_failed",
             ErrorCode::Rejected => "rejected",
             ErrorCode::BadSignature => "bad_signature",
             ErrorCode::StaleGeneration => "stale_generation",

@@ -70,6 +70,10 @@ pub enum GroupsCommand {
         /// Seconds a settled wave is watched before the next goes out.
         #[arg(long)]
         bake: Option<u64>,
+        /// Gate: an updated device whose app restarts more than this many
+        /// times counts as failed.
+        #[arg(long)]
+        max_restarts: Option<u32>,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -139,6 +143,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             on_halt,
             wave_deadline,
             bake,
+            max_restarts,
         } => {
             let req = FollowChannel {
                 app,
@@ -151,6 +156,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     on_halt,
                     wave_deadline_secs: wave_deadline,
                     bake_secs: bake,
+                    max_restarts,
                 },
             };
             let group = client.follow(&name, &req).await.map_err(failed(format!(

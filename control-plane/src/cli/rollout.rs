@@ -82,6 +82,10 @@ pub struct RolloutArgs {
     /// device failing meanwhile counts against the thresholds.
     #[arg(long)]
     pub bake: Option<u64>,
+    /// Gate: an updated device whose app restarts more than this many
+    /// times counts as failed (against the thresholds).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -297,6 +301,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             on_halt: args.on_halt,
             wave_deadline_secs: args.wave_deadline,
             bake_secs: args.bake,
+            max_restarts: args.max_restarts,
         },
     };
     if args.plan {

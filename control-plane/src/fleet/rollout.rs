@@ -35,7 +35,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleet_protocol::{DeviceId, Digest, ErrorInfo, Phase, StatusReport};
+use fleet_protocol::{DeviceId, Digest, ErrorCode, ErrorInfo, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
@@ -168,6 +168,17 @@ pub fn device_progress(
     }
     p.error.clone_from(&app.error);
     p.state = match &app.phase {
+        Phase::Committed if is_running && gate_failed(rollout, app.restarts) => {
+            p.error = Some(ErrorInfo::new(
+                ErrorCode::GateFailed,
+                format!(
+                    "gate: the app restarted {} times since the release started (tolerated: {})",
+                    app.restarts,
+                    rollout.safety.max_restarts.unwrap_or_default()
+                ),
+            ));
+            ProgressState::Failed
+        }
         Phase::Committed if is_running => ProgressState::Committed,
         // Committed but not yet reported as the running release: still updating.
         Phase::Committed
@@ -182,6 +193,14 @@ pub fn device_progress(
         }
     };
     p
+}
+
+/// Whether `restarts` of an updated device cross the rollout's restart gate.
+fn gate_failed(rollout: &RolloutRecord, restarts: u32) -> bool {
+    rollout
+        .safety
+        .max_restarts
+        .is_some_and(|max| restarts > max)
 }
 
 /// Splits `devices` into waves of the given sizes (a percentage is of all

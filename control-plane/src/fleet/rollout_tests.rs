@@ -448,6 +448,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         on_halt: HaltRollback::Failed,
         wave_deadline_secs: None,
         bake_secs: None,
+        max_restarts: None,
     });
     let canary = ids(1);
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
@@ -499,6 +500,7 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         on_halt: HaltRollback::Failed,
         wave_deadline_secs: None,
         bake_secs: None,
+        max_restarts: None,
     });
     let mut reports = committed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -521,6 +523,7 @@ fn the_total_threshold_counts_failures_across_waves() {
         on_halt: HaltRollback::Updated,
         wave_deadline_secs: None,
         bake_secs: None,
+        max_restarts: None,
     });
     let mut reports = failed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
@@ -541,6 +544,7 @@ fn on_halt_nothing_rolls_nobody_back() {
         on_halt: HaltRollback::Nothing,
         wave_deadline_secs: None,
         bake_secs: None,
+        max_restarts: None,
     });
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
@@ -696,4 +700,60 @@ fn a_device_error_keeps_its_wire_code_and_message() {
     let p = device_progress(&r, 0, d1, Some(&status));
     assert_eq!(p.state, ProgressState::Failed);
     assert_eq!(p.error, Some(rejected));
+}
+
+#[test]
+fn an_updated_device_whose_app_keeps_restarting_fails_the_restart_gate_and_halts() {
+    let r = guarded(Safety {
+        bake_secs: Some(600),
+        wave_failures: Some(Threshold::Count(0)),
+        max_restarts: Some(2),
+        ..Safety::default()
+    });
+    let canary = ids(1);
+    let restarted = |r: &RolloutRecord, n: u32| -> Reports {
+        canary
+            .iter()
+            .map(|d| {
+                let mut app = app_status(Phase::Committed, Some(&r.release_digest), None);
+                app.restarts = n;
+                report(d, app)
+            })
+            .collect()
+    };
+    // Committed with two restarts: within the gate, the wave bakes.
+    let (r, effects) = step(r.clone(), Event::Progress(restarted(&r, 2)), 210).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert!(deployed(&effects).is_empty());
+    let p = device_progress(
+        &r,
+        0,
+        &canary[0],
+        restarted(&r, 2).values().next().map(Arc::as_ref),
+    );
+    assert_eq!(p.state, ProgressState::Committed);
+    // A third restart during the bake: the gate fails, the rollout halts
+    // and the canary goes back to what it ran.
+    let reports = restarted(&r, 3);
+    let p = device_progress(&r, 0, &canary[0], reports.values().next().map(Arc::as_ref));
+    assert_eq!(p.state, ProgressState::Failed);
+    let error = p.error.unwrap();
+    assert_eq!(error.code, fleet_protocol::ErrorCode::GateFailed);
+    assert_eq!(
+        error.message,
+        "gate: the app restarted 3 times since the release started (tolerated: 2)"
+    );
+    let (r, effects) = step(r.clone(), Event::Progress(reports), 300).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert!(deployed(&effects).is_empty());
+    assert_eq!(reverted(&effects), canary);
+    // Without the gate, restarts alone fail nobody.
+    let free = guarded(Safety::default());
+    let p = device_progress(
+        &free,
+        0,
+        &canary[0],
+        restarted(&free, 50).values().next().map(Arc::as_ref),
+    );
+    assert_eq!(p.state, ProgressState::Committed);
 }

@@ -180,4 +180,10 @@ pub struct Safety {
     /// rollout before anyone else gets the release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_secs: Option<u64>,
+    /// A gate on what devices report: an updated device whose app restarted
+    /// more than this many times since the release started (while its wave
+    /// bakes, or any time the rollout runs) counts as failed
+    /// (`gate_failed`), against the thresholds like a failed install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
 }
