@@ -24,7 +24,8 @@ use crate::content::ContentStore;
 use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
-    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, PortError, RecordingPublisher,
+    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, NoPreparation, PortError,
+    RecordingPublisher, UpdatePreparer,
 };
 use crate::fleet::{self, Fleet};
 use crate::link::{BrokerAddr, LinkError, ServerLink, ServerLinkConfig};
@@ -96,6 +97,8 @@ pub struct Plugins {
     pub publisher: Arc<dyn DesiredPublisher>,
     /// Resolves image tags (the content store).
     pub resolver: Arc<dyn ImageResolver>,
+    /// Prepares what a rollout's devices will fetch (layer deltas).
+    pub preparer: Arc<dyn UpdatePreparer>,
     /// Extra routes merged at the root (e.g. the OCI pull API under `/v2`).
     pub routes: Router,
     /// Extra routes merged at the root behind the API's token check (e.g.
@@ -112,6 +115,7 @@ impl Default for Plugins {
         Self {
             publisher: Arc::new(RecordingPublisher::new()),
             resolver: Arc::new(DigestOnlyResolver),
+            preparer: Arc::new(NoPreparation),
             routes: Router::new(),
             authed_routes: None,
             deltas: None,
@@ -193,7 +197,14 @@ impl Server {
                 addr: config.http.listen,
                 source,
             })?;
-        let fleet = Fleet::new(store, director, trust, plugins.publisher, plugins.counters);
+        let fleet = Fleet::new(
+            store,
+            director,
+            trust,
+            plugins.publisher,
+            plugins.preparer,
+            plugins.counters,
+        );
         {
             let fleet = fleet.clone();
             let n = tokio::task::spawn_blocking(move || fleet.load_live())
@@ -328,6 +339,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         content.clone(),
         crate::content::DeltaOptions {
             ratio: config.content.delta_ratio,
+            max_concurrent: config.content.delta_max_concurrent(),
+            retry_failed_after: Duration::from_secs(config.content.delta_retry_failed_secs),
             ..Default::default()
         },
     );
@@ -371,6 +384,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let plugins = Plugins {
         publisher: Arc::new(LinkPublisher(link)),
         resolver: Arc::new(ContentResolver(content.clone())),
+        preparer: Arc::new(deltas.clone()),
         routes: crate::content::router_with_deltas(deltas.clone()),
         deltas: Some(deltas),
         authed_routes: Some(crate::content::import_router(content)),

@@ -1,6 +1,7 @@
 //! What the fleet engine needs from the outside, as traits and channel types:
 //! the MQTT link implements [`DesiredPublisher`] and feeds [`Inbound`]
-//! messages; the content store implements [`ImageResolver`].
+//! messages; the content store implements [`ImageResolver`] and
+//! [`UpdatePreparer`].
 
 use std::sync::Mutex;
 
@@ -49,6 +50,36 @@ pub enum Inbound {
 #[async_trait::async_trait]
 pub trait ImageResolver: Send + Sync + 'static {
     async fn resolve(&self, image: &ImageRef) -> Result<Digest, PortError>;
+}
+
+/// A device moving from one image to another: the manifest digests of the
+/// release it runs and of the release a rollout gives it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImageUpdate {
+    pub from: Digest,
+    pub to: Digest,
+}
+
+/// Prepares, ahead of the devices asking, what an update will make them
+/// fetch (the content store computes layer deltas). Called by the engine
+/// right after a rollout step that deploys commits. Best effort: it must
+/// return at once (the work goes to a background task), and what goes
+/// wrong is logged, never returned: a rollout does not wait for it.
+pub trait UpdatePreparer: Send + Sync + 'static {
+    fn prepare(&self, updates: Vec<ImageUpdate>);
+}
+
+/// The preparer used when no content store is attached: nothing to do.
+#[derive(Debug, Default)]
+pub struct NoPreparation;
+
+impl UpdatePreparer for NoPreparation {
+    fn prepare(&self, updates: Vec<ImageUpdate>) {
+        tracing::trace!(
+            updates = updates.len(),
+            "no content store attached: nothing prepared"
+        );
+    }
 }
 
 /// The publisher used when no MQTT link is attached: it only records what
