@@ -101,6 +101,12 @@ pub fn device(d: &DeviceView) {
                     .as_ref()
                     .map_or(String::new(), |e| format!("error: {}", e.message))
             );
+            for f in &a.delta_fallbacks {
+                println!(
+                    "    delta not used, whole layer {} fetched: {}",
+                    f.layer, f.reason
+                );
+            }
         }
         if let Some(r) = &st.rejected {
             println!("  rejected: {}", r.message);
@@ -339,6 +345,12 @@ pub fn rollout(v: &RolloutView) -> String {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" error: {e}"))
         ));
+        for f in &p.delta_fallbacks {
+            out.push_str(&format!(
+                "    delta not used, whole layer {} fetched: {}\n",
+                f.layer, f.reason
+            ));
+        }
     }
     for e in &v.excluded {
         out.push_str(&format!("  {:<24} excluded: {}\n", e.device, e.reason));

@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fleet_protocol::message::DeltaFallback;
 use fleet_protocol::{DeviceId, Digest, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,9 @@ pub struct DeviceProgress {
     pub bytes_total: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Layers the device fetched whole because their delta was unusable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_fallbacks: Vec<DeltaFallback>,
 }
 
 /// Counts of devices per state.
@@ -123,6 +127,7 @@ pub fn device_progress(
         bytes_done: None,
         bytes_total: None,
         error: None,
+        delta_fallbacks: Vec::new(),
     };
     let started = rollout
         .waves
@@ -162,6 +167,7 @@ pub fn device_progress(
         p.bytes_total = Some(progress.bytes_total);
     }
     p.error = app.error.as_ref().map(|e| e.message.clone());
+    p.delta_fallbacks = app.delta_fallbacks.clone();
     p.state = match &app.phase {
         Phase::Committed if is_running => ProgressState::Committed,
         Phase::Failed { .. } | Phase::RolledBack { .. } | Phase::RollingBack { .. } => {

@@ -206,6 +206,7 @@ pub fn committed(id: &str, generation: u64, app: &str, digest: &Digest) -> Statu
             restarts: 0,
             progress: None,
             error: None,
+            delta_fallbacks: vec![],
         }],
         rejected: None,
         info: None,
