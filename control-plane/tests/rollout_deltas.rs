@@ -2,7 +2,8 @@
 //! server on loopback with the content endpoint and the delta cache, a
 //! device reported running v1, a rollout of v2; the delta of v2's changed
 //! layer against v1's diff_ids is computed before any device asks, so the
-//! first request is answered 200 (not 202 "being computed").
+//! first request is answered 200 (not 202 "being computed"); the rollout
+//! plan shows the bytes the device will fetch, before and after.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -183,16 +184,21 @@ async fn a_rollout_computes_the_delta_from_the_release_a_device_runs_before_it_a
     .await;
     assert_eq!(deltas.counters().computed.load(Ordering::Relaxed), 0);
 
-    client
-        .start_rollout(&CreateRollout {
-            release_digest: Some(v2.digest.clone()),
-            release: None,
-            group: GroupName::new("cameras").unwrap(),
-            waves: vec![],
-            safety: Default::default(),
-        })
-        .await
-        .unwrap();
+    let request = CreateRollout {
+        release_digest: Some(v2.digest.clone()),
+        release: None,
+        group: GroupName::new("cameras").unwrap(),
+        waves: vec![],
+        safety: Default::default(),
+    };
+    // The plan: cam-1 lacks one layer of v2 (the base layer is shared) and
+    // no delta is computed yet, so it would fetch that layer whole.
+    let plan = client.plan_rollout(&request).await.unwrap();
+    let before = plan.fetch[&dev("cam-1")];
+    assert_eq!((before.layers, before.deltas), (1, 0));
+    assert!(before.bytes > before.whole_bytes, "the config counts too");
+    assert_eq!(deltas.counters().computed.load(Ordering::Relaxed), 0);
+    client.start_rollout(&request).await.unwrap();
     // Only the background computation runs: nothing has asked yet.
     let computed = || deltas.counters().computed.load(Ordering::Relaxed);
     for _ in 0..600 {
@@ -202,6 +208,11 @@ async fn a_rollout_computes_the_delta_from_the_release_a_device_runs_before_it_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(computed(), 1, "one delta (the changed layer) was prepared");
+    // The plan now counts the delta instead of the layer.
+    let after = client.plan_rollout(&request).await.unwrap().fetch[&dev("cam-1")];
+    assert_eq!((after.layers, after.deltas), (1, 1));
+    assert_eq!(after.whole_bytes, before.whole_bytes);
+    assert!(after.bytes * 5 < before.bytes, "{after:?} vs {before:?}");
 
     // The device asks as an agent does: the changed layer against the
     // running image's diff_ids, lowest first.

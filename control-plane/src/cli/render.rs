@@ -309,6 +309,12 @@ pub fn plan(p: &PlanView) -> String {
     for e in &p.excluded {
         out.push_str(&format!("excluded {}: {}\n", e.device, e.reason));
     }
+    for (device, f) in &p.fetch {
+        out.push_str(&format!(
+            "fetch {device}: {} bytes ({} of {} changed layer(s) as deltas; {} bytes whole)\n",
+            f.bytes, f.deltas, f.layers, f.whole_bytes
+        ));
+    }
     if !p.offline.is_empty() {
         out.push_str(&format!(
             "offline now (they get it when they return): {}\n",

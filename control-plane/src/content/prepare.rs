@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 use fleet_protocol::Digest;
 use fleet_protocol::oci::Manifest;
 
+use super::delta::Outcome;
 use super::{ContentError, ContentStore, Deltas};
-use crate::fleet::ports::{ImageUpdate, UpdatePreparer};
+use crate::fleet::ports::{FetchEstimate, ImageUpdate, UpdatePreparer};
 
 /// Why an image's layers could not be read for preparing deltas.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +112,53 @@ impl Deltas {
     }
 }
 
+impl Deltas {
+    /// [`UpdatePreparer::estimate`]: the layers of `to` whose diff_id
+    /// `from` lacks, each at its delta's size when one is ready, else whole.
+    pub fn estimate_fetch(&self, from: Option<&Digest>, to: &Digest) -> Option<FetchEstimate> {
+        let store = self.store();
+        let bases: Vec<Digest> = match from {
+            Some(from) => image_layers(store, from)
+                .ok()?
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut e = FetchEstimate::default();
+        if from != Some(to) {
+            let bytes = store.read_blob(to).ok()?;
+            if let Ok(Manifest::Image(image)) = Manifest::parse(&bytes, None) {
+                e.bytes += store.blob_size(&image.config.digest).unwrap_or(0);
+            }
+        }
+        for (blob, diff_id) in image_layers(store, to).ok()? {
+            if bases.contains(&diff_id) {
+                continue;
+            }
+            let whole = store.blob_size(&blob).unwrap_or(0);
+            e.layers += 1;
+            e.whole_bytes += whole;
+            let delta = (!bases.is_empty())
+                .then(|| self.known(&blob, &bases))
+                .flatten();
+            match delta {
+                Some(Outcome::Ready { delta_bytes, .. }) if delta_bytes < whole => {
+                    e.deltas += 1;
+                    e.bytes += delta_bytes;
+                }
+                _ => e.bytes += whole,
+            }
+        }
+        Some(e)
+    }
+}
+
 impl UpdatePreparer for Deltas {
+    fn estimate(&self, from: Option<&Digest>, to: &Digest) -> Option<FetchEstimate> {
+        self.estimate_fetch(from, to)
+    }
+
     fn prepare(&self, updates: Vec<ImageUpdate>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no runtime to prepare layer deltas on; devices will ask for them");

@@ -49,7 +49,7 @@ pub(super) struct Inner {
     pub(super) director: Director,
     pub(super) trust: TrustedRoot,
     publisher: Arc<dyn DesiredPublisher>,
-    preparer: Arc<dyn UpdatePreparer>,
+    pub(super) preparer: Arc<dyn UpdatePreparer>,
     /// Image updates the deploys of the current change give devices, handed
     /// to the preparer once the change commits.
     pub(super) updates_due: Mutex<BTreeSet<ImageUpdate>>,

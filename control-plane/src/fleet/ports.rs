@@ -67,6 +67,27 @@ pub struct ImageUpdate {
 /// wrong is logged, never returned: a rollout does not wait for it.
 pub trait UpdatePreparer: Send + Sync + 'static {
     fn prepare(&self, updates: Vec<ImageUpdate>);
+
+    /// What a device running image `from` (none: nothing yet) will fetch
+    /// to run image `to`, as far as known now; `None` when the images are
+    /// not in the content store. Blocking (reads manifests); starts nothing.
+    fn estimate(&self, _from: Option<&Digest>, _to: &Digest) -> Option<FetchEstimate> {
+        None
+    }
+}
+
+/// The bytes a device will fetch for an update ([`UpdatePreparer::estimate`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FetchEstimate {
+    /// Bytes it will fetch: the config, each missing layer whole, or its
+    /// delta where one is computed already.
+    pub bytes: u64,
+    /// What the missing layers cost whole (a plain `docker pull`).
+    pub whole_bytes: u64,
+    /// Layers of the target image it lacks.
+    pub layers: usize,
+    /// Of those, layers whose delta is computed and will be used.
+    pub deltas: usize,
 }
 
 /// The preparer used when no content store is attached: nothing to do.
