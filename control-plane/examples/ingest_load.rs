@@ -183,6 +183,7 @@ fn status(device: &DeviceId, i: usize, now: u64) -> anyhow::Result<StatusReport>
             restarts: 0,
             progress: None,
             error: None,
+            delta_fallbacks: vec![],
         }],
         rejected: None,
         info: Some(DeviceInfo {

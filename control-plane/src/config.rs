@@ -56,12 +56,34 @@ pub struct ContentConfig {
     /// A layer delta is served only when smaller than this fraction of the
     /// whole layer blob (0 < ratio <= 1); otherwise devices pull the layer.
     pub delta_ratio: f64,
+    /// Layer delta computations running at once (each takes a core and
+    /// tens of MB); more wait their turn. Unset: half the cores, at least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_max_concurrent: Option<usize>,
+    /// How long a failed delta computation is remembered before a request
+    /// or a rollout may try it again (seconds).
+    pub delta_retry_failed_secs: u64,
+}
+
+/// Most delta computations a server may run at once.
+pub const MAX_DELTA_CONCURRENT: usize = 64;
+
+impl ContentConfig {
+    /// [`ContentConfig::delta_max_concurrent`], or its default.
+    pub fn delta_max_concurrent(&self) -> usize {
+        self.delta_max_concurrent.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / 2).max(1)
+        })
+    }
 }
 
 impl Default for ContentConfig {
     fn default() -> Self {
         Self {
             delta_ratio: fleet_protocol::delta::DEFAULT_RATIO,
+            delta_max_concurrent: None,
+            delta_retry_failed_secs: 60,
         }
     }
 }
@@ -297,6 +319,21 @@ impl Config {
                 "must be greater than 0 and at most 1",
             ));
         }
+        if let Some(n) = self.content.delta_max_concurrent
+            && !(1..=MAX_DELTA_CONCURRENT).contains(&n)
+        {
+            return Err(invalid(
+                "content.delta_max_concurrent",
+                // MAX_DELTA_CONCURRENT
+                "must be 1 to 64 (unset: half the cores)",
+            ));
+        }
+        if self.content.delta_retry_failed_secs == 0 {
+            return Err(invalid(
+                "content.delta_retry_failed_secs",
+                "must be greater than 0 (a failed delta would be recomputed at every request)",
+            ));
+        }
         if self.telemetry.flush_secs == 0 {
             return Err(invalid("telemetry.flush_secs", "must be greater than 0"));
         }
@@ -342,6 +379,9 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
         assert!(c.broker.embedded);
         assert_eq!(c.desired.lifetime_secs, 7 * DAY);
+        assert!(c.content.delta_max_concurrent() >= 1);
+        let c = Config::from_toml("[content]\ndelta_max_concurrent = 3\n").unwrap();
+        assert_eq!(c.content.delta_max_concurrent(), 3);
     }
 
     #[test]
@@ -398,6 +438,16 @@ mod tests {
                 "FLEET_DESIRED_LIFETIME_SECS",
             ),
             ("[broker]\ntopic_prefix = \"a/+/b\"", &[], "topic_prefix"),
+            (
+                "[content]\ndelta_max_concurrent = 0",
+                &[],
+                "content.delta_max_concurrent",
+            ),
+            (
+                "[content]\ndelta_retry_failed_secs = 0",
+                &[],
+                "content.delta_retry_failed_secs",
+            ),
         ];
         let dir = tempfile::tempdir().unwrap();
         for (i, (toml, vars, needle)) in cases.iter().enumerate() {

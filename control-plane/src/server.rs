@@ -26,7 +26,8 @@ use crate::content::{ContentResolver, ContentStore};
 use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
-    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, RecordingPublisher,
+    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, NoPreparation,
+    RecordingPublisher, UpdatePreparer,
 };
 use crate::fleet::{self, Fleet};
 use crate::link::{BrokerAddr, LinkError, LinkPublisher, ServerLink, ServerLinkConfig};
@@ -98,6 +99,8 @@ pub struct Plugins {
     pub publisher: Arc<dyn DesiredPublisher>,
     /// Resolves image tags (the content store).
     pub resolver: Arc<dyn ImageResolver>,
+    /// Prepares what a rollout's devices will fetch (layer deltas).
+    pub preparer: Arc<dyn UpdatePreparer>,
     /// Extra routes merged at the root (e.g. the OCI pull API under `/v2`).
     pub routes: Router,
     /// Extra routes merged at the root behind the API's token check (e.g.
@@ -114,6 +117,7 @@ impl Default for Plugins {
         Self {
             publisher: Arc::new(RecordingPublisher::new()),
             resolver: Arc::new(DigestOnlyResolver),
+            preparer: Arc::new(NoPreparation),
             routes: Router::new(),
             authed_routes: None,
             deltas: None,
@@ -229,7 +233,14 @@ impl Server {
                 addr: config.http.listen,
                 source,
             })?;
-        let fleet = Fleet::new(store, director, trust, plugins.publisher, plugins.counters);
+        let fleet = Fleet::new(
+            store,
+            director,
+            trust,
+            plugins.publisher,
+            plugins.preparer,
+            plugins.counters,
+        );
         {
             let fleet = fleet.clone();
             let n = tokio::task::spawn_blocking(move || fleet.load_live())
@@ -412,6 +423,8 @@ async fn attach(
         content.clone(),
         crate::content::DeltaOptions {
             ratio: config.content.delta_ratio,
+            max_concurrent: config.content.delta_max_concurrent(),
+            retry_failed_after: Duration::from_secs(config.content.delta_retry_failed_secs),
             ..Default::default()
         },
     );
@@ -451,6 +464,7 @@ async fn attach(
     let plugins = Plugins {
         publisher: Arc::new(LinkPublisher::new(link)),
         resolver: Arc::new(ContentResolver::new(content.clone())),
+        preparer: Arc::new(deltas.clone()),
         routes: crate::content::router_with_deltas(deltas.clone()),
         deltas: Some(deltas),
         authed_routes: Some(crate::content::import_router(content)),

@@ -429,5 +429,65 @@ async fn a_running_app_is_updated_from_a_delta_and_runs_v2_with_crun() {
         .unwrap();
     let ids = String::from_utf8_lossy(&running.stdout).to_string();
     assert_eq!(ids.lines().count(), 1, "one container runs: {ids}");
+
+    // v3 against a tampered base file on the device: the delta is
+    // discarded, the whole layer fetched, v3 still runs, and the app's
+    // status says which layer came whole and why.
+    let mut model3 = model2.clone();
+    for i in (50..model3.len()).step_by(100) {
+        model3[i] ^= 0x44;
+    }
+    let top3 = files_tar(&[
+        ("etc/version", b"v3\n"),
+        ("etc/origin", origin.as_bytes()),
+        ("models/net.onnx", &model3),
+    ]);
+    let (m3, top3_blob, _, _) = layout(&work.path().join("v3"), &base, &top3);
+    import_oci_layout(
+        deltas.store(),
+        &work.path().join("v3"),
+        "edge/model",
+        Some("v3"),
+    )
+    .await
+    .unwrap();
+    let bases = [base_diff.clone(), top2_diff.clone()];
+    deltas.prepare(&top3_blob, &bases);
+    let url = format!(
+        "http://{addr}/v2/edge/model/deltas/{top3_blob}?bases={},{}",
+        bases[0], bases[1]
+    );
+    for _ in 0..600 {
+        if http.head(&url).send().await.unwrap().status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tampered = snap.join("models/net.onnx");
+    let mut perms = std::fs::metadata(&tampered).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&tampered, perms).unwrap();
+    let mut bytes = std::fs::read(&tampered).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&tampered, &bytes).unwrap();
+    let v3 = release("v3", &repository, &m3);
+    let out = deployer
+        .apply_desired(&desired(3, &v3), &source)
+        .await
+        .unwrap();
+    assert!(out.committed(), "v3: {out:?}");
+    assert_eq!(
+        deployer.store().content_counters().unwrap().delta_fallbacks,
+        1
+    );
+    let status = deployer.status_report().await.unwrap();
+    let app = &status.apps[0];
+    assert_eq!(app.running.as_ref().unwrap().version, "v3");
+    assert_eq!(app.delta_fallbacks.len(), 1, "{:?}", app.delta_fallbacks);
+    assert_eq!(app.delta_fallbacks[0].layer, top3_blob);
+    let reason = &app.delta_fallbacks[0].reason;
+    assert!(reason.contains("models/net.onnx"), "{reason}");
+    eprintln!("fallback reported: {reason}");
     deployer.detach().await;
 }

@@ -250,6 +250,7 @@ fn status(id: &str, l4t: Option<&str>, version: &str) -> StatusReport {
             restarts: 2,
             progress: None,
             error: None,
+            delta_fallbacks: vec![],
         }],
         rejected: None,
         info: Some(DeviceInfo {

@@ -314,6 +314,38 @@ pub struct AppStatus {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// Layers of the target release whose delta could not be used (the
+    /// whole layer was fetched instead), and why; kept until the next
+    /// download of the app starts. At most [`MAX_DELTA_FALLBACKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_fallbacks: Vec<DeltaFallback>,
+}
+
+/// Most [`DeltaFallback`]s one [`AppStatus`] carries.
+pub const MAX_DELTA_FALLBACKS: usize = 8;
+/// Longest [`DeltaFallback::reason`], in bytes.
+pub const MAX_FALLBACK_REASON: usize = 512;
+
+/// A layer delta discarded by the device: the whole layer was fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaFallback {
+    /// The layer blob (as the manifest names it).
+    pub layer: Digest,
+    pub reason: String,
+}
+
+impl DeltaFallback {
+    /// `reason` cut to [`MAX_FALLBACK_REASON`] bytes (at a char boundary).
+    pub fn new(layer: Digest, reason: &str) -> Self {
+        let mut end = reason.len().min(MAX_FALLBACK_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            layer,
+            reason: reason[..end].to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

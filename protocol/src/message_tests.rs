@@ -116,6 +116,7 @@ fn status() -> StatusReport {
                     bytes_reused: 5,
                 }),
                 error: None,
+                delta_fallbacks: vec![],
             },
             AppStatus {
                 app: app("logger"),
@@ -132,6 +133,7 @@ fn status() -> StatusReport {
                     ErrorCode::DiskFull,
                     "need 2 GiB, 1 GiB free",
                 )),
+                delta_fallbacks: vec![],
             },
         ],
         rejected: Some(ErrorInfo::new(

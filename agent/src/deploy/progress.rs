@@ -4,6 +4,10 @@
 //! most once a second (plus once when a download ends), so status reports
 //! carry moving progress without flooding the link.
 //!
+//! The delta fallbacks of an app's last download are kept (in memory) until
+//! its next download starts, so the status that reports the release
+//! installed from it says which layers came whole and why.
+//!
 //! `bytes_done` counts the bytes of the image's config and layers present so
 //! far, reused ones included, so it ends at `bytes_total`.
 
@@ -11,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fleet_protocol::message::Progress;
+use fleet_protocol::message::{DeltaFallback, MAX_DELTA_FALLBACKS, Progress};
 use fleet_protocol::{AppName, Digest};
 use tokio::time::Instant;
 
@@ -24,6 +28,8 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Default)]
 pub(super) struct Downloads {
     apps: Arc<Mutex<HashMap<AppName, Tracker>>>,
+    /// Per app, the delta fallbacks of its last download.
+    fallbacks: Arc<Mutex<HashMap<AppName, Vec<DeltaFallback>>>>,
 }
 
 #[derive(Default)]
@@ -57,6 +63,28 @@ impl Downloads {
         self.lock().get(app).map(Tracker::progress)
     }
 
+    /// The delta fallbacks of `app`'s last download (oldest first).
+    pub(super) fn fallbacks(&self, app: &AppName) -> Vec<DeltaFallback> {
+        let map = self.fallbacks.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(app).cloned().unwrap_or_default()
+    }
+
+    fn note_fallback(&self, app: &AppName, fallback: Option<DeltaFallback>) {
+        let mut map = self.fallbacks.lock().unwrap_or_else(|p| p.into_inner());
+        match fallback {
+            // A new download starts: the last one's notes are stale.
+            None => {
+                map.remove(app);
+            }
+            Some(f) => {
+                let notes = map.entry(app.clone()).or_default();
+                if notes.len() < MAX_DELTA_FALLBACKS {
+                    notes.push(f);
+                }
+            }
+        }
+    }
+
     /// Forgets `app`'s download.
     pub(super) fn clear(&self, app: &AppName) {
         self.lock().remove(app);
@@ -79,6 +107,13 @@ impl Downloads {
 
     /// Records one event; true when it should be announced.
     fn record(&self, app: &AppName, event: PullEvent, now: Instant) -> bool {
+        match &event {
+            PullEvent::Resolved { .. } => self.note_fallback(app, None),
+            PullEvent::DeltaFallback { layer, reason } => {
+                self.note_fallback(app, Some(DeltaFallback::new(layer.clone(), reason)));
+            }
+            _ => {}
+        }
         let mut apps = self.lock();
         let t = apps.entry(app.clone()).or_default();
         let due = t.announced.is_none_or(|at| now >= at + ANNOUNCE_EVERY);
@@ -149,5 +184,54 @@ mod tests {
         assert_eq!((p.bytes_done, p.bytes_total, p.bytes_reused), (70, 100, 10));
         d.clear(&app());
         assert!(d.get(&app()).is_none());
+    }
+
+    #[test]
+    fn delta_fallbacks_outlive_the_download_until_the_next_one_starts() {
+        let d = Downloads::default();
+        let t0 = Instant::now();
+        let resolved = || PullEvent::Resolved {
+            reference: "r".into(),
+            manifest: Digest::of(b"m"),
+            index: None,
+            blobs: 1,
+            total_bytes: 100,
+            reused_bytes: 0,
+            needed_bytes: 100,
+        };
+        assert!(d.record(&app(), resolved(), t0));
+        let layer = Digest::of(b"layer");
+        for i in 0..20 {
+            let fallback = PullEvent::DeltaFallback {
+                layer: layer.clone(),
+                reason: format!(
+                    "base file etc/app.conf does not match ({i}) {}",
+                    "x".repeat(600)
+                ),
+            };
+            assert!(
+                d.record(&app(), fallback, t0),
+                "a fallback is announced at once"
+            );
+        }
+        d.clear(&app());
+        let notes = d.fallbacks(&app());
+        assert_eq!(notes.len(), MAX_DELTA_FALLBACKS);
+        assert_eq!(notes[0].layer, layer);
+        assert!(
+            notes[0]
+                .reason
+                .starts_with("base file etc/app.conf does not match (0)")
+        );
+        assert_eq!(
+            notes[0].reason.len(),
+            fleet_protocol::message::MAX_FALLBACK_REASON
+        );
+        assert!(d.fallbacks(&AppName::new("other").unwrap()).is_empty());
+        assert!(d.record(&app(), resolved(), t0));
+        assert!(
+            d.fallbacks(&app()).is_empty(),
+            "a new download starts clean"
+        );
     }
 }

@@ -93,6 +93,7 @@ impl Inner {
             restarts,
             progress,
             error: rec.last_error.clone(),
+            delta_fallbacks: self.progress.fallbacks(&rec.app),
         }
     }
 }

@@ -101,6 +101,12 @@ pub fn device(d: &DeviceView) {
                     .as_ref()
                     .map_or(String::new(), |e| format!("error: {}", e.message))
             );
+            for f in &a.delta_fallbacks {
+                println!(
+                    "    delta not used, whole layer {} fetched: {}",
+                    f.layer, f.reason
+                );
+            }
         }
         if let Some(r) = &st.rejected {
             println!("  rejected: {}", r.message);
@@ -357,6 +363,12 @@ pub fn plan(p: &PlanView) -> String {
     for e in &p.excluded {
         out.push_str(&format!("excluded {}: {}\n", e.device, e.reason));
     }
+    for (device, f) in &p.fetch {
+        out.push_str(&format!(
+            "fetch {device}: {} bytes ({} of {} changed layer(s) as deltas; {} bytes whole)\n",
+            f.bytes, f.deltas, f.layers, f.whole_bytes
+        ));
+    }
     if !p.offline.is_empty() {
         out.push_str(&format!(
             "offline now (they get it when they return): {}\n",
@@ -403,6 +415,12 @@ pub fn rollout(v: &RolloutView) -> String {
                 e.code, e.message
             ))
         ));
+        for f in &p.delta_fallbacks {
+            out.push_str(&format!(
+                "    delta not used, whole layer {} fetched: {}\n",
+                f.layer, f.reason
+            ));
+        }
     }
     for e in &v.excluded {
         out.push_str(&format!("  {:<24} excluded: {}\n", e.device, e.reason));

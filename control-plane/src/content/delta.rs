@@ -194,6 +194,16 @@ impl Deltas {
         Lookup::Pending
     }
 
+    /// What is known about the delta of `target` against `bases`, without
+    /// starting anything (`None`: nothing yet, or being computed).
+    pub fn known(&self, target: &Digest, bases: &[Digest]) -> Option<Outcome> {
+        let key = cache_key(target, bases);
+        if let Some(Job::Done(outcome, _)) = self.jobs().get(&key) {
+            return Some(outcome.clone());
+        }
+        self.read_record(&key)
+    }
+
     /// Starts computing the delta of `target` against `bases` unless it is
     /// known or under way (the rollout-start hook).
     pub fn prepare(&self, target: &Digest, bases: &[Digest]) {

@@ -7,7 +7,8 @@
 //! - [`router`]: the OCI distribution *pull* API under `/v2/`, so skopeo,
 //!   crane, containerd and the agent can pull from the server.
 //! - [`Deltas`]: byte-level layer deltas computed off the request path,
-//!   cached in the store, served under `/v2/<name>/deltas/` ([`delta`]).
+//!   cached in the store, served under `/v2/<name>/deltas/` ([`delta`]),
+//!   started when a rollout deploys ([`prepare`]).
 //! - [`import_oci_layout`], [`import_archive`] (OCI archive or `docker save`
 //!   tar), [`import_docker_archive`]: fill the store; every blob's digest is
 //!   verified before it is stored, and tags move only after all the content
@@ -19,6 +20,7 @@ mod code;
 pub mod delta;
 mod http;
 mod import;
+pub mod prepare;
 pub mod range;
 mod resolver;
 mod source;

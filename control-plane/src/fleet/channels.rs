@@ -14,6 +14,8 @@
 //!   no unfinished rollout of the app, is given `current` (catch-up): devices
 //!   that enroll, are added, or are relabelled into the group.
 
+use std::collections::BTreeMap;
+
 use fleet_protocol::{AppName, DeviceId, GroupName};
 use serde::{Deserialize, Serialize};
 
@@ -424,6 +426,11 @@ pub struct PlanView {
     /// Devices of the waves that are offline now: they get the release when
     /// they return.
     pub offline: Vec<DeviceId>,
+    /// Per device, the bytes it will fetch given the release it runs now
+    /// (deltas counted where already computed); absent when the images are
+    /// not in this server's content store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fetch: BTreeMap<DeviceId, super::ports::FetchEstimate>,
 }
 
 impl Fleet {
@@ -469,6 +476,7 @@ impl Inner {
             .filter(|d| offline_set.contains(*d))
             .cloned()
             .collect();
+        let fetch = self.plan_fetch(&waves, &release);
         Ok(PlanView {
             app: release.release.app.clone(),
             version: release.release.version.clone(),
@@ -477,6 +485,46 @@ impl Inner {
             waves: waves.into_iter().map(|w| w.devices).collect(),
             excluded,
             offline,
+            fetch,
         })
+    }
+
+    /// What each planned device will fetch, from the release it reports
+    /// running for the app (else the one it was last given).
+    fn plan_fetch(
+        &self,
+        waves: &[crate::store::Wave],
+        release: &ReleaseRecord,
+    ) -> BTreeMap<DeviceId, super::ports::FetchEstimate> {
+        let app = &release.release.app;
+        let to = &release.release.manifest_digest;
+        let mut by_image = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for device in waves.iter().flat_map(|w| w.devices.iter()) {
+            let running = self.live.status(device).and_then(|s| {
+                s.apps
+                    .iter()
+                    .find(|a| &a.app == app)
+                    .and_then(|a| a.running.as_ref().map(|r| r.release_digest.clone()))
+            });
+            let given = || {
+                self.store
+                    .desired(device)
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.apps.get(app).cloned())
+            };
+            let from = running
+                .or_else(given)
+                .and_then(|r| self.store.release(&r).ok().flatten())
+                .map(|r| r.release.manifest_digest);
+            let estimate = by_image
+                .entry(from.clone())
+                .or_insert_with(|| self.preparer.estimate(from.as_ref(), to));
+            if let Some(e) = estimate {
+                out.insert(device.clone(), *e);
+            }
+        }
+        out
     }
 }

@@ -3,7 +3,7 @@
 //! persistence of the devices' latest state, and the device messages the
 //! link hands over.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fleet_protocol::{DeviceId, GroupName, TrustedRoot};
@@ -11,7 +11,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ports::{DesiredPublisher, Inbound};
+use super::ports::{DesiredPublisher, ImageUpdate, Inbound, UpdatePreparer};
 use super::{FleetError, RolloutView, now, now_f64};
 use crate::director::Director;
 use crate::store::{
@@ -49,6 +49,10 @@ pub(super) struct Inner {
     pub(super) director: Director,
     pub(super) trust: TrustedRoot,
     publisher: Arc<dyn DesiredPublisher>,
+    pub(super) preparer: Arc<dyn UpdatePreparer>,
+    /// Image updates the deploys of the current change give devices, handed
+    /// to the preparer once the change commits.
+    pub(super) updates_due: Mutex<BTreeSet<ImageUpdate>>,
     write: Mutex<()>,
     publish: AsyncMutex<()>,
     /// The latest state of every device (the store lags by one flush).
@@ -149,6 +153,7 @@ impl Fleet {
         director: Director,
         trust: TrustedRoot,
         publisher: Arc<dyn DesiredPublisher>,
+        preparer: Arc<dyn UpdatePreparer>,
         counters: Arc<IngestCounters>,
     ) -> Fleet {
         Fleet {
@@ -157,6 +162,8 @@ impl Fleet {
                 director,
                 trust,
                 publisher,
+                preparer,
+                updates_due: Mutex::new(BTreeSet::new()),
                 write: Mutex::new(()),
                 publish: AsyncMutex::new(()),
                 live: Live::new(),
@@ -258,7 +265,15 @@ impl Fleet {
         let (value, devices) = self
             .blocking(move |inner| {
                 let _guard = inner.lock()?;
-                f(inner, now())
+                let result = f(inner, now());
+                let due = std::mem::take(
+                    &mut *inner.updates_due.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                // Only a committed change's deploys are prepared for.
+                if result.is_ok() && !due.is_empty() {
+                    inner.preparer.prepare(due.into_iter().collect());
+                }
+                result
             })
             .await?;
         self.publish(devices).await;

@@ -1,6 +1,7 @@
 //! What the fleet engine needs from the outside, as traits and channel types:
 //! the MQTT link implements [`DesiredPublisher`] and feeds [`Inbound`]
-//! messages; the content store implements [`ImageResolver`].
+//! messages; the content store implements [`ImageResolver`] and
+//! [`UpdatePreparer`].
 
 use std::sync::Mutex;
 
@@ -62,6 +63,57 @@ pub enum Inbound {
 #[async_trait::async_trait]
 pub trait ImageResolver: Send + Sync + 'static {
     async fn resolve(&self, image: &ImageRef) -> Result<Digest, PortError>;
+}
+
+/// A device moving from one image to another: the manifest digests of the
+/// release it runs and of the release a rollout gives it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ImageUpdate {
+    pub from: Digest,
+    pub to: Digest,
+}
+
+/// Prepares, ahead of the devices asking, what an update will make them
+/// fetch (the content store computes layer deltas). Called by the engine
+/// right after a rollout step that deploys commits. Best effort: it must
+/// return at once (the work goes to a background task), and what goes
+/// wrong is logged, never returned: a rollout does not wait for it.
+pub trait UpdatePreparer: Send + Sync + 'static {
+    fn prepare(&self, updates: Vec<ImageUpdate>);
+
+    /// What a device running image `from` (none: nothing yet) will fetch
+    /// to run image `to`, as far as known now; `None` when the images are
+    /// not in the content store. Blocking (reads manifests); starts nothing.
+    fn estimate(&self, _from: Option<&Digest>, _to: &Digest) -> Option<FetchEstimate> {
+        None
+    }
+}
+
+/// The bytes a device will fetch for an update ([`UpdatePreparer::estimate`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FetchEstimate {
+    /// Bytes it will fetch: the config, each missing layer whole, or its
+    /// delta where one is computed already.
+    pub bytes: u64,
+    /// What the missing layers cost whole (a plain `docker pull`).
+    pub whole_bytes: u64,
+    /// Layers of the target image it lacks.
+    pub layers: usize,
+    /// Of those, layers whose delta is computed and will be used.
+    pub deltas: usize,
+}
+
+/// The preparer used when no content store is attached: nothing to do.
+#[derive(Debug, Default)]
+pub struct NoPreparation;
+
+impl UpdatePreparer for NoPreparation {
+    fn prepare(&self, updates: Vec<ImageUpdate>) {
+        tracing::trace!(
+            updates = updates.len(),
+            "no content store attached: nothing prepared"
+        );
+    }
 }
 
 /// The publisher used when no MQTT link is attached: it only records what

@@ -35,6 +35,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use fleet_protocol::message::DeltaFallback;
 use fleet_protocol::{DeviceId, Digest, ErrorCode, ErrorInfo, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,9 @@ pub struct DeviceProgress {
     /// the device reported it (stable code plus message).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// Layers the device fetched whole because their delta was unusable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delta_fallbacks: Vec<DeltaFallback>,
 }
 
 /// Counts of devices per state.
@@ -128,6 +132,7 @@ pub fn device_progress(
         bytes_done: None,
         bytes_total: None,
         error: None,
+        delta_fallbacks: Vec::new(),
     };
     let started = rollout
         .waves
@@ -167,6 +172,7 @@ pub fn device_progress(
         p.bytes_total = Some(progress.bytes_total);
     }
     p.error.clone_from(&app.error);
+    p.delta_fallbacks = app.delta_fallbacks.clone();
     p.state = match &app.phase {
         Phase::Committed if is_running && gate_failed(rollout, app.restarts) => {
             p.error = Some(ErrorInfo::new(

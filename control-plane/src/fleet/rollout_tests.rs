@@ -54,6 +54,7 @@ fn app_status(phase: Phase, running: Option<&Digest>, target: Option<&Digest>) -
         restarts: 0,
         progress: None,
         error: None,
+        delta_fallbacks: vec![],
     }
 }
 
@@ -756,4 +757,30 @@ fn an_updated_device_whose_app_keeps_restarting_fails_the_restart_gate_and_halts
         restarted(&free, 50).values().next().map(Arc::as_ref),
     );
     assert_eq!(p.state, ProgressState::Committed);
+}
+
+#[test]
+fn a_devices_delta_fallbacks_show_in_its_rollout_progress() {
+    let mut r = rollout(1, &[]);
+    r.waves[0].state = WaveState::Active;
+    let d = &ids(1)[0];
+    let mut app = app_status(Phase::Committed, Some(&digest("v2")), None);
+    app.delta_fallbacks = vec![fleet_protocol::message::DeltaFallback::new(
+        digest("layer"),
+        "base file \"models/net.onnx\" does not match the delta (tampered or changed)",
+    )];
+    let (_, status) = report(d, app);
+    let p = device_progress(&r, 0, d, Some(&status));
+    assert_eq!(p.state, ProgressState::Committed);
+    assert_eq!(p.delta_fallbacks.len(), 1);
+    assert!(p.delta_fallbacks[0].reason.contains("models/net.onnx"));
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(
+        json["delta_fallbacks"][0]["layer"],
+        digest("layer").as_str()
+    );
+    // Without any, the field is left out of the view (older clients).
+    let (_, plain) = report(d, app_status(Phase::Committed, Some(&digest("v2")), None));
+    let json = serde_json::to_value(device_progress(&r, 0, d, Some(&plain))).unwrap();
+    assert!(json.get("delta_fallbacks").is_none());
 }

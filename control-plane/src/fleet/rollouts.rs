@@ -13,6 +13,7 @@ use fleet_protocol::{AppName, DeviceId, Digest, GroupName, StatusReport, verify}
 use serde::{Deserialize, Serialize};
 
 use super::engine::{Inner, Staged, event};
+use super::ports::ImageUpdate;
 use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
@@ -268,10 +269,14 @@ impl Inner {
         staged: &mut Staged,
         now: u64,
     ) -> Result<(), FleetError> {
+        let to = self.manifest_of(&r.release_digest);
         for device in devices {
             let current = staged.current(self.store.as_ref(), &device)?;
             let mut apps = current.as_ref().map(|c| c.apps.clone()).unwrap_or_default();
             let before = apps.insert(r.app.clone(), r.release_digest.clone());
+            if let Some(to) = &to {
+                self.note_update(&device, &r.app, before.as_ref(), to);
+            }
             r.previous.entry(device.clone()).or_insert(before);
             let next =
                 self.director
@@ -279,6 +284,47 @@ impl Inner {
             staged.desired.insert(device, next);
         }
         Ok(())
+    }
+
+    /// The manifest digest of a kept release (best effort: `None` when it
+    /// cannot be read).
+    fn manifest_of(&self, release: &Digest) -> Option<Digest> {
+        match self.store.release(release) {
+            Ok(r) => r.map(|r| r.release.manifest_digest),
+            Err(e) => {
+                tracing::debug!(%release, error = %e, "cannot read release to prepare its content");
+                None
+            }
+        }
+    }
+
+    /// Notes that `device` moves `app` to the image `to`, from the release
+    /// it reports running (else the one it was last given), so that the
+    /// content it will fetch is prepared once this change commits.
+    fn note_update(&self, device: &DeviceId, app: &AppName, given: Option<&Digest>, to: &Digest) {
+        let status = self.live.status(device);
+        let running = status.as_ref().and_then(|s| {
+            s.apps
+                .iter()
+                .find(|a| &a.app == app)
+                .and_then(|a| a.running.as_ref())
+                .map(|r| r.release_digest.clone())
+        });
+        let Some(from) = running.or_else(|| given.cloned()) else {
+            return;
+        };
+        let Some(from) = self.manifest_of(&from) else {
+            return;
+        };
+        if &from != to {
+            self.updates_due
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ImageUpdate {
+                    from,
+                    to: to.clone(),
+                });
+        }
     }
 
     /// Gives each device its previous release of the app back, where this

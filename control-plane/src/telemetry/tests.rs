@@ -21,6 +21,7 @@ fn status(id: &str, at: u64, phase: Phase) -> StatusReport {
             restarts: 0,
             progress: None,
             error: None,
+            delta_fallbacks: vec![],
         }],
         rejected: None,
         info: None,

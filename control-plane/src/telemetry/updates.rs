@@ -194,6 +194,7 @@ mod tests {
                 restarts: 0,
                 progress: None,
                 error: None,
+                delta_fallbacks: vec![],
             }],
             rejected: None,
             info: None,

@@ -209,6 +209,7 @@ pub fn committed(id: &str, generation: u64, app: &str, digest: &Digest) -> Statu
             restarts: 0,
             progress: None,
             error: None,
+            delta_fallbacks: vec![],
         }],
         rejected: None,
         info: None,
