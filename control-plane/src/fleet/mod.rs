@@ -15,6 +15,7 @@
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
 
+pub mod action;
 pub mod channels;
 pub mod devices;
 pub mod engine;
