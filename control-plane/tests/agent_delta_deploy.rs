@@ -7,8 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod layers;
+
+use layers::{gzip, layer_tar, noise};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
@@ -121,18 +123,6 @@ fn desired(generation: u64, release: &Envelope) -> Vec<u8> {
     dsse::sign(DESIRED_STATE_PAYLOAD_TYPE, &payload, &[&director_key()]).to_json()
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// An uncompressed tar of busybox with its applets, as a base layer.
 fn busybox_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -173,27 +163,6 @@ fn busybox_tar() -> Vec<u8> {
             .unwrap();
     }
     b.into_inner().unwrap()
-}
-
-fn files_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, path, *bytes).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 /// A layout of one image: the busybox layer and a gzip'd top layer.
@@ -311,12 +280,12 @@ async fn a_running_app_is_updated_from_a_delta_and_runs_v2_with_crun() {
     }
     // The work dir's path makes this run's images (and container ids) its own.
     let origin = work.path().display().to_string();
-    let top1 = files_tar(&[
+    let top1 = layer_tar(&[
         ("etc/version", b"v1\n"),
         ("etc/origin", origin.as_bytes()),
         ("models/net.onnx", &model),
     ]);
-    let top2 = files_tar(&[
+    let top2 = layer_tar(&[
         ("etc/version", b"v2\n"),
         ("etc/origin", origin.as_bytes()),
         ("models/net.onnx", &model2),
@@ -437,7 +406,7 @@ async fn a_running_app_is_updated_from_a_delta_and_runs_v2_with_crun() {
     for i in (50..model3.len()).step_by(100) {
         model3[i] ^= 0x44;
     }
-    let top3 = files_tar(&[
+    let top3 = layer_tar(&[
         ("etc/version", b"v3\n"),
         ("etc/origin", origin.as_bytes()),
         ("models/net.onnx", &model3),

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
+mod layers;
+
+use layers::{gzip, layer_tar, noise};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -18,39 +20,6 @@ use fleet_control_plane::content::{
 use fleet_protocol::Digest;
 use fleet_protocol::delta::{DirBases, Limits, apply};
 use serde_json::{Value, json};
-
-/// Deterministic pseudo-random bytes (xorshift64), so "a model file".
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// An uncompressed layer tar of `files`.
-fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, path, *bytes).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 /// An OCI layout with one image (one gzip'd layer) tagged `tag`. Returns
 /// (layer blob digest, diff_id).

@@ -9,7 +9,9 @@
 
 mod common;
 
-use std::io::Write;
+mod layers;
+
+use layers::{gzip, layer_tar, noise};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,32 +27,6 @@ use fleet_control_plane::sign;
 use fleet_protocol::{AppName, Digest, GroupName, Release, SCHEMA_VERSION};
 use serde_json::json;
 
-/// Deterministic pseudo-random bytes (xorshift64): a model-like file.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn layer_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        b.append_data(&mut h, path, *bytes).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// An OCI layout of one image with a shared base layer and `tar` as its top
 /// layer, tagged `tag`. Returns (manifest, top layer blob, diff_ids).
 fn layout(dir: &Path, tag: &str, base: &[u8], tar: &[u8]) -> (Digest, Digest, Vec<Digest>) {
@@ -64,9 +40,7 @@ fn layout(dir: &Path, tag: &str, base: &[u8], tar: &[u8]) -> (Digest, Digest, Ve
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for t in [base, tar] {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(t).unwrap();
-        let gz = e.finish().unwrap();
+        let gz = gzip(t);
         diff_ids.push(Digest::of(t));
         layers.push(json!({ "mediaType": media_type::OCI_LAYER_GZIP, "digest": put(&gz), "size": gz.len() }));
     }
