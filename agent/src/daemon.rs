@@ -223,6 +223,15 @@ impl LocalSocket {
     }
 }
 
+/// What the downlink brought while a desired state was being applied.
+#[derive(Default)]
+struct Arrived {
+    /// The newest desired state (applied next).
+    desired: Option<Vec<u8>>,
+    commands: Vec<Vec<u8>>,
+    link_closed: bool,
+}
+
 impl Daemon {
     async fn main_loop(
         mut self,
@@ -234,7 +243,7 @@ impl Daemon {
         self.report(true).await;
         info!("resuming from the stored state");
         let recovered = self
-            .with_progress(self.deployer.recover(&self.source), shutdown)
+            .with_progress(self.deployer.recover(&self.source), shutdown, None)
             .await;
         match recovered {
             Some(Ok(apps)) => info!(apps = apps.len(), "recovered"),
@@ -260,7 +269,7 @@ impl Daemon {
                 _ = shutdown.cancelled() => return Ok(()),
                 msg = downlink.recv() => match msg {
                     Some(Downlink::Desired(bytes)) => {
-                        if !self.on_desired(bytes, shutdown).await {
+                        if !self.on_desired(bytes, &mut downlink, shutdown).await {
                             return Ok(());
                         }
                     }
@@ -281,8 +290,45 @@ impl Daemon {
         }
     }
 
-    /// Applies a desired state. Returns false if shutdown interrupted it.
-    async fn on_desired(&mut self, bytes: Vec<u8>, shutdown: &CancellationToken) -> bool {
+    /// Applies a desired state, and each newer one that arrives meanwhile:
+    /// one that supersedes the state being applied preempts it (see
+    /// `Deployer::supersedes`), commands wait for the apply to end. Returns
+    /// false if shutdown interrupted it or the link stopped.
+    async fn on_desired(
+        &mut self,
+        bytes: Vec<u8>,
+        downlink: &mut tokio::sync::mpsc::Receiver<Downlink>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut next = Some(bytes);
+        while let Some(bytes) = next.take() {
+            let mut arrived = Arrived::default();
+            if !self
+                .apply_one(bytes, downlink, &mut arrived, shutdown)
+                .await
+            {
+                return false;
+            }
+            for command in std::mem::take(&mut arrived.commands) {
+                self.on_command(&command).await;
+            }
+            if arrived.link_closed {
+                error!("the MQTT link stopped");
+                return false;
+            }
+            next = arrived.desired;
+        }
+        true
+    }
+
+    /// Applies one desired state; what arrives meanwhile goes to `arrived`.
+    async fn apply_one(
+        &mut self,
+        bytes: Vec<u8>,
+        downlink: &mut tokio::sync::mpsc::Receiver<Downlink>,
+        arrived: &mut Arrived,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let digest = Digest::of(&bytes);
         if self.last_desired.as_ref() == Some(&digest) {
             debug!(%digest, "desired state seen again; already handled");
@@ -291,7 +337,11 @@ impl Daemon {
         info!(%digest, "desired state received");
         let span = info_span!("apply", desired = %digest);
         let apply = self.deployer.apply_desired(&bytes, &self.source);
-        let Some(result) = self.with_progress(apply, shutdown).instrument(span).await else {
+        let Some(result) = self
+            .with_progress(apply, shutdown, Some((downlink, arrived)))
+            .instrument(span)
+            .await
+        else {
             return false;
         };
         match result {
@@ -317,16 +367,20 @@ impl Daemon {
     }
 
     /// Runs `work` (an apply or a recovery) while reporting status at every
-    /// phase change. `None` if shutdown came first.
+    /// phase change, and, given a downlink, taking what arrives meanwhile
+    /// (a superseding desired state preempts `work`). `None` if shutdown
+    /// came first.
     async fn with_progress<T>(
         &self,
         work: impl Future<Output = T>,
         shutdown: &CancellationToken,
+        mut downlink: Option<(&mut tokio::sync::mpsc::Receiver<Downlink>, &mut Arrived)>,
     ) -> Option<T> {
         let mut phases = self.deployer.phase_changes();
         phases.mark_unchanged();
         tokio::pin!(work);
         loop {
+            let listening = downlink.as_ref().is_some_and(|(_, a)| !a.link_closed);
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 out = &mut work => return Some(out),
@@ -337,7 +391,40 @@ impl Daemon {
                     phases.mark_unchanged();
                     self.report(false).await;
                 }
+                msg = async {
+                    match downlink.as_mut() {
+                        Some((rx, _)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if listening => {
+                    if let Some((_, arrived)) = downlink.as_mut() {
+                        self.take_arrival(msg, arrived);
+                    }
+                }
             }
+        }
+    }
+
+    /// A message that arrived during an apply: a desired state is kept as
+    /// the next to apply (the newest wins) and preempts the apply if it
+    /// supersedes it; commands wait.
+    fn take_arrival(&self, msg: Option<Downlink>, arrived: &mut Arrived) {
+        match msg {
+            Some(Downlink::Desired(bytes)) => {
+                if self.deployer.supersedes(&bytes) {
+                    info!(desired = %Digest::of(&bytes), "a newer desired state arrived: interrupting the update in progress");
+                    self.deployer.preempt();
+                }
+                arrived.desired = Some(bytes);
+            }
+            Some(Downlink::Command(bytes)) => {
+                if arrived.commands.len() >= SEEN_COMMANDS {
+                    warn!("too many commands during an update; the oldest is dropped");
+                    arrived.commands.remove(0);
+                }
+                arrived.commands.push(bytes);
+            }
+            None => arrived.link_closed = true,
         }
     }
 

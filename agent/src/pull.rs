@@ -48,6 +48,12 @@ impl PullError {
     pub fn is_disk_full(&self) -> bool {
         matches!(self, PullError::Store(StoreError::DiskFull { .. }))
     }
+
+    /// Whether a newer desired state stopped the pull (its partial downloads
+    /// are kept).
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, PullError::Fetch(e) if e.is_interruption())
+    }
 }
 
 /// Progress of a pull, as emitted to the caller (and as `-o json` lines).
@@ -150,6 +156,15 @@ impl Puller {
     pub fn with_deltas(mut self, snapshots: Arc<SnapshotStore>) -> Self {
         self.snapshots = Some(snapshots);
         self
+    }
+
+    /// A clone whose downloads stop once `token` is cancelled, keeping what
+    /// arrived ([`Client::interrupted_by`]).
+    pub fn interrupted_by(&self, token: tokio_util::sync::CancellationToken) -> Self {
+        Self {
+            client: self.client.interrupted_by(token),
+            ..self.clone()
+        }
     }
 
     pub(super) fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
@@ -333,6 +348,12 @@ impl Puller {
         while let Some(done) = tasks.join_next().await {
             match done.map_err(PullError::Task).and_then(|r| r) {
                 Ok(dl) => fetched += dl.fetched,
+                Err(e) if e.is_interruption() => {
+                    // Every download sees the same interruption: let them
+                    // stop on their own, their partials and journals whole.
+                    while tasks.join_next().await.is_some() {}
+                    return Err(e);
+                }
                 Err(e) => {
                     tasks.shutdown().await;
                     return Err(e);

@@ -612,3 +612,266 @@ async fn daemon_reports_download_progress_while_pulling() {
         .await;
     assert!(done.apps[0].progress.is_none(), "{done:?}");
 }
+
+/// The generation, phase and running release of the one app of `r`.
+fn app_state(r: &StatusReport) -> Option<(u64, Phase, Option<fleet_protocol::Digest>)> {
+    let app = r.apps.first()?;
+    Some((
+        r.generation?,
+        app.phase.clone(),
+        app.running.as_ref().map(|run| run.release_digest.clone()),
+    ))
+}
+
+/// Preemption: a desired state rolling back to the running release arrives
+/// while a large release downloads over a slow link. The download stops at
+/// once (the running release never stopped), the device ends on the
+/// rollback target, and when the large release is asked for again its
+/// download resumes from what arrived instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_desired_state_interrupts_a_download_which_later_resumes() {
+    const TEST: &str = "a_newer_desired_state_interrupts_a_download_which_later_resumes";
+    const BIG: usize = 8 << 20;
+    if !ls::can_run(TEST) {
+        return;
+    }
+    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(scratch.path()) else {
+        return;
+    };
+    let Some(registry) = support::Registry::start().await else {
+        return;
+    };
+    let small = push_busybox(&registry, scratch.path()).await;
+    // The large release: busybox plus a layer of 8 MiB of random bytes.
+    let busybox_layer = {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.follow_symlinks(false);
+        builder
+            .append_dir_all(".", scratch.path().join("busybox-rootfs"))
+            .unwrap();
+        support::raw_layer(builder.into_inner().unwrap())
+    };
+    let payload = support::random_bytes(BIG, 7);
+    let big_layer = {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(payload.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "data/model.bin", payload.as_slice())
+            .unwrap();
+        support::raw_layer(builder.into_inner().unwrap())
+    };
+    let big = support::push_image(
+        &registry.base(),
+        "edge/big",
+        "1",
+        &[busybox_layer, big_layer],
+        "amd64",
+    )
+    .await
+    .manifest;
+    let proxy = support::Proxy::start(
+        &registry.addr,
+        support::ProxyOpts {
+            rate: Some(256 << 10),
+            ..support::ProxyOpts::default()
+        },
+    )
+    .await;
+    let release_small = signed_release(&format!("{}/edge/busybox", registry.addr), &small);
+    let release_big = signed_release(&format!("{}/edge/big", proxy.addr), &big);
+    let (small_digest, big_digest) = (
+        ls::release_digest(&release_small),
+        ls::release_digest(&release_big),
+    );
+    let committed = |generation: u64, release: &fleet_protocol::Digest| {
+        let release = release.clone();
+        move |r: &StatusReport| {
+            app_state(r) == Some((generation, Phase::Committed, Some(release.clone())))
+        }
+    };
+    let expires = ls::now() + 3600;
+
+    let device = ls::Device::new("crun", &crun);
+    write_config(&device, broker.port);
+    let mut server = Server::connect(broker.port).await;
+    let agent = Agent::start(&device, 1);
+    server
+        .publish_desired(ls::desired(1, expires, &[("cam", release_small.clone())]))
+        .await;
+    server
+        .wait_status("on the small release", &agent, committed(1, &small_digest))
+        .await;
+
+    server
+        .publish_desired(ls::desired(2, expires, &[("cam", release_big.clone())]))
+        .await;
+    server
+        .wait_status("downloading the large release", &agent, |r| {
+            r.generation == Some(2)
+                && r.apps.first().is_some_and(|a| {
+                    a.phase == Phase::Downloading
+                        && a.progress.as_ref().is_some_and(|p| p.bytes_done > 0)
+                })
+        })
+        .await;
+
+    server
+        .publish_desired(ls::desired(3, expires, &[("cam", release_small.clone())]))
+        .await;
+    let (_, seen) = server
+        .wait_status(
+            "back on the small release, generation 3",
+            &agent,
+            committed(3, &small_digest),
+        )
+        .await;
+    let fetched_when_preempted = proxy.down_bytes();
+    assert!(
+        fetched_when_preempted < BIG as u64,
+        "the large download ran to its end ({fetched_when_preempted} bytes through the link) \
+         instead of stopping for generation 3\nagent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        seen.iter()
+            .filter_map(app_state)
+            .all(|(_, _, running)| running.as_ref() != Some(&big_digest)),
+        "the large release ran: {seen:#?}"
+    );
+    assert!(
+        agent.log().contains("interrupting the update in progress"),
+        "the agent did not say it interrupted the update:\n{}",
+        agent.log()
+    );
+
+    server
+        .publish_desired(ls::desired(4, expires, &[("cam", release_big.clone())]))
+        .await;
+    server
+        .wait_status("on the large release", &agent, committed(4, &big_digest))
+        .await;
+    let total = proxy.down_bytes();
+    assert!(
+        total <= BIG as u64 + BIG as u64 / 20 + (64 << 10),
+        "the resumed download fetched {total} bytes for an {BIG}-byte layer \
+         ({fetched_when_preempted} before the interruption): more than 5% twice"
+    );
+    assert!(
+        fetched_when_preempted > 0 && total > fetched_when_preempted,
+        "{fetched_when_preempted} then {total}"
+    );
+}
+
+/// A release of busybox `manifest` running `sleep <secs>`, on probation for
+/// `probation` seconds if given.
+fn sleeping_release(
+    repository: &str,
+    manifest: &fleet_protocol::Digest,
+    secs: u32,
+    probation: Option<u64>,
+) -> fleet_protocol::dsse::Envelope {
+    let mut runtime = ls::settings(ls::Behaviour::Good);
+    runtime.args = Some(vec!["/bin/sh".into(), "-c".into(), format!("sleep {secs}")]);
+    runtime.probation_secs = probation;
+    let release = Release {
+        schema: SCHEMA_VERSION,
+        app: AppName::new("cam").unwrap(),
+        version: format!("sleep-{secs}"),
+        repository: repository.to_owned(),
+        manifest_digest: manifest.clone(),
+        runtime,
+    };
+    fleet_protocol::dsse::sign(
+        fleet_protocol::dsse::RELEASE_PAYLOAD_TYPE,
+        &serde_json::to_vec(&release).unwrap(),
+        &[&ls::release_key()],
+    )
+}
+
+/// Preemption in probation: a release on a ten-minute probation is rolled
+/// back (superseded) as soon as a newer desired state arrives, and the
+/// newer release is committed, long before that probation would have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_desired_state_interrupts_a_probation() {
+    const TEST: &str = "a_newer_desired_state_interrupts_a_probation";
+    if !ls::can_run(TEST) {
+        return;
+    }
+    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(broker) = Mosquitto::start(scratch.path()) else {
+        return;
+    };
+    let Some(registry) = support::Registry::start().await else {
+        return;
+    };
+    let manifest = push_busybox(&registry, scratch.path()).await;
+    let repo = format!("{}/edge/busybox", registry.addr);
+    let first = sleeping_release(&repo, &manifest, 100_000, None);
+    let slow = sleeping_release(&repo, &manifest, 100_001, Some(600));
+    let newer = sleeping_release(&repo, &manifest, 100_002, None);
+    let [first_d, slow_d, newer_d] = [&first, &slow, &newer].map(ls::release_digest);
+    let expires = ls::now() + 3600;
+
+    let device = ls::Device::new("crun", &crun);
+    write_config(&device, broker.port);
+    let mut server = Server::connect(broker.port).await;
+    let agent = Agent::start(&device, 1);
+    server
+        .publish_desired(ls::desired(1, expires, &[("cam", first)]))
+        .await;
+    server
+        .wait_status("on the first release", &agent, |r| {
+            app_state(r) == Some((1, Phase::Committed, Some(first_d.clone())))
+        })
+        .await;
+    server
+        .publish_desired(ls::desired(2, expires, &[("cam", slow)]))
+        .await;
+    server
+        .wait_status("the slow release on probation", &agent, |r| {
+            matches!(app_state(r), Some((2, Phase::Probation { .. }, Some(ref d))) if *d == slow_d)
+        })
+        .await;
+    server
+        .publish_desired(ls::desired(3, expires, &[("cam", newer)]))
+        .await;
+    let (_, seen) = server
+        .wait_status("the newer release committed", &agent, |r| {
+            app_state(r) == Some((3, Phase::Committed, Some(newer_d.clone())))
+        })
+        .await;
+    assert!(
+        seen.iter().any(|r| r.apps.first().is_some_and(|a| {
+            matches!(
+                a.phase,
+                Phase::RollingBack {
+                    reason: fleet_protocol::ErrorCode::Superseded
+                } | Phase::RolledBack {
+                    reason: fleet_protocol::ErrorCode::Superseded
+                }
+            ) || a
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == fleet_protocol::ErrorCode::Superseded)
+        })),
+        "no report says the slow release was superseded: {seen:#?}"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("update interrupted by a newer desired state"),
+        "the interruption is not in the log:\n{log}"
+    );
+}

@@ -9,6 +9,7 @@ use fleet_protocol::lifecycle::{self, Event};
 use fleet_protocol::{Digest, Phase, VerifiedDesiredState, verify_desired_state};
 use tokio::task::JoinSet;
 
+use super::preempt::preemptible;
 use super::report::outcome_of;
 use super::{AppOutcome, ApplyOutcome, ContentSource, DeployError, Inner, content, unix_now};
 use crate::runtime::ContainerId;
@@ -39,7 +40,7 @@ impl Inner {
         ) {
             Ok(v) => v,
             Err(_) if again => {
-                let outcomes = self.recover(source).await?;
+                let outcomes = self.recover(source, &|_| false).await?;
                 return Ok(ApplyOutcome {
                     generation: last.unwrap_or(0),
                     apps: outcomes,
@@ -53,8 +54,20 @@ impl Inner {
                 return Err(DeployError::Rejected(info));
             }
         };
-        // Finish whatever an earlier run left in progress first.
-        self.recover(source).await?;
+        // Finish whatever an earlier run left in progress first, except the
+        // targets this desired state replaces (an interrupted download or
+        // probation): their lifecycles take the new target from where they
+        // stopped.
+        let superseded = |rec: &AppRecord| {
+            preemptible(&rec.phase)
+                && rec.target.as_ref().is_some_and(|t| {
+                    verified
+                        .releases()
+                        .iter()
+                        .any(|r| r.app == rec.app && r.payload_digest() != &t.release_digest)
+                })
+        };
+        self.recover(source, &superseded).await?;
         let generation = verified.generation;
         self.state.accept(generation, &digest)?;
         tracing::info!(
@@ -115,25 +128,54 @@ impl Inner {
                 .unwrap_or_else(|| AppRecord::new(app.clone()));
             let same =
                 |r: &Option<ReleaseRecord>| r.as_ref().is_some_and(|r| r.same_release(&record));
-            if same(&rec.current) || same(&rec.target) {
-                // Already running it, or it was tried and failed: nothing to do.
+            // Already running it with no other update in progress, or it is
+            // the target in progress (or tried and failed): nothing to do.
+            if same(&rec.target) || (same(&rec.current) && rec.phase.is_terminal()) {
                 let phase: Phase = rec.phase.clone();
                 tasks.spawn(async move { Ok((outcome_of(&app, phase), false)) });
                 continue;
             }
-            let t = self.step(&rec, &Event::DesiredReceived, now)?;
-            rec.target = Some(record);
-            rec.last_error = None;
-            rec.restarts = 0;
-            self.transition(&mut rec, t.next)?;
             let me = self.clone();
             let source = source.clone();
+            if matches!(rec.phase, Phase::Starting | Phase::Probation { .. }) {
+                // The target in progress may run: roll it back first, then
+                // take the new target from `RolledBack`.
+                let t = self.step(&rec, &Event::DesiredReceived, now)?;
+                self.transition(&mut rec, t.next)?;
+                tasks.spawn(async move {
+                    me.drive(&mut rec, t.effects, &source).await?;
+                    if !matches!(rec.phase, Phase::RolledBack { .. }) {
+                        return Ok((outcome_of(&rec.app, rec.phase.clone()), true));
+                    }
+                    me.begin_target(&mut rec, record, unix_now(), &source)
+                        .await?;
+                    Ok((outcome_of(&rec.app, rec.phase.clone()), true))
+                });
+                continue;
+            }
             tasks.spawn(async move {
-                me.drive(&mut rec, t.effects, &source).await?;
+                me.begin_target(&mut rec, record, now, &source).await?;
                 Ok((outcome_of(&rec.app, rec.phase.clone()), true))
             });
         }
         Ok((wanted, tasks))
+    }
+
+    /// Makes `record` the app's target (`DesiredReceived` from a terminal
+    /// phase, or switching a target not started yet) and drives it.
+    async fn begin_target(
+        self: &Arc<Self>,
+        rec: &mut AppRecord,
+        record: ReleaseRecord,
+        now: u64,
+        source: &ContentSource,
+    ) -> Result<(), DeployError> {
+        let t = self.step(rec, &Event::DesiredReceived, now)?;
+        rec.target = Some(record);
+        rec.last_error = None;
+        rec.restarts = 0;
+        self.transition(rec, t.next)?;
+        self.drive(rec, t.effects, source).await
     }
 
     /// The lifecycle's next phase for `event`, or why it refuses it.

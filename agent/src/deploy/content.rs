@@ -35,6 +35,19 @@ pub enum ContentSource {
     Registry(Puller),
 }
 
+impl ContentSource {
+    /// This source with its registry downloads stopping once `token` is
+    /// cancelled (see [`crate::fetch::Client::interrupted_by`]).
+    pub fn interrupted_by(&self, token: tokio_util::sync::CancellationToken) -> Self {
+        match self {
+            ContentSource::Registry(puller) => {
+                ContentSource::Registry(puller.interrupted_by(token))
+            }
+            other => other.clone(),
+        }
+    }
+}
+
 impl std::fmt::Debug for ContentSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -97,6 +110,11 @@ pub enum ContentError {
 
 impl ContentError {
     /// The lifecycle error code of a failed fetch.
+    /// Whether a newer desired state stopped the download (not a failure).
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, ContentError::Pull(p) if p.is_interruption())
+    }
+
     pub fn fetch_code(&self) -> ErrorCode {
         match self {
             ContentError::Store(StoreError::DiskFull { .. }) => ErrorCode::DiskFull,

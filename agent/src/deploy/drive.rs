@@ -62,6 +62,9 @@ impl Inner {
         Box::pin(async move {
             let mut queue: VecDeque<Effect> = effects.into();
             while let Some(effect) = queue.pop_front() {
+                if self.stop_for_newer(rec)? {
+                    return Ok(());
+                }
                 let Some(event) = self.execute(rec, effect, source).await? else {
                     continue;
                 };
@@ -69,6 +72,9 @@ impl Inner {
                 self.transition(rec, t.next)?;
                 queue = t.effects.into();
             }
+            // An effect that stopped for a newer desired state (a download
+            // or a probation) ends the queue: record why.
+            self.stop_for_newer(rec)?;
             Ok(())
         })
     }
@@ -91,7 +97,7 @@ impl Inner {
                 None => Some(Event::DownloadFailed {
                     code: ErrorCode::Internal,
                 }),
-                Some(target) => Some(self.fetch(rec, &target, source).await?),
+                Some(target) => self.fetch(rec, &target, source).await?,
             },
             Effect::AbandonTarget => None,
             Effect::Verify => match target {
@@ -131,7 +137,7 @@ impl Inner {
             },
             Effect::StartProbation { deadline } => match target {
                 None => Some(Event::HealthFailed),
-                Some(target) => Some(self.probation(rec, &target, deadline).await),
+                Some(target) => self.probation(rec, &target, deadline).await,
             },
             Effect::Commit => {
                 self.commit(rec)?;
@@ -159,13 +165,14 @@ impl Inner {
         })
     }
 
-    /// Gets the target's content into the store, reporting progress.
+    /// Gets the target's content into the store, reporting progress. No
+    /// event if a newer desired state interrupted the download.
     async fn fetch(
         &self,
         rec: &mut AppRecord,
         target: &ReleaseRecord,
         source: &ContentSource,
-    ) -> Result<Event, DeployError> {
+    ) -> Result<Option<Event>, DeployError> {
         // Requirements and devices are checked before any byte moves; an
         // incompatible release fails here and the running one keeps running.
         // Off the async threads: it reads host files and may run nvidia-ctk.
@@ -190,9 +197,9 @@ impl Inner {
                 ErrorCode::Incompatible,
                 format!("incompatible: {}", fleet_protocol::report(&e)),
             );
-            return Ok(Event::DownloadFailed {
+            return Ok(Some(Event::DownloadFailed {
                 code: ErrorCode::Incompatible,
-            });
+            }));
         }
         if rec.phase == Phase::Pending {
             let t = self.step(rec, &Event::DownloadStarted, unix_now())?;
@@ -214,12 +221,14 @@ impl Inner {
         Ok(match fetched {
             Ok(()) => {
                 crash::point("fetched");
-                Event::DownloadComplete
+                Some(Event::DownloadComplete)
             }
+            // The driver records it and stops (see preempt.rs).
+            Err(e) if e.is_interruption() => None,
             Err(e) => {
                 let code = e.fetch_code();
                 Self::fail(rec, code, fleet_protocol::report(&e));
-                Event::DownloadFailed { code }
+                Some(Event::DownloadFailed { code })
             }
         })
     }

@@ -27,14 +27,19 @@
 //! - [`Deployer::detach`]: at shutdown, stops supervising; containers keep
 //!   running.
 //!
-//! Desired states are applied one at a time; a newer one waits for the
-//! lifecycles of the previous one to end.
+//! - [`Deployer::supersedes`] / [`Deployer::preempt`]: a newer desired
+//!   state interrupts the apply in progress (its downloads stop, keeping
+//!   what arrived; a target on probation is rolled back), see `preempt.rs`.
+//!
+//! Desired states are applied one at a time; a newer one preempts the one in
+//! progress (the daemon calls `preempt` and applies it next).
 
 mod apply;
 pub mod content;
 pub mod crash;
 mod drive;
 mod gc;
+mod preempt;
 mod probation;
 mod progress;
 mod reconcile;
@@ -166,6 +171,8 @@ pub(crate) struct Inner {
     containers: Containers,
     trust: std::sync::Mutex<TrustedRoot>,
     apply_lock: Mutex<()>,
+    /// The token of the apply in progress (see `preempt.rs`).
+    interrupt: std::sync::Mutex<tokio_util::sync::CancellationToken>,
     phases: tokio::sync::watch::Sender<u64>,
     progress: progress::Downloads,
 }
@@ -193,6 +200,7 @@ impl Deployer {
                 containers: Containers::new(runtime),
                 trust: std::sync::Mutex::new(trust),
                 apply_lock: Mutex::new(()),
+                interrupt: std::sync::Mutex::new(tokio_util::sync::CancellationToken::new()),
                 phases: tokio::sync::watch::Sender::new(0),
                 progress: progress::Downloads::default(),
             }),
@@ -241,7 +249,8 @@ impl Deployer {
     /// from its stored phase to a terminal one, and reconciles what runs.
     pub async fn recover(&self, source: &ContentSource) -> Result<Vec<AppOutcome>, DeployError> {
         let _guard = self.inner.apply_lock.lock().await;
-        self.inner.recover(source).await
+        let source = source.interrupted_by(self.inner.begin_apply());
+        self.inner.recover(&source, &|_| false).await
     }
 
     /// Verifies and applies a signed desired state (the exact bytes received).
@@ -251,7 +260,40 @@ impl Deployer {
         source: &ContentSource,
     ) -> Result<ApplyOutcome, DeployError> {
         let _guard = self.inner.apply_lock.lock().await;
-        self.inner.apply(bytes, source).await
+        let source = source.interrupted_by(self.inner.begin_apply());
+        self.inner.apply(bytes, &source).await
+    }
+
+    /// Whether `bytes` is a desired state that would be accepted now and is
+    /// not the one accepted last: verified against the trust root, newer than
+    /// the accepted generation, not expired. Only such a state may
+    /// [`Deployer::preempt`] an apply in progress (a replayed or forged one
+    /// must not stall an update).
+    pub fn supersedes(&self, bytes: &[u8]) -> bool {
+        let state = &self.inner.state;
+        let digest = Digest::of(bytes);
+        if state.desired_digest().ok().flatten().as_ref() == Some(&digest) {
+            return false;
+        }
+        let Ok(last) = state.generation() else {
+            return false;
+        };
+        fleet_protocol::verify_desired_state(
+            &self.inner.trust(),
+            bytes,
+            &self.inner.device,
+            last,
+            unix_now(),
+        )
+        .is_ok()
+    }
+
+    /// Interrupts the apply in progress, if any: its downloads stop (keeping
+    /// what arrived) and its lifecycles stop at the next phase that may be
+    /// left. [`Deployer::apply_desired`] then returns and the newer desired
+    /// state can be applied.
+    pub fn preempt(&self) {
+        self.inner.preempt();
     }
 
     /// The device's status, checked against the runtime.

@@ -26,20 +26,22 @@ struct Deadlines {
 }
 
 impl Inner {
-    /// Watches `target` until its probation ends; the event says how.
+    /// Watches `target` until its probation ends; the event says how. No
+    /// event if a newer desired state interrupts it (the driver records that
+    /// and stops; the lifecycle rolls the target back for the newer one).
     pub(super) async fn probation(
         &self,
         rec: &mut AppRecord,
         target: &ReleaseRecord,
         deadline: u64,
-    ) -> Event {
+    ) -> Option<Event> {
         let Some(status) = self.containers.subscribe(&target.container).await else {
             Self::fail(
                 rec,
                 ErrorCode::StartFailed,
                 format!("container {} is not supervised", target.container),
             );
-            return Event::CrashLoop;
+            return Some(Event::CrashLoop);
         };
         let settings = &target.release.runtime;
         let monitor = settings.health.clone().map(|check| {
@@ -66,7 +68,10 @@ impl Inner {
         let event = loop {
             let st = status.borrow().clone();
             if let Some(event) = self.judge(rec, &st, settings, monitor.as_ref(), &deadlines) {
-                break event;
+                break Some(event);
+            }
+            if self.preempted() {
+                break None;
             }
             if !announced {
                 announced = true;

@@ -16,13 +16,20 @@ use crate::state::{AppRecord, ReleaseRecord};
 impl Inner {
     /// Adopts running containers, resumes every unfinished lifecycle from its
     /// stored phase, then reconciles.
+    /// Apps for which `superseded` holds are left in their phase: the
+    /// desired state being applied takes them from there.
     pub(super) async fn recover(
         self: &Arc<Self>,
         source: &ContentSource,
+        superseded: &(dyn Fn(&AppRecord) -> bool + Sync),
     ) -> Result<Vec<AppOutcome>, DeployError> {
         self.containers.adopt().await?;
         let mut tasks = JoinSet::new();
         for mut rec in self.state.apps()? {
+            if superseded(&rec) {
+                tracing::info!(app = %rec.app, phase = rec.phase.name(), "not resumed: a newer desired state supersedes its target");
+                continue;
+            }
             // A committed app has work left only if its commit or its
             // garbage collection was interrupted.
             let finished = match rec.phase {

@@ -116,7 +116,14 @@ impl Client {
         dest: &Partial,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<BlobDownload, FetchError> {
-        let _slot = self.inner.blob_slots.acquire().await.ok();
+        let interrupted = || FetchError::Interrupted {
+            digest: desc.digest.clone(),
+        };
+        let _slot = tokio::select! {
+            biased;
+            _ = self.interrupted() => return Err(interrupted()),
+            slot = self.inner.blob_slots.acquire() => slot.ok(),
+        };
         let policy = self.inner.cfg.retry.clone();
         let mut stats = BlobDownload::default();
         let mut first = true;
@@ -153,7 +160,11 @@ impl Client {
                     }
                     let pause = policy.delay(attempt);
                     tracing::warn!(digest = %desc.digest, error = %e, offset, ?pause, "blob download interrupted; resuming");
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        biased;
+                        _ = self.interrupted() => return Err(interrupted()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     attempt += 1;
                 }
             }
@@ -317,7 +328,12 @@ impl Client {
         };
         let sink = BlobSink::start(hasher, file, *offset);
         let outcome = loop {
-            let chunk = match resp.chunk().await {
+            let next = tokio::select! {
+                biased;
+                _ = self.interrupted() => break Err(FetchError::Interrupted { digest: digest.clone() }),
+                next = resp.chunk() => next,
+            };
+            let chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break Ok(()),
                 Err(source) => {

@@ -10,6 +10,7 @@ use fleet_protocol::Digest;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthHeader, Challenge, Credentials, TokenCache, TokenResponse, parse_challenge};
 use super::error::{BodyError, FetchError, TokenError};
@@ -79,6 +80,9 @@ pub struct Resolved {
 #[derive(Clone)]
 pub struct Client {
     pub(super) inner: Arc<Inner>,
+    /// Blob downloads stop when this is cancelled (a newer desired state
+    /// preempts them); `None`: they run to their end.
+    interrupt: Option<CancellationToken>,
 }
 
 pub(super) struct Inner {
@@ -118,7 +122,26 @@ impl Client {
                 received: AtomicU64::new(0),
                 cfg,
             }),
+            interrupt: None,
         })
+    }
+
+    /// A clone of this client (sharing everything) whose blob downloads stop
+    /// with [`FetchError::Interrupted`] once `token` is cancelled, keeping
+    /// what arrived (partial file and journal) for the next attempt.
+    pub fn interrupted_by(&self, token: CancellationToken) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            interrupt: Some(token),
+        }
+    }
+
+    /// Resolves when this client's downloads must stop; never without a token.
+    pub(super) async fn interrupted(&self) {
+        match &self.interrupt {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {

@@ -17,6 +17,10 @@ pub enum FetchError {
         #[source]
         source: reqwest::Error,
     },
+    #[error(
+        "the download of {digest} was interrupted by a newer desired state; what arrived is kept"
+    )]
+    Interrupted { digest: Digest },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url} was not found (HTTP 404): check the repository, tag or digest")]
@@ -126,6 +130,12 @@ impl FetchError {
             FetchError::Truncated { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the download was stopped by a newer desired state (not a
+    /// failure: what arrived is kept for the next attempt).
+    pub fn is_interruption(&self) -> bool {
+        matches!(self, FetchError::Interrupted { .. })
     }
 
     /// Whether a partial download is worthless after this error (it cannot be

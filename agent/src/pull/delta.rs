@@ -317,7 +317,9 @@ async fn download(
         .await
     {
         Ok(dl) => dl,
-        Err(e) if e.is_retryable() => return Err(Failed::Network(e.into())),
+        Err(e) if e.is_retryable() || e.is_interruption() => {
+            return Err(Failed::Network(e.into()));
+        }
         Err(e) => {
             partial.remove().await;
             return Err(Failed::Unusable {
