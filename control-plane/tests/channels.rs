@@ -297,6 +297,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             wave_deadline_secs: None,
             bake_secs: None,
             max_restarts: None,
+            gates: Default::default(),
         },
     }
 }

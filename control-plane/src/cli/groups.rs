@@ -74,6 +74,8 @@ pub enum GroupsCommand {
         /// times counts as failed.
         #[arg(long)]
         max_restarts: Option<u32>,
+        #[command(flatten)]
+        gates: super::gates::GateArgs,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -144,6 +146,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             wave_deadline,
             bake,
             max_restarts,
+            gates,
         } => {
             let req = FollowChannel {
                 app,
@@ -157,8 +160,10 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     wave_deadline_secs: wave_deadline,
                     bake_secs: bake,
                     max_restarts,
+                    gates: gates.gates(),
                 },
             };
+            req.safety.check().map_err(CliError::Safety)?;
             let group = client.follow(&name, &req).await.map_err(failed(format!(
                 "cannot make group {name} follow {}",
                 req.channel

@@ -295,9 +295,10 @@ pub fn history(all: &[RolloutView]) -> String {
         "ID", "STATE", "APP", "VERSION", "GROUP", "STARTED", "LAST CHANGE"
     );
     for v in all {
-        let outcome = match &v.halt_reason {
-            Some(reason) => format!("halted: {reason}"),
-            None => format!(
+        let outcome = match (&v.halt_reason, &v.pause_reason) {
+            (Some(reason), _) => format!("halted: {reason}"),
+            (None, Some(reason)) => format!("paused: {reason}"),
+            (None, None) => format!(
                 "{}/{} committed, {} failed, {} excluded",
                 v.counts.committed,
                 v.counts.total,
@@ -383,6 +384,25 @@ pub fn rollout(v: &RolloutView) -> String {
     let mut out = format!("{}\nrelease {}\n", summary(v), v.release_digest);
     if let Some(reason) = &v.halt_reason {
         out.push_str(&format!("halted: {reason}\n"));
+    }
+    if let Some(g) = &v.gate_failure {
+        out.push_str(&format!(
+            "gate {}: measured {} > threshold {} (wave {})\n",
+            g.gate,
+            g.measured,
+            g.threshold,
+            g.wave + 1
+        ));
+    }
+    if let Some(reason) = &v.pause_reason {
+        out.push_str(&format!(
+            "paused: {reason} (resume to promote the wave without them)\n"
+        ));
+    }
+    let gates = v.safety.gates.names();
+    if !gates.is_empty() {
+        let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
+        out.push_str(&format!("gates: {}\n", names.join(", ")));
     }
     for (i, w) in v.waves.iter().enumerate() {
         let baking = match (w.state, w.settled_at, v.safety.bake_secs) {

@@ -12,6 +12,7 @@ use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
 use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
 
+use super::gates::GateArgs;
 use super::{CliError, Output, Remote, print_json, render};
 use crate::api::types::CreateRollout;
 use crate::client::{Client, ClientError};
@@ -86,6 +87,8 @@ pub struct RolloutArgs {
     /// times counts as failed (against the thresholds).
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    #[command(flatten)]
+    pub gates: GateArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -302,8 +305,10 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             wave_deadline_secs: args.wave_deadline,
             bake_secs: args.bake,
             max_restarts: args.max_restarts,
+            gates: args.gates.gates(),
         },
     };
+    req.safety.check().map_err(CliError::Safety)?;
     if args.plan {
         let plan = client
             .plan_rollout(&req)

@@ -138,6 +138,7 @@ impl Inner {
         req: FollowChannel,
         now: u64,
     ) -> Result<(GroupView, Vec<DeviceId>), FleetError> {
+        req.safety.check()?;
         let mut group = self
             .store
             .group(&name)?

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::ports::{DesiredPublisher, ImageUpdate, Inbound, UpdatePreparer};
 use super::{FleetError, RolloutView, now, now_f64};
 use crate::director::Director;
+use crate::metrics::gates::{GateCounters, GateCounts};
 use crate::store::{
     DesiredRecord, DeviceRecord, EventKind, EventRecord, GroupRecord, RolloutId, RolloutRecord,
     Store, StoreError, TelemetryRecord, Write,
@@ -59,6 +60,7 @@ pub(super) struct Inner {
     pub(super) live: Live,
     updates: Updates,
     counters: Arc<IngestCounters>,
+    pub(super) gates: GateCounters,
 }
 
 /// Desired records, rollouts and groups changed within one step, on top of
@@ -169,6 +171,7 @@ impl Fleet {
                 live: Live::new(),
                 updates: Updates::new(),
                 counters,
+                gates: GateCounters::default(),
             }),
         }
     }
@@ -184,6 +187,11 @@ impl Fleet {
 
     pub fn counters(&self) -> &Arc<IngestCounters> {
         &self.inner.counters
+    }
+
+    /// The gate verdicts that halted or paused rollouts so far.
+    pub fn gate_counts(&self) -> GateCounts {
+        self.inner.gates.snapshot()
     }
 
     /// The update results and durations seen so far.

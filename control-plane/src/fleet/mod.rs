@@ -10,7 +10,8 @@
 //! - [`engine`]: the handle, its write path, the outbox, device messages.
 //! - [`devices`], [`groups`], [`releases`], [`rollouts`]: each concern's
 //!   requests, views and steps.
-//! - [`rollout`]: the pure rollout state machine.
+//! - [`rollout`]: the pure rollout state machine; [`gates`]: its bake and
+//!   the gates on what a baking wave's devices report.
 //! - [`ports`]: what the engine needs from the outside (link, content).
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
@@ -19,6 +20,7 @@ pub mod action;
 pub mod channels;
 pub mod devices;
 pub mod engine;
+pub mod gates;
 pub mod groups;
 pub mod ports;
 pub mod releases;
@@ -71,6 +73,8 @@ pub enum FleetError {
     #[error(transparent)]
     Rollout(#[from] StepError),
     #[error(transparent)]
+    Safety(#[from] crate::store::BadSafety),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Director(Box<DirectorError>),
@@ -114,7 +118,8 @@ impl FleetError {
             | FleetError::Rollout(_) => ErrorKind::Conflict,
             FleetError::GroupSpecEmpty
             | FleetError::ReleaseMissing
-            | FleetError::ReleaseDigestMismatch { .. } => ErrorKind::Invalid,
+            | FleetError::ReleaseDigestMismatch { .. }
+            | FleetError::Safety(_) => ErrorKind::Invalid,
             FleetError::Untrusted { .. } => ErrorKind::Untrusted,
             FleetError::Store(_)
             | FleetError::Director(_)

@@ -28,9 +28,11 @@
 //! unsettled devices counted as pending, not failed (the engine's periodic
 //! tick steps running rollouts with progress so that deadlines pass
 //! without reports). A settled wave with a next one bakes for `bake_secs`
-//! first: the thresholds are checked all along (the same tick steps it),
-//! and only then does the next wave go out. `max_unavailable` and gates
-//! come in at [`WaveOutcome`] and [`Event::WaveTimer`].
+//! first: the thresholds and the gates on its devices' telemetry
+//! ([`super::gates`]) are checked all along (the same tick steps it); a
+//! failed gate halts like a crossed threshold, gates that cannot decide
+//! when the bake is over pause the rollout (`pause_reason`), and only when
+//! they hold does the next wave go out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +41,7 @@ use fleet_protocol::message::DeltaFallback;
 use fleet_protocol::{DeviceId, Digest, ErrorCode, ErrorInfo, Phase, StatusReport};
 use serde::{Deserialize, Serialize};
 
+use super::gates::{self, Bake};
 use crate::store::{
     EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveSize,
     WaveState,
@@ -226,6 +229,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             state: WaveState::Pending,
             started_at: None,
             settled_at: None,
+            gates_waived: false,
         });
         rest = &rest[n..];
     }
@@ -235,12 +239,14 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             state: WaveState::Pending,
             started_at: None,
             settled_at: None,
+            gates_waived: false,
         });
     }
     waves
 }
 
 pub use super::action::{Action, UnknownAction};
+pub use super::gates::{Observed, Sample, Samples};
 
 /// The latest status report of each device of a rollout that sent one.
 pub type Reports = BTreeMap<DeviceId, Arc<StatusReport>>;
@@ -250,14 +256,16 @@ pub type Reports = BTreeMap<DeviceId, Arc<StatusReport>>;
 pub enum Event {
     /// The rollout was just created: its first wave goes out.
     Start,
-    /// Devices of the rollout reported (with the latest report of every
-    /// device of the rollout that sent one).
-    Progress(Reports),
+    /// Devices of the rollout reported (with the latest report and
+    /// telemetry of every device of the rollout that sent some).
+    Progress(Observed),
     /// The operator holds the next waves back.
     Pause,
     /// The operator lets them go again (with the latest reports, so that a
-    /// wave that settled meanwhile closes at once).
-    Resume(Reports),
+    /// wave that settled meanwhile closes at once). After a pause of the
+    /// gates (they could not decide), the baking wave is promoted without
+    /// the undecided gates.
+    Resume(Observed),
     /// The operator stops the rollout where it is (devices keep what they
     /// got).
     Abort,
@@ -273,7 +281,7 @@ pub enum Event {
 
 impl Event {
     /// The event an operator's action is, given the latest reports.
-    pub fn operator(action: Action, reports: Reports) -> Event {
+    pub fn operator(action: Action, reports: Observed) -> Event {
         match action {
             Action::Pause => Event::Pause,
             Action::Resume => Event::Resume(reports),
@@ -372,7 +380,7 @@ pub fn step(
         event: name,
     };
     match (r.state, event) {
-        (Running, Event::Start) => advance(&mut r, &Reports::new(), &mut effects, now),
+        (Running, Event::Start) => advance(&mut r, &Observed::default(), &mut effects, now),
         (Paused | Aborted | Completed | RolledBack | Halted, Event::Start) => {
             return Err(refuse(&r));
         }
@@ -387,6 +395,7 @@ pub fn step(
         }
 
         (Paused, Event::Resume(reports)) => {
+            waive_gates(&mut r);
             act(&mut r, Action::Resume, Running, &mut effects);
             advance(&mut r, &reports, &mut effects, now);
         }
@@ -435,11 +444,23 @@ fn act(r: &mut RolloutRecord, action: Action, to: RolloutState, effects: &mut Ve
     });
 }
 
+/// After a pause of the gates, the operator's resume promotes the baking
+/// wave without the gates that could not decide.
+fn waive_gates(r: &mut RolloutRecord) {
+    if r.pause_reason.take().is_some()
+        && let Some(w) = r.waves.iter_mut().find(|w| w.state == WaveState::Active)
+    {
+        w.gates_waived = true;
+    }
+}
+
 /// Moves a running rollout on: starts the first pending wave, closes waves
-/// whose devices all settled, completes the rollout after the last.
-fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, now: u64) {
+/// whose devices all settled (after their bake and gates), completes the
+/// rollout after the last.
+fn advance(r: &mut RolloutRecord, seen: &Observed, effects: &mut Vec<Effect>, now: u64) {
+    let reports = &seen.status;
     if let Some(reason) = crossed(r, reports) {
-        halt(r, &reason, reports, effects);
+        halt(r, &reason, reports, &[], effects);
         return;
     }
     while r.state == RolloutState::Running {
@@ -468,12 +489,21 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
                     close_at_deadline(r, i, reports, effects);
                 }
                 WaveOutcome::Open => return,
-                WaveOutcome::Settled => {
-                    if baking(r, i, now, effects) {
+                WaveOutcome::Settled => match gates::bake(r, i, now, seen, effects) {
+                    Bake::Wait => return,
+                    Bake::Halt(failure) => {
+                        let reason = failure.to_string();
+                        let judged = failure.devices.clone();
+                        r.gate_failure = Some(failure);
+                        halt(r, &reason, reports, &judged, effects);
                         return;
                     }
-                    r.waves[i].state = WaveState::Done;
-                }
+                    Bake::Pause(why) => {
+                        pause_undecided(r, i, &why, effects);
+                        return;
+                    }
+                    Bake::Promote => r.waves[i].state = WaveState::Done,
+                },
             },
             // Not found by the search above.
             WaveState::Done => return,
@@ -533,9 +563,29 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
     }
 }
 
+/// Pauses `r` because the gates could not decide on wave `wave`.
+fn pause_undecided(r: &mut RolloutRecord, wave: usize, why: &str, effects: &mut Vec<Effect>) {
+    r.state = RolloutState::Paused;
+    r.pause_reason = Some(format!("wave {}: gates could not decide: {why}", wave + 1));
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutGate,
+        message: format!(
+            "paused: wave {}: gates could not decide: {why}; resume to promote the wave without them, or abort",
+            wave + 1
+        ),
+    });
+}
+
 /// Halts `r` for `reason`; by its `on_halt`, devices get their previous
-/// release back.
-fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Vec<Effect>) {
+/// release back (with `failed`, the devices that failed and those a failed
+/// gate judged, `judged`).
+fn halt(
+    r: &mut RolloutRecord,
+    reason: &str,
+    reports: &Reports,
+    judged: &[DeviceId],
+    effects: &mut Vec<Effect>,
+) {
     r.state = RolloutState::Halted;
     r.halt_reason = Some(reason.to_owned());
     let previous: BTreeMap<DeviceId, Option<Digest>> = match r.safety.on_halt {
@@ -544,6 +594,7 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
         HaltRollback::Failed => failed_by_wave(r, reports)
             .into_iter()
             .flatten()
+            .chain(judged.iter().cloned())
             .filter_map(|d| r.previous.get(&d).map(|p| (d, p.clone())))
             .collect(),
     };
@@ -560,31 +611,6 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     if !previous.is_empty() {
         effects.push(Effect::Revert { previous });
     }
-}
-
-/// Whether settled wave `wave` is still in its bake time (the rollout's
-/// `bake_secs`, only between waves: the last one completes at once). The
-/// first call after it settled starts the clock.
-fn baking(r: &mut RolloutRecord, wave: usize, now: u64, effects: &mut Vec<Effect>) -> bool {
-    let Some(bake) = r.safety.bake_secs.filter(|b| *b > 0) else {
-        return false;
-    };
-    if wave + 1 >= r.waves.len() {
-        return false;
-    }
-    let Some(settled) = r.waves[wave].settled_at else {
-        r.waves[wave].settled_at = Some(now);
-        effects.push(Effect::Record {
-            kind: EventKind::RolloutWave,
-            message: format!(
-                "wave {} settled; baking {bake} s before wave {}",
-                wave + 1,
-                wave + 2
-            ),
-        });
-        return true;
-    };
-    now < settled.saturating_add(bake)
 }
 
 /// Whether wave `wave` has been open for its rollout's wave deadline.

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{Inner, Staged, event};
 use super::ports::ImageUpdate;
-use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
+use super::rollout::{
+    self, Action, Counts, DeviceProgress, Effect, Event, Observed, ProgressState, Sample,
+};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
     DeviceRecord, EventKind, Excluded, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
@@ -69,9 +71,15 @@ pub struct RolloutView {
     pub excluded: Vec<Excluded>,
     #[serde(default)]
     pub safety: Safety,
-    /// Why it halted (the threshold crossed).
+    /// Why it halted (the threshold crossed, or the gate failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_reason: Option<String>,
+    /// The gate that halted it: name, wave, measured value, threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_failure: Option<crate::store::GateFailure>,
+    /// Why it paused by itself (its gates could not decide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
 }
 
 impl RolloutView {
@@ -100,6 +108,8 @@ impl RolloutView {
             excluded: r.excluded.clone(),
             safety: r.safety,
             halt_reason: r.halt_reason.clone(),
+            gate_failure: r.gate_failure.clone(),
+            pause_reason: r.pause_reason.clone(),
         }
     }
 }
@@ -254,6 +264,12 @@ impl Inner {
         if next != before {
             writes.push(Write::Rollout(next.clone()));
         }
+        if let (None, Some(g)) = (&before.gate_failure, &next.gate_failure) {
+            self.gates.failed(g.gate);
+        }
+        if before.pause_reason.is_none() && next.pause_reason.is_some() {
+            self.gates.undecided();
+        }
         if !before.state.is_final() && next.state.is_final() {
             staged.finished.push(next.id);
         }
@@ -368,15 +384,28 @@ impl Inner {
             .map(Arc::new))
     }
 
-    /// The latest status of every device of `r` that sent one.
-    fn reports(&self, r: &RolloutRecord) -> Result<Reports, FleetError> {
-        let mut reports = Reports::new();
+    /// The latest status and telemetry of every device of `r` that sent
+    /// some.
+    fn reports(&self, r: &RolloutRecord) -> Result<Observed, FleetError> {
+        let mut seen = Observed::default();
         for d in r.devices() {
             if let Some(s) = self.status_of(d)? {
-                reports.insert(d.clone(), s);
+                seen.status.insert(d.clone(), s);
+            }
+            if let Some(live) = self.live.get(d)
+                && let Some(telemetry) = live.telemetry
+            {
+                let received_at = live.telemetry_received_at;
+                seen.telemetry.insert(
+                    d.clone(),
+                    Sample {
+                        received_at,
+                        telemetry,
+                    },
+                );
             }
         }
-        Ok(reports)
+        Ok(seen)
     }
 
     /// The release a rollout request names: the one it carries (verified and
@@ -414,6 +443,7 @@ impl Inner {
         req: CreateRollout,
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        req.safety.check()?;
         let release = self.rollout_release(&req, now)?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(
@@ -502,6 +532,8 @@ impl Inner {
             safety: policy.safety,
             excluded,
             halt_reason: None,
+            gate_failure: None,
+            pause_reason: None,
             created_at: now,
             updated_at: now,
         };

@@ -8,10 +8,12 @@
 //!
 //! Methods are blocking: async callers run them in `spawn_blocking`.
 
+mod gates;
 mod model;
 mod policy;
 mod sled_store;
 
+pub use gates::*;
 pub use model::*;
 pub use policy::*;
 pub use sled_store::SledStore;

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::TelemetryGates;
+
 /// How many failed devices a rollout tolerates: `{"count": 1}` or
 /// `{"percent": 10}` (of the devices counted; rounded down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,4 +188,32 @@ pub struct Safety {
     /// (`gate_failed`), against the thresholds like a failed install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
+    /// Gates on the telemetry of a baking wave's devices against the
+    /// devices still on their previous release (need `bake_secs`).
+    #[serde(default, skip_serializing_if = "TelemetryGates::is_empty")]
+    pub gates: TelemetryGates,
+}
+
+/// A [`Safety`] that cannot work as given.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSafety {
+    #[error(
+        "gates ({gates}) are checked while a wave bakes, and no bake time is set: \
+         give a bake time (--bake SECONDS) or drop the gates"
+    )]
+    GatesWithoutBake { gates: String },
+}
+
+impl Safety {
+    /// Refuses what cannot work: gates without a bake time.
+    pub fn check(&self) -> Result<(), BadSafety> {
+        let gates = self.gates.names();
+        if !gates.is_empty() && self.bake_secs.is_none_or(|b| b == 0) {
+            let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
+            return Err(BadSafety::GatesWithoutBake {
+                gates: names.join(", "),
+            });
+        }
+        Ok(())
+    }
 }
