@@ -298,6 +298,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             bake_secs: None,
             max_restarts: None,
             gates: Default::default(),
+            promql: None,
         },
     }
 }

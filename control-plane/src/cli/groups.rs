@@ -75,7 +75,7 @@ pub enum GroupsCommand {
         #[arg(long)]
         max_restarts: Option<u32>,
         #[command(flatten)]
-        gates: super::gates::GateArgs,
+        gates: Box<super::gates::GateArgs>,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -161,6 +161,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     bake_secs: bake,
                     max_restarts,
                     gates: gates.gates(),
+                    promql: gates.promql(),
                 },
             };
             req.safety.check().map_err(CliError::Safety)?;

@@ -306,6 +306,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             bake_secs: args.bake,
             max_restarts: args.max_restarts,
             gates: args.gates.gates(),
+            promql: args.gates.promql(),
         },
     };
     req.safety.check().map_err(CliError::Safety)?;

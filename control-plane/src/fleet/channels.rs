@@ -138,7 +138,7 @@ impl Inner {
         req: FollowChannel,
         now: u64,
     ) -> Result<(GroupView, Vec<DeviceId>), FleetError> {
-        req.safety.check()?;
+        self.check_safety(&req.safety)?;
         let mut group = self
             .store
             .group(&name)?
@@ -240,7 +240,7 @@ impl Inner {
             }
         }
         follow.queued = None;
-        let (waves, safety) = (follow.waves.clone(), follow.safety);
+        let (waves, safety) = (follow.waves.clone(), follow.safety.clone());
         match self.begin_rollout(
             release,
             &group,

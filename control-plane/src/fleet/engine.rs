@@ -61,6 +61,8 @@ pub(super) struct Inner {
     updates: Updates,
     counters: Arc<IngestCounters>,
     pub(super) gates: GateCounters,
+    /// Whether a Prometheus runs the PromQL gates' queries.
+    pub(super) prometheus: std::sync::atomic::AtomicBool,
 }
 
 /// Desired records, rollouts and groups changed within one step, on top of
@@ -172,6 +174,7 @@ impl Fleet {
                 updates: Updates::new(),
                 counters,
                 gates: GateCounters::default(),
+                prometheus: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }

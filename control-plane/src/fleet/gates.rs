@@ -17,6 +17,7 @@ use std::sync::Arc;
 use fleet_protocol::message::{AppTelemetry, Health};
 use fleet_protocol::{AppStatus, DeviceId, ErrorCode, Phase, StatusReport, Telemetry};
 
+use super::promql;
 use super::rollout::{Effect, ProgressState, Reports, device_progress};
 use crate::store::{EventKind, GateFailure, GateName, RolloutRecord, WaveState};
 
@@ -100,30 +101,41 @@ pub(super) fn bake(
         return Bake::Wait;
     };
     let over = now >= settled.saturating_add(secs);
-    if r.safety.gates.is_empty() {
-        return if over { Bake::Promote } else { Bake::Wait };
+    let waived = r.waves[wave].gates_waived;
+    let verdict = if r.safety.gates.is_empty() {
+        Verdict::Holds
+    } else {
+        evaluate(r, wave, seen)
+    };
+    let undecided = match verdict {
+        Verdict::Failed(failure) => return Bake::Halt(failure),
+        _ if !over => return Bake::Wait,
+        Verdict::Undecided(why) if !waived => return Bake::Pause(why),
+        Verdict::Undecided(why) => Some(why),
+        Verdict::Holds => None,
+    };
+    // The PromQL gate measures on (through its own events) until it passed.
+    if !promql::passed(r, wave) {
+        return Bake::Wait;
     }
-    match evaluate(r, wave, seen) {
-        Verdict::Failed(failure) => Bake::Halt(failure),
-        _ if !over => Bake::Wait,
-        Verdict::Holds => {
-            effects.push(gate_record(r, wave, "held".into()));
-            Bake::Promote
-        }
-        Verdict::Undecided(why) if r.waves[wave].gates_waived => {
-            effects.push(gate_record(
-                r,
-                wave,
-                format!("could not decide ({why}); promoted as the operator resumed"),
-            ));
-            Bake::Promote
-        }
-        Verdict::Undecided(why) => Bake::Pause(why),
+    if r.safety.gates.is_empty() && r.safety.promql.is_none() {
+        return Bake::Promote;
     }
+    let what = match undecided {
+        None if waived => "held or could not decide; promoted as the operator resumed".into(),
+        None => "held".into(),
+        Some(why) => format!("could not decide ({why}); promoted as the operator resumed"),
+    };
+    effects.push(gate_record(r, wave, what));
+    Bake::Promote
 }
 
 fn gate_record(r: &RolloutRecord, wave: usize, what: String) -> Effect {
-    let names: Vec<&str> = r.safety.gates.names().iter().map(|g| g.as_str()).collect();
+    let mut gates = r.safety.gates.names();
+    if r.safety.promql.is_some() {
+        gates.push(GateName::Promql);
+    }
+    let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
     Effect::Record {
         kind: EventKind::RolloutGate,
         message: format!("wave {}: gates {} {what}", wave + 1, names.join(", ")),

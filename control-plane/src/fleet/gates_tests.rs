@@ -354,3 +354,141 @@ fn gates_without_a_bake_time_are_refused_by_name() {
     let old: Safety = serde_json::from_str(r#"{"on_halt":"failed","bake_secs":30}"#).unwrap();
     assert!(old.gates.is_empty());
 }
+
+fn promql(failure_limit: u32) -> RolloutRecord {
+    let mut r = rollout(TelemetryGates::default());
+    r.safety.promql = Some(crate::store::PromGate {
+        query: "max(model_error_ratio)".into(),
+        success: "result < 0.05".parse().unwrap(),
+        interval_secs: 10,
+        failure_limit,
+    });
+    r
+}
+
+fn measured(
+    r: RolloutRecord,
+    m: crate::fleet::promql::Measurement,
+    now: u64,
+) -> (RolloutRecord, Vec<Effect>) {
+    use crate::fleet::promql::judge;
+    let outcome = judge(r.safety.promql.as_ref().unwrap(), m);
+    let seen = canary_committed(&r);
+    step(
+        r,
+        Event::GateResult {
+            wave: 0,
+            outcome,
+            seen,
+        },
+        now,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_promql_gate_is_measured_every_interval_while_the_wave_bakes_and_a_pass_promotes() {
+    use crate::fleet::promql::{Measurement, due};
+    let r = promql(0);
+    assert_eq!(due(&r, 200), None, "not before the wave settled");
+    let (r, _) = step(r.clone(), Event::Progress(canary_committed(&r)), 210).unwrap();
+    assert_eq!(due(&r, 210).map(|(w, _)| w), Some(0));
+    let (r, effects) = measured(r, Measurement::Values(vec![0.01]), 211);
+    assert!(effects.is_empty(), "baking on: {effects:?}");
+    assert_eq!(r.waves[0].prom.passed, 1);
+    assert_eq!(due(&r, 220), None);
+    assert_eq!(due(&r, 221).map(|(w, _)| w), Some(0));
+    // The bake is over: the next progress promotes the wave.
+    let (r, effects) = step(r.clone(), Event::Progress(canary_committed(&r)), 270).unwrap();
+    assert_eq!(deployed(&effects), [1]);
+    assert!(records(&effects).contains(&"rollout.gate: wave 1: gates promql held".into()));
+    assert_eq!(due(&r, 400), None, "no wave bakes now");
+}
+
+#[test]
+fn a_baked_wave_waits_for_a_passing_measurement() {
+    use crate::fleet::promql::Measurement;
+    let r = promql(0);
+    let (r, _) = step(r.clone(), Event::Progress(canary_committed(&r)), 210).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(canary_committed(&r)), 300).unwrap();
+    assert!(effects.is_empty() && r.state == RolloutState::Running);
+    // The measurement after the bake promotes at once.
+    let (r, effects) = measured(r, Measurement::Values(vec![0.0, 0.02]), 301);
+    assert_eq!(deployed(&effects), [1]);
+    assert_eq!(r.waves[0].state, WaveState::Done);
+}
+
+#[test]
+fn promql_failures_past_the_limit_halt_with_the_query_value_and_bound() {
+    use crate::fleet::promql::Measurement;
+    let r = promql(1);
+    let (r, _) = step(r.clone(), Event::Progress(canary_committed(&r)), 210).unwrap();
+    let (r, effects) = measured(r, Measurement::Values(vec![0.2]), 211);
+    assert_eq!(r.state, RolloutState::Running, "one failure is tolerated");
+    assert!(effects.is_empty());
+    // A second series failing fails the measurement.
+    let (r, effects) = measured(r, Measurement::Values(vec![0.01, 0.3]), 221);
+    assert_eq!(r.state, RolloutState::Halted);
+    assert_eq!(reverted(&effects), ids(1));
+    let g = r.gate_failure.clone().unwrap();
+    assert_eq!(
+        (g.gate, g.measured, g.threshold),
+        (GateName::Promql, 0.3, 0.05)
+    );
+    assert_eq!(
+        r.halt_reason.as_deref(),
+        Some(
+            "gate promql failed in wave 1: `max(model_error_ratio)` = 0.3, not result < 0.05 \
+             (2 failed measurement(s), tolerated: 1)"
+        )
+    );
+    // A late measurement changes nothing.
+    let (after, effects) = measured(r.clone(), Measurement::Values(vec![0.3]), 231);
+    assert_eq!((after, effects.is_empty()), (r, true));
+}
+
+#[test]
+fn no_data_or_no_prometheus_past_the_limit_pauses_and_a_resume_promotes_after_the_bake() {
+    use crate::fleet::promql::Measurement;
+    let r = promql(1);
+    let (r, _) = step(r.clone(), Event::Progress(canary_committed(&r)), 210).unwrap();
+    let (r, _) = measured(
+        r,
+        Measurement::Unreachable("connection refused".into()),
+        211,
+    );
+    assert_eq!(r.state, RolloutState::Running);
+    let (r, effects) = measured(r, Measurement::Values(vec![]), 221);
+    assert_eq!(r.state, RolloutState::Paused);
+    assert_eq!(
+        r.pause_reason.as_deref(),
+        Some(
+            "wave 1: gates could not decide: promql: `max(model_error_ratio)`: no data: the \
+             query returned no series (2 inconclusive measurement(s), tolerated: 1)"
+        )
+    );
+    assert!(records(&effects)[0].starts_with("rollout.gate: paused: wave 1"));
+    let (r, effects) = step(r.clone(), Event::Resume(canary_committed(&r)), 230).unwrap();
+    assert_eq!(r.state, RolloutState::Running);
+    assert!(deployed(&effects).is_empty(), "still baking");
+    let (r, effects) = step(r.clone(), Event::Progress(canary_committed(&r)), 270).unwrap();
+    assert_eq!(deployed(&effects), [1]);
+    assert_eq!(r.waves[0].state, WaveState::Done);
+}
+
+#[test]
+fn a_not_a_number_result_is_inconclusive_not_a_failure() {
+    use crate::fleet::promql::{Measurement, PromOutcome, judge};
+    let r = promql(0);
+    let gate = r.safety.promql.as_ref().unwrap();
+    assert_eq!(
+        judge(gate, Measurement::Values(vec![f64::NAN])),
+        PromOutcome::Inconclusive {
+            why: "the query returned NaN, not a number".into()
+        }
+    );
+    assert_eq!(
+        judge(gate, Measurement::Values(vec![0.01])),
+        PromOutcome::Pass { value: 0.01 }
+    );
+}

@@ -12,17 +12,21 @@
 //!   requests, views and steps.
 //! - [`rollout`]: the pure rollout state machine; [`gates`]: its bake and
 //!   the gates on what a baking wave's devices report.
-//! - [`ports`]: what the engine needs from the outside (link, content).
+//! - [`ports`]: what the engine needs from the outside (link, content,
+//!   Prometheus); [`analysis`]: the engine's side of PromQL gates.
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
 
 pub mod action;
+pub mod analysis;
 pub mod channels;
 pub mod devices;
 pub mod engine;
 pub mod gates;
 pub mod groups;
 pub mod ports;
+pub mod progress;
+pub mod promql;
 pub mod releases;
 pub mod rollout;
 pub mod rollouts;
@@ -74,6 +78,11 @@ pub enum FleetError {
     Rollout(#[from] StepError),
     #[error(transparent)]
     Safety(#[from] crate::store::BadSafety),
+    #[error(
+        "this server has no Prometheus to run the PromQL gate: set prometheus.url \
+         (or FLEET_PROMETHEUS_URL) in its configuration, or drop --gate-promql"
+    )]
+    NoPrometheus,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -119,7 +128,8 @@ impl FleetError {
             FleetError::GroupSpecEmpty
             | FleetError::ReleaseMissing
             | FleetError::ReleaseDigestMismatch { .. }
-            | FleetError::Safety(_) => ErrorKind::Invalid,
+            | FleetError::Safety(_)
+            | FleetError::NoPrometheus => ErrorKind::Invalid,
             FleetError::Untrusted { .. } => ErrorKind::Untrusted,
             FleetError::Store(_)
             | FleetError::Director(_)

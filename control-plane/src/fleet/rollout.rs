@@ -7,14 +7,14 @@
 //!
 //! Every (state, event) pair is listed in [`step`]'s match:
 //!
-//! | state \ event | start | progress | pause | resume | abort | undo | superseded | wave timer |
-//! |---|---|---|---|---|---|---|---|---|
-//! | running | advance | advance | paused | error | aborted | rolled back | aborted | nothing |
-//! | paused | error | nothing | error | running, advance | aborted | rolled back | aborted | nothing |
-//! | aborted | error | nothing | error | error | error | rolled back | error | nothing |
-//! | completed | error | nothing | error | error | error | rolled back | error | nothing |
-//! | rolled back | error | nothing | error | error | error | error | error | nothing |
-//! | halted | error | nothing | error | error | error | rolled back | error | nothing |
+//! | state \ event | start | progress | pause | resume | abort | undo | superseded | wave timer | gate result |
+//! |---|---|---|---|---|---|---|---|---|---|
+//! | running | advance | advance | paused | error | aborted | rolled back | aborted | nothing | record, then halt, pause or advance |
+//! | paused | error | nothing | error | running, advance | aborted | rolled back | aborted | nothing | nothing |
+//! | aborted | error | nothing | error | error | error | rolled back | error | nothing | nothing |
+//! | completed | error | nothing | error | error | error | rolled back | error | nothing | nothing |
+//! | rolled back | error | nothing | error | error | error | error | error | nothing | nothing |
+//! | halted | error | nothing | error | error | error | rolled back | error | nothing | nothing |
 //!
 //! "Advance" first checks the failure thresholds of the rollout's
 //! [`Safety`]: more failed devices in the active wave than `wave_failures`
@@ -37,180 +37,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleet_protocol::message::DeltaFallback;
-use fleet_protocol::{DeviceId, Digest, ErrorCode, ErrorInfo, Phase, StatusReport};
-use serde::{Deserialize, Serialize};
+use fleet_protocol::{DeviceId, Digest, StatusReport};
 
 use super::gates::{self, Bake};
+use super::promql::{self, PromOutcome};
 use crate::store::{
-    EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveSize,
-    WaveState,
+    EventKind, GateFailure, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave,
+    WaveSize, WaveState,
 };
 
-/// Where one device of a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProgressState {
-    /// Its wave has not started.
-    Waiting,
-    /// Its desired state names the release; no report about it yet.
-    Sent,
-    /// The device works on the release (downloading ... probation).
-    Updating,
-    /// The device committed the release.
-    Committed,
-    /// The update failed, rolled back, or the device rejected the state.
-    Failed,
-}
-
-impl ProgressState {
-    pub fn settled(self) -> bool {
-        matches!(self, ProgressState::Committed | ProgressState::Failed)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceProgress {
-    pub device: DeviceId,
-    pub wave: usize,
-    pub state: ProgressState,
-    /// The app's lifecycle phase as last reported (the device's own type).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
-    /// The app's error, or the device's rejection of its desired state, as
-    /// the device reported it (stable code plus message).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
-    /// Layers the device fetched whole because their delta was unusable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub delta_fallbacks: Vec<DeltaFallback>,
-}
-
-/// Counts of devices per state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub total: usize,
-    pub waiting: usize,
-    pub sent: usize,
-    pub updating: usize,
-    pub committed: usize,
-    pub failed: usize,
-}
-
-impl Counts {
-    pub fn of(progress: &[DeviceProgress]) -> Counts {
-        let mut c = Counts {
-            total: progress.len(),
-            ..Counts::default()
-        };
-        for p in progress {
-            match p.state {
-                ProgressState::Waiting => c.waiting += 1,
-                ProgressState::Sent => c.sent += 1,
-                ProgressState::Updating => c.updating += 1,
-                ProgressState::Committed => c.committed += 1,
-                ProgressState::Failed => c.failed += 1,
-            }
-        }
-        c
-    }
-}
-
-/// The progress of `device` (in wave `wave`) from its last status report.
-pub fn device_progress(
-    rollout: &RolloutRecord,
-    wave: usize,
-    device: &DeviceId,
-    status: Option<&StatusReport>,
-) -> DeviceProgress {
-    let mut p = DeviceProgress {
-        device: device.clone(),
-        wave,
-        state: ProgressState::Waiting,
-        phase: None,
-        bytes_done: None,
-        bytes_total: None,
-        error: None,
-        delta_fallbacks: Vec::new(),
-    };
-    let started = rollout
-        .waves
-        .get(wave)
-        .is_some_and(|w| w.state != WaveState::Pending);
-    if !started {
-        return p;
-    }
-    p.state = ProgressState::Sent;
-    let Some(status) = status else { return p };
-    let Some(app) = status.apps.iter().find(|a| a.app == rollout.app) else {
-        if let Some(rejected) = &status.rejected {
-            p.state = ProgressState::Failed;
-            p.error = Some(rejected.clone());
-        }
-        return p;
-    };
-    let digest = &rollout.release_digest;
-    let is_target = app
-        .target
-        .as_ref()
-        .is_some_and(|t| &t.release_digest == digest);
-    let is_running = app
-        .running
-        .as_ref()
-        .is_some_and(|r| &r.release_digest == digest);
-    if !(is_target || is_running) {
-        if let Some(rejected) = &status.rejected {
-            p.state = ProgressState::Failed;
-            p.error = Some(rejected.clone());
-        }
-        return p;
-    }
-    p.phase = Some(app.phase.clone());
-    if let Some(progress) = &app.progress {
-        p.bytes_done = Some(progress.bytes_done);
-        p.bytes_total = Some(progress.bytes_total);
-    }
-    p.error.clone_from(&app.error);
-    p.delta_fallbacks = app.delta_fallbacks.clone();
-    p.state = match &app.phase {
-        Phase::Committed if is_running && gate_failed(rollout, app.restarts) => {
-            p.error = Some(ErrorInfo::new(
-                ErrorCode::GateFailed,
-                format!(
-                    "gate: the app restarted {} times since the release started (tolerated: {})",
-                    app.restarts,
-                    rollout.safety.max_restarts.unwrap_or_default()
-                ),
-            ));
-            ProgressState::Failed
-        }
-        Phase::Committed if is_running => ProgressState::Committed,
-        // Committed but not yet reported as the running release: still updating.
-        Phase::Committed
-        | Phase::Pending
-        | Phase::Downloading
-        | Phase::Verifying
-        | Phase::Staged
-        | Phase::Starting
-        | Phase::Probation { .. } => ProgressState::Updating,
-        Phase::Failed { .. } | Phase::RolledBack { .. } | Phase::RollingBack { .. } => {
-            ProgressState::Failed
-        }
-    };
-    p
-}
-
-/// Whether `restarts` of an updated device cross the rollout's restart gate.
-fn gate_failed(rollout: &RolloutRecord, restarts: u32) -> bool {
-    rollout
-        .safety
-        .max_restarts
-        .is_some_and(|max| restarts > max)
-}
+pub use super::progress::{Counts, DeviceProgress, ProgressState, device_progress};
 
 /// Splits `devices` into waves of the given sizes (a percentage is of all
 /// the devices); the last wave takes the rest. No sizes: one wave with
@@ -230,6 +66,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             started_at: None,
             settled_at: None,
             gates_waived: false,
+            prom: Default::default(),
         });
         rest = &rest[n..];
     }
@@ -240,6 +77,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             started_at: None,
             settled_at: None,
             gates_waived: false,
+            prom: Default::default(),
         });
     }
     waves
@@ -277,6 +115,13 @@ pub enum Event {
     /// A wave's timer fired. No timer is armed yet (a wave goes out as soon
     /// as the previous one settled); the pause between waves arms it.
     WaveTimer { wave: usize },
+    /// The PromQL gate measured wave `wave` (judged; with the latest
+    /// reports, so that a wave whose bake is over is promoted at once).
+    GateResult {
+        wave: usize,
+        outcome: PromOutcome,
+        seen: Observed,
+    },
 }
 
 impl Event {
@@ -300,6 +145,7 @@ impl Event {
             Event::Undo => EventName::Operator(Action::Undo),
             Event::Superseded { .. } => EventName::Superseded,
             Event::WaveTimer { .. } => EventName::WaveTimer,
+            Event::GateResult { .. } => EventName::GateResult,
         }
     }
 }
@@ -312,6 +158,7 @@ pub enum EventName {
     Operator(Action),
     Superseded,
     WaveTimer,
+    GateResult,
 }
 
 impl std::fmt::Display for EventName {
@@ -322,6 +169,7 @@ impl std::fmt::Display for EventName {
             EventName::Operator(a) => f.write_str(a.as_str()),
             EventName::Superseded => f.write_str("be superseded"),
             EventName::WaveTimer => f.write_str("take a wave timer"),
+            EventName::GateResult => f.write_str("take a gate result"),
         }
     }
 }
@@ -428,6 +276,25 @@ pub fn step(
         // No timer is armed today; a stale one changes nothing.
         (Running | Paused | Aborted | Completed | RolledBack | Halted, Event::WaveTimer { .. }) => {
         }
+
+        (
+            Running,
+            Event::GateResult {
+                wave,
+                outcome,
+                seen,
+            },
+        ) => {
+            match promql::record(&mut r, wave, &outcome, now) {
+                Some(Bake::Halt(failure)) => halt_at_gate(&mut r, failure, &seen, &mut effects),
+                Some(Bake::Pause(why)) => pause_undecided(&mut r, wave, &why, &mut effects),
+                Some(_) => advance(&mut r, &seen, &mut effects, now),
+                // A late measurement of a wave no longer baking.
+                None => {}
+            }
+        }
+        // Held back, or over: a measurement changes nothing.
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::GateResult { .. }) => {}
     }
     if r != before {
         r.updated_at = now;
@@ -492,10 +359,7 @@ fn advance(r: &mut RolloutRecord, seen: &Observed, effects: &mut Vec<Effect>, no
                 WaveOutcome::Settled => match gates::bake(r, i, now, seen, effects) {
                     Bake::Wait => return,
                     Bake::Halt(failure) => {
-                        let reason = failure.to_string();
-                        let judged = failure.devices.clone();
-                        r.gate_failure = Some(failure);
-                        halt(r, &reason, reports, &judged, effects);
+                        halt_at_gate(r, failure, seen, effects);
                         return;
                     }
                     Bake::Pause(why) => {
@@ -561,6 +425,19 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
         )),
         Some(_) | None => None,
     }
+}
+
+/// Halts `r` at a failed gate, which is kept with what it measured.
+fn halt_at_gate(
+    r: &mut RolloutRecord,
+    failure: GateFailure,
+    seen: &Observed,
+    effects: &mut Vec<Effect>,
+) {
+    let reason = failure.to_string();
+    let judged = failure.devices.clone();
+    r.gate_failure = Some(failure);
+    halt(r, &reason, &seen.status, &judged, effects);
 }
 
 /// Pauses `r` because the gates could not decide on wave `wave`.

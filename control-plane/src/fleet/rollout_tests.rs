@@ -4,7 +4,7 @@
 use super::*;
 use crate::store::Threshold;
 use fleet_protocol::message::ReleaseRef;
-use fleet_protocol::{AppName, AppStatus, GroupName, SCHEMA_VERSION};
+use fleet_protocol::{AppName, AppStatus, ErrorInfo, GroupName, Phase, SCHEMA_VERSION};
 
 fn ids(n: usize) -> Vec<DeviceId> {
     (0..n)
@@ -127,12 +127,18 @@ fn every_state_event_pair_is_listed() {
         Event::Undo,
         Event::Superseded { by: 8 },
         Event::WaveTimer { wave: 1 },
+        // No wave of the fixture bakes: a late measurement.
+        Event::GateResult {
+            wave: 0,
+            outcome: crate::fleet::promql::PromOutcome::Pass { value: 1.0 },
+            seen: reports.clone().into(),
+        },
     ];
     let next_wave = [Record(K::RolloutWave), Deploy(1)];
     let resumed = [Record(K::RolloutResume), Record(K::RolloutWave), Deploy(1)];
     let undone = [Record(K::RolloutUndo), Revert];
     type Want<'a> = Option<(RolloutState, &'a [Shape])>;
-    let table: [(RolloutState, [Want; 8]); 6] = [
+    let table: [(RolloutState, [Want; 9]); 6] = [
         (
             Running,
             [
@@ -143,6 +149,7 @@ fn every_state_event_pair_is_listed() {
                 Some((Aborted, &[Record(K::RolloutAbort)])),
                 Some((RolledBack, &undone)),
                 Some((Aborted, &[Record(K::RolloutAborted)])),
+                Some((Running, &[])),
                 Some((Running, &[])),
             ],
         ),
@@ -157,6 +164,7 @@ fn every_state_event_pair_is_listed() {
                 Some((RolledBack, &undone)),
                 Some((Aborted, &[Record(K::RolloutAborted)])),
                 Some((Paused, &[])),
+                Some((Paused, &[])),
             ],
         ),
         (
@@ -169,6 +177,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 Some((RolledBack, &undone)),
                 None,
+                Some((Aborted, &[])),
                 Some((Aborted, &[])),
             ],
         ),
@@ -183,6 +192,7 @@ fn every_state_event_pair_is_listed() {
                 Some((RolledBack, &undone)),
                 None,
                 Some((Completed, &[])),
+                Some((Completed, &[])),
             ],
         ),
         (
@@ -196,6 +206,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 None,
                 Some((RolledBack, &[])),
+                Some((RolledBack, &[])),
             ],
         ),
         (
@@ -208,6 +219,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 Some((RolledBack, &undone)),
                 None,
+                Some((Halted, &[])),
                 Some((Halted, &[])),
             ],
         ),
@@ -453,6 +465,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         bake_secs: None,
         max_restarts: None,
         gates: Default::default(),
+        promql: None,
     });
     let canary = ids(1);
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary).into()), 300).unwrap();
@@ -506,6 +519,7 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         bake_secs: None,
         max_restarts: None,
         gates: Default::default(),
+        promql: None,
     });
     let mut reports = committed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
@@ -530,6 +544,7 @@ fn the_total_threshold_counts_failures_across_waves() {
         bake_secs: None,
         max_restarts: None,
         gates: Default::default(),
+        promql: None,
     });
     let mut reports = failed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
@@ -552,6 +567,7 @@ fn on_halt_nothing_rolls_nobody_back() {
         bake_secs: None,
         max_restarts: None,
         gates: Default::default(),
+        promql: None,
     });
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1)).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);

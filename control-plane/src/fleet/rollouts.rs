@@ -106,7 +106,7 @@ impl RolloutView {
             counts: Counts::of(&devices),
             devices,
             excluded: r.excluded.clone(),
-            safety: r.safety,
+            safety: r.safety.clone(),
             halt_reason: r.halt_reason.clone(),
             gate_failure: r.gate_failure.clone(),
             pause_reason: r.pause_reason.clone(),
@@ -115,7 +115,7 @@ impl RolloutView {
 }
 
 /// How a new rollout goes: its wave sizes and failure thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Policy<'a> {
     pub(super) waves: &'a [crate::store::WaveSize],
     pub(super) safety: Safety,
@@ -240,7 +240,7 @@ impl Inner {
     /// Steps `r` by `event` and runs the effects into `staged` and `writes`
     /// (the stepped rollout is written when it changed). Nothing is
     /// committed here: the caller commits it all at once.
-    fn step(
+    pub(super) fn step(
         &self,
         r: RolloutRecord,
         happened: Event,
@@ -386,7 +386,7 @@ impl Inner {
 
     /// The latest status and telemetry of every device of `r` that sent
     /// some.
-    fn reports(&self, r: &RolloutRecord) -> Result<Observed, FleetError> {
+    pub(super) fn reports(&self, r: &RolloutRecord) -> Result<Observed, FleetError> {
         let mut seen = Observed::default();
         for d in r.devices() {
             if let Some(s) = self.status_of(d)? {
@@ -443,7 +443,7 @@ impl Inner {
         req: CreateRollout,
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
-        req.safety.check()?;
+        self.check_safety(&req.safety)?;
         let release = self.rollout_release(&req, now)?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(

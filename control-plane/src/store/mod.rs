@@ -11,11 +11,13 @@
 mod gates;
 mod model;
 mod policy;
+mod promql;
 mod sled_store;
 
 pub use gates::*;
 pub use model::*;
 pub use policy::*;
+pub use promql::*;
 pub use sled_store::SledStore;
 
 use fleet_protocol::{DeviceId, Digest, GroupName};

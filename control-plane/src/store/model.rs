@@ -8,6 +8,7 @@ use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Release, StatusReport
 use serde::{Deserialize, Serialize};
 
 use super::policy::{Safety, WaveSize};
+use super::promql::PromTally;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -308,6 +309,9 @@ pub struct Wave {
     /// still halts).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gates_waived: bool,
+    /// The measurements of the rollout's PromQL gate while it baked.
+    #[serde(default, skip_serializing_if = "PromTally::is_empty")]
+    pub prom: PromTally,
 }
 
 /// A rollout of one release to a group, in waves. The device set of each wave

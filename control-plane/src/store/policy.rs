@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::TelemetryGates;
+use super::{PromGate, TelemetryGates};
 
 /// How many failed devices a rollout tolerates: `{"count": 1}` or
 /// `{"percent": 10}` (of the devices counted; rounded down).
@@ -161,7 +161,7 @@ pub enum HaltRollback {
 }
 
 /// A rollout's failure thresholds. No threshold: failures never halt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Safety {
     /// Failed devices tolerated in one wave (of the wave's devices).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +192,10 @@ pub struct Safety {
     /// devices still on their previous release (need `bake_secs`).
     #[serde(default, skip_serializing_if = "TelemetryGates::is_empty")]
     pub gates: TelemetryGates,
+    /// A PromQL gate run against the server's Prometheus while a wave
+    /// bakes (needs `bake_secs` and the server's `prometheus.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promql: Option<PromGate>,
 }
 
 /// A [`Safety`] that cannot work as given.
@@ -202,12 +206,28 @@ pub enum BadSafety {
          give a bake time (--bake SECONDS) or drop the gates"
     )]
     GatesWithoutBake { gates: String },
+    #[error("the PromQL gate has an empty query; give one (--gate-promql 'QUERY')")]
+    EmptyQuery,
+    #[error("the PromQL gate's interval is 0 s; give at least 1 (--gate-interval SECONDS)")]
+    ZeroInterval,
 }
 
 impl Safety {
-    /// Refuses what cannot work: gates without a bake time.
+    /// Refuses what cannot work: gates without a bake time, a PromQL gate
+    /// without a query or with a zero interval.
     pub fn check(&self) -> Result<(), BadSafety> {
-        let gates = self.gates.names();
+        if let Some(p) = &self.promql {
+            if p.query.trim().is_empty() {
+                return Err(BadSafety::EmptyQuery);
+            }
+            if p.interval_secs == 0 {
+                return Err(BadSafety::ZeroInterval);
+            }
+        }
+        let mut gates = self.gates.names();
+        if self.promql.is_some() {
+            gates.push(super::GateName::Promql);
+        }
         if !gates.is_empty() && self.bake_secs.is_none_or(|b| b == 0) {
             let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
             return Err(BadSafety::GatesWithoutBake {

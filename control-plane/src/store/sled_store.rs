@@ -283,6 +283,7 @@ mod tests {
                     waves: vec![Wave {
                         settled_at: None,
                         gates_waived: false,
+                        prom: Default::default(),
                         devices: vec![DeviceId::new("a").unwrap()],
                         state: WaveState::Active,
                         started_at: Some(10),
