@@ -20,7 +20,8 @@ use fleet_control_plane::client::Client;
 use fleet_control_plane::device_token::DeviceTokens;
 use fleet_control_plane::fleet::RolloutView;
 use fleet_control_plane::store::{
-    EventKind, GateName, RolloutState, Safety, TelemetryGates, Threshold, WaveSize, WaveState,
+    EventKind, GateName, PromGate, RolloutState, Safety, TelemetryGates, Threshold, WaveSize,
+    WaveState,
 };
 use fleet_protocol::dsse::Envelope;
 use fleet_protocol::message::{AppTelemetry, Health, ReleaseRef, encode};
@@ -228,6 +229,38 @@ async fn a_release_whose_canary_memory_or_restarts_jump_halts_at_the_gate_and_a_
         })
         .await
         .unwrap();
+    // Policies that cannot work here are refused by name.
+    let mut no_bake = gated();
+    no_bake.bake_secs = None;
+    let mut promql = gated();
+    promql.promql = Some(PromGate {
+        query: "up".into(),
+        success: "result == 1".parse().unwrap(),
+        interval_secs: 10,
+        failure_limit: 0,
+    });
+    for (safety, says) in [
+        (
+            no_bake,
+            "gates (memory, restarts) are checked while a wave bakes",
+        ),
+        (
+            promql,
+            "no Prometheus to run the PromQL gate: set prometheus.url",
+        ),
+    ] {
+        let envelope = Envelope::from_json(&site.release("model", "v0"), 1 << 20).unwrap();
+        let req = CreateRollout {
+            release_digest: None,
+            release: Some(envelope),
+            group: GroupName::new("cameras").unwrap(),
+            waves: vec![],
+            safety,
+        };
+        let e = client.start_rollout(&req).await.unwrap_err();
+        assert_eq!(e.status(), Some(reqwest::StatusCode::BAD_REQUEST), "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
     let reported: Reported = Arc::new(Mutex::new(
         CAMS.iter().map(|id| (id.to_string(), (100, 0))).collect(),
     ));
