@@ -299,6 +299,7 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             max_restarts: None,
             gates: Default::default(),
             promql: None,
+            max_unavailable: None,
         },
     }
 }

@@ -74,6 +74,10 @@ pub enum GroupsCommand {
         /// times counts as failed.
         #[arg(long)]
         max_restarts: Option<u32>,
+        /// Devices given the release at once, at most (N or P% of the
+        /// rollout's devices); a larger wave is fed as devices settle.
+        #[arg(long, value_name = "N|P%")]
+        max_unavailable: Option<WaveSize>,
         #[command(flatten)]
         gates: Box<super::gates::GateArgs>,
     },
@@ -146,6 +150,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             wave_deadline,
             bake,
             max_restarts,
+            max_unavailable,
             gates,
         } => {
             let req = FollowChannel {
@@ -160,6 +165,7 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     wave_deadline_secs: wave_deadline,
                     bake_secs: bake,
                     max_restarts,
+                    max_unavailable,
                     gates: gates.gates(),
                     promql: gates.promql(),
                 },

@@ -411,8 +411,13 @@ pub fn rollout(v: &RolloutView) -> String {
             }
             _ => String::new(),
         };
+        let held = if w.held > 0 {
+            format!(", {} held back by max_unavailable", w.held)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "wave {}: {:?}, {} device(s){baking}\n",
+            "wave {}: {:?}, {} device(s){baking}{held}\n",
             i + 1,
             w.state,
             w.devices

@@ -87,6 +87,11 @@ pub struct RolloutArgs {
     /// times counts as failed (against the thresholds).
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// Devices given the release at once, at most (a count, or a
+    /// percentage of the rollout's devices): a larger wave is fed as its
+    /// devices commit or fail.
+    #[arg(long, value_name = "N|P%")]
+    pub max_unavailable: Option<WaveSize>,
     #[command(flatten)]
     pub gates: GateArgs,
     #[command(flatten)]
@@ -305,6 +310,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             wave_deadline_secs: args.wave_deadline,
             bake_secs: args.bake,
             max_restarts: args.max_restarts,
+            max_unavailable: args.max_unavailable,
             gates: args.gates.gates(),
             promql: args.gates.promql(),
         },

@@ -100,7 +100,7 @@ pub fn device_progress(
     let started = rollout
         .waves
         .get(wave)
-        .is_some_and(|w| w.state != WaveState::Pending);
+        .is_some_and(|w| w.state != WaveState::Pending && !w.held.contains(device));
     if !started {
         return p;
     }

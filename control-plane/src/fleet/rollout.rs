@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use fleet_protocol::{DeviceId, Digest, StatusReport};
 
+use super::feed;
 use super::gates::{self, Bake};
 use super::promql::{self, PromOutcome};
 use crate::store::{
@@ -67,6 +68,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             settled_at: None,
             gates_waived: false,
             prom: Default::default(),
+            held: Default::default(),
         });
         rest = &rest[n..];
     }
@@ -78,6 +80,7 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             settled_at: None,
             gates_waived: false,
             prom: Default::default(),
+            held: Default::default(),
         });
     }
     waves
@@ -343,15 +346,15 @@ fn advance(r: &mut RolloutRecord, seen: &Observed, effects: &mut Vec<Effect>, no
             WaveState::Pending => {
                 r.waves[i].state = WaveState::Active;
                 r.waves[i].started_at = Some(now);
-                let devices = r.waves[i].devices.clone();
-                effects.push(Effect::Record {
-                    kind: EventKind::RolloutWave,
-                    message: format!("wave {} started ({} devices)", i + 1, devices.len()),
-                });
-                effects.push(Effect::Deploy { wave: i, devices });
+                feed::start(r, i, effects);
                 return;
             }
             WaveState::Active => match wave_outcome(r, i, reports) {
+                WaveOutcome::Open if !r.waves[i].held.is_empty() => {
+                    let late = deadline_passed(r, i, now);
+                    feed::feed(r, i, reports, late, effects);
+                    return;
+                }
                 WaveOutcome::Open if deadline_passed(r, i, now) => {
                     close_at_deadline(r, i, reports, effects);
                 }

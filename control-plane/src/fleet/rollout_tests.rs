@@ -466,6 +466,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         max_restarts: None,
         gates: Default::default(),
         promql: None,
+        max_unavailable: None,
     });
     let canary = ids(1);
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary).into()), 300).unwrap();
@@ -520,6 +521,7 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         max_restarts: None,
         gates: Default::default(),
         promql: None,
+        max_unavailable: None,
     });
     let mut reports = committed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
@@ -545,6 +547,7 @@ fn the_total_threshold_counts_failures_across_waves() {
         max_restarts: None,
         gates: Default::default(),
         promql: None,
+        max_unavailable: None,
     });
     let mut reports = failed(&r, &ids(1));
     let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
@@ -568,6 +571,7 @@ fn on_halt_nothing_rolls_nobody_back() {
         max_restarts: None,
         gates: Default::default(),
         promql: None,
+        max_unavailable: None,
     });
     let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1)).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);

@@ -51,6 +51,9 @@ pub struct WaveView {
     /// `settled_at + safety.bake_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<u64>,
+    /// Devices not given the release yet (`max_unavailable`).
+    #[serde(default)]
+    pub held: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +102,7 @@ impl RolloutView {
                     devices: w.devices.len(),
                     started_at: w.started_at,
                     settled_at: w.settled_at,
+                    held: w.held.len(),
                 })
                 .collect(),
             created_at: r.created_at,

@@ -309,6 +309,10 @@ pub struct Wave {
     /// still halts).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gates_waived: bool,
+    /// Devices of the active wave not given the release yet
+    /// (`max_unavailable` feeds them as others settle).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held: BTreeSet<DeviceId>,
     /// The measurements of the rollout's PromQL gate while it baked.
     #[serde(default, skip_serializing_if = "PromTally::is_empty")]
     pub prom: PromTally,

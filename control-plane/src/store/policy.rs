@@ -188,6 +188,11 @@ pub struct Safety {
     /// (`gate_failed`), against the thresholds like a failed install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
+    /// Devices of a wave given the release at once, at most (a count, or a
+    /// percentage of the rollout's devices, rounded up): more are held back
+    /// and fed as the others commit or fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<WaveSize>,
     /// Gates on the telemetry of a baking wave's devices against the
     /// devices still on their previous release (need `bake_secs`).
     #[serde(default, skip_serializing_if = "TelemetryGates::is_empty")]

@@ -284,6 +284,7 @@ mod tests {
                         settled_at: None,
                         gates_waived: false,
                         prom: Default::default(),
+                        held: Default::default(),
                         devices: vec![DeviceId::new("a").unwrap()],
                         state: WaveState::Active,
                         started_at: Some(10),
