@@ -196,20 +196,35 @@ fn measured<'a>(r: &'a RolloutRecord, wave: usize, seen: &'a Observed) -> Measur
     Measured { updated, baseline }
 }
 
+/// A gate that did not hold, before it names its wave and devices:
+/// gate, measured, threshold, detail.
+type Miss = (GateName, f64, f64, String);
+
 /// What the gates of `r` say about wave `wave` by what its devices said.
 pub fn evaluate(r: &RolloutRecord, wave: usize, seen: &Observed) -> Verdict {
-    let gates = r.safety.gates;
     let m = measured(r, wave, seen);
-    let fail = |gate, measured: f64, threshold: f64, detail: String| {
-        Verdict::Failed(GateFailure {
+    let mut undecided = Vec::new();
+    let miss = counted(r, wave, seen, &m).or_else(|| compared(r, &m, &mut undecided));
+    if let Some((gate, measured, threshold, detail)) = miss {
+        return Verdict::Failed(GateFailure {
             wave,
             gate,
             measured,
             threshold,
             detail,
             devices: m.updated.iter().map(|(d, _, _)| (*d).clone()).collect(),
-        })
-    };
+        });
+    }
+    if undecided.is_empty() {
+        Verdict::Holds
+    } else {
+        Verdict::Undecided(undecided.join("; "))
+    }
+}
+
+/// The gates that count: crash loops, restarts, unhealthy devices.
+fn counted(r: &RolloutRecord, wave: usize, seen: &Observed, m: &Measured<'_>) -> Option<Miss> {
+    let gates = r.safety.gates;
     if gates.crash_loop {
         let looped = crash_loops(r, wave, seen);
         if !looped.is_empty() {
@@ -219,7 +234,7 @@ pub fn evaluate(r: &RolloutRecord, wave: usize, seen: &Observed) -> Verdict {
                 names.len(),
                 names.join(", ")
             );
-            return fail(GateName::CrashLoop, looped.len() as f64, 0.0, detail);
+            return Some((GateName::CrashLoop, looped.len() as f64, 0.0, detail));
         }
     }
     if let Some(max) = gates.restarts {
@@ -236,32 +251,31 @@ pub fn evaluate(r: &RolloutRecord, wave: usize, seen: &Observed) -> Verdict {
                 "the app restarted {total} times on the wave's {} updated devices (tolerated: {max})",
                 m.updated.len()
             );
-            return fail(GateName::Restarts, total as f64, f64::from(max), detail);
+            return Some((GateName::Restarts, total as f64, f64::from(max), detail));
         }
     }
-    if let Some(max) = gates.unhealthy {
-        let unhealthy = m
-            .updated
-            .iter()
-            .filter(|(_, s, t)| {
-                s.is_some_and(|s| s.health == Health::Unhealthy)
-                    || t.is_some_and(|t| t.health == Health::Unhealthy)
-            })
-            .count();
-        if unhealthy > max as usize {
-            let detail = format!(
-                "{unhealthy} of the wave's {} updated devices report the app unhealthy (tolerated: {max})",
-                m.updated.len()
-            );
-            return fail(
-                GateName::Unhealthy,
-                unhealthy as f64,
-                f64::from(max),
-                detail,
-            );
-        }
-    }
-    let mut undecided = Vec::new();
+    let max = gates.unhealthy?;
+    let unhealthy = m
+        .updated
+        .iter()
+        .filter(|(_, s, t)| {
+            s.is_some_and(|s| s.health == Health::Unhealthy)
+                || t.is_some_and(|t| t.health == Health::Unhealthy)
+        })
+        .count();
+    (unhealthy > max as usize).then(|| {
+        let detail = format!(
+            "{unhealthy} of the wave's {} updated devices report the app unhealthy (tolerated: {max})",
+            m.updated.len()
+        );
+        (GateName::Unhealthy, unhealthy as f64, f64::from(max), detail)
+    })
+}
+
+/// The gates that compare with the baseline: memory, CPU. Those without
+/// data say why in `undecided`.
+fn compared(r: &RolloutRecord, m: &Measured<'_>, undecided: &mut Vec<String>) -> Option<Miss> {
+    let gates = r.safety.gates;
     let resources: [(GateName, Option<f64>, Resource); 2] = [
         (GateName::Memory, gates.memory.map(f64::from), MEMORY),
         (GateName::Cpu, gates.cpu.map(f64::from), CPU),
@@ -283,7 +297,7 @@ pub fn evaluate(r: &RolloutRecord, wave: usize, seen: &Observed) -> Verdict {
                     (resource.show)(base),
                     (resource.show)(factor * base),
                 );
-                return fail(gate, new, factor * base, detail);
+                return Some((gate, new, factor * base, detail));
             }
             (Some(_), Some(_)) => {}
             (None, _) => undecided.push(format!(
@@ -296,11 +310,7 @@ pub fn evaluate(r: &RolloutRecord, wave: usize, seen: &Observed) -> Verdict {
             )),
         }
     }
-    if undecided.is_empty() {
-        Verdict::Holds
-    } else {
-        Verdict::Undecided(undecided.join("; "))
-    }
+    None
 }
 
 /// A resource the gates compare with the baseline.
