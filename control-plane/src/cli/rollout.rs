@@ -282,6 +282,19 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
     let (Some(image), Some(group)) = (args.image, args.group) else {
         return Err(CliError::MissingRolloutTarget);
     };
+    // Refused before anything is signed or asked of the server.
+    let safety = Safety {
+        wave_failures: args.max_failed_per_wave,
+        total_failures: args.max_failed,
+        on_halt: args.on_halt,
+        wave_deadline_secs: args.wave_deadline,
+        bake_secs: args.bake,
+        max_restarts: args.max_restarts,
+        max_unavailable: args.max_unavailable,
+        gates: args.gates.gates(),
+        promql: args.gates.promql(),
+    };
+    safety.check().map_err(CliError::Safety)?;
     let runtime = args.device.settings();
     let (envelope, digest) = sign_image(
         client,
@@ -303,19 +316,8 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
             .into_iter()
             .chain(args.waves)
             .collect(),
-        safety: Safety {
-            wave_failures: args.max_failed_per_wave,
-            total_failures: args.max_failed,
-            on_halt: args.on_halt,
-            wave_deadline_secs: args.wave_deadline,
-            bake_secs: args.bake,
-            max_restarts: args.max_restarts,
-            max_unavailable: args.max_unavailable,
-            gates: args.gates.gates(),
-            promql: args.gates.promql(),
-        },
+        safety,
     };
-    req.safety.check().map_err(CliError::Safety)?;
     if args.plan {
         let plan = client
             .plan_rollout(&req)
