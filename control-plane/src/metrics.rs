@@ -36,7 +36,7 @@ pub struct Input<'a> {
     pub rollouts: Vec<RolloutView>,
     pub counters: &'a IngestCounters,
     pub updates: UpdatesSnapshot,
-    pub gates: gates::GateCounts,
+    pub gates: crate::telemetry::gates::GateCounts,
 }
 
 impl<'a> Input<'a> {
@@ -45,7 +45,7 @@ impl<'a> Input<'a> {
         snapshot: FleetSnapshot,
         counters: &'a IngestCounters,
         updates: UpdatesSnapshot,
-        gates: gates::GateCounts,
+        gates: crate::telemetry::gates::GateCounts,
     ) -> Self {
         let FleetSnapshot {
             devices,

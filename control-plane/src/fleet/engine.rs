@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use super::ports::{DesiredPublisher, ImageUpdate, Inbound, UpdatePreparer};
 use super::{FleetError, RolloutView, now, now_f64};
 use crate::director::Director;
-use crate::metrics::gates::{GateCounters, GateCounts};
 use crate::store::{
     DesiredRecord, DeviceRecord, EventKind, EventRecord, GroupRecord, RolloutId, RolloutRecord,
     Store, StoreError, TelemetryRecord, Write,
 };
+use crate::telemetry::gates::{GateCounters, GateCounts};
 use crate::telemetry::updates::{Updates, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, Live, MessageKind};
 

@@ -1,48 +1,11 @@
 //! Rollout gate families: gate failures and undecided gates counted as they
-//! happen (since the server started), and the measured value and threshold
-//! of the gate that halted each exposed rollout.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! happen (since the server started, [`crate::telemetry::gates`]), and the
+//! measured value and threshold of the gate that halted each exposed
+//! rollout.
 
 use super::Out;
 use crate::fleet::RolloutView;
-use crate::store::GateName;
-
-/// Gate verdicts counted by the engine as rollouts step.
-#[derive(Debug, Default)]
-pub struct GateCounters {
-    failed: [AtomicU64; GateName::ALL.len()],
-    undecided: AtomicU64,
-}
-
-/// What [`GateCounters`] counted, for one scrape.
-#[derive(Debug, Clone, Default)]
-pub struct GateCounts {
-    pub failed: Vec<(GateName, u64)>,
-    pub undecided: u64,
-}
-
-impl GateCounters {
-    /// A gate failed and halted a rollout.
-    pub fn failed(&self, gate: GateName) {
-        self.failed[gate as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Gates could not decide and paused a rollout.
-    pub fn undecided(&self) {
-        self.undecided.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> GateCounts {
-        GateCounts {
-            failed: GateName::ALL
-                .iter()
-                .map(|g| (*g, self.failed[*g as usize].load(Ordering::Relaxed)))
-                .collect(),
-            undecided: self.undecided.load(Ordering::Relaxed),
-        }
-    }
-}
+use crate::telemetry::gates::GateCounts;
 
 pub(super) fn render(o: &mut Out, counts: &GateCounts, rollouts: &[RolloutView]) {
     let name = "fleet_rollout_gate_failures_total";
