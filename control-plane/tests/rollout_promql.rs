@@ -293,6 +293,13 @@ async fn a_promql_gate_promotes_a_good_release_halts_a_bad_one_and_pauses_withou
         )
     );
     assert_eq!(r.waves[1].state, WaveState::Pending);
+    let text = fleet_control_plane::cli::render::rollout(&r);
+    assert!(
+        text.contains(
+            "  promql: 0 passed, 1 failed, 0 inconclusive; last: 0.2 (failed result < 0.05)"
+        ),
+        "{text}"
+    );
     eventually("the canary back on v2", || async {
         (desired(&client, &canary).await.map(|(_, d)| d) == Some(v2.clone())).then_some(())
     })

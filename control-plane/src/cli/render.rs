@@ -422,6 +422,16 @@ pub fn rollout(v: &RolloutView) -> String {
             w.state,
             w.devices
         ));
+        let p = &w.prom;
+        if !p.is_empty() {
+            out.push_str(&format!(
+                "  promql: {} passed, {} failed, {} inconclusive; last: {}\n",
+                p.passed,
+                p.failed,
+                p.inconclusive,
+                p.last.as_deref().unwrap_or("-")
+            ));
+        }
     }
     for p in &v.devices {
         let bytes = match (p.bytes_done, p.bytes_total) {

@@ -492,3 +492,14 @@ fn a_not_a_number_result_is_inconclusive_not_a_failure() {
         PromOutcome::Pass { value: 0.01 }
     );
 }
+
+#[test]
+fn a_gate_pause_reason_goes_when_the_rollout_is_no_longer_paused() {
+    use crate::fleet::promql::Measurement;
+    let r = promql(0);
+    let (r, _) = step(r.clone(), Event::Progress(canary_committed(&r)), 210).unwrap();
+    let (r, _) = measured(r, Measurement::Values(vec![]), 211);
+    assert!(r.pause_reason.is_some());
+    let (r, _) = step(r, Event::Abort, 212).unwrap();
+    assert_eq!((r.state, r.pause_reason), (RolloutState::Aborted, None));
+}

@@ -299,6 +299,10 @@ pub fn step(
         // Held back, or over: a measurement changes nothing.
         (Paused | Aborted | Completed | RolledBack | Halted, Event::GateResult { .. }) => {}
     }
+    // Why it paused by itself is only kept while it stays paused.
+    if r.state != Paused {
+        r.pause_reason = None;
+    }
     if r != before {
         r.updated_at = now;
     }

@@ -54,6 +54,9 @@ pub struct WaveView {
     /// Devices not given the release yet (`max_unavailable`).
     #[serde(default)]
     pub held: usize,
+    /// The PromQL gate's measurements while the wave baked.
+    #[serde(default, skip_serializing_if = "crate::store::PromTally::is_empty")]
+    pub prom: crate::store::PromTally,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +106,7 @@ impl RolloutView {
                     started_at: w.started_at,
                     settled_at: w.settled_at,
                     held: w.held.len(),
+                    prom: w.prom.clone(),
                 })
                 .collect(),
             created_at: r.created_at,
