@@ -27,7 +27,7 @@ use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
     DesiredPublisher, DigestOnlyResolver, GateQuery, ImageResolver, Inbound, NoPreparation,
-    RecordingPublisher, UpdatePreparer,
+    NoPrometheus, RecordingPublisher, UpdatePreparer,
 };
 use crate::fleet::promql;
 use crate::fleet::{self, Fleet};
@@ -330,10 +330,16 @@ impl Server {
         tasks.spawn(outbox_loop(fleet.clone(), stop.clone(), every));
         let every = Duration::from_secs(config.telemetry.flush_secs);
         tasks.spawn(flush_loop(fleet.clone(), stop.clone(), every));
-        if let Some(prometheus) = prometheus {
-            fleet.attach_prometheus();
-            tasks.spawn(gate_loop(fleet.clone(), stop.clone(), Arc::new(prometheus)));
-        }
+        // Without a Prometheus, PromQL gates of existing rollouts are
+        // inconclusive (they pause), and new ones are refused.
+        let query: Arc<dyn GateQuery> = match prometheus {
+            Some(prometheus) => {
+                fleet.attach_prometheus();
+                Arc::new(prometheus)
+            }
+            None => Arc::new(NoPrometheus),
+        };
+        tasks.spawn(gate_loop(fleet.clone(), stop.clone(), query));
 
         let mut app = api::router(ApiState {
             fleet: fleet.clone(),

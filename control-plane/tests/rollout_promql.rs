@@ -2,7 +2,8 @@
 //! `prometheus` binary, Debian's package), scraping a small HTTP endpoint of
 //! the test that serves each release's error ratio. One rollout passes its
 //! gate and is promoted, one halts at it and rolls its canary back, one
-//! whose query returns no data pauses for a human, who resumes it.
+//! whose query returns no data pauses for a human, who resumes it; and one
+//! whose server restarts without a Prometheus pauses too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -327,6 +328,21 @@ async fn a_promql_gate_promotes_a_good_release_halts_a_bad_one_and_pauses_withou
     let r = drive(&run, &client, id, &v4, |r| r.state != RolloutState::Running).await;
     assert_eq!(r.state, RolloutState::Completed, "{:?}", r.pause_reason);
     assert_eq!(desired(&client, other).await.unwrap().1, v4);
+
+    // v5 starts gated, then the server restarts without a Prometheus: the
+    // gate cannot measure, so the rollout pauses saying why.
+    let r = start_rollout(&client, &site, "v5", gated("v5")).await;
+    let (id, v5) = (r.id, r.release_digest.clone());
+    let token = run.token.clone().unwrap();
+    run.stop().await;
+    let mut config = site.config();
+    config.desired.renew_check_secs = 1;
+    let run = start(config, recording()).await;
+    let client = run.client(&token);
+    let r = drive(&run, &client, id, &v5, |r| r.state != RolloutState::Running).await;
+    assert_eq!(r.state, RolloutState::Paused);
+    let reason = r.pause_reason.unwrap();
+    assert!(reason.contains("no prometheus.url configured"), "{reason}");
     run.stop().await;
     drop(prometheus);
 }

@@ -127,6 +127,22 @@ impl UpdatePreparer for NoPreparation {
     }
 }
 
+/// The gate query used when the server has no Prometheus configured: a
+/// PromQL gate of a rollout started before (or followed with a Prometheus
+/// since removed) is inconclusive, so that its rollout pauses with the
+/// reason instead of waiting for a measurement that never comes.
+#[derive(Debug, Default)]
+pub struct NoPrometheus;
+
+#[async_trait::async_trait]
+impl GateQuery for NoPrometheus {
+    async fn query(&self, _promql: &str) -> Measurement {
+        Measurement::Unreachable(
+            "this server has no prometheus.url configured (FLEET_PROMETHEUS_URL)".into(),
+        )
+    }
+}
+
 /// The publisher used when no MQTT link is attached: it only records what
 /// would have been sent (the desired states stay available through the API
 /// and are published when a link is attached and the server restarts).
