@@ -239,13 +239,21 @@ async fn a_release_whose_canary_memory_or_restarts_jump_halts_at_the_gate_and_a_
         interval_secs: 10,
         failure_limit: 0,
     });
-    for (safety, says) in [
+    let first_wave = vec![WaveSize::Count(1)];
+    for (safety, waves, says) in [
         (
             no_bake,
+            first_wave.clone(),
             "gates (memory, restarts) are checked while a wave bakes",
         ),
         (
+            gated(),
+            vec![],
+            "the rollout has a single wave: give a canary",
+        ),
+        (
             promql,
+            first_wave.clone(),
             "no Prometheus to run the PromQL gate: set prometheus.url",
         ),
     ] {
@@ -254,7 +262,7 @@ async fn a_release_whose_canary_memory_or_restarts_jump_halts_at_the_gate_and_a_
             release_digest: None,
             release: Some(envelope),
             group: GroupName::new("cameras").unwrap(),
-            waves: vec![],
+            waves,
             safety,
         };
         let e = client.start_rollout(&req).await.unwrap_err();

@@ -170,7 +170,9 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     promql: gates.promql(),
                 },
             };
-            req.safety.check().map_err(CliError::Safety)?;
+            req.safety
+                .check_with_waves(&req.waves)
+                .map_err(CliError::Safety)?;
             let group = client.follow(&name, &req).await.map_err(failed(format!(
                 "cannot make group {name} follow {}",
                 req.channel

@@ -294,7 +294,13 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         gates: args.gates.gates(),
         promql: args.gates.promql(),
     };
-    safety.check().map_err(CliError::Safety)?;
+    let waves: Vec<WaveSize> = args
+        .canary
+        .map(WaveSize::Count)
+        .into_iter()
+        .chain(args.waves)
+        .collect();
+    safety.check_with_waves(&waves).map_err(CliError::Safety)?;
     let runtime = args.device.settings();
     let (envelope, digest) = sign_image(
         client,
@@ -310,12 +316,7 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         release_digest: None,
         release: Some(envelope),
         group: group.clone(),
-        waves: args
-            .canary
-            .map(WaveSize::Count)
-            .into_iter()
-            .chain(args.waves)
-            .collect(),
+        waves,
         safety,
     };
     if args.plan {

@@ -11,7 +11,7 @@ use super::engine::{Inner, Staged};
 use super::promql::{self, PromOutcome};
 use super::rollout::Event;
 use super::{Fleet, FleetError, not_found};
-use crate::store::{PromGate, RolloutId, RolloutState, Safety};
+use crate::store::{PromGate, RolloutId, RolloutState, Safety, WaveSize};
 
 /// A PromQL measurement due now: of which wave of which rollout.
 #[derive(Debug, Clone)]
@@ -60,9 +60,14 @@ impl Fleet {
 }
 
 impl Inner {
-    /// Refuses a rollout policy that cannot work here.
-    pub(super) fn check_safety(&self, safety: &Safety) -> Result<(), FleetError> {
-        safety.check()?;
+    /// Refuses a rollout policy that cannot work here (with its first
+    /// waves' sizes).
+    pub(super) fn check_safety(
+        &self,
+        safety: &Safety,
+        waves: &[WaveSize],
+    ) -> Result<(), FleetError> {
+        safety.check_with_waves(waves)?;
         if safety.promql.is_some() && !self.prometheus.load(Ordering::Relaxed) {
             return Err(FleetError::NoPrometheus);
         }

@@ -138,7 +138,7 @@ impl Inner {
         req: FollowChannel,
         now: u64,
     ) -> Result<(GroupView, Vec<DeviceId>), FleetError> {
-        self.check_safety(&req.safety)?;
+        self.check_safety(&req.safety, &req.waves)?;
         let mut group = self
             .store
             .group(&name)?

@@ -350,6 +350,13 @@ fn gates_without_a_bake_time_are_refused_by_name() {
     let e = safety.check().unwrap_err().to_string();
     assert!(e.contains("gates (memory)") && e.contains("--bake"), "{e}");
     assert!(Safety::default().check().is_ok());
+    let baked = Safety {
+        bake_secs: Some(60),
+        ..safety
+    };
+    let e = baked.check_with_waves(&[]).unwrap_err().to_string();
+    assert!(e.contains("single wave"), "{e}");
+    assert!(baked.check_with_waves(&[WaveSize::Count(1)]).is_ok());
     // A record stored before gates existed loads with none.
     let old: Safety = serde_json::from_str(r#"{"on_halt":"failed","bake_secs":30}"#).unwrap();
     assert!(old.gates.is_empty());

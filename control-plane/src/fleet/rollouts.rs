@@ -451,7 +451,7 @@ impl Inner {
         req: CreateRollout,
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
-        self.check_safety(&req.safety)?;
+        self.check_safety(&req.safety, &req.waves)?;
         let release = self.rollout_release(&req, now)?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(

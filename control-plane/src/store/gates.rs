@@ -224,12 +224,21 @@ mod tests {
         let old = r#"{"id":4,"release_digest":"sha256:2b2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a","app":"model","version":"v2","group":"cameras","state":"halted","waves":[{"devices":["cam-1"],"state":"active","started_at":10,"settled_at":20}],"previous":{"cam-1":null},"safety":{"wave_failures":{"count":0},"on_halt":"failed","bake_secs":60,"max_restarts":2},"halt_reason":"wave 1: 1 of 1 devices failed (tolerated: 0)","created_at":10,"updated_at":30}"#;
         let r: super::super::RolloutRecord = serde_json::from_str(old).unwrap();
         assert!(r.safety.gates.is_empty());
-        assert_eq!((r.safety.promql.clone(), r.safety.max_unavailable), (None, None));
-        assert_eq!((r.gate_failure.clone(), r.pause_reason.clone()), (None, None));
+        assert_eq!(
+            (r.safety.promql.clone(), r.safety.max_unavailable),
+            (None, None)
+        );
+        assert_eq!(
+            (r.gate_failure.clone(), r.pause_reason.clone()),
+            (None, None)
+        );
         assert!(r.waves[0].held.is_empty() && r.waves[0].prom.is_empty());
         assert!(!r.waves[0].gates_waived);
         let again: serde_json::Value = serde_json::to_value(&r).unwrap();
-        assert_eq!(again, serde_json::from_str::<serde_json::Value>(old).unwrap());
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(old).unwrap()
+        );
     }
 
     #[test]

@@ -211,6 +211,11 @@ pub enum BadSafety {
          give a bake time (--bake SECONDS) or drop the gates"
     )]
     GatesWithoutBake { gates: String },
+    #[error(
+        "gates ({gates}) are checked while a wave bakes before the next one, and the \
+         rollout has a single wave: give a canary or wave sizes (--canary N, --wave N|P%)"
+    )]
+    GatesWithOneWave { gates: String },
     #[error("the PromQL gate has an empty query; give one (--gate-promql 'QUERY')")]
     EmptyQuery,
     #[error("the PromQL gate's interval is 0 s; give at least 1 (--gate-interval SECONDS)")]
@@ -229,16 +234,31 @@ impl Safety {
                 return Err(BadSafety::ZeroInterval);
             }
         }
+        let gates = self.gate_names();
+        if !gates.is_empty() && self.bake_secs.is_none_or(|b| b == 0) {
+            return Err(BadSafety::GatesWithoutBake { gates });
+        }
+        Ok(())
+    }
+
+    /// [`Safety::check`], and refuses gates when `waves` (the sizes of the
+    /// first waves) make one wave: there is no bake between waves then.
+    pub fn check_with_waves(&self, waves: &[WaveSize]) -> Result<(), BadSafety> {
+        self.check()?;
+        let gates = self.gate_names();
+        if !gates.is_empty() && waves.is_empty() {
+            return Err(BadSafety::GatesWithOneWave { gates });
+        }
+        Ok(())
+    }
+
+    /// The gates set, by name, for messages (empty: none).
+    fn gate_names(&self) -> String {
         let mut gates = self.gates.names();
         if self.promql.is_some() {
             gates.push(super::GateName::Promql);
         }
-        if !gates.is_empty() && self.bake_secs.is_none_or(|b| b == 0) {
-            let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
-            return Err(BadSafety::GatesWithoutBake {
-                gates: names.join(", "),
-            });
-        }
-        Ok(())
+        let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
+        names.join(", ")
     }
 }
