@@ -48,6 +48,29 @@ pub struct Config {
     pub desired: DesiredConfig,
     pub telemetry: TelemetryConfig,
     pub content: ContentConfig,
+    pub prometheus: PrometheusConfig,
+}
+
+/// The Prometheus that PromQL gates query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Its base URL, e.g. `http://127.0.0.1:9090`. Unset: rollouts with a
+    /// PromQL gate are refused. Environment: `FLEET_PROMETHEUS_URL` (empty
+    /// unsets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Seconds one query may take before it counts as inconclusive.
+    pub timeout_secs: u64,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -164,6 +187,7 @@ impl Default for Config {
             desired: DesiredConfig::default(),
             telemetry: TelemetryConfig::default(),
             content: ContentConfig::default(),
+            prometheus: PrometheusConfig::default(),
         }
     }
 }
@@ -248,8 +272,9 @@ impl Config {
     /// `FLEET_DIRECTOR_KEY`, `FLEET_TRUST`, `FLEET_DESIRED_LIFETIME_SECS`,
     /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`,
     /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`,
-    /// `FLEET_BROKER_PASSWORD`. An empty `FLEET_BROKER_URL` or
-    /// `FLEET_BROKER_PASSWORD` unsets it.
+    /// `FLEET_BROKER_PASSWORD`, `FLEET_PROMETHEUS_URL`. An empty
+    /// `FLEET_BROKER_URL`, `FLEET_BROKER_PASSWORD` or
+    /// `FLEET_PROMETHEUS_URL` unsets it.
     pub fn apply_env(
         &mut self,
         env: impl IntoIterator<Item = (String, String)>,
@@ -287,6 +312,7 @@ impl Config {
             "FLEET_DESIRED_RENEW_CHECK_SECS",
             &mut self.desired.renew_check_secs,
         )?;
+        env.set("FLEET_PROMETHEUS_URL", &mut self.prometheus.url, non_empty);
         Ok(())
     }
 
@@ -352,6 +378,17 @@ impl Config {
         if self.broker.client_id.is_empty() {
             return Err(invalid("broker.client_id", "must not be empty"));
         }
+        if let Some(url) = &self.prometheus.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "prometheus.url",
+                "must be an http:// or https:// URL, e.g. http://127.0.0.1:9090",
+            ));
+        }
+        if self.prometheus.timeout_secs == 0 {
+            return Err(invalid("prometheus.timeout_secs", "must be greater than 0"));
+        }
         Ok(())
     }
 
@@ -415,6 +452,21 @@ mod tests {
                 "renew_margin_secs",
             ),
             ("[broker]\nurl = \"mqtt://x:1883\"", &[], "embedded"),
+            (
+                "[prometheus]\nurl = \"127.0.0.1:9090\"",
+                &[],
+                "prometheus.url",
+            ),
+            (
+                "",
+                &[("FLEET_PROMETHEUS_URL", "localhost:9090")],
+                "prometheus.url",
+            ),
+            (
+                "[prometheus]\ntimeout_secs = 0",
+                &[],
+                "prometheus.timeout_secs",
+            ),
             // The URL is parsed as the file is read: TOML names the line.
             (
                 "[broker]\nembedded = false\nurl = \"http://x\"",

@@ -6,7 +6,8 @@
 //! - [`fleet`]: the engine (devices, groups, releases, rollouts) and the
 //!   ports the MQTT link and the content store plug into.
 //! - [`telemetry`]: the in-memory latest state of every device, batched
-//!   into the store; [`metrics`]: `/metrics` (Prometheus).
+//!   into the store; [`metrics`]: `/metrics` (Prometheus);
+//!   [`prometheus`]: the queries of PromQL gates.
 //! - [`api`]: the REST API (axum); [`client`]: its typed client.
 //! - [`server`]: `run(config, shutdown)`.
 //! - [`keys`], [`sign`]: key files and offline signing.
@@ -23,6 +24,7 @@ pub mod fleet;
 pub mod keys;
 pub mod link;
 pub mod metrics;
+pub mod prometheus;
 pub mod server;
 pub mod sign;
 pub mod store;

@@ -17,6 +17,7 @@ use crate::telemetry::updates::{BUCKETS, RESULTS, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, MessageKind};
 
 mod content;
+pub mod gates;
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,6 +36,7 @@ pub struct Input<'a> {
     pub rollouts: Vec<RolloutView>,
     pub counters: &'a IngestCounters,
     pub updates: UpdatesSnapshot,
+    pub gates: crate::telemetry::gates::GateCounts,
 }
 
 impl<'a> Input<'a> {
@@ -43,6 +45,7 @@ impl<'a> Input<'a> {
         snapshot: FleetSnapshot,
         counters: &'a IngestCounters,
         updates: UpdatesSnapshot,
+        gates: crate::telemetry::gates::GateCounts,
     ) -> Self {
         let FleetSnapshot {
             devices,
@@ -57,6 +60,7 @@ impl<'a> Input<'a> {
             rollouts,
             counters,
             updates,
+            gates,
         }
     }
 }
@@ -69,6 +73,7 @@ pub async fn scrape(fleet: &Fleet) -> Result<String, FleetError> {
         snapshot,
         fleet.counters(),
         fleet.updates(),
+        fleet.gate_counts(),
     )))
 }
 
@@ -172,6 +177,7 @@ pub fn render(input: &Input<'_>) -> String {
     inventory(&mut o, input);
     apps(&mut o, input);
     rollouts(&mut o, input);
+    gates::render(&mut o, &input.gates, &input.rollouts);
     updates(&mut o, input);
     telemetry(&mut o, input);
     server(&mut o, input);

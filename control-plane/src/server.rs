@@ -26,11 +26,13 @@ use crate::content::{ContentResolver, ContentStore};
 use crate::device_token::DeviceTokens;
 use crate::director::{Director, DirectorError};
 use crate::fleet::ports::{
-    DesiredPublisher, DigestOnlyResolver, ImageResolver, Inbound, NoPreparation,
-    RecordingPublisher, UpdatePreparer,
+    DesiredPublisher, DigestOnlyResolver, GateQuery, ImageResolver, Inbound, NoPreparation,
+    NoPrometheus, RecordingPublisher, UpdatePreparer,
 };
+use crate::fleet::promql;
 use crate::fleet::{self, Fleet};
 use crate::link::{BrokerAddr, LinkError, LinkPublisher, ServerLink, ServerLinkConfig};
+use crate::prometheus::Prometheus;
 use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::IngestCounters;
 
@@ -69,6 +71,8 @@ pub enum ServerError {
     Broker(#[from] crate::broker::BrokerError),
     #[error("MQTT link: {0}")]
     Link(#[from] crate::link::LinkError),
+    #[error("Prometheus: {0}")]
+    Prometheus(crate::prometheus::PrometheusError),
     #[error("HTTP server failed: {source}")]
     Serve {
         #[source]
@@ -80,7 +84,7 @@ impl ServerError {
     /// The process exit code for this error (distinct per kind).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServerError::Config(_) => 2,
+            ServerError::Config(_) | ServerError::Prometheus(_) => 2,
             ServerError::Director(_) | ServerError::Trust { .. } => 3,
             ServerError::DataDir { .. }
             | ServerError::Store(_)
@@ -310,6 +314,14 @@ impl Server {
             admin_token: _,
         } = self;
         drop(inbound_tx);
+        let timeout = Duration::from_secs(config.prometheus.timeout_secs);
+        let prometheus = config
+            .prometheus
+            .url
+            .as_deref()
+            .map(|url| Prometheus::new(url, timeout))
+            .transpose()
+            .map_err(ServerError::Prometheus)?;
         let tasks = TaskTracker::new();
         let stop = shutdown.child_token();
 
@@ -318,6 +330,16 @@ impl Server {
         tasks.spawn(outbox_loop(fleet.clone(), stop.clone(), every));
         let every = Duration::from_secs(config.telemetry.flush_secs);
         tasks.spawn(flush_loop(fleet.clone(), stop.clone(), every));
+        // Without a Prometheus, PromQL gates of existing rollouts are
+        // inconclusive (they pause), and new ones are refused.
+        let query: Arc<dyn GateQuery> = match prometheus {
+            Some(prometheus) => {
+                fleet.attach_prometheus();
+                Arc::new(prometheus)
+            }
+            None => Arc::new(NoPrometheus),
+        };
+        tasks.spawn(gate_loop(fleet.clone(), stop.clone(), query));
 
         let mut app = api::router(ApiState {
             fleet: fleet.clone(),
@@ -523,6 +545,37 @@ async fn outbox_loop(fleet: Fleet, stop: CancellationToken, every: Duration) {
         }
         if let Err(e) = fleet.publish_pending().await {
             tracing::warn!(error = %e, "publishing pending desired states failed");
+        }
+    }
+}
+
+/// Every second until `stop`: runs the PromQL gate measurements that are
+/// due through `query` and feeds their judged results to the rollouts.
+async fn gate_loop(fleet: Fleet, stop: CancellationToken, query: Arc<dyn GateQuery>) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let due = match fleet.gates_due().await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing due gate measurements failed");
+                continue;
+            }
+        };
+        for d in due {
+            let measured = query.query(&d.gate.query).await;
+            let outcome = promql::judge(&d.gate, measured);
+            tracing::debug!(
+                rollout = d.rollout,
+                wave = d.wave,
+                ?outcome,
+                "PromQL gate measured"
+            );
+            if let Err(e) = fleet.gate_result(d.rollout, d.wave, outcome).await {
+                tracing::warn!(rollout = d.rollout, error = %e, "recording a gate measurement failed");
+            }
         }
     }
 }

@@ -297,6 +297,9 @@ fn guarded(waves: Vec<usize>) -> FollowChannel {
             wave_deadline_secs: None,
             bake_secs: None,
             max_restarts: None,
+            gates: Default::default(),
+            promql: None,
+            max_unavailable: None,
         },
     }
 }

@@ -97,6 +97,8 @@ pub enum CliError {
         #[source]
         source: super::labels::LabelsError,
     },
+    #[error(transparent)]
+    Safety(crate::store::BadSafety),
     #[error("cannot make an app name from {repository}; pass --app")]
     NoAppName { repository: String },
     #[error("no rollouts yet: start one with fleetctl rollout IMAGE --group G")]
@@ -140,6 +142,7 @@ impl CliError {
     pub fn class(&self) -> ExitClass {
         match self {
             CliError::MissingRolloutTarget
+            | CliError::Safety(_)
             | CliError::BadServerUrl { .. }
             | CliError::UnsupportedScheme { .. } => ExitClass::Usage,
             CliError::Credentials(e) => credentials_class(e),

@@ -74,6 +74,12 @@ pub enum GroupsCommand {
         /// times counts as failed.
         #[arg(long)]
         max_restarts: Option<u32>,
+        /// Devices given the release at once, at most (N or P% of the
+        /// rollout's devices); a larger wave is fed as devices settle.
+        #[arg(long, value_name = "N|P%")]
+        max_unavailable: Option<WaveSize>,
+        #[command(flatten)]
+        gates: Box<super::gates::GateArgs>,
     },
     /// Set (KEY=VALUE) or remove (--remove KEY) a device's labels.
     Label {
@@ -144,6 +150,8 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
             wave_deadline,
             bake,
             max_restarts,
+            max_unavailable,
+            gates,
         } => {
             let req = FollowChannel {
                 app,
@@ -157,8 +165,14 @@ pub async fn run(args: GroupsArgs) -> Result<(), CliError> {
                     wave_deadline_secs: wave_deadline,
                     bake_secs: bake,
                     max_restarts,
+                    max_unavailable,
+                    gates: gates.gates(),
+                    promql: gates.promql(),
                 },
             };
+            req.safety
+                .check_with_waves(&req.waves)
+                .map_err(CliError::Safety)?;
             let group = client.follow(&name, &req).await.map_err(failed(format!(
                 "cannot make group {name} follow {}",
                 req.channel

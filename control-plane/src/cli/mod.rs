@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod desired;
 pub mod devices;
 mod error;
+pub mod gates;
 pub mod groups;
 pub mod image;
 pub mod keys;

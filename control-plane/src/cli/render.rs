@@ -295,9 +295,10 @@ pub fn history(all: &[RolloutView]) -> String {
         "ID", "STATE", "APP", "VERSION", "GROUP", "STARTED", "LAST CHANGE"
     );
     for v in all {
-        let outcome = match &v.halt_reason {
-            Some(reason) => format!("halted: {reason}"),
-            None => format!(
+        let outcome = match (&v.halt_reason, &v.pause_reason) {
+            (Some(reason), _) => format!("halted: {reason}"),
+            (None, Some(reason)) => format!("paused: {reason}"),
+            (None, None) => format!(
                 "{}/{} committed, {} failed, {} excluded",
                 v.counts.committed,
                 v.counts.total,
@@ -384,6 +385,25 @@ pub fn rollout(v: &RolloutView) -> String {
     if let Some(reason) = &v.halt_reason {
         out.push_str(&format!("halted: {reason}\n"));
     }
+    if let Some(g) = &v.gate_failure {
+        out.push_str(&format!(
+            "gate {}: measured {} > threshold {} (wave {})\n",
+            g.gate,
+            g.measured,
+            g.threshold,
+            g.wave + 1
+        ));
+    }
+    if let Some(reason) = &v.pause_reason {
+        out.push_str(&format!(
+            "paused: {reason} (resume to promote the wave without them)\n"
+        ));
+    }
+    let gates = v.safety.gates.names();
+    if !gates.is_empty() {
+        let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
+        out.push_str(&format!("gates: {}\n", names.join(", ")));
+    }
     for (i, w) in v.waves.iter().enumerate() {
         let baking = match (w.state, w.settled_at, v.safety.bake_secs) {
             (crate::store::WaveState::Active, Some(at), Some(bake)) => {
@@ -391,12 +411,27 @@ pub fn rollout(v: &RolloutView) -> String {
             }
             _ => String::new(),
         };
+        let held = if w.held > 0 {
+            format!(", {} held back by max_unavailable", w.held)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "wave {}: {:?}, {} device(s){baking}\n",
+            "wave {}: {:?}, {} device(s){baking}{held}\n",
             i + 1,
             w.state,
             w.devices
         ));
+        let p = &w.prom;
+        if !p.is_empty() {
+            out.push_str(&format!(
+                "  promql: {} passed, {} failed, {} inconclusive; last: {}\n",
+                p.passed,
+                p.failed,
+                p.inconclusive,
+                p.last.as_deref().unwrap_or("-")
+            ));
+        }
     }
     for p in &v.devices {
         let bytes = match (p.bytes_done, p.bytes_total) {

@@ -12,6 +12,7 @@ use fleet_protocol::requires::{Requirements, Soc, VersionRange};
 use fleet_protocol::trust::Role;
 use fleet_protocol::{AppName, Digest, GroupName, ImageRef, Release, SCHEMA_VERSION};
 
+use super::gates::GateArgs;
 use super::{CliError, Output, Remote, print_json, render};
 use crate::api::types::CreateRollout;
 use crate::client::{Client, ClientError};
@@ -86,6 +87,13 @@ pub struct RolloutArgs {
     /// times counts as failed (against the thresholds).
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// Devices given the release at once, at most (a count, or a
+    /// percentage of the rollout's devices): a larger wave is fed as its
+    /// devices commit or fail.
+    #[arg(long, value_name = "N|P%")]
+    pub max_unavailable: Option<WaveSize>,
+    #[command(flatten)]
+    pub gates: GateArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -274,6 +282,25 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
     let (Some(image), Some(group)) = (args.image, args.group) else {
         return Err(CliError::MissingRolloutTarget);
     };
+    // Refused before anything is signed or asked of the server.
+    let safety = Safety {
+        wave_failures: args.max_failed_per_wave,
+        total_failures: args.max_failed,
+        on_halt: args.on_halt,
+        wave_deadline_secs: args.wave_deadline,
+        bake_secs: args.bake,
+        max_restarts: args.max_restarts,
+        max_unavailable: args.max_unavailable,
+        gates: args.gates.gates(),
+        promql: args.gates.promql(),
+    };
+    let waves: Vec<WaveSize> = args
+        .canary
+        .map(WaveSize::Count)
+        .into_iter()
+        .chain(args.waves)
+        .collect();
+    safety.check_with_waves(&waves).map_err(CliError::Safety)?;
     let runtime = args.device.settings();
     let (envelope, digest) = sign_image(
         client,
@@ -289,20 +316,8 @@ async fn start(client: &Client, args: RolloutArgs) -> Result<(), CliError> {
         release_digest: None,
         release: Some(envelope),
         group: group.clone(),
-        waves: args
-            .canary
-            .map(WaveSize::Count)
-            .into_iter()
-            .chain(args.waves)
-            .collect(),
-        safety: Safety {
-            wave_failures: args.max_failed_per_wave,
-            total_failures: args.max_failed,
-            on_halt: args.on_halt,
-            wave_deadline_secs: args.wave_deadline,
-            bake_secs: args.bake,
-            max_restarts: args.max_restarts,
-        },
+        waves,
+        safety,
     };
     if args.plan {
         let plan = client

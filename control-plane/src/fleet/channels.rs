@@ -138,6 +138,7 @@ impl Inner {
         req: FollowChannel,
         now: u64,
     ) -> Result<(GroupView, Vec<DeviceId>), FleetError> {
+        self.check_safety(&req.safety, &req.waves)?;
         let mut group = self
             .store
             .group(&name)?
@@ -239,7 +240,7 @@ impl Inner {
             }
         }
         follow.queued = None;
-        let (waves, safety) = (follow.waves.clone(), follow.safety);
+        let (waves, safety) = (follow.waves.clone(), follow.safety.clone());
         match self.begin_rollout(
             release,
             &group,

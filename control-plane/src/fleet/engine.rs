@@ -18,6 +18,7 @@ use crate::store::{
     DesiredRecord, DeviceRecord, EventKind, EventRecord, GroupRecord, RolloutId, RolloutRecord,
     Store, StoreError, TelemetryRecord, Write,
 };
+use crate::telemetry::gates::{GateCounters, GateCounts};
 use crate::telemetry::updates::{Updates, UpdatesSnapshot};
 use crate::telemetry::{DeviceLive, IngestCounters, Live, MessageKind};
 
@@ -59,6 +60,9 @@ pub(super) struct Inner {
     pub(super) live: Live,
     updates: Updates,
     counters: Arc<IngestCounters>,
+    pub(super) gates: GateCounters,
+    /// Whether a Prometheus runs the PromQL gates' queries.
+    pub(super) prometheus: std::sync::atomic::AtomicBool,
 }
 
 /// Desired records, rollouts and groups changed within one step, on top of
@@ -169,6 +173,8 @@ impl Fleet {
                 live: Live::new(),
                 updates: Updates::new(),
                 counters,
+                gates: GateCounters::default(),
+                prometheus: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -184,6 +190,11 @@ impl Fleet {
 
     pub fn counters(&self) -> &Arc<IngestCounters> {
         &self.inner.counters
+    }
+
+    /// The gate verdicts that halted or paused rollouts so far.
+    pub fn gate_counts(&self) -> GateCounts {
+        self.inner.gates.snapshot()
     }
 
     /// The update results and durations seen so far.

@@ -10,17 +10,24 @@
 //! - [`engine`]: the handle, its write path, the outbox, device messages.
 //! - [`devices`], [`groups`], [`releases`], [`rollouts`]: each concern's
 //!   requests, views and steps.
-//! - [`rollout`]: the pure rollout state machine.
-//! - [`ports`]: what the engine needs from the outside (link, content).
+//! - [`rollout`]: the pure rollout state machine; [`gates`]: its bake and
+//!   the gates on what a baking wave's devices report.
+//! - [`ports`]: what the engine needs from the outside (link, content,
+//!   Prometheus); [`analysis`]: the engine's side of PromQL gates.
 //!
 //! Nothing here imports the REST layer: `api` serves these views.
 
 pub mod action;
+pub mod analysis;
 pub mod channels;
 pub mod devices;
 pub mod engine;
+pub mod feed;
+pub mod gates;
 pub mod groups;
 pub mod ports;
+pub mod progress;
+pub mod promql;
 pub mod releases;
 pub mod rollout;
 pub mod rollouts;
@@ -71,6 +78,13 @@ pub enum FleetError {
     #[error(transparent)]
     Rollout(#[from] StepError),
     #[error(transparent)]
+    Safety(#[from] crate::store::BadSafety),
+    #[error(
+        "this server has no Prometheus to run the PromQL gate: set prometheus.url \
+         (or FLEET_PROMETHEUS_URL) in its configuration, or drop --gate-promql"
+    )]
+    NoPrometheus,
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Director(Box<DirectorError>),
@@ -114,7 +128,9 @@ impl FleetError {
             | FleetError::Rollout(_) => ErrorKind::Conflict,
             FleetError::GroupSpecEmpty
             | FleetError::ReleaseMissing
-            | FleetError::ReleaseDigestMismatch { .. } => ErrorKind::Invalid,
+            | FleetError::ReleaseDigestMismatch { .. }
+            | FleetError::Safety(_)
+            | FleetError::NoPrometheus => ErrorKind::Invalid,
             FleetError::Untrusted { .. } => ErrorKind::Untrusted,
             FleetError::Store(_)
             | FleetError::Director(_)

@@ -1,11 +1,13 @@
 //! What the fleet engine needs from the outside, as traits and channel types:
 //! the MQTT link implements [`DesiredPublisher`] and feeds [`Inbound`]
 //! messages; the content store implements [`ImageResolver`] and
-//! [`UpdatePreparer`].
+//! [`UpdatePreparer`]; a Prometheus implements [`GateQuery`].
 
 use std::sync::Mutex;
 
 use fleet_protocol::{DeviceId, Digest, ImageRef, StatusReport, Telemetry};
+
+use super::promql::Measurement;
 
 /// A failure of the link or resolver. The adapters live above the engine,
 /// so their own errors travel as boxed sources.
@@ -57,6 +59,15 @@ pub enum Inbound {
     Status(StatusReport),
     Presence { device: DeviceId, online: bool },
     Telemetry(Telemetry),
+}
+
+/// Runs the query of a rollout's PromQL gate (the Prometheus adapter,
+/// `crate::prometheus`). What goes wrong is part of the answer
+/// ([`Measurement::Unreachable`]): the gate counts it as inconclusive.
+#[async_trait::async_trait]
+pub trait GateQuery: Send + Sync + 'static {
+    /// The instant query's value per series, or why it could not run.
+    async fn query(&self, promql: &str) -> Measurement;
 }
 
 /// Resolves an image reference (a tag) to its manifest digest.
@@ -113,6 +124,22 @@ impl UpdatePreparer for NoPreparation {
             updates = updates.len(),
             "no content store attached: nothing prepared"
         );
+    }
+}
+
+/// The gate query used when the server has no Prometheus configured: a
+/// PromQL gate of a rollout started before (or followed with a Prometheus
+/// since removed) is inconclusive, so that its rollout pauses with the
+/// reason instead of waiting for a measurement that never comes.
+#[derive(Debug, Default)]
+pub struct NoPrometheus;
+
+#[async_trait::async_trait]
+impl GateQuery for NoPrometheus {
+    async fn query(&self, _promql: &str) -> Measurement {
+        Measurement::Unreachable(
+            "this server has no prometheus.url configured (FLEET_PROMETHEUS_URL)".into(),
+        )
     }
 }
 

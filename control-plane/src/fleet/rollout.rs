@@ -7,14 +7,14 @@
 //!
 //! Every (state, event) pair is listed in [`step`]'s match:
 //!
-//! | state \ event | start | progress | pause | resume | abort | undo | superseded | wave timer |
-//! |---|---|---|---|---|---|---|---|---|
-//! | running | advance | advance | paused | error | aborted | rolled back | aborted | nothing |
-//! | paused | error | nothing | error | running, advance | aborted | rolled back | aborted | nothing |
-//! | aborted | error | nothing | error | error | error | rolled back | error | nothing |
-//! | completed | error | nothing | error | error | error | rolled back | error | nothing |
-//! | rolled back | error | nothing | error | error | error | error | error | nothing |
-//! | halted | error | nothing | error | error | error | rolled back | error | nothing |
+//! | state \ event | start | progress | pause | resume | abort | undo | superseded | wave timer | gate result |
+//! |---|---|---|---|---|---|---|---|---|---|
+//! | running | advance | advance | paused | error | aborted | rolled back | aborted | nothing | record, then halt, pause or advance |
+//! | paused | error | nothing | error | running, advance | aborted | rolled back | aborted | nothing | nothing |
+//! | aborted | error | nothing | error | error | error | rolled back | error | nothing | nothing |
+//! | completed | error | nothing | error | error | error | rolled back | error | nothing | nothing |
+//! | rolled back | error | nothing | error | error | error | error | error | nothing | nothing |
+//! | halted | error | nothing | error | error | error | rolled back | error | nothing | nothing |
 //!
 //! "Advance" first checks the failure thresholds of the rollout's
 //! [`Safety`]: more failed devices in the active wave than `wave_failures`
@@ -28,186 +28,26 @@
 //! unsettled devices counted as pending, not failed (the engine's periodic
 //! tick steps running rollouts with progress so that deadlines pass
 //! without reports). A settled wave with a next one bakes for `bake_secs`
-//! first: the thresholds are checked all along (the same tick steps it),
-//! and only then does the next wave go out. `max_unavailable` and gates
-//! come in at [`WaveOutcome`] and [`Event::WaveTimer`].
+//! first: the thresholds and the gates on its devices' telemetry
+//! ([`super::gates`]) are checked all along (the same tick steps it); a
+//! failed gate halts like a crossed threshold, gates that cannot decide
+//! when the bake is over pause the rollout (`pause_reason`), and only when
+//! they hold does the next wave go out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fleet_protocol::message::DeltaFallback;
-use fleet_protocol::{DeviceId, Digest, ErrorCode, ErrorInfo, Phase, StatusReport};
-use serde::{Deserialize, Serialize};
+use fleet_protocol::{DeviceId, Digest, StatusReport};
 
+use super::feed;
+use super::gates::{self, Bake};
+use super::promql::{self, PromOutcome};
 use crate::store::{
-    EventKind, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave, WaveSize,
-    WaveState,
+    EventKind, GateFailure, HaltRollback, RolloutId, RolloutRecord, RolloutState, Safety, Wave,
+    WaveSize, WaveState,
 };
 
-/// Where one device of a rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProgressState {
-    /// Its wave has not started.
-    Waiting,
-    /// Its desired state names the release; no report about it yet.
-    Sent,
-    /// The device works on the release (downloading ... probation).
-    Updating,
-    /// The device committed the release.
-    Committed,
-    /// The update failed, rolled back, or the device rejected the state.
-    Failed,
-}
-
-impl ProgressState {
-    pub fn settled(self) -> bool {
-        matches!(self, ProgressState::Committed | ProgressState::Failed)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceProgress {
-    pub device: DeviceId,
-    pub wave: usize,
-    pub state: ProgressState,
-    /// The app's lifecycle phase as last reported (the device's own type).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
-    /// The app's error, or the device's rejection of its desired state, as
-    /// the device reported it (stable code plus message).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
-    /// Layers the device fetched whole because their delta was unusable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub delta_fallbacks: Vec<DeltaFallback>,
-}
-
-/// Counts of devices per state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub total: usize,
-    pub waiting: usize,
-    pub sent: usize,
-    pub updating: usize,
-    pub committed: usize,
-    pub failed: usize,
-}
-
-impl Counts {
-    pub fn of(progress: &[DeviceProgress]) -> Counts {
-        let mut c = Counts {
-            total: progress.len(),
-            ..Counts::default()
-        };
-        for p in progress {
-            match p.state {
-                ProgressState::Waiting => c.waiting += 1,
-                ProgressState::Sent => c.sent += 1,
-                ProgressState::Updating => c.updating += 1,
-                ProgressState::Committed => c.committed += 1,
-                ProgressState::Failed => c.failed += 1,
-            }
-        }
-        c
-    }
-}
-
-/// The progress of `device` (in wave `wave`) from its last status report.
-pub fn device_progress(
-    rollout: &RolloutRecord,
-    wave: usize,
-    device: &DeviceId,
-    status: Option<&StatusReport>,
-) -> DeviceProgress {
-    let mut p = DeviceProgress {
-        device: device.clone(),
-        wave,
-        state: ProgressState::Waiting,
-        phase: None,
-        bytes_done: None,
-        bytes_total: None,
-        error: None,
-        delta_fallbacks: Vec::new(),
-    };
-    let started = rollout
-        .waves
-        .get(wave)
-        .is_some_and(|w| w.state != WaveState::Pending);
-    if !started {
-        return p;
-    }
-    p.state = ProgressState::Sent;
-    let Some(status) = status else { return p };
-    let Some(app) = status.apps.iter().find(|a| a.app == rollout.app) else {
-        if let Some(rejected) = &status.rejected {
-            p.state = ProgressState::Failed;
-            p.error = Some(rejected.clone());
-        }
-        return p;
-    };
-    let digest = &rollout.release_digest;
-    let is_target = app
-        .target
-        .as_ref()
-        .is_some_and(|t| &t.release_digest == digest);
-    let is_running = app
-        .running
-        .as_ref()
-        .is_some_and(|r| &r.release_digest == digest);
-    if !(is_target || is_running) {
-        if let Some(rejected) = &status.rejected {
-            p.state = ProgressState::Failed;
-            p.error = Some(rejected.clone());
-        }
-        return p;
-    }
-    p.phase = Some(app.phase.clone());
-    if let Some(progress) = &app.progress {
-        p.bytes_done = Some(progress.bytes_done);
-        p.bytes_total = Some(progress.bytes_total);
-    }
-    p.error.clone_from(&app.error);
-    p.delta_fallbacks = app.delta_fallbacks.clone();
-    p.state = match &app.phase {
-        Phase::Committed if is_running && gate_failed(rollout, app.restarts) => {
-            p.error = Some(ErrorInfo::new(
-                ErrorCode::GateFailed,
-                format!(
-                    "gate: the app restarted {} times since the release started (tolerated: {})",
-                    app.restarts,
-                    rollout.safety.max_restarts.unwrap_or_default()
-                ),
-            ));
-            ProgressState::Failed
-        }
-        Phase::Committed if is_running => ProgressState::Committed,
-        // Committed but not yet reported as the running release: still updating.
-        Phase::Committed
-        | Phase::Pending
-        | Phase::Downloading
-        | Phase::Verifying
-        | Phase::Staged
-        | Phase::Starting
-        | Phase::Probation { .. } => ProgressState::Updating,
-        Phase::Failed { .. } | Phase::RolledBack { .. } | Phase::RollingBack { .. } => {
-            ProgressState::Failed
-        }
-    };
-    p
-}
-
-/// Whether `restarts` of an updated device cross the rollout's restart gate.
-fn gate_failed(rollout: &RolloutRecord, restarts: u32) -> bool {
-    rollout
-        .safety
-        .max_restarts
-        .is_some_and(|max| restarts > max)
-}
+pub use super::progress::{Counts, DeviceProgress, ProgressState, device_progress};
 
 /// Splits `devices` into waves of the given sizes (a percentage is of all
 /// the devices); the last wave takes the rest. No sizes: one wave with
@@ -226,6 +66,9 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             state: WaveState::Pending,
             started_at: None,
             settled_at: None,
+            gates_waived: false,
+            prom: Default::default(),
+            held: Default::default(),
         });
         rest = &rest[n..];
     }
@@ -235,12 +78,16 @@ pub fn plan_waves(devices: Vec<DeviceId>, sizes: &[WaveSize]) -> Vec<Wave> {
             state: WaveState::Pending,
             started_at: None,
             settled_at: None,
+            gates_waived: false,
+            prom: Default::default(),
+            held: Default::default(),
         });
     }
     waves
 }
 
 pub use super::action::{Action, UnknownAction};
+pub use super::gates::{Observed, Sample, Samples};
 
 /// The latest status report of each device of a rollout that sent one.
 pub type Reports = BTreeMap<DeviceId, Arc<StatusReport>>;
@@ -250,14 +97,16 @@ pub type Reports = BTreeMap<DeviceId, Arc<StatusReport>>;
 pub enum Event {
     /// The rollout was just created: its first wave goes out.
     Start,
-    /// Devices of the rollout reported (with the latest report of every
-    /// device of the rollout that sent one).
-    Progress(Reports),
+    /// Devices of the rollout reported (with the latest report and
+    /// telemetry of every device of the rollout that sent some).
+    Progress(Observed),
     /// The operator holds the next waves back.
     Pause,
     /// The operator lets them go again (with the latest reports, so that a
-    /// wave that settled meanwhile closes at once).
-    Resume(Reports),
+    /// wave that settled meanwhile closes at once). After a pause of the
+    /// gates (they could not decide), the baking wave is promoted without
+    /// the undecided gates.
+    Resume(Observed),
     /// The operator stops the rollout where it is (devices keep what they
     /// got).
     Abort,
@@ -269,11 +118,18 @@ pub enum Event {
     /// A wave's timer fired. No timer is armed yet (a wave goes out as soon
     /// as the previous one settled); the pause between waves arms it.
     WaveTimer { wave: usize },
+    /// The PromQL gate measured wave `wave` (judged; with the latest
+    /// reports, so that a wave whose bake is over is promoted at once).
+    GateResult {
+        wave: usize,
+        outcome: PromOutcome,
+        seen: Observed,
+    },
 }
 
 impl Event {
     /// The event an operator's action is, given the latest reports.
-    pub fn operator(action: Action, reports: Reports) -> Event {
+    pub fn operator(action: Action, reports: Observed) -> Event {
         match action {
             Action::Pause => Event::Pause,
             Action::Resume => Event::Resume(reports),
@@ -292,6 +148,7 @@ impl Event {
             Event::Undo => EventName::Operator(Action::Undo),
             Event::Superseded { .. } => EventName::Superseded,
             Event::WaveTimer { .. } => EventName::WaveTimer,
+            Event::GateResult { .. } => EventName::GateResult,
         }
     }
 }
@@ -304,6 +161,7 @@ pub enum EventName {
     Operator(Action),
     Superseded,
     WaveTimer,
+    GateResult,
 }
 
 impl std::fmt::Display for EventName {
@@ -314,6 +172,7 @@ impl std::fmt::Display for EventName {
             EventName::Operator(a) => f.write_str(a.as_str()),
             EventName::Superseded => f.write_str("be superseded"),
             EventName::WaveTimer => f.write_str("take a wave timer"),
+            EventName::GateResult => f.write_str("take a gate result"),
         }
     }
 }
@@ -372,7 +231,7 @@ pub fn step(
         event: name,
     };
     match (r.state, event) {
-        (Running, Event::Start) => advance(&mut r, &Reports::new(), &mut effects, now),
+        (Running, Event::Start) => advance(&mut r, &Observed::default(), &mut effects, now),
         (Paused | Aborted | Completed | RolledBack | Halted, Event::Start) => {
             return Err(refuse(&r));
         }
@@ -387,6 +246,7 @@ pub fn step(
         }
 
         (Paused, Event::Resume(reports)) => {
+            waive_gates(&mut r);
             act(&mut r, Action::Resume, Running, &mut effects);
             advance(&mut r, &reports, &mut effects, now);
         }
@@ -419,6 +279,29 @@ pub fn step(
         // No timer is armed today; a stale one changes nothing.
         (Running | Paused | Aborted | Completed | RolledBack | Halted, Event::WaveTimer { .. }) => {
         }
+
+        (
+            Running,
+            Event::GateResult {
+                wave,
+                outcome,
+                seen,
+            },
+        ) => {
+            match promql::record(&mut r, wave, &outcome, now) {
+                Some(Bake::Halt(failure)) => halt_at_gate(&mut r, failure, &seen, &mut effects),
+                Some(Bake::Pause(why)) => pause_undecided(&mut r, wave, &why, &mut effects),
+                Some(_) => advance(&mut r, &seen, &mut effects, now),
+                // A late measurement of a wave no longer baking.
+                None => {}
+            }
+        }
+        // Held back, or over: a measurement changes nothing.
+        (Paused | Aborted | Completed | RolledBack | Halted, Event::GateResult { .. }) => {}
+    }
+    // Why it paused by itself is only kept while it stays paused.
+    if r.state != Paused {
+        r.pause_reason = None;
     }
     if r != before {
         r.updated_at = now;
@@ -435,11 +318,23 @@ fn act(r: &mut RolloutRecord, action: Action, to: RolloutState, effects: &mut Ve
     });
 }
 
+/// After a pause of the gates, the operator's resume promotes the baking
+/// wave without the gates that could not decide.
+fn waive_gates(r: &mut RolloutRecord) {
+    if r.pause_reason.take().is_some()
+        && let Some(w) = r.waves.iter_mut().find(|w| w.state == WaveState::Active)
+    {
+        w.gates_waived = true;
+    }
+}
+
 /// Moves a running rollout on: starts the first pending wave, closes waves
-/// whose devices all settled, completes the rollout after the last.
-fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, now: u64) {
+/// whose devices all settled (after their bake and gates), completes the
+/// rollout after the last.
+fn advance(r: &mut RolloutRecord, seen: &Observed, effects: &mut Vec<Effect>, now: u64) {
+    let reports = &seen.status;
     if let Some(reason) = crossed(r, reports) {
-        halt(r, &reason, reports, effects);
+        halt(r, &reason, reports, &[], effects);
         return;
     }
     while r.state == RolloutState::Running {
@@ -455,25 +350,31 @@ fn advance(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>, 
             WaveState::Pending => {
                 r.waves[i].state = WaveState::Active;
                 r.waves[i].started_at = Some(now);
-                let devices = r.waves[i].devices.clone();
-                effects.push(Effect::Record {
-                    kind: EventKind::RolloutWave,
-                    message: format!("wave {} started ({} devices)", i + 1, devices.len()),
-                });
-                effects.push(Effect::Deploy { wave: i, devices });
+                feed::start(r, i, effects);
                 return;
             }
             WaveState::Active => match wave_outcome(r, i, reports) {
+                WaveOutcome::Open if !r.waves[i].held.is_empty() => {
+                    let late = deadline_passed(r, i, now);
+                    feed::feed(r, i, reports, late, effects);
+                    return;
+                }
                 WaveOutcome::Open if deadline_passed(r, i, now) => {
                     close_at_deadline(r, i, reports, effects);
                 }
                 WaveOutcome::Open => return,
-                WaveOutcome::Settled => {
-                    if baking(r, i, now, effects) {
+                WaveOutcome::Settled => match gates::bake(r, i, now, seen, effects) {
+                    Bake::Wait => return,
+                    Bake::Halt(failure) => {
+                        halt_at_gate(r, failure, seen, effects);
                         return;
                     }
-                    r.waves[i].state = WaveState::Done;
-                }
+                    Bake::Pause(why) => {
+                        pause_undecided(r, i, &why, effects);
+                        return;
+                    }
+                    Bake::Promote => r.waves[i].state = WaveState::Done,
+                },
             },
             // Not found by the search above.
             WaveState::Done => return,
@@ -533,9 +434,42 @@ pub fn crossed(r: &RolloutRecord, reports: &Reports) -> Option<String> {
     }
 }
 
+/// Halts `r` at a failed gate, which is kept with what it measured.
+fn halt_at_gate(
+    r: &mut RolloutRecord,
+    failure: GateFailure,
+    seen: &Observed,
+    effects: &mut Vec<Effect>,
+) {
+    let reason = failure.to_string();
+    let judged = failure.devices.clone();
+    r.gate_failure = Some(failure);
+    halt(r, &reason, &seen.status, &judged, effects);
+}
+
+/// Pauses `r` because the gates could not decide on wave `wave`.
+fn pause_undecided(r: &mut RolloutRecord, wave: usize, why: &str, effects: &mut Vec<Effect>) {
+    r.state = RolloutState::Paused;
+    r.pause_reason = Some(format!("wave {}: gates could not decide: {why}", wave + 1));
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutGate,
+        message: format!(
+            "paused: wave {}: gates could not decide: {why}; resume to promote the wave without them, or abort",
+            wave + 1
+        ),
+    });
+}
+
 /// Halts `r` for `reason`; by its `on_halt`, devices get their previous
-/// release back.
-fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Vec<Effect>) {
+/// release back (with `failed`, the devices that failed and those a failed
+/// gate judged, `judged`).
+fn halt(
+    r: &mut RolloutRecord,
+    reason: &str,
+    reports: &Reports,
+    judged: &[DeviceId],
+    effects: &mut Vec<Effect>,
+) {
     r.state = RolloutState::Halted;
     r.halt_reason = Some(reason.to_owned());
     let previous: BTreeMap<DeviceId, Option<Digest>> = match r.safety.on_halt {
@@ -544,6 +478,7 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
         HaltRollback::Failed => failed_by_wave(r, reports)
             .into_iter()
             .flatten()
+            .chain(judged.iter().cloned())
             .filter_map(|d| r.previous.get(&d).map(|p| (d, p.clone())))
             .collect(),
     };
@@ -560,31 +495,6 @@ fn halt(r: &mut RolloutRecord, reason: &str, reports: &Reports, effects: &mut Ve
     if !previous.is_empty() {
         effects.push(Effect::Revert { previous });
     }
-}
-
-/// Whether settled wave `wave` is still in its bake time (the rollout's
-/// `bake_secs`, only between waves: the last one completes at once). The
-/// first call after it settled starts the clock.
-fn baking(r: &mut RolloutRecord, wave: usize, now: u64, effects: &mut Vec<Effect>) -> bool {
-    let Some(bake) = r.safety.bake_secs.filter(|b| *b > 0) else {
-        return false;
-    };
-    if wave + 1 >= r.waves.len() {
-        return false;
-    }
-    let Some(settled) = r.waves[wave].settled_at else {
-        r.waves[wave].settled_at = Some(now);
-        effects.push(Effect::Record {
-            kind: EventKind::RolloutWave,
-            message: format!(
-                "wave {} settled; baking {bake} s before wave {}",
-                wave + 1,
-                wave + 2
-            ),
-        });
-        return true;
-    };
-    now < settled.saturating_add(bake)
 }
 
 /// Whether wave `wave` has been open for its rollout's wave deadline.

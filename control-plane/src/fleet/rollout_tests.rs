@@ -4,7 +4,7 @@
 use super::*;
 use crate::store::Threshold;
 use fleet_protocol::message::ReleaseRef;
-use fleet_protocol::{AppName, AppStatus, GroupName, SCHEMA_VERSION};
+use fleet_protocol::{AppName, AppStatus, ErrorInfo, GroupName, Phase, SCHEMA_VERSION};
 
 fn ids(n: usize) -> Vec<DeviceId> {
     (0..n)
@@ -34,6 +34,8 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         safety: Safety::default(),
         excluded: vec![],
         halt_reason: None,
+        gate_failure: None,
+        pause_reason: None,
         created_at: 100,
         updated_at: 100,
     }
@@ -118,19 +120,25 @@ fn every_state_event_pair_is_listed() {
     let reports = committed(&fixture, &ids(1));
     let events = [
         Event::Start,
-        Event::Progress(reports.clone()),
+        Event::Progress(reports.clone().into()),
         Event::Pause,
-        Event::Resume(reports.clone()),
+        Event::Resume(reports.clone().into()),
         Event::Abort,
         Event::Undo,
         Event::Superseded { by: 8 },
         Event::WaveTimer { wave: 1 },
+        // No wave of the fixture bakes: a late measurement.
+        Event::GateResult {
+            wave: 0,
+            outcome: crate::fleet::promql::PromOutcome::Pass { value: 1.0 },
+            seen: reports.clone().into(),
+        },
     ];
     let next_wave = [Record(K::RolloutWave), Deploy(1)];
     let resumed = [Record(K::RolloutResume), Record(K::RolloutWave), Deploy(1)];
     let undone = [Record(K::RolloutUndo), Revert];
     type Want<'a> = Option<(RolloutState, &'a [Shape])>;
-    let table: [(RolloutState, [Want; 8]); 6] = [
+    let table: [(RolloutState, [Want; 9]); 6] = [
         (
             Running,
             [
@@ -141,6 +149,7 @@ fn every_state_event_pair_is_listed() {
                 Some((Aborted, &[Record(K::RolloutAbort)])),
                 Some((RolledBack, &undone)),
                 Some((Aborted, &[Record(K::RolloutAborted)])),
+                Some((Running, &[])),
                 Some((Running, &[])),
             ],
         ),
@@ -155,6 +164,7 @@ fn every_state_event_pair_is_listed() {
                 Some((RolledBack, &undone)),
                 Some((Aborted, &[Record(K::RolloutAborted)])),
                 Some((Paused, &[])),
+                Some((Paused, &[])),
             ],
         ),
         (
@@ -167,6 +177,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 Some((RolledBack, &undone)),
                 None,
+                Some((Aborted, &[])),
                 Some((Aborted, &[])),
             ],
         ),
@@ -181,6 +192,7 @@ fn every_state_event_pair_is_listed() {
                 Some((RolledBack, &undone)),
                 None,
                 Some((Completed, &[])),
+                Some((Completed, &[])),
             ],
         ),
         (
@@ -194,6 +206,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 None,
                 Some((RolledBack, &[])),
+                Some((RolledBack, &[])),
             ],
         ),
         (
@@ -206,6 +219,7 @@ fn every_state_event_pair_is_listed() {
                 None,
                 Some((RolledBack, &undone)),
                 None,
+                Some((Halted, &[])),
                 Some((Halted, &[])),
             ],
         ),
@@ -268,7 +282,7 @@ fn waves_go_out_one_after_the_other_as_devices_settle() {
         app_status(Phase::Downloading, None, Some(&r.release_digest)),
     )]
     .into();
-    let (r, effects) = step(r, Event::Progress(updating), 20).unwrap();
+    let (r, effects) = step(r, Event::Progress(updating.into()), 20).unwrap();
     assert!(effects.is_empty());
     assert_eq!(r.updated_at, 10, "an unchanged rollout keeps its time");
 
@@ -284,7 +298,7 @@ fn waves_go_out_one_after_the_other_as_devices_settle() {
         ),
     )]
     .into();
-    let (r, effects) = step(r, Event::Progress(failed.clone()), 30).unwrap();
+    let (r, effects) = step(r, Event::Progress(failed.clone().into()), 30).unwrap();
     assert_eq!(
         effects.iter().map(shape).collect::<Vec<_>>(),
         [Shape::Record(EventKind::RolloutWave), Shape::Deploy(1)]
@@ -293,9 +307,9 @@ fn waves_go_out_one_after_the_other_as_devices_settle() {
 
     let mut all = committed(&r, &devices);
     all.extend(failed);
-    let (r, _) = step(r, Event::Progress(all.clone()), 40).unwrap();
+    let (r, _) = step(r, Event::Progress(all.clone().into()), 40).unwrap();
     assert_eq!(r.waves[2].state, WaveState::Active);
-    let (r, effects) = step(r, Event::Progress(all), 50).unwrap();
+    let (r, effects) = step(r, Event::Progress(all.into()), 50).unwrap();
     assert_eq!(r.state, RolloutState::Completed);
     assert_eq!(
         effects.iter().map(shape).collect::<Vec<_>>(),
@@ -309,10 +323,10 @@ fn pause_holds_the_next_wave_back_and_resume_lets_it_go() {
     let (r, _) = step(rollout(2, &[1]), Event::Start, 10).unwrap();
     let (r, _) = step(r, Event::Pause, 11).unwrap();
     let reports = committed(&r, &devices[..1]);
-    let (r, effects) = step(r, Event::Progress(reports.clone()), 12).unwrap();
+    let (r, effects) = step(r, Event::Progress(reports.clone().into()), 12).unwrap();
     assert!(effects.is_empty());
     assert_eq!(r.waves[1].state, WaveState::Pending);
-    let (r, effects) = step(r, Event::Resume(reports), 13).unwrap();
+    let (r, effects) = step(r, Event::Resume(reports.into()), 13).unwrap();
     assert_eq!(r.state, RolloutState::Running);
     assert_eq!(
         effects.last(),
@@ -450,9 +464,12 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
         wave_deadline_secs: None,
         bake_secs: None,
         max_restarts: None,
+        gates: Default::default(),
+        promql: None,
+        max_unavailable: None,
     });
     let canary = ids(1);
-    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     assert!(deployed(&effects).is_empty(), "no further wave goes out");
     assert_eq!(reverted(&effects), canary);
@@ -475,7 +492,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
     );
     // Halted is final: later reports change nothing, no wave goes out.
     let later = committed(&r, &ids(10));
-    let (after, effects) = step(r.clone(), Event::Progress(later), 400).unwrap();
+    let (after, effects) = step(r.clone(), Event::Progress(later.into()), 400).unwrap();
     assert_eq!(after, r);
     assert!(effects.is_empty());
 }
@@ -483,7 +500,7 @@ fn a_failed_canary_over_the_wave_threshold_halts_and_rolls_the_canary_back() {
 #[test]
 fn without_thresholds_failures_never_halt() {
     let r = guarded(Safety::default());
-    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1)).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Running);
     assert_eq!(
         deployed(&effects),
@@ -502,16 +519,19 @@ fn a_percent_threshold_tolerates_its_share_rounded_down_and_halts_past_it() {
         wave_deadline_secs: None,
         bake_secs: None,
         max_restarts: None,
+        gates: Default::default(),
+        promql: None,
+        max_unavailable: None,
     });
     let mut reports = committed(&r, &ids(1));
-    let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
+    let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
     assert_eq!(r.waves[1].state, WaveState::Active);
     let wave2 = r.waves[1].devices.clone();
     reports.extend(failed(&r, &wave2[..1]));
-    let (r, _) = step(r, Event::Progress(reports.clone()), 310).unwrap();
+    let (r, _) = step(r, Event::Progress(reports.clone().into()), 310).unwrap();
     assert_eq!(r.state, RolloutState::Running, "one of three is tolerated");
     reports.extend(failed(&r, &wave2[1..2]));
-    let (r, effects) = step(r, Event::Progress(reports), 320).unwrap();
+    let (r, effects) = step(r, Event::Progress(reports.into()), 320).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     assert_eq!(reverted(&effects), wave2[..2].to_vec());
 }
@@ -525,13 +545,16 @@ fn the_total_threshold_counts_failures_across_waves() {
         wave_deadline_secs: None,
         bake_secs: None,
         max_restarts: None,
+        gates: Default::default(),
+        promql: None,
+        max_unavailable: None,
     });
     let mut reports = failed(&r, &ids(1));
-    let (r, _) = step(r, Event::Progress(reports.clone()), 300).unwrap();
+    let (r, _) = step(r, Event::Progress(reports.clone().into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Running, "one failure is tolerated");
     let wave2 = r.waves[1].devices.clone();
     reports.extend(failed(&r, &wave2[..1]));
-    let (r, effects) = step(r, Event::Progress(reports), 310).unwrap();
+    let (r, effects) = step(r, Event::Progress(reports.into()), 310).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     // `updated`: every device the rollout recorded a previous release for.
     assert_eq!(reverted(&effects), ids(10));
@@ -546,8 +569,11 @@ fn on_halt_nothing_rolls_nobody_back() {
         wave_deadline_secs: None,
         bake_secs: None,
         max_restarts: None,
+        gates: Default::default(),
+        promql: None,
+        max_unavailable: None,
     });
-    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1))), 300).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &ids(1)).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     assert!(reverted(&effects).is_empty());
     assert!(effects.iter().all(|e| !matches!(e, Effect::Revert { .. })));
@@ -573,10 +599,10 @@ fn a_wave_open_past_its_deadline_closes_with_its_devices_pending_not_failed() {
         ..Safety::default()
     });
     // Started at 200; nobody reported. Before the deadline: nothing.
-    let (r, effects) = step(r, Event::Progress(Reports::new()), 259).unwrap();
+    let (r, effects) = step(r, Event::Progress(Reports::new().into()), 259).unwrap();
     assert!(effects.is_empty());
     assert_eq!(r.waves[0].state, WaveState::Active);
-    let (r, effects) = step(r, Event::Progress(Reports::new()), 260).unwrap();
+    let (r, effects) = step(r, Event::Progress(Reports::new().into()), 260).unwrap();
     assert_eq!(r.state, RolloutState::Running);
     assert_eq!(r.waves[0].state, WaveState::Done);
     assert_eq!(deployed(&effects), [1]);
@@ -597,7 +623,7 @@ fn a_wave_open_past_its_deadline_closes_with_its_devices_pending_not_failed() {
     // Without a deadline a silent wave stays open forever.
     let (r, effects) = step(
         guarded(Safety::default()),
-        Event::Progress(Reports::new()),
+        Event::Progress(Reports::new().into()),
         99_999,
     )
     .unwrap();
@@ -613,18 +639,33 @@ fn a_settled_wave_bakes_before_the_next_goes_out_and_the_last_completes_at_once(
     });
     let canary = ids(1);
     // The canary commits at 210: its wave settles and the bake starts.
-    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 210).unwrap();
+    let (r, effects) = step(
+        r.clone(),
+        Event::Progress(committed(&r, &canary).into()),
+        210,
+    )
+    .unwrap();
     assert!(deployed(&effects).is_empty(), "{effects:?}");
     assert_eq!(r.waves[0].state, WaveState::Active);
     assert_eq!(r.waves[0].settled_at, Some(210));
     assert!(effects.iter().any(|e| matches!(e,
         Effect::Record { message, .. } if message == "wave 1 settled; baking 30 s before wave 2")));
     // During the bake: nothing moves, and the clock is not restarted.
-    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 239).unwrap();
+    let (r, effects) = step(
+        r.clone(),
+        Event::Progress(committed(&r, &canary).into()),
+        239,
+    )
+    .unwrap();
     assert!(effects.is_empty(), "{effects:?}");
     assert_eq!(r.waves[0].settled_at, Some(210));
     // Baked: the next wave goes out.
-    let (r, effects) = step(r.clone(), Event::Progress(committed(&r, &canary)), 240).unwrap();
+    let (r, effects) = step(
+        r.clone(),
+        Event::Progress(committed(&r, &canary).into()),
+        240,
+    )
+    .unwrap();
     assert_eq!(deployed(&effects), [1]);
     assert_eq!(r.waves[0].state, WaveState::Done);
 
@@ -642,7 +683,7 @@ fn a_settled_wave_bakes_before_the_next_goes_out_and_the_last_completes_at_once(
     let everyone = ids(10);
     let (all, _) = step(
         all.clone(),
-        Event::Progress(committed(&all, &everyone)),
+        Event::Progress(committed(&all, &everyone).into()),
         300,
     )
     .unwrap();
@@ -657,10 +698,15 @@ fn a_device_failing_during_the_bake_halts_the_rollout_before_the_next_wave() {
         ..Safety::default()
     });
     let canary = ids(1);
-    let (r, _) = step(r.clone(), Event::Progress(committed(&r, &canary)), 210).unwrap();
+    let (r, _) = step(
+        r.clone(),
+        Event::Progress(committed(&r, &canary).into()),
+        210,
+    )
+    .unwrap();
     assert_eq!(r.waves[0].settled_at, Some(210));
     // Committed, then a crash loop rolls it back on the device.
-    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary)), 300).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(failed(&r, &canary).into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     assert!(deployed(&effects).is_empty(), "nobody else got the release");
     assert_eq!(reverted(&effects), canary);
@@ -723,7 +769,7 @@ fn an_updated_device_whose_app_keeps_restarting_fails_the_restart_gate_and_halts
             .collect()
     };
     // Committed with two restarts: within the gate, the wave bakes.
-    let (r, effects) = step(r.clone(), Event::Progress(restarted(&r, 2)), 210).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(restarted(&r, 2).into()), 210).unwrap();
     assert_eq!(r.state, RolloutState::Running);
     assert!(deployed(&effects).is_empty());
     let p = device_progress(
@@ -744,7 +790,7 @@ fn an_updated_device_whose_app_keeps_restarting_fails_the_restart_gate_and_halts
         error.message,
         "gate: the app restarted 3 times since the release started (tolerated: 2)"
     );
-    let (r, effects) = step(r.clone(), Event::Progress(reports), 300).unwrap();
+    let (r, effects) = step(r.clone(), Event::Progress(reports.into()), 300).unwrap();
     assert_eq!(r.state, RolloutState::Halted);
     assert!(deployed(&effects).is_empty());
     assert_eq!(reverted(&effects), canary);

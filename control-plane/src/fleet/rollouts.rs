@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{Inner, Staged, event};
 use super::ports::ImageUpdate;
-use super::rollout::{self, Action, Counts, DeviceProgress, Effect, Event, ProgressState, Reports};
+use super::rollout::{
+    self, Action, Counts, DeviceProgress, Effect, Event, Observed, ProgressState, Sample,
+};
 use super::{Fleet, FleetError, not_found};
 use crate::store::{
     DeviceRecord, EventKind, Excluded, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
@@ -49,6 +51,12 @@ pub struct WaveView {
     /// `settled_at + safety.bake_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<u64>,
+    /// Devices not given the release yet (`max_unavailable`).
+    #[serde(default)]
+    pub held: usize,
+    /// The PromQL gate's measurements while the wave baked.
+    #[serde(default, skip_serializing_if = "crate::store::PromTally::is_empty")]
+    pub prom: crate::store::PromTally,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,9 +77,15 @@ pub struct RolloutView {
     pub excluded: Vec<Excluded>,
     #[serde(default)]
     pub safety: Safety,
-    /// Why it halted (the threshold crossed).
+    /// Why it halted (the threshold crossed, or the gate failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_reason: Option<String>,
+    /// The gate that halted it: name, wave, measured value, threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_failure: Option<crate::store::GateFailure>,
+    /// Why it paused by itself (its gates could not decide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
 }
 
 impl RolloutView {
@@ -91,6 +105,8 @@ impl RolloutView {
                     devices: w.devices.len(),
                     started_at: w.started_at,
                     settled_at: w.settled_at,
+                    held: w.held.len(),
+                    prom: w.prom.clone(),
                 })
                 .collect(),
             created_at: r.created_at,
@@ -98,14 +114,16 @@ impl RolloutView {
             counts: Counts::of(&devices),
             devices,
             excluded: r.excluded.clone(),
-            safety: r.safety,
+            safety: r.safety.clone(),
             halt_reason: r.halt_reason.clone(),
+            gate_failure: r.gate_failure.clone(),
+            pause_reason: r.pause_reason.clone(),
         }
     }
 }
 
 /// How a new rollout goes: its wave sizes and failure thresholds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Policy<'a> {
     pub(super) waves: &'a [crate::store::WaveSize],
     pub(super) safety: Safety,
@@ -230,7 +248,7 @@ impl Inner {
     /// Steps `r` by `event` and runs the effects into `staged` and `writes`
     /// (the stepped rollout is written when it changed). Nothing is
     /// committed here: the caller commits it all at once.
-    fn step(
+    pub(super) fn step(
         &self,
         r: RolloutRecord,
         happened: Event,
@@ -253,6 +271,12 @@ impl Inner {
         }
         if next != before {
             writes.push(Write::Rollout(next.clone()));
+        }
+        if let (None, Some(g)) = (&before.gate_failure, &next.gate_failure) {
+            self.gates.failed(g.gate);
+        }
+        if before.pause_reason.is_none() && next.pause_reason.is_some() {
+            self.gates.undecided();
         }
         if !before.state.is_final() && next.state.is_final() {
             staged.finished.push(next.id);
@@ -368,15 +392,28 @@ impl Inner {
             .map(Arc::new))
     }
 
-    /// The latest status of every device of `r` that sent one.
-    fn reports(&self, r: &RolloutRecord) -> Result<Reports, FleetError> {
-        let mut reports = Reports::new();
+    /// The latest status and telemetry of every device of `r` that sent
+    /// some.
+    pub(super) fn reports(&self, r: &RolloutRecord) -> Result<Observed, FleetError> {
+        let mut seen = Observed::default();
         for d in r.devices() {
             if let Some(s) = self.status_of(d)? {
-                reports.insert(d.clone(), s);
+                seen.status.insert(d.clone(), s);
+            }
+            if let Some(live) = self.live.get(d)
+                && let Some(telemetry) = live.telemetry
+            {
+                let received_at = live.telemetry_received_at;
+                seen.telemetry.insert(
+                    d.clone(),
+                    Sample {
+                        received_at,
+                        telemetry,
+                    },
+                );
             }
         }
-        Ok(reports)
+        Ok(seen)
     }
 
     /// The release a rollout request names: the one it carries (verified and
@@ -414,6 +451,7 @@ impl Inner {
         req: CreateRollout,
         now: u64,
     ) -> Result<(RolloutView, Vec<DeviceId>), FleetError> {
+        self.check_safety(&req.safety, &req.waves)?;
         let release = self.rollout_release(&req, now)?;
         let group = self.store.group(&req.group)?.ok_or_else(|| {
             not_found(
@@ -502,6 +540,8 @@ impl Inner {
             safety: policy.safety,
             excluded,
             halt_reason: None,
+            gate_failure: None,
+            pause_reason: None,
             created_at: now,
             updated_at: now,
         };

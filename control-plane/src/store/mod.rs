@@ -8,12 +8,16 @@
 //!
 //! Methods are blocking: async callers run them in `spawn_blocking`.
 
+mod gates;
 mod model;
 mod policy;
+mod promql;
 mod sled_store;
 
+pub use gates::*;
 pub use model::*;
 pub use policy::*;
+pub use promql::*;
 pub use sled_store::SledStore;
 
 use fleet_protocol::{DeviceId, Digest, GroupName};

@@ -8,6 +8,7 @@ use fleet_protocol::{AppName, DeviceId, Digest, GroupName, Release, StatusReport
 use serde::{Deserialize, Serialize};
 
 use super::policy::{Safety, WaveSize};
+use super::promql::PromTally;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -303,6 +304,18 @@ pub struct Wave {
     /// When every device of the wave settled (its bake time starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled_at: Option<u64>,
+    /// The operator resumed the rollout after its gates could not decide
+    /// on this wave: missing data no longer pauses it (a gate that fails
+    /// still halts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gates_waived: bool,
+    /// Devices of the active wave not given the release yet
+    /// (`max_unavailable` feeds them as others settle).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub held: BTreeSet<DeviceId>,
+    /// The measurements of the rollout's PromQL gate while it baked.
+    #[serde(default, skip_serializing_if = "PromTally::is_empty")]
+    pub prom: PromTally,
 }
 
 /// A rollout of one release to a group, in waves. The device set of each wave
@@ -329,6 +342,12 @@ pub struct RolloutRecord {
     /// Why the rollout halted (the threshold crossed, in words).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_reason: Option<String>,
+    /// The gate that halted it, with what was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_failure: Option<super::GateFailure>,
+    /// Why it paused by itself (its gates could not decide), for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -418,6 +437,9 @@ pub enum EventKind {
     /// A device joined a following group and was given its current release.
     #[serde(rename = "group.catch_up")]
     GroupCatchUp,
+    /// A gate's verdict on a baking wave: held, or could not decide.
+    #[serde(rename = "rollout.gate")]
+    RolloutGate,
 }
 
 impl EventKind {
@@ -442,6 +464,7 @@ impl EventKind {
             EventKind::ReleasePublished => "release.published",
             EventKind::GroupFollow => "group.follow",
             EventKind::GroupCatchUp => "group.catch_up",
+            EventKind::RolloutGate => "rollout.gate",
         }
     }
 }

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{PromGate, TelemetryGates};
+
 /// How many failed devices a rollout tolerates: `{"count": 1}` or
 /// `{"percent": 10}` (of the devices counted; rounded down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,7 +161,7 @@ pub enum HaltRollback {
 }
 
 /// A rollout's failure thresholds. No threshold: failures never halt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Safety {
     /// Failed devices tolerated in one wave (of the wave's devices).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,4 +188,77 @@ pub struct Safety {
     /// (`gate_failed`), against the thresholds like a failed install.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
+    /// Devices of a wave given the release at once, at most (a count, or a
+    /// percentage of the rollout's devices, rounded up): more are held back
+    /// and fed as the others commit or fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<WaveSize>,
+    /// Gates on the telemetry of a baking wave's devices against the
+    /// devices still on their previous release (need `bake_secs`).
+    #[serde(default, skip_serializing_if = "TelemetryGates::is_empty")]
+    pub gates: TelemetryGates,
+    /// A PromQL gate run against the server's Prometheus while a wave
+    /// bakes (needs `bake_secs` and the server's `prometheus.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promql: Option<PromGate>,
+}
+
+/// A [`Safety`] that cannot work as given.
+#[derive(Debug, thiserror::Error)]
+pub enum BadSafety {
+    #[error(
+        "gates ({gates}) are checked while a wave bakes, and no bake time is set: \
+         give a bake time (--bake SECONDS) or drop the gates"
+    )]
+    GatesWithoutBake { gates: String },
+    #[error(
+        "gates ({gates}) are checked while a wave bakes before the next one, and the \
+         rollout has a single wave: give a canary or wave sizes (--canary N, --wave N|P%)"
+    )]
+    GatesWithOneWave { gates: String },
+    #[error("the PromQL gate has an empty query; give one (--gate-promql 'QUERY')")]
+    EmptyQuery,
+    #[error("the PromQL gate's interval is 0 s; give at least 1 (--gate-interval SECONDS)")]
+    ZeroInterval,
+}
+
+impl Safety {
+    /// Refuses what cannot work: gates without a bake time, a PromQL gate
+    /// without a query or with a zero interval.
+    pub fn check(&self) -> Result<(), BadSafety> {
+        if let Some(p) = &self.promql {
+            if p.query.trim().is_empty() {
+                return Err(BadSafety::EmptyQuery);
+            }
+            if p.interval_secs == 0 {
+                return Err(BadSafety::ZeroInterval);
+            }
+        }
+        let gates = self.gate_names();
+        if !gates.is_empty() && self.bake_secs.is_none_or(|b| b == 0) {
+            return Err(BadSafety::GatesWithoutBake { gates });
+        }
+        Ok(())
+    }
+
+    /// [`Safety::check`], and refuses gates when `waves` (the sizes of the
+    /// first waves) make one wave: there is no bake between waves then.
+    pub fn check_with_waves(&self, waves: &[WaveSize]) -> Result<(), BadSafety> {
+        self.check()?;
+        let gates = self.gate_names();
+        if !gates.is_empty() && waves.is_empty() {
+            return Err(BadSafety::GatesWithOneWave { gates });
+        }
+        Ok(())
+    }
+
+    /// The gates set, by name, for messages (empty: none).
+    fn gate_names(&self) -> String {
+        let mut gates = self.gates.names();
+        if self.promql.is_some() {
+            gates.push(super::GateName::Promql);
+        }
+        let names: Vec<&str> = gates.iter().map(|g| g.as_str()).collect();
+        names.join(", ")
+    }
 }

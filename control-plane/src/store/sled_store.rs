@@ -282,6 +282,9 @@ mod tests {
                     state: RolloutState::Running,
                     waves: vec![Wave {
                         settled_at: None,
+                        gates_waived: false,
+                        prom: Default::default(),
+                        held: Default::default(),
                         devices: vec![DeviceId::new("a").unwrap()],
                         state: WaveState::Active,
                         started_at: Some(10),
@@ -289,6 +292,8 @@ mod tests {
                     previous: Default::default(),
                     safety: Default::default(),
                     halt_reason: None,
+                    gate_failure: None,
+                    pause_reason: None,
                     excluded: vec![],
                     created_at: 10,
                     updated_at: 10,

@@ -10,8 +10,10 @@
 //! interval, never one per message.
 //!
 //! [`IngestCounters`] count messages ingested and rejected per kind;
-//! [`updates::Updates`] measures update durations and results.
+//! [`updates::Updates`] measures update durations and results;
+//! [`gates::GateCounters`] counts gate verdicts.
 
+pub mod gates;
 pub mod updates;
 
 use std::collections::HashMap;

@@ -1,0 +1,199 @@
+//! The whole fleet-server (`server::run`, with its embedded broker) on
+//! fresh loopback ports, and devices as raw MQTT clients with their device
+//! tokens: for tests that go through the broker like real agents.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::common::{dev, eventually, now};
+use fleet_control_plane::config::Config;
+use fleet_control_plane::device_token::DeviceTokens;
+use fleet_control_plane::store::SledStore;
+use fleet_protocol::message::{Presence, encode};
+use fleet_protocol::topic::Topic;
+use fleet_protocol::{StatusReport, Telemetry, TopicScheme};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The whole server (`server::run`) on fresh loopback ports.
+pub struct Fleet {
+    pub http: SocketAddr,
+    pub broker: u16,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Fleet {
+    pub async fn start(mut config: Config) -> Fleet {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let broker = free_port();
+        config.http.listen = http;
+        config.broker.embedded = true;
+        config.broker.listen = SocketAddr::from(([127, 0, 0, 1], broker));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            fleet_control_plane::server::run(config, stop)
+                .await
+                .unwrap();
+        });
+        let f = Fleet {
+            http,
+            broker,
+            shutdown,
+            task,
+        };
+        let url = format!("{}/healthz", f.url());
+        eventually("the server answers", || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        f
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = reqwest::get(format!("{}/metrics", self.url()))
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        r.text().await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("server did not stop")
+            .unwrap();
+    }
+}
+
+/// An admin token made in the store before the server starts (the server
+/// prints its own only to stdout).
+pub fn admin_token(config: &Config) -> String {
+    let store = SledStore::open(&config.store_dir()).unwrap();
+    let token = fleet_control_plane::api::auth::ensure_admin_token(&store, now())
+        .unwrap()
+        .unwrap();
+    drop(store);
+    // sled releases its file lock shortly after the drop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while SledStore::open(&config.store_dir()).is_err() {
+        assert!(std::time::Instant::now() < deadline, "store stays locked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    token
+}
+
+/// A device as a raw MQTT client with its token, a last will like the
+/// agent's, and its event loop in a task (abort it to drop the connection).
+pub struct Device {
+    pub id: String,
+    pub client: AsyncClient,
+    pub task: JoinHandle<()>,
+    pub scheme: TopicScheme,
+}
+
+impl Device {
+    pub async fn connect(fleet: &Fleet, tokens: &DeviceTokens, id: &str) -> Device {
+        let scheme = TopicScheme::default();
+        let online = scheme.render(&Topic::Online(dev(id)));
+        let mut o = MqttOptions::new(id, "127.0.0.1", fleet.broker);
+        o.set_credentials(id, tokens.token(&dev(id)))
+            .set_keep_alive(Duration::from_secs(30))
+            .set_last_will(LastWill::new(
+                online,
+                encode(&Presence::offline(dev(id))).unwrap(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        let (client, mut eventloop) = AsyncClient::new(o, 64);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .expect("device did not connect")
+            .unwrap();
+        let d = Device {
+            id: id.to_owned(),
+            client,
+            task,
+            scheme,
+        };
+        d.publish(
+            Topic::Online(dev(id)),
+            encode(&Presence::online(dev(id))).unwrap(),
+        )
+        .await;
+        d
+    }
+
+    pub async fn publish(&self, topic: Topic, payload: Vec<u8>) {
+        let qos = if topic.qos() == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        self.client
+            .publish(self.scheme.render(&topic), qos, topic.retained(), payload)
+            .await
+            .unwrap();
+    }
+
+    pub async fn status(&self, report: &StatusReport) {
+        self.publish(Topic::Status(dev(&self.id)), encode(report).unwrap())
+            .await;
+    }
+
+    pub async fn telemetry(&self, t: &Telemetry) {
+        self.publish(Topic::Telemetry(dev(&self.id)), encode(t).unwrap())
+            .await;
+    }
+}
+
+/// Samples of an exposition: `name{labels}` → value.
+pub fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
