@@ -30,6 +30,7 @@ fn rollout(n: usize, max: WaveSize, deadline: Option<u64>) -> RolloutRecord {
         state: RolloutState::Running,
         waves: plan_waves(ids(n), &[]),
         previous: BTreeMap::new(),
+        reverted: Default::default(),
         safety: Safety {
             max_unavailable: Some(max),
             wave_deadline_secs: deadline,

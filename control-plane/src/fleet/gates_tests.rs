@@ -38,6 +38,7 @@ fn rollout(gates: TelemetryGates) -> RolloutRecord {
         state: RolloutState::Running,
         waves: crate::fleet::rollout::plan_waves(ids(4), &[WaveSize::Count(1)]),
         previous: BTreeMap::new(),
+        reverted: Default::default(),
         safety: Safety {
             bake_secs: Some(60),
             gates,

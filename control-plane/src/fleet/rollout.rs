@@ -237,8 +237,11 @@ pub fn step(
         }
 
         (Running, Event::Progress(reports)) => advance(&mut r, &reports, &mut effects, now),
+        // A device that fails after the halt gets what the halt gave the
+        // others.
+        (Halted, Event::Progress(seen)) => revert_late_failures(&mut r, &seen.status, &mut effects),
         // Held back, or over: reports change nothing.
-        (Paused | Aborted | Completed | RolledBack | Halted, Event::Progress(_)) => {}
+        (Paused | Aborted | Completed | RolledBack, Event::Progress(_)) => {}
 
         (Running, Event::Pause) => act(&mut r, Action::Pause, Paused, &mut effects),
         (Paused | Aborted | Completed | RolledBack | Halted, Event::Pause) => {
@@ -492,9 +495,37 @@ fn halt(
         kind: EventKind::RolloutHalted,
         message: format!("halted: {reason}; {which}"),
     });
+    r.reverted.extend(previous.keys().cloned());
     if !previous.is_empty() {
         effects.push(Effect::Revert { previous });
     }
+}
+
+/// After a halt that rolls failed devices back: the devices of its started
+/// waves that failed since (they were still installing at the halt) get
+/// their previous release too, once each.
+fn revert_late_failures(r: &mut RolloutRecord, reports: &Reports, effects: &mut Vec<Effect>) {
+    if r.safety.on_halt != HaltRollback::Failed {
+        return;
+    }
+    let late: BTreeMap<DeviceId, Option<Digest>> = failed_by_wave(r, reports)
+        .into_iter()
+        .flatten()
+        .filter(|d| !r.reverted.contains(d))
+        .filter_map(|d| r.previous.get(&d).map(|p| (d, p.clone())))
+        .collect();
+    if late.is_empty() {
+        return;
+    }
+    r.reverted.extend(late.keys().cloned());
+    effects.push(Effect::Record {
+        kind: EventKind::RolloutHalted,
+        message: format!(
+            "{} device(s) failed after the halt; rolled back",
+            late.len()
+        ),
+    });
+    effects.push(Effect::Revert { previous: late });
 }
 
 /// Whether wave `wave` has been open for its rollout's wave deadline.

@@ -31,6 +31,7 @@ fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
         state: RolloutState::Running,
         waves: plan_waves(ids(devices), &counts(sizes)),
         previous: BTreeMap::new(),
+        reverted: Default::default(),
         safety: Safety::default(),
         excluded: vec![],
         halt_reason: None,
@@ -829,4 +830,47 @@ fn a_devices_delta_fallbacks_show_in_its_rollout_progress() {
     let (_, plain) = report(d, app_status(Phase::Committed, Some(&digest("v2")), None));
     let json = serde_json::to_value(device_progress(&r, 0, d, Some(&plain))).unwrap();
     assert!(json.get("delta_fallbacks").is_none());
+}
+
+#[test]
+fn a_device_failing_after_the_halt_is_rolled_back_once_like_the_others() {
+    // Waves 1, 3, 6; the canary commits, wave 2 goes out; one of wave 2
+    // fails and halts the rollout (tolerated: 0) while the other two still
+    // install.
+    let r = guarded(Safety {
+        wave_failures: Some(Threshold::Count(0)),
+        on_halt: HaltRollback::Failed,
+        ..Safety::default()
+    });
+    let all = ids(10);
+    let (r, _) = step(
+        r.clone(),
+        Event::Progress(committed(&r, &all[..1]).into()),
+        300,
+    )
+    .unwrap();
+    assert_eq!(r.waves[1].state, WaveState::Active);
+    let mut reports = committed(&r, &all[..1]);
+    reports.extend(failed(&r, &all[1..2]));
+    let (r, effects) = step(r, Event::Progress(reports.clone().into()), 310).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert_eq!(reverted(&effects), all[1..2]);
+
+    // d2 fails after the halt: it gets its previous release too, once.
+    reports.extend(failed(&r, &all[2..3]));
+    let (r, effects) = step(r, Event::Progress(reports.clone().into()), 320).unwrap();
+    assert_eq!(r.state, RolloutState::Halted);
+    assert_eq!(reverted(&effects), all[2..3]);
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::Record { kind: EventKind::RolloutHalted, message } if message.contains("after the halt")
+    )));
+    let (again, effects) = step(r.clone(), Event::Progress(reports.clone().into()), 330).unwrap();
+    assert_eq!(again, r, "nothing new");
+    assert!(effects.is_empty());
+
+    // d3 commits after the halt: with `failed`, it keeps the release.
+    reports.extend(committed(&r, &all[3..4]));
+    let (_, effects) = step(r, Event::Progress(reports.into()), 340).unwrap();
+    assert!(effects.is_empty());
 }

@@ -207,7 +207,10 @@ impl Inner {
         let mut staged = Staged::default();
         let mut writes = Vec::new();
         for r in self.store.rollouts()? {
-            if r.state != RolloutState::Running || !r.devices().any(|d| d == device) {
+            // A halted rollout still hears its devices: one failing after
+            // the halt is rolled back like those before it.
+            let listening = matches!(r.state, RolloutState::Running | RolloutState::Halted);
+            if !listening || !r.devices().any(|d| d == device) {
                 continue;
             }
             let reports = self.reports(&r)?;
@@ -537,6 +540,7 @@ impl Inner {
             state: RolloutState::Running,
             waves: rollout::plan_waves(devices, policy.waves),
             previous: BTreeMap::new(),
+            reverted: Default::default(),
             safety: policy.safety,
             excluded,
             halt_reason: None,

@@ -333,6 +333,10 @@ pub struct RolloutRecord {
     /// app was not deployed there): the target of `undo`.
     #[serde(default)]
     pub previous: BTreeMap<DeviceId, Option<Digest>>,
+    /// Devices a halt gave their previous release back: a device of a
+    /// started wave that fails after the halt is given it too, once.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub reverted: BTreeSet<DeviceId>,
     /// Failure thresholds and what a halt rolls back.
     #[serde(default)]
     pub safety: Safety,

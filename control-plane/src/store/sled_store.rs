@@ -290,6 +290,7 @@ mod tests {
                         started_at: Some(10),
                     }],
                     previous: Default::default(),
+                    reverted: Default::default(),
                     safety: Default::default(),
                     halt_reason: None,
                     gate_failure: None,
