@@ -191,6 +191,46 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
     let (code, _, err) = fleetctl(cfg.path(), with(&bad)).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no channel name"), "{err}");
+
+    // The canary commits v3, the operator pauses the rollout; `rollout
+    // watch` (no terminal here: one line per change) shows each wave's
+    // progress and returns at the pause.
+    let r = &rollouts[0];
+    let canary = r
+        .devices
+        .iter()
+        .find(|p| p.wave == 0)
+        .unwrap()
+        .device
+        .clone();
+    let generation = client
+        .device(&canary)
+        .await
+        .unwrap()
+        .desired
+        .unwrap()
+        .generation;
+    run.send(committed(
+        canary.as_str(),
+        generation,
+        "model",
+        &r.release_digest,
+    ))
+    .await;
+    eventually("wave 2 out", || async {
+        let v = client.rollout(r.id).await.unwrap();
+        (v.waves[1].state == fleet_control_plane::store::WaveState::Active).then_some(())
+    })
+    .await;
+    let id = r.id.to_string();
+    let (code, _, err) = fleetctl(cfg.path(), with(&["rollout", "pause", &id])).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = fleetctl(cfg.path(), with(&["rollout", "watch", &id])).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("paused") && out.contains("w1 done 1/1, w2 active 0/2"),
+        "{out}"
+    );
     run.stop().await;
 }
 

@@ -2,9 +2,10 @@
 
 use std::fmt::Display;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::api::types::{DeviceView, GroupView, PlanView, RolloutView, TelemetryView};
+use crate::fleet::rollout::ProgressState;
 use crate::store::{Labels, RolloutId};
 
 pub fn list<T: Display>(items: &[T]) -> String {
@@ -463,22 +464,139 @@ pub fn rollout(v: &RolloutView) -> String {
     out
 }
 
-pub fn progress_bar(id: RolloutId) -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {wide_msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(format!("rollout {id}"));
-    bar
+/// Per wave of `v`: its devices, and of those the settled (committed or
+/// failed), failed and updating ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaveCounts {
+    pub devices: usize,
+    pub settled: usize,
+    pub failed: usize,
+    pub updating: usize,
 }
 
-pub fn update_bar(bar: &ProgressBar, v: &RolloutView) {
-    bar.set_length(v.counts.total as u64);
-    bar.set_position((v.counts.committed + v.counts.failed) as u64);
-    bar.set_message(format!(
-        "{} | updating {} failed {}",
-        v.state, v.counts.updating, v.counts.failed
-    ));
+pub fn wave_counts(v: &RolloutView) -> Vec<WaveCounts> {
+    let mut counts: Vec<WaveCounts> = v
+        .waves
+        .iter()
+        .map(|w| WaveCounts {
+            devices: w.devices,
+            ..WaveCounts::default()
+        })
+        .collect();
+    for p in &v.devices {
+        let Some(c) = counts.get_mut(p.wave) else {
+            continue;
+        };
+        match p.state {
+            ProgressState::Committed => c.settled += 1,
+            ProgressState::Failed => {
+                c.settled += 1;
+                c.failed += 1;
+            }
+            ProgressState::Sent | ProgressState::Updating => c.updating += 1,
+            ProgressState::Waiting => {}
+        }
+    }
+    counts
+}
+
+fn wave_state(s: crate::store::WaveState) -> &'static str {
+    match s {
+        crate::store::WaveState::Pending => "pending",
+        crate::store::WaveState::Active => "active",
+        crate::store::WaveState::Done => "done",
+    }
+}
+
+/// The waves in one line: `w1 done 10/10, w2 active 3/25 (1 failed), ...`.
+pub fn wave_line(v: &RolloutView) -> String {
+    let parts: Vec<String> = v
+        .waves
+        .iter()
+        .zip(wave_counts(v))
+        .enumerate()
+        .map(|(i, (w, c))| {
+            let failed = if c.failed > 0 {
+                format!(" ({} failed)", c.failed)
+            } else {
+                String::new()
+            };
+            format!(
+                "w{} {} {}/{}{failed}",
+                i + 1,
+                wave_state(w.state),
+                c.settled,
+                c.devices
+            )
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// A rollout's live view on a terminal: a line with its state, then one
+/// progress bar per wave.
+pub struct WaveBars {
+    multi: MultiProgress,
+    head: ProgressBar,
+    waves: Vec<ProgressBar>,
+}
+
+impl WaveBars {
+    pub fn new(id: RolloutId) -> Self {
+        let multi = MultiProgress::new();
+        let head = multi.add(ProgressBar::new_spinner());
+        head.set_prefix(format!("rollout {id}"));
+        if let Ok(style) = ProgressStyle::with_template("{prefix} {wide_msg}") {
+            head.set_style(style);
+        }
+        WaveBars {
+            multi,
+            head,
+            waves: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, v: &RolloutView) {
+        self.head.set_message(summary(v));
+        for (i, (w, c)) in v.waves.iter().zip(wave_counts(v)).enumerate() {
+            if self.waves.len() <= i {
+                let bar = self.multi.add(ProgressBar::new(0));
+                if let Ok(style) =
+                    ProgressStyle::with_template("  {prefix:<8} [{bar:40}] {pos}/{len} {wide_msg}")
+                {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_prefix(format!("wave {}", i + 1));
+                self.waves.push(bar);
+            }
+            let bar = &self.waves[i];
+            bar.set_length(c.devices as u64);
+            bar.set_position(c.settled as u64);
+            let mut msg = wave_state(w.state).to_owned();
+            if c.updating > 0 {
+                msg.push_str(&format!(" | updating {}", c.updating));
+            }
+            if c.failed > 0 {
+                msg.push_str(&format!(" | failed {}", c.failed));
+            }
+            if w.held > 0 {
+                msg.push_str(&format!(" | held {}", w.held));
+            }
+            bar.set_message(msg);
+        }
+    }
+
+    /// Leaves the last view on the terminal, with the halt or pause reason.
+    pub fn finish(&self, v: &RolloutView) {
+        let mut last = summary(v);
+        if let Some(why) = v.halt_reason.as_ref().or(v.pause_reason.as_ref()) {
+            last.push_str(&format!(" | {why}"));
+        }
+        for bar in &self.waves {
+            bar.abandon();
+        }
+        self.head.finish_with_message(last);
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,10 @@ pub enum RolloutCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Follow a rollout (the latest without an id) until it completes,
+    /// pauses or stops: a progress bar per wave on a terminal, a line per
+    /// change otherwise, JSON lines with -o json.
+    Watch { id: Option<RolloutId> },
     /// Hold the next waves back.
     Pause { id: RolloutId },
     /// Let a paused rollout continue.
@@ -208,7 +212,9 @@ pub async fn run(args: RolloutArgs) -> Result<(), CliError> {
     let output = args.remote.output;
     let client = args.remote.client()?;
     match args.command {
-        Some(RolloutCommand::Status { id, watch: true }) => follow(&client, output, id).await,
+        Some(RolloutCommand::Status { id, watch: true } | RolloutCommand::Watch { id }) => {
+            follow(&client, output, id).await
+        }
         Some(RolloutCommand::Status { id, watch: false }) => status(&client, output, id).await,
         Some(RolloutCommand::Pause { id }) => act(&client, output, id, Action::Pause).await,
         Some(RolloutCommand::Resume { id }) => act(&client, output, id, Action::Resume).await,
@@ -443,16 +449,16 @@ async fn follow(client: &Client, output: Output, id: Option<RolloutId>) -> Resul
 /// terminal, a plain line per change otherwise (JSON lines with -o json).
 async fn watch(client: &Client, output: Output, id: RolloutId) -> Result<(), CliError> {
     let tty = std::io::stdout().is_terminal() && output == Output::Text;
-    let bar = tty.then(|| render::progress_bar(id));
+    let mut bars = tty.then(|| render::WaveBars::new(id));
     let mut last = String::new();
     loop {
         let view = client
             .rollout(id)
             .await
             .map_err(failed(format!("cannot follow rollout {id}")))?;
-        let line = render::summary(&view);
-        if let Some(bar) = &bar {
-            render::update_bar(bar, &view);
+        let line = format!("{} | {}", render::summary(&view), render::wave_line(&view));
+        if let Some(bars) = &mut bars {
+            bars.update(&view);
         } else if line != last {
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&view)?),
@@ -461,8 +467,8 @@ async fn watch(client: &Client, output: Output, id: RolloutId) -> Result<(), Cli
         }
         last = line;
         if view.state.is_final() || view.state == RolloutState::Paused {
-            if let Some(bar) = &bar {
-                bar.finish_with_message(last.clone());
+            if let Some(bars) = &bars {
+                bars.finish(&view);
             }
             return Ok(());
         }
