@@ -327,7 +327,9 @@ impl Server {
 
         tasks.spawn(inbound_loop(fleet.clone(), stop.clone(), inbound_rx));
         let every = Duration::from_secs(config.desired.renew_check_secs);
-        tasks.spawn(outbox_loop(fleet.clone(), stop.clone(), every));
+        // Only a broker of this process forgets its retained messages with it.
+        let embedded = attached.broker.is_some();
+        tasks.spawn(outbox_loop(fleet.clone(), stop.clone(), every, embedded));
         let every = Duration::from_secs(config.telemetry.flush_secs);
         tasks.spawn(flush_loop(fleet.clone(), stop.clone(), every));
         // Without a Prometheus, PromQL gates of existing rollouts are
@@ -522,12 +524,18 @@ async fn inbound_loop(
     }
 }
 
-/// The outbox at start, then every `every` desired-state renewals and
-/// outbox sweeps, until `stop`.
-async fn outbox_loop(fleet: Fleet, stop: CancellationToken, every: Duration) {
-    match fleet.publish_pending().await {
+/// The outbox at start (with the embedded broker, every latest desired
+/// state: the broker's retained messages died with the previous process),
+/// then every `every` desired-state renewals and outbox sweeps, until `stop`.
+async fn outbox_loop(fleet: Fleet, stop: CancellationToken, every: Duration, embedded: bool) {
+    let at_start = if embedded {
+        fleet.republish_all().await
+    } else {
+        fleet.publish_pending().await
+    };
+    match at_start {
         Ok(0) => {}
-        Ok(n) => tracing::info!(count = n, "published desired states left unpublished"),
+        Ok(n) => tracing::info!(count = n, embedded, "desired states published at start"),
         Err(e) => {
             tracing::warn!(error = %e, "publishing pending desired states failed")
         }

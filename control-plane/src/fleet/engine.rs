@@ -294,6 +294,13 @@ impl Fleet {
     /// Publishes the latest unpublished desired state of each device, in
     /// order; a failure leaves it for the next sweep.
     pub async fn publish(&self, devices: Vec<DeviceId>) {
+        self.publish_latest(devices, false).await;
+    }
+
+    /// Publishes the latest desired state of each of `devices` (only those
+    /// not published yet unless `again`: then also those the broker had and
+    /// lost, the same bytes, which a device recognises as already handled).
+    async fn publish_latest(&self, devices: Vec<DeviceId>, again: bool) {
         if devices.is_empty() {
             return;
         }
@@ -302,6 +309,17 @@ impl Fleet {
             let d = device.clone();
             let record = match self.blocking(move |i| Ok(i.store.desired(&d)?)).await {
                 Ok(Some(r)) if !r.published => r,
+                Ok(Some(r)) if again => {
+                    if let Err(e) = self
+                        .inner
+                        .publisher
+                        .publish_desired(&device, r.envelope)
+                        .await
+                    {
+                        tracing::warn!(%device, error = %e, "publishing desired state again failed");
+                    }
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(%device, error = %e, "cannot read desired state to publish");
@@ -356,6 +374,25 @@ impl Fleet {
             .await?;
         let n = devices.len();
         self.publish(devices).await;
+        Ok(n)
+    }
+
+    /// Publishes every device's latest desired state, also those published
+    /// before: at the start of a server whose embedded broker lost its
+    /// retained messages with the previous process, so that a device away
+    /// then still finds its state when it connects.
+    pub async fn republish_all(&self) -> Result<usize, FleetError> {
+        let devices: Vec<DeviceId> = self
+            .blocking(|i| {
+                Ok(i.store
+                    .desired_all()?
+                    .into_iter()
+                    .map(|r| r.device)
+                    .collect())
+            })
+            .await?;
+        let n = devices.len();
+        self.publish_latest(devices, true).await;
         Ok(n)
     }
 
