@@ -132,10 +132,20 @@ fn fixture() -> Fixture {
 fn small_opts() -> EncodeOptions {
     EncodeOptions {
         level: 3,
+        large_level: 1,
+        large_frame: 32 << 10,
         segment: 64 << 10,
         slack: 16 << 10,
         min_patch: 256,
+        inline_max: 8 << 10,
+        max_prefix: 1 << 20,
     }
+}
+
+/// Writes the skeleton of `tar` to `file`, as the agent does on unpack.
+fn write_skeleton(tar: &[u8], file: &Path) {
+    let out = std::fs::File::create(file).unwrap();
+    skeleton(tar, out).unwrap();
 }
 
 fn encode_fixture(f: &Fixture) -> (Vec<u8>, Encoded) {
@@ -154,6 +164,11 @@ fn encode_fixture(f: &Fixture) -> (Vec<u8>, Encoded) {
 fn bases_of(f: &Fixture) -> DirBases {
     let mut b = DirBases::new();
     b.insert(sha(&f.base), f.dir.path().join("base"));
+    let skel = f.dir.path().join("base.skeleton");
+    if !skel.exists() {
+        write_skeleton(&f.base, &skel);
+    }
+    b.set_skeleton(sha(&f.base), skel);
     b
 }
 
@@ -297,13 +312,15 @@ fn window_over_the_device_cap_is_refused_as_memory_bomb() {
 fn unknown_version_and_magic_are_refused() {
     let f = fixture();
     let (delta, _) = encode_fixture(&f);
-    let mut v2 = delta.clone();
-    v2[8] = 2;
-    let (r, _) = run(&v2, &bases_of(&f), &sha(&f.target), &Limits::default());
-    assert!(
-        matches!(r, Err(DeltaError::UnsupportedVersion { version: 2 })),
-        "{r:?}"
-    );
+    for version in [1u16, 3] {
+        let mut other = delta.clone();
+        other[8..10].copy_from_slice(&version.to_le_bytes());
+        let (r, _) = run(&other, &bases_of(&f), &sha(&f.target), &Limits::default());
+        assert!(
+            matches!(r, Err(DeltaError::UnsupportedVersion { version: v }) if v == version),
+            "v{version}: {r:?}"
+        );
+    }
     let mut magic = delta;
     magic[0] = b'X';
     let (r, _) = run(&magic, &bases_of(&f), &sha(&f.target), &Limits::default());
@@ -323,22 +340,33 @@ fn missing_base_layer_is_refused() {
     assert!(matches!(r, Err(DeltaError::UnknownBase { .. })), "{r:?}");
 }
 
-/// A hand-made delta whose one op copies `path` from base 0.
-fn copy_delta(base: &[u8; 32], path: &str) -> Vec<u8> {
+/// A hand-made delta (no prefix) whose control stream is `ops`, in one
+/// chunk.
+fn hand_delta(base: &[u8; 32], ops: &[u8]) -> Vec<u8> {
     let header = Header {
         target: [0; 32],
         target_size: 10,
         bases: vec![*base],
         window_cap: 1 << 20,
+        prefix_bases: Vec::new(),
+        prefix_len: 0,
+        prefix_sha: Sha256::digest(b"").into(),
     };
     let mut d = header.encode();
-    d.push(OP_COPY);
-    d.extend_from_slice(&0u32.to_le_bytes());
-    d.extend_from_slice(&(path.len() as u16).to_le_bytes());
-    d.extend_from_slice(path.as_bytes());
-    d.extend_from_slice(&10u64.to_le_bytes());
-    d.extend_from_slice(&[0; 32]);
+    let frame = zstd::bulk::compress(ops, 3).unwrap();
+    d.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    d.extend_from_slice(&frame);
     d
+}
+
+/// A hand-made delta whose one op copies `path` from base 0.
+fn copy_delta(base: &[u8; 32], path: &str) -> Vec<u8> {
+    let mut ops = vec![OP_COPY];
+    ops.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    ops.extend_from_slice(path.as_bytes());
+    ops.extend_from_slice(&10u64.to_le_bytes());
+    ops.extend_from_slice(&[0; 32]);
+    hand_delta(base, &ops)
 }
 
 #[test]
@@ -434,7 +462,9 @@ fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
             E::File("h", b"new"),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        tar::Archive::new(&base[..]).unpack(dir.path()).unwrap();
+        tar::Archive::new(&base[..])
+            .unpack(dir.path().join("fs"))
+            .unwrap();
         let opts = EncodeOptions {
             min_patch: 16,
             ..small_opts()
@@ -448,7 +478,9 @@ fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
         )
         .unwrap();
         let mut bases = DirBases::new();
-        bases.insert(sha(&base), dir.path());
+        bases.insert(sha(&base), dir.path().join("fs"));
+        write_skeleton(&base, &dir.path().join("skeleton"));
+        bases.set_skeleton(sha(&base), dir.path().join("skeleton"));
         (delta, target, bases, dir)
     })
 }

@@ -6,9 +6,10 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use sha2::{Digest as _, Sha256};
 
 use super::bases::BaseFiles;
+use super::control::{Control, Input};
 use super::format::{
-    Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, OP_COPY, OP_END, OP_LITERAL, OP_PATCH, OP_RAW,
-    VERSION, path_is_safe, window_log_for,
+    Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, OP_BASE, OP_COPY, OP_DATA, OP_END, OP_PATCH, OP_RAW,
+    RAW_CHUNK, VERSION, path_is_safe, window_log_for,
 };
 use crate::Digest;
 
@@ -84,6 +85,12 @@ pub enum DeltaError {
     HashMismatch { expected: Digest, computed: Digest },
     #[error("bytes after the end of the delta at byte {offset}")]
     TrailingData { offset: u64 },
+    #[error("delta needs the skeleton of base layer {base}, which this device does not have")]
+    NoSkeleton { base: Digest, source: io::Error },
+    #[error(
+        "the delta's control prefix ({declared} bytes of base skeletons) differs from this device's skeletons ({found} bytes)"
+    )]
+    SkeletonMismatch { declared: u32, found: u64 },
 }
 
 /// Rebuilds the layer `expected` (its diff_id) from `delta` and `bases`
@@ -96,15 +103,14 @@ pub fn apply<R: Read, B: BaseFiles, W: Write>(
     expected: &Digest,
     limits: &Limits,
 ) -> Result<Applied, DeltaError> {
-    let mut input = Input {
-        inner: delta,
-        pos: 0,
-        eof: false,
-    };
+    let mut input = Input::new(delta);
     let header = parse_header(&mut input, limits)?;
     check_header(&header, bases, expected)?;
+    let prefix = load_prefix(&header, bases)?;
     let mut applier = Applier {
         input,
+        ctl: Control::new(&prefix)?,
+        current_base: 0,
         bases,
         out: Output {
             out,
@@ -130,17 +136,48 @@ pub struct DeltaHeader {
     pub target_size: u64,
     pub bases: Vec<Digest>,
     pub window_cap: u32,
+    /// Indexes into `bases` of the layers whose skeletons make the control
+    /// stream's prefix, in order.
+    pub prefix_bases: Vec<u32>,
+    pub prefix_len: u32,
+    pub prefix_sha: [u8; 32],
 }
 
 /// Reads and checks a delta's header against `limits` (magic, version,
 /// window cap, base count, target size).
 pub fn read_header<R: Read>(delta: R, limits: &Limits) -> Result<DeltaHeader, DeltaError> {
-    let mut input = Input {
-        inner: delta,
-        pos: 0,
-        eof: false,
-    };
-    parse_header(&mut input, limits)
+    parse_header(&mut Input::new(delta), limits)
+}
+
+/// The control stream's prefix: the skeletons the header names, checked
+/// against its length and SHA-256 before anything is decoded.
+fn load_prefix<B: BaseFiles>(header: &DeltaHeader, bases: &B) -> Result<Vec<u8>, DeltaError> {
+    let want = u64::from(header.prefix_len);
+    let mut prefix = Vec::with_capacity(header.prefix_len as usize);
+    for index in &header.prefix_bases {
+        let base = &header.bases[*index as usize];
+        let no_skeleton = |source| DeltaError::NoSkeleton {
+            base: base.clone(),
+            source,
+        };
+        let reader = bases.skeleton(base).map_err(no_skeleton)?;
+        let room = want.saturating_sub(prefix.len() as u64);
+        reader
+            .take(room + 1)
+            .read_to_end(&mut prefix)
+            .map_err(no_skeleton)?;
+        if prefix.len() as u64 > want {
+            break;
+        }
+    }
+    let found = prefix.len() as u64;
+    if found != want || <[u8; 32]>::from(Sha256::digest(&prefix)) != header.prefix_sha {
+        return Err(DeltaError::SkeletonMismatch {
+            declared: header.prefix_len,
+            found,
+        });
+    }
+    Ok(prefix)
 }
 
 fn check_header<B: BaseFiles>(
@@ -191,11 +228,31 @@ fn parse_header<R: Read>(input: &mut Input<R>, limits: &Limits) -> Result<DeltaH
     for _ in 0..count {
         bases.push(Digest::from_sha256(input.array()?));
     }
+    let prefix_count = input.u32()?;
+    over_limit("prefix_bases", prefix_count.into(), count.into())?;
+    let mut prefix_bases = Vec::with_capacity(prefix_count as usize);
+    for _ in 0..prefix_count {
+        let offset = input.pos;
+        let index = input.u32()?;
+        if index >= count {
+            return Err(DeltaError::BadBaseIndex {
+                offset,
+                index,
+                count: bases.len(),
+            });
+        }
+        prefix_bases.push(index);
+    }
+    let prefix_len = input.u32()?;
+    over_limit("prefix_len", prefix_len.into(), limits.max_prefix.into())?;
     Ok(DeltaHeader {
         target,
         target_size,
         bases,
         window_cap,
+        prefix_bases,
+        prefix_len,
+        prefix_sha: input.array()?,
     })
 }
 
@@ -206,8 +263,11 @@ fn over_limit(field: &'static str, value: u64, max: u64) -> Result<(), DeltaErro
     Ok(())
 }
 
-struct Applier<'b, R, B, W> {
+struct Applier<'b, 'p, R, B, W> {
     input: Input<R>,
+    ctl: Control<'p>,
+    /// Index of the base layer `Copy` and `Patch` read from.
+    current_base: u32,
     bases: &'b B,
     out: Output<W>,
     header: DeltaHeader,
@@ -225,27 +285,55 @@ struct Segment {
     frame_len: u32,
 }
 
-impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
+impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
     fn run(&mut self, expected: &Digest) -> Result<Applied, DeltaError> {
         loop {
-            let offset = self.input.pos;
-            let [tag] = self.input.array()?;
+            let offset = self.ctl.pos;
+            let [tag] = self.ctl.array(&mut self.input)?;
             match tag {
-                OP_RAW | OP_LITERAL => {
+                OP_RAW => self.raw()?,
+                OP_DATA => {
                     let out_len = self.capped("out_len")?;
                     let frame_len = self.frame_len()?;
                     self.frame(frame_len, out_len, false)?;
                 }
                 OP_COPY => self.copy(offset)?,
                 OP_PATCH => self.patch(offset)?,
-                OP_END => return self.end(expected),
+                OP_BASE => {
+                    let index = self.ctl.u32(&mut self.input)?;
+                    if index as usize >= self.header.bases.len() {
+                        return Err(DeltaError::BadBaseIndex {
+                            offset,
+                            index,
+                            count: self.header.bases.len(),
+                        });
+                    }
+                    self.current_base = index;
+                }
+                OP_END => {
+                    self.ctl.finish(&mut self.input)?;
+                    return self.end(expected);
+                }
                 tag => return Err(DeltaError::UnknownOp { offset, tag }),
             }
         }
     }
 
+    /// Inline bytes from the control stream.
+    fn raw(&mut self) -> Result<(), DeltaError> {
+        let len = self.ctl.u32(&mut self.input)?;
+        over_limit("raw_len", len.into(), RAW_CHUNK as u64)?;
+        let mut left = len as usize;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            self.ctl.exact(&mut self.input, &mut self.chunk[..n])?;
+            self.out.write(&self.chunk[..n])?;
+            left -= n;
+        }
+        Ok(())
+    }
+
     fn end(&mut self, expected: &Digest) -> Result<Applied, DeltaError> {
-        let trailer = Digest::from_sha256(self.input.array()?);
         let written = self.out.written;
         if written != self.header.target_size {
             return Err(DeltaError::SizeMismatch {
@@ -254,7 +342,7 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
             });
         }
         let computed = Digest::from_sha256(std::mem::take(&mut self.out.hasher).finalize().into());
-        if &computed != expected || trailer != computed {
+        if &computed != expected {
             return Err(DeltaError::HashMismatch {
                 expected: expected.clone(),
                 computed,
@@ -279,35 +367,25 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
 
     /// A u32 length bounded by the delta's window cap.
     fn capped(&mut self, field: &'static str) -> Result<u32, DeltaError> {
-        let value = self.input.u32()?;
+        let value = self.ctl.u32(&mut self.input)?;
         over_limit(field, value.into(), self.header.window_cap.into())?;
         Ok(value)
     }
 
     fn frame_len(&mut self) -> Result<u32, DeltaError> {
-        let value = self.input.u32()?;
+        let value = self.ctl.u32(&mut self.input)?;
         let bound = zstd::zstd_safe::compress_bound(self.header.window_cap as usize) + 1024;
         over_limit("frame_len", value.into(), bound as u64)?;
         Ok(value)
     }
 
-    /// Reads an op's base index and path and opens the base file.
+    /// Reads an op's path and opens that file of the current base layer.
     fn open_base(&mut self, offset: u64) -> Result<(Digest, String, B::File), DeltaError> {
-        let index = self.input.u32()?;
-        let base =
-            self.header
-                .bases
-                .get(index as usize)
-                .cloned()
-                .ok_or(DeltaError::BadBaseIndex {
-                    offset,
-                    index,
-                    count: self.header.bases.len(),
-                })?;
-        let len = u16::from_le_bytes(self.input.array()?);
+        let base = self.header.bases[self.current_base as usize].clone();
+        let len = self.ctl.u16(&mut self.input)?;
         over_limit("path_len", len.into(), MAX_PATH_BYTES as u64)?;
         let mut raw = vec![0; len as usize];
-        self.input.exact(&mut raw)?;
+        self.ctl.exact(&mut self.input, &mut raw)?;
         let path = String::from_utf8(raw).map_err(|e| DeltaError::UnsafePath {
             offset,
             path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -323,8 +401,8 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
 
     fn copy(&mut self, offset: u64) -> Result<(), DeltaError> {
         let (base, path, mut file) = self.open_base(offset)?;
-        let size = self.input.u64()?;
-        let sha: [u8; 32] = self.input.array()?;
+        let size = self.ctl.u64(&mut self.input)?;
+        let sha: [u8; 32] = self.ctl.array(&mut self.input)?;
         let remaining_target = self.header.target_size - self.out.written;
         over_limit("copy size", size, remaining_target)?;
         let mut hasher = Sha256::new();
@@ -349,15 +427,26 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
 
     fn patch(&mut self, offset: u64) -> Result<(), DeltaError> {
         let (base, path, mut file) = self.open_base(offset)?;
-        let size = self.input.u64()?;
-        let segments = self.input.u32()?;
+        let base_size = self.ctl.u64(&mut self.input)?;
+        let base_sha: [u8; 32] = self.ctl.array(&mut self.input)?;
+        let size = self.ctl.u64(&mut self.input)?;
+        let segments = self.ctl.u32(&mut self.input)?;
         over_limit("segments", segments.into(), self.max_segments.into())?;
         let mut produced = 0u64;
         for _ in 0..segments {
+            let base_offset = self.ctl.u64(&mut self.input)?;
+            let base_len = self.capped("base_len")?;
+            // A range that is the whole base file is checked against the
+            // file's SHA-256; any other range carries its own.
+            let whole = base_offset == 0 && u64::from(base_len) == base_size;
             let seg = Segment {
-                base_offset: self.input.u64()?,
-                base_len: self.capped("base_len")?,
-                base_sha: self.input.array()?,
+                base_offset,
+                base_len,
+                base_sha: if whole {
+                    base_sha
+                } else {
+                    self.ctl.array(&mut self.input)?
+                },
                 out_len: self.capped("out_len")?,
                 frame_len: self.frame_len()?,
             };
@@ -413,6 +502,12 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, R, B, W> {
     /// exactly `out_len` bytes, with `base_buf` as ref prefix if `prefixed`.
     fn frame(&mut self, frame_len: u32, out_len: u32, prefixed: bool) -> Result<(), DeltaError> {
         let offset = self.input.pos;
+        if !self.ctl.at_chunk_boundary() {
+            return Err(DeltaError::FrameShape {
+                offset,
+                what: "data frame inside a control chunk",
+            });
+        }
         let prefix: &[u8] = if prefixed { &self.base_buf } else { &[] };
         let window_log = window_log_for(self.header.window_cap);
         let reader = BufReader::with_capacity(CHUNK, (&mut self.input).take(frame_len.into()));
@@ -479,51 +574,6 @@ fn decode_into<Rd: BufRead>(
     let mut rest = dec.finish();
     let left = rest.fill_buf().map_err(Decode::Zstd)?;
     Ok(left.is_empty())
-}
-
-/// The delta stream with its byte position and whether it ended early.
-struct Input<R> {
-    inner: R,
-    pos: u64,
-    eof: bool,
-}
-
-impl<R: Read> Read for Input<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            self.eof = true;
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Read> Input<R> {
-    fn exact(&mut self, buf: &mut [u8]) -> Result<(), DeltaError> {
-        let offset = self.pos;
-        self.read_exact(buf).map_err(|source| {
-            if source.kind() == io::ErrorKind::UnexpectedEof {
-                DeltaError::Truncated { offset: self.pos }
-            } else {
-                DeltaError::ReadDelta { offset, source }
-            }
-        })
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DeltaError> {
-        let mut buf = [0u8; N];
-        self.exact(&mut buf)?;
-        Ok(buf)
-    }
-
-    fn u32(&mut self) -> Result<u32, DeltaError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, DeltaError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
 }
 
 /// The rebuilt tar: hashed, counted and bounded by the declared size.
