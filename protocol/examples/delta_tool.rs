@@ -2,7 +2,7 @@
 //! `bench/delta.sh` and by hand).
 //!
 //! ```text
-//! delta_tool encode [--level N] [--large-level N] BASE.tar... TARGET.tar OUT.delta
+//! delta_tool encode [--level N] [--probe-level N] BASE.tar... TARGET.tar OUT.delta
 //! delta_tool skeleton LAYER.tar OUT.skeleton
 //! delta_tool apply OUT.delta BASE_DIR... TARGET.tar
 //! ```
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         Some("apply") => apply(&args[1..]),
         Some("skeleton") => skeleton(&args[1..]),
         _ => bail!(
-            "usage: delta_tool encode [--level N] [--large-level N] BASE.tar... TARGET.tar OUT | skeleton LAYER.tar OUT | apply DELTA BASE_DIR... TARGET.tar"
+            "usage: delta_tool encode [--level N] [--probe-level N] BASE.tar... TARGET.tar OUT | skeleton LAYER.tar OUT | apply DELTA BASE_DIR... TARGET.tar"
         ),
     }
 }
@@ -58,10 +58,10 @@ fn encode(args: &[String]) -> anyhow::Result<()> {
             Some("--level") => {
                 opts.level = args.get(1).context("--level needs a value")?.parse()?
             }
-            Some("--large-level") => {
-                opts.large_level = args
+            Some("--probe-level") => {
+                opts.probe_level = args
                     .get(1)
-                    .context("--large-level needs a value")?
+                    .context("--probe-level needs a value")?
                     .parse()?
             }
             _ => break,

@@ -132,7 +132,7 @@ fn fixture() -> Fixture {
 fn small_opts() -> EncodeOptions {
     EncodeOptions {
         level: 3,
-        large_level: 1,
+        probe_level: 1,
         large_frame: 32 << 10,
         segment: 64 << 10,
         slack: 16 << 10,

@@ -16,12 +16,14 @@ use crate::Digest;
 /// Encoder knobs. `segment + 2 * slack` is the delta's window cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodeOptions {
-    /// zstd level of the control stream and of frames up to
-    /// `large_frame` bytes.
+    /// zstd level of the control stream and of frames.
     pub level: i32,
-    /// zstd level of frames over `large_frame` bytes (big patch segments
-    /// and literals, mostly incompressible: level 19 buys nothing there).
-    pub large_level: i32,
+    /// A frame of more than `large_frame` bytes is first compressed at
+    /// `probe_level`; that is kept when it is either tiny (≤ 1/16 of the
+    /// input: a patch that found its base) or useless (≥ 9/10: new
+    /// incompressible bytes), where `level` would gain next to nothing,
+    /// and redone at `level` otherwise.
+    pub probe_level: i32,
     pub large_frame: u32,
     /// Target bytes per patch segment and per data frame.
     pub segment: u32,
@@ -42,7 +44,7 @@ impl Default for EncodeOptions {
     fn default() -> Self {
         Self {
             level: 19,
-            large_level: 6,
+            probe_level: 3,
             large_frame: 1 << 20,
             segment: 8 << 20,
             slack: 4 << 20,
@@ -462,35 +464,42 @@ impl<B: Read + Seek, W: Write> Encoder<'_, '_, B, W> {
         Ok(())
     }
 
-    /// One zstd frame of `data`, with `prefix` as ref prefix (patch-from).
+    /// One zstd frame of `data`, with `prefix` as ref prefix (patch-from),
+    /// probing a large frame at a fast level first (`EncodeOptions`).
     fn compress(&mut self, data: &[u8], prefix: &[u8]) -> Result<Vec<u8>, EncodeError> {
-        let span = (data.len() + prefix.len()).max(1 << 10) as u64;
-        let window_log = (64 - (span - 1).leading_zeros()).clamp(10, 30);
-        let level = if data.len() > self.opts.large_frame as usize {
-            self.opts.large_level
-        } else {
-            self.opts.level
-        };
-        // A ref prefix borrows for the context's lifetime: one per frame.
-        let mut c = CCtx::create();
-        if !prefix.is_empty() {
-            c.ref_prefix(prefix).map_err(zstd_err("ref prefix"))?;
+        if data.len() > self.opts.large_frame as usize && self.opts.probe_level < self.opts.level {
+            let probe = compress_at(data, prefix, self.opts.probe_level)?;
+            if probe.len() * 16 <= data.len() || probe.len() * 10 >= data.len() * 9 {
+                return Ok(probe);
+            }
         }
-        c.set_parameter(CParameter::CompressionLevel(level))
-            .map_err(zstd_err("level"))?;
-        c.set_parameter(CParameter::WindowLog(window_log))
-            .map_err(zstd_err("window log"))?;
-        c.set_parameter(CParameter::EnableLongDistanceMatching(span > 8 << 20))
-            .map_err(zstd_err("long distance matching"))?;
-        c.set_parameter(CParameter::ContentSizeFlag(true))
-            .map_err(zstd_err("content size"))?;
-        c.set_parameter(CParameter::ChecksumFlag(false))
-            .map_err(zstd_err("checksum"))?;
-        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-        c.compress2(&mut frame, data)
-            .map_err(zstd_err("compress"))?;
-        Ok(frame)
+        compress_at(data, prefix, self.opts.level)
     }
+}
+
+/// One zstd frame of `data` at `level`, with `prefix` as ref prefix.
+fn compress_at(data: &[u8], prefix: &[u8], level: i32) -> Result<Vec<u8>, EncodeError> {
+    let span = (data.len() + prefix.len()).max(1 << 10) as u64;
+    let window_log = (64 - (span - 1).leading_zeros()).clamp(10, 30);
+    // A ref prefix borrows for the context's lifetime: one per frame.
+    let mut c = CCtx::create();
+    if !prefix.is_empty() {
+        c.ref_prefix(prefix).map_err(zstd_err("ref prefix"))?;
+    }
+    c.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(zstd_err("level"))?;
+    c.set_parameter(CParameter::WindowLog(window_log))
+        .map_err(zstd_err("window log"))?;
+    c.set_parameter(CParameter::EnableLongDistanceMatching(span > 8 << 20))
+        .map_err(zstd_err("long distance matching"))?;
+    c.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(zstd_err("content size"))?;
+    c.set_parameter(CParameter::ChecksumFlag(false))
+        .map_err(zstd_err("checksum"))?;
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress2(&mut frame, data)
+        .map_err(zstd_err("compress"))?;
+    Ok(frame)
 }
 
 /// The base range a target segment at `t0` is patched against: the whole
