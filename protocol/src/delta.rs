@@ -16,6 +16,7 @@ mod apply;
 mod bases;
 mod control;
 mod encode;
+mod error;
 mod format;
 mod index;
 mod matcher;

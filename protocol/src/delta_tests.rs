@@ -137,6 +137,7 @@ fn small_opts() -> EncodeOptions {
         segment: 64 << 10,
         slack: 16 << 10,
         min_patch: 256,
+        group_file_max: 24 << 10,
         inline_max: 8 << 10,
         max_prefix: 1 << 20,
     }
@@ -220,10 +221,79 @@ fn identical_layer_costs_only_headers() {
     let mut bases = [Cursor::new(f.base.clone())];
     let e = encode(&mut bases, Cursor::new(&f.base), &mut delta, &small_opts()).unwrap();
     assert_eq!(e.patched, 0);
-    assert!(delta.len() < 4096, "{} bytes", delta.len());
+    // Every entry is matched against the base's skeleton: the header and a
+    // few bytes of control stream.
+    assert!(delta.len() < 400, "{} bytes", delta.len());
     let (r, out) = run(&delta, &bases_of(&f), &sha(&f.base), &Limits::default());
     assert_eq!(r.unwrap().sha256, sha(&f.base));
     assert!(out == f.base);
+}
+
+/// 300 small files, 20 of them changed a little, 2 added, 2 removed: the
+/// unchanged entries cost a few bytes each (matched against the base's
+/// skeleton), the changed ones are patched together in one group.
+#[test]
+fn many_small_files_cost_little_per_entry() {
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let text = format!(
+                "# module {i}\n{}",
+                "def f(x):\n    return x + 1\n".repeat(40)
+            );
+            (
+                format!("usr/lib/python3/site-packages/pkg/mod_{i:03}.py"),
+                text.into_bytes(),
+            )
+        })
+        .collect();
+    let mut changed = files.clone();
+    for (i, (_, bytes)) in changed.iter_mut().enumerate().filter(|(i, _)| i % 15 == 0) {
+        bytes.extend_from_slice(format!("VERSION = '2.{i}'\n").as_bytes());
+    }
+    changed.remove(7);
+    changed.remove(100);
+    changed.push((
+        "usr/lib/python3/site-packages/pkg/new.py".into(),
+        b"print('new')\n".to_vec(),
+    ));
+    let base = tar_of(&files.iter().map(|(p, b)| E::File(p, b)).collect::<Vec<_>>());
+    let target = tar_of(
+        &changed
+            .iter()
+            .map(|(p, b)| E::File(p, b))
+            .collect::<Vec<_>>(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    tar::Archive::new(&base[..])
+        .unpack(dir.path().join("fs"))
+        .unwrap();
+    write_skeleton(&base, &dir.path().join("skeleton"));
+    let mut bases = DirBases::new();
+    bases.insert(sha(&base), dir.path().join("fs"));
+    bases.set_skeleton(sha(&base), dir.path().join("skeleton"));
+    let mut delta = Vec::new();
+    let opts = EncodeOptions {
+        level: 19,
+        ..small_opts()
+    };
+    let e = encode(
+        &mut [Cursor::new(base.clone())],
+        Cursor::new(&target),
+        &mut delta,
+        &opts,
+    )
+    .unwrap();
+    // 20 changed files patched, the 278 others copied.
+    assert!(e.patched > 20 * 1000 && e.copied > 278 * 1000, "{e:?}");
+    let (r, out) = run(&delta, &bases, &sha(&target), &Limits::default());
+    r.unwrap();
+    assert!(out == target);
+    assert!(
+        delta.len() < 1500,
+        "{} bytes for {} entries",
+        delta.len(),
+        changed.len()
+    );
 }
 
 #[test]
@@ -444,10 +514,43 @@ proptest! {
     }
 }
 
-/// (delta, target tar, bases), built once for the property test.
-fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
-    static ONCE: std::sync::OnceLock<(Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir)> =
-        std::sync::OnceLock::new();
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    /// Any control stream (ops from the real tags with arbitrary fields)
+    /// is refused or rebuilds exactly its target: never a panic.
+    #[test]
+    fn arbitrary_control_streams_never_panic(
+        ops in proptest::collection::vec(
+            (prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 0xFF, 9]),
+             proptest::collection::vec(any::<u8>(), 0..24)),
+            0..12,
+        ),
+    ) {
+        let f = small_fixture();
+        let mut control = Vec::new();
+        for (tag, fields) in ops {
+            control.push(tag);
+            if matches!(tag, 3 | 4 | 6) {
+                // A real path now and then, so base files open.
+                control.extend_from_slice(&1u16.to_le_bytes());
+                control.push(b'f');
+            }
+            control.extend_from_slice(&fields);
+        }
+        let delta = hand_delta(&f.4, &control);
+        let mut out = Vec::new();
+        let expected = Digest::from_sha256([0; 32]);
+        let r = apply(&delta[..], &f.2, &mut out, &expected, &Limits::default());
+        prop_assert!(r.is_err());
+    }
+}
+
+/// (delta, target tar, bases, their directory, the base's diff_id), built
+/// once for the property tests.
+type SmallFixture = (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir, [u8; 32]);
+
+fn small_fixture() -> &'static SmallFixture {
+    static ONCE: std::sync::OnceLock<SmallFixture> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         let a = noise(200_000, 21);
         let mut b = a.clone();
@@ -481,6 +584,7 @@ fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
         bases.insert(sha(&base), dir.path().join("fs"));
         write_skeleton(&base, &dir.path().join("skeleton"));
         bases.set_skeleton(sha(&base), dir.path().join("skeleton"));
-        (delta, target, bases, dir)
+        let base_sha = Sha256::digest(&base).into();
+        (delta, target, bases, dir, base_sha)
     })
 }

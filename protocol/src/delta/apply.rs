@@ -7,9 +7,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::bases::BaseFiles;
 use super::control::{Control, Input};
+pub use super::error::DeltaError;
 use super::format::{
-    Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, OP_BASE, OP_COPY, OP_DATA, OP_END, OP_PATCH, OP_RAW,
-    RAW_CHUNK, VERSION, path_is_safe, window_log_for,
+    Limits, MAGIC, MAX_BASES, MAX_GROUP_FILES, MAX_PATH_BYTES, OP_BASE, OP_COPY, OP_DATA, OP_END,
+    OP_GROUP, OP_PATCH, OP_RAW, OP_TAKE, RAW_CHUNK, VERSION, path_is_safe, window_log_for,
 };
 use crate::Digest;
 
@@ -21,76 +22,6 @@ const CHUNK: usize = 64 << 10;
 pub struct Applied {
     pub bytes: u64,
     pub sha256: Digest,
-}
-
-/// Why a delta was refused or failed. Output already written must then be
-/// discarded by the caller.
-#[derive(Debug, thiserror::Error)]
-pub enum DeltaError {
-    #[error("not a Fleet delta (bad magic)")]
-    BadMagic,
-    #[error("delta format version {version} is not supported (this device reads {VERSION})")]
-    UnsupportedVersion { version: u16 },
-    #[error("delta rebuilds {found}, expected {expected}")]
-    WrongTarget { expected: Digest, found: Digest },
-    #[error("delta asks for a {requested}-byte segment window, device cap is {cap} (memory bomb)")]
-    WindowOverCap { requested: u64, cap: u32 },
-    #[error("delta field {field} is {value}, limit {max}")]
-    OverLimit {
-        field: &'static str,
-        value: u64,
-        max: u64,
-    },
-    #[error("delta needs base layer {diff_id}, which this device does not have")]
-    UnknownBase { diff_id: Digest },
-    #[error("op at byte {offset} names base #{index}, delta has {count} bases")]
-    BadBaseIndex {
-        offset: u64,
-        index: u32,
-        count: usize,
-    },
-    #[error("op at byte {offset} names unsafe base path {path:?}")]
-    UnsafePath { offset: u64, path: String },
-    #[error("unknown op tag {tag:#04x} at byte {offset}")]
-    UnknownOp { offset: u64, tag: u8 },
-    #[error("delta truncated at byte {offset}")]
-    Truncated { offset: u64 },
-    #[error("reading the delta at byte {offset}")]
-    ReadDelta { offset: u64, source: io::Error },
-    #[error("corrupt zstd frame at byte {offset}")]
-    Frame { offset: u64, source: io::Error },
-    #[error("frame at byte {offset} is malformed: {what}")]
-    FrameShape { offset: u64, what: &'static str },
-    #[error("opening base file {path:?} of {base}")]
-    BaseOpen {
-        base: Digest,
-        path: String,
-        source: io::Error,
-    },
-    #[error("reading base file {path:?} of {base}")]
-    BaseRead {
-        base: Digest,
-        path: String,
-        source: io::Error,
-    },
-    #[error("base file {path:?} of {base} does not match the delta (tampered or changed)")]
-    BaseMismatch { base: Digest, path: String },
-    #[error("writing the rebuilt tar")]
-    WriteOutput { source: io::Error },
-    #[error("rebuilt tar would exceed the declared {declared} bytes")]
-    Overrun { declared: u64 },
-    #[error("rebuilt {written} bytes, delta declared {declared}")]
-    SizeMismatch { declared: u64, written: u64 },
-    #[error("rebuilt tar hashes to {computed}, expected {expected}")]
-    HashMismatch { expected: Digest, computed: Digest },
-    #[error("bytes after the end of the delta at byte {offset}")]
-    TrailingData { offset: u64 },
-    #[error("delta needs the skeleton of base layer {base}, which this device does not have")]
-    NoSkeleton { base: Digest, source: io::Error },
-    #[error(
-        "the delta's control prefix ({declared} bytes of base skeletons) differs from this device's skeletons ({found} bytes)"
-    )]
-    SkeletonMismatch { declared: u32, found: u64 },
 }
 
 /// Rebuilds the layer `expected` (its diff_id) from `delta` and `bases`
@@ -122,6 +53,7 @@ pub fn apply<R: Read, B: BaseFiles, W: Write>(
         max_segments: limits.max_segments,
         chunk: vec![0; CHUNK],
         base_buf: Vec::new(),
+        group: Group::default(),
     };
     applier.run(expected)
 }
@@ -274,6 +206,15 @@ struct Applier<'b, 'p, R, B, W> {
     max_segments: u32,
     chunk: Vec<u8>,
     base_buf: Vec<u8>,
+    group: Group,
+}
+
+/// The decoded files of the current `Group`, handed out by `Take`.
+#[derive(Default)]
+struct Group {
+    sizes: std::collections::VecDeque<u64>,
+    out: Vec<u8>,
+    pos: usize,
 }
 
 /// One `Patch` segment as read from the delta.
@@ -295,7 +236,7 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
                 OP_DATA => {
                     let out_len = self.capped("out_len")?;
                     let frame_len = self.frame_len()?;
-                    self.frame(frame_len, out_len, false)?;
+                    self.frame(frame_len, out_len, Sink::Output)?;
                 }
                 OP_COPY => self.copy(offset)?,
                 OP_PATCH => self.patch(offset)?,
@@ -310,7 +251,15 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
                     }
                     self.current_base = index;
                 }
+                OP_GROUP => self.group(offset)?,
+                OP_TAKE => self.take(offset)?,
                 OP_END => {
+                    if !self.group.sizes.is_empty() {
+                        return Err(DeltaError::FrameShape {
+                            offset,
+                            what: "grouped files never taken",
+                        });
+                    }
                     self.ctl.finish(&mut self.input)?;
                     return self.end(expected);
                 }
@@ -399,6 +348,75 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
         }
     }
 
+    /// A `Group`: reads each member's whole base file (checked against its
+    /// SHA-256) into the prefix, then decodes the frame of their target
+    /// contents into the group buffer.
+    fn group(&mut self, offset: u64) -> Result<(), DeltaError> {
+        if !self.group.sizes.is_empty() {
+            return Err(DeltaError::FrameShape {
+                offset,
+                what: "a group before the previous one was used up",
+            });
+        }
+        let count = self.ctl.u32(&mut self.input)?;
+        over_limit("group files", count.into(), MAX_GROUP_FILES.into())?;
+        let half = u64::from(self.header.window_cap / 2);
+        self.base_buf.clear();
+        let mut total = 0u64;
+        for _ in 0..count {
+            let (base, path, mut file) = self.open_base(offset)?;
+            let base_size = self.ctl.u64(&mut self.input)?;
+            let base_sha: [u8; 32] = self.ctl.array(&mut self.input)?;
+            let size = self.ctl.u64(&mut self.input)?;
+            let start = self.base_buf.len();
+            over_limit("group base bytes", start as u64 + base_size, half)?;
+            self.base_buf.resize(start + base_size as usize, 0);
+            let mismatch = || DeltaError::BaseMismatch {
+                base: base.clone(),
+                path: path.clone(),
+            };
+            match file.read_exact(&mut self.base_buf[start..]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(mismatch()),
+                Err(source) => return Err(DeltaError::BaseRead { base, path, source }),
+            }
+            if <[u8; 32]>::from(Sha256::digest(&self.base_buf[start..])) != base_sha {
+                return Err(mismatch());
+            }
+            total = total.saturating_add(size);
+            self.group.sizes.push_back(size);
+        }
+        let out_len = self.capped("out_len")?;
+        over_limit("group out_len", out_len.into(), half)?;
+        let frame_len = self.frame_len()?;
+        if u64::from(out_len) != total {
+            return Err(DeltaError::FrameShape {
+                offset,
+                what: "group sizes do not add up to its output",
+            });
+        }
+        self.group.out.clear();
+        self.group.pos = 0;
+        self.frame(frame_len, out_len, Sink::Group)
+    }
+
+    /// A `Take`: the next file of the current group.
+    fn take(&mut self, offset: u64) -> Result<(), DeltaError> {
+        let size = self.group.sizes.pop_front().ok_or(DeltaError::FrameShape {
+            offset,
+            what: "take without a group",
+        })?;
+        // The group's sizes add up to its decoded length.
+        let end = self.group.pos + size as usize;
+        let bytes = &self.group.out[self.group.pos..end];
+        self.out.write(bytes)?;
+        self.group.pos = end;
+        if self.group.sizes.is_empty() {
+            self.group.out = Vec::new();
+        }
+        Ok(())
+    }
+
     fn copy(&mut self, offset: u64) -> Result<(), DeltaError> {
         let (base, path, mut file) = self.open_base(offset)?;
         let size = self.ctl.u64(&mut self.input)?;
@@ -451,7 +469,7 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
                 frame_len: self.frame_len()?,
             };
             self.load_base_range(&mut file, &seg, &base, &path)?;
-            self.frame(seg.frame_len, seg.out_len, true)?;
+            self.frame(seg.frame_len, seg.out_len, Sink::Patched)?;
             produced += u64::from(seg.out_len);
         }
         if produced != size {
@@ -499,8 +517,9 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
     }
 
     /// Decodes one zstd frame of exactly `frame_len` bytes that must yield
-    /// exactly `out_len` bytes, with `base_buf` as ref prefix if `prefixed`.
-    fn frame(&mut self, frame_len: u32, out_len: u32, prefixed: bool) -> Result<(), DeltaError> {
+    /// exactly `out_len` bytes, with `base_buf` as ref prefix unless `sink`
+    /// is the plain output.
+    fn frame(&mut self, frame_len: u32, out_len: u32, sink: Sink) -> Result<(), DeltaError> {
         let offset = self.input.pos;
         if !self.ctl.at_chunk_boundary() {
             return Err(DeltaError::FrameShape {
@@ -508,7 +527,11 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
                 what: "data frame inside a control chunk",
             });
         }
-        let prefix: &[u8] = if prefixed { &self.base_buf } else { &[] };
+        let prefix: &[u8] = match sink {
+            Sink::Output => &[],
+            Sink::Patched | Sink::Group => &self.base_buf,
+        };
+        let (out, group) = (&mut self.out, &mut self.group.out);
         let window_log = window_log_for(self.header.window_cap);
         let reader = BufReader::with_capacity(CHUNK, (&mut self.input).take(frame_len.into()));
         let mut produced = 0u64;
@@ -520,7 +543,13 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
                     what: "frame yields more bytes than declared",
                 });
             }
-            self.out.write(bytes)
+            match sink {
+                Sink::Group => {
+                    group.extend_from_slice(bytes);
+                    Ok(())
+                }
+                Sink::Output | Sink::Patched => out.write(bytes),
+            }
         });
         match result {
             Err(Decode::Zstd(source)) if self.input.eof => {
@@ -542,6 +571,17 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
             Ok(true) => Ok(()),
         }
     }
+}
+
+/// Where a frame's bytes go, and whether `base_buf` is its prefix.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// The output, no prefix (`Data`).
+    Output,
+    /// The output, `base_buf` as prefix (`Patch`).
+    Patched,
+    /// The group buffer, `base_buf` as prefix (`Group`).
+    Group,
 }
 
 enum Decode {

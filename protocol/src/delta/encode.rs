@@ -1,13 +1,15 @@
 //! Server side: compute a delta that rebuilds a target layer tar from base
 //! layer tars.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use sha2::{Digest as _, Sha256};
 use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer, zstd_sys::ZSTD_EndDirective};
 
 use super::format::{
-    CONTROL_WINDOW_LOG, Header, OP_BASE, OP_COPY, OP_DATA, OP_END, OP_PATCH, RAW_CHUNK,
+    CONTROL_WINDOW_LOG, Header, MAX_GROUP_FILES, OP_BASE, OP_COPY, OP_DATA, OP_END, OP_GROUP,
+    OP_PATCH, OP_TAKE, RAW_CHUNK,
 };
 use super::index::{RawRun, TarFile, TarIndex, index_and_skeleton, index_tar, put_file_fields};
 use super::matcher::{BaseRef, Matcher};
@@ -31,6 +33,11 @@ pub struct EncodeOptions {
     pub slack: u32,
     /// Files smaller than this are sent literally rather than patched.
     pub min_patch: u64,
+    /// Patched files whose target and base are both at most this size are
+    /// patched in groups (one frame against their base files, up to half
+    /// the window cap of base files and `large_frame` of output) rather
+    /// than one frame each.
+    pub group_file_max: u64,
     /// New files up to this size travel inline in the control stream;
     /// larger ones in their own frames.
     pub inline_max: u64,
@@ -44,11 +51,12 @@ impl Default for EncodeOptions {
     fn default() -> Self {
         Self {
             level: 19,
-            probe_level: 3,
-            large_frame: 1 << 20,
+            probe_level: 6,
+            large_frame: 4 << 20,
             segment: 8 << 20,
             slack: 4 << 20,
             min_patch: 256,
+            group_file_max: 1 << 20,
             inline_max: 1 << 20,
             max_prefix: 8 << 20,
         }
@@ -205,6 +213,10 @@ fn control_window_log(prefix: &[u8], wanted: &TarIndex) -> u32 {
     (64 - (span - 1).leading_zeros()).clamp(10, CONTROL_WINDOW_LOG)
 }
 
+/// The base file a target file is rebuilt from, and whether it is
+/// identical (copy) rather than similar (patch).
+type Found = Option<(BaseRef, bool)>;
+
 struct Counting<W> {
     out: W,
     count: u64,
@@ -338,14 +350,76 @@ impl<B: Read + Seek, W: Write> Encoder<'_, '_, B, W> {
         Ok(())
     }
 
-    fn body<T: Read>(&mut self, target: &mut T, wanted: &TarIndex) -> Result<(), EncodeError> {
+    /// What each target file becomes, and the groups of small patched
+    /// files (indexes into `wanted.files`; a group is sent where its first
+    /// file is).
+    fn plan(&self, wanted: &TarIndex) -> (Vec<Found>, Vec<Vec<usize>>) {
+        let found: Vec<_> = wanted
+            .files
+            .iter()
+            .map(|f| {
+                (f.size >= self.opts.min_patch)
+                    .then(|| self.matcher.find(self.indexes, f))
+                    .flatten()
+            })
+            .collect();
+        // Within the device's group limits (half the window cap each way),
+        // and no larger than a frame that gets the full level.
+        let half = u64::from(self.opts.segment / 2 + self.opts.slack);
+        let max_out = half.min(self.opts.large_frame.into());
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let (mut out, mut base, mut group_base) = (0u64, 0u64, usize::MAX);
+        for (i, f) in wanted.files.iter().enumerate() {
+            let Some((r, false)) = found[i] else { continue };
+            let b = self.indexes[r.base].files[r.file].size;
+            let most = self.opts.group_file_max;
+            if f.size > most.min(max_out) || b > most.min(half) {
+                continue;
+            }
+            let fits = groups.last().is_some_and(|g| {
+                r.base == group_base
+                    && out + f.size <= max_out
+                    && base + b <= half
+                    && g.len() < MAX_GROUP_FILES as usize
+            });
+            if !fits {
+                groups.push(Vec::new());
+                (out, base, group_base) = (0, 0, r.base);
+            }
+            out += f.size;
+            base += b;
+            if let Some(g) = groups.last_mut() {
+                g.push(i);
+            }
+        }
+        (found, groups)
+    }
+
+    fn body<T: Read + Seek>(
+        &mut self,
+        target: &mut T,
+        wanted: &TarIndex,
+    ) -> Result<(), EncodeError> {
+        let (found, groups) = self.plan(wanted);
+        let mut grouped = vec![false; wanted.files.len()];
+        let mut starts = HashMap::new();
+        for (g, members) in groups.iter().enumerate() {
+            starts.insert(members[0], g);
+            for m in members {
+                grouped[*m] = true;
+            }
+        }
         let mut pos = 0u64;
-        for f in &wanted.files {
+        for (i, f) in wanted.files.iter().enumerate() {
             self.inline(target, f.offset - pos)?;
-            let found = (f.size >= self.opts.min_patch)
-                .then(|| self.matcher.find(self.indexes, f))
-                .flatten();
-            match found {
+            if let Some(g) = starts.get(&i) {
+                self.group_op(target, wanted, &groups[*g], &found)?;
+            }
+            match found[i] {
+                _ if grouped[i] => {
+                    self.op(&[OP_TAKE])?;
+                    skip(target, f.size)?;
+                }
                 Some((r, true)) => {
                     self.copy_op(r, f)?;
                     skip(target, f.size)?;
@@ -402,6 +476,55 @@ impl<B: Read + Seek, W: Write> Encoder<'_, '_, B, W> {
             left -= take as u64;
         }
         self.stats[2] += len;
+        Ok(())
+    }
+
+    /// A `Group` op: the members' base files and sizes, then one frame of
+    /// their target contents (read by seeking, then back) against their
+    /// base files.
+    fn group_op<T: Read + Seek>(
+        &mut self,
+        target: &mut T,
+        wanted: &TarIndex,
+        members: &[usize],
+        found: &[Found],
+    ) -> Result<(), EncodeError> {
+        let read_target = |source| EncodeError::ReadTarget { source };
+        let here = target.stream_position().map_err(read_target)?;
+        let mut op = vec![OP_GROUP];
+        op.extend_from_slice(&len32(members.len()).to_le_bytes());
+        let (mut data, mut prefix) = (Vec::new(), Vec::new());
+        let mut base_index = 0;
+        for m in members {
+            let Some((r, _)) = found[*m] else { continue };
+            base_index = r.base;
+            let f = &wanted.files[*m];
+            let b = &self.indexes[r.base].files[r.file];
+            put_file_fields(&mut op, &b.path, b.size, &b.sha);
+            op.extend_from_slice(&f.size.to_le_bytes());
+            let start = data.len();
+            data.resize(start + f.size as usize, 0);
+            target
+                .seek(SeekFrom::Start(f.offset))
+                .map_err(read_target)?;
+            target.read_exact(&mut data[start..]).map_err(read_target)?;
+            let start = prefix.len();
+            prefix.resize(start + b.size as usize, 0);
+            let read_base = |source| EncodeError::ReadBase {
+                index: r.base,
+                source,
+            };
+            let src = &mut self.bases[r.base];
+            src.seek(SeekFrom::Start(b.offset)).map_err(read_base)?;
+            src.read_exact(&mut prefix[start..]).map_err(read_base)?;
+        }
+        target.seek(SeekFrom::Start(here)).map_err(read_target)?;
+        self.set_base(base_index)?;
+        let frame = self.compress(&data, &prefix)?;
+        op.extend_from_slice(&len32(data.len()).to_le_bytes());
+        op.extend_from_slice(&len32(frame.len()).to_le_bytes());
+        self.op_with_frame(&op, &frame)?;
+        self.stats[1] += data.len() as u64;
         Ok(())
     }
 

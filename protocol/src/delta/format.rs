@@ -17,6 +17,13 @@ pub(crate) const OP_COPY: u8 = 3;
 pub(crate) const OP_PATCH: u8 = 4;
 /// `Base`: sets the current base layer (0 at the start).
 pub(crate) const OP_BASE: u8 = 5;
+/// `Group`: small files patched together in one frame against their base
+/// files, decoded into a buffer that `Take` ops hand out in order.
+pub(crate) const OP_GROUP: u8 = 6;
+/// `Take`: the next file of the current group.
+pub(crate) const OP_TAKE: u8 = 7;
+/// Most files in one group.
+pub(crate) const MAX_GROUP_FILES: u32 = 4096;
 pub(crate) const OP_END: u8 = 0xFF;
 
 /// Largest `Raw` op: longer runs of inline bytes are cut into ops of this
