@@ -533,7 +533,22 @@ impl<R: Read, B: BaseFiles, W: Write> Applier<'_, '_, R, B, W> {
         };
         let (out, group) = (&mut self.out, &mut self.group.out);
         let window_log = window_log_for(self.header.window_cap);
-        let reader = BufReader::with_capacity(CHUNK, (&mut self.input).take(frame_len.into()));
+        // The frame must declare its content size (= out_len): zstd then
+        // sizes its buffer by that, not by the window (DELTA.md, memory).
+        let mut head = [0u8; 18];
+        let head_len = (frame_len as usize).min(head.len());
+        self.input.exact(&mut head[..head_len])?;
+        match zstd::zstd_safe::get_frame_content_size(&head[..head_len]) {
+            Ok(Some(n)) if n == u64::from(out_len) => {}
+            _ => {
+                return Err(DeltaError::FrameShape {
+                    offset,
+                    what: "frame does not declare its output size",
+                });
+            }
+        }
+        let rest = (&mut self.input).take(u64::from(frame_len) - head_len as u64);
+        let reader = BufReader::with_capacity(CHUNK, (&head[..head_len]).chain(rest));
         let mut produced = 0u64;
         let result = decode_into(reader, prefix, window_log, &mut self.chunk, |bytes| {
             produced += bytes.len() as u64;
