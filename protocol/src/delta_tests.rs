@@ -296,6 +296,31 @@ fn many_small_files_cost_little_per_entry() {
     );
 }
 
+/// A base skeleton over `max_prefix` is left out of the prefix: the delta
+/// still rebuilds the target, without asking the device for it.
+#[test]
+fn a_skeleton_over_the_prefix_cap_is_left_out() {
+    let f = fixture();
+    let mut delta = Vec::new();
+    let opts = EncodeOptions {
+        max_prefix: 100,
+        ..small_opts()
+    };
+    let e = encode(
+        &mut [Cursor::new(f.base.clone())],
+        Cursor::new(&f.target),
+        &mut delta,
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(e.prefix_len, 0);
+    let mut bases = DirBases::new();
+    bases.insert(sha(&f.base), f.dir.path().join("base"));
+    let (r, out) = run(&delta, &bases, &sha(&f.target), &Limits::default());
+    assert_eq!(r.unwrap().sha256, sha(&f.target));
+    assert!(out == f.target);
+}
+
 #[test]
 fn tampered_base_file_is_refused_by_name() {
     let f = fixture();

@@ -121,7 +121,8 @@ pub fn encode<B: Read + Seek, T: Read + Seek, W: Write>(
         base.seek(SeekFrom::Start(0)).map_err(read)?;
         let (i, s) = index_and_skeleton(&mut *base).map_err(read)?;
         indexes.push(i);
-        skeletons.push(s);
+        // A skeleton over the cap can never be in the prefix: not kept.
+        skeletons.push((s.len() <= opts.max_prefix as usize).then_some(s));
     }
     let read = |source| EncodeError::ReadTarget { source };
     target.seek(SeekFrom::Start(0)).map_err(read)?;
@@ -131,7 +132,8 @@ pub fn encode<B: Read + Seek, T: Read + Seek, W: Write>(
     let prefix_bases = choose_prefix(&matcher, &indexes, &wanted, &skeletons, opts);
     let prefix: Vec<u8> = prefix_bases
         .iter()
-        .flat_map(|i| skeletons[*i as usize].iter().copied())
+        .filter_map(|i| skeletons[*i as usize].as_ref())
+        .flat_map(|s| s.iter().copied())
         .collect();
     drop(skeletons);
     let header = Header {
@@ -180,7 +182,7 @@ fn choose_prefix(
     matcher: &Matcher,
     indexes: &[TarIndex],
     wanted: &TarIndex,
-    skeletons: &[Vec<u8>],
+    skeletons: &[Option<Vec<u8>>],
     opts: &EncodeOptions,
 ) -> Vec<u32> {
     let mut uses = vec![0u64; indexes.len()];
@@ -194,7 +196,9 @@ fn choose_prefix(
     let mut total = 0usize;
     let mut chosen = Vec::new();
     for i in ranked {
-        let len = skeletons[i].len();
+        let Some(len) = skeletons[i].as_ref().map(Vec::len) else {
+            continue;
+        };
         if total + len <= opts.max_prefix as usize {
             total += len;
             chosen.push(i);
