@@ -10,7 +10,9 @@
 # For each, in one run: the v2 layer gzip'd (what a docker pull fetches),
 # whole-layer `zstd -19 --long=31 --patch-from`, `xdelta3 -9 -B` and Fleet's
 # delta (protocol/examples/delta_tool.rs); encode time and peak RSS of
-# xdelta3 and Fleet; Fleet's apply time, peak RSS and throughput.
+# xdelta3 and Fleet; the time and peak RSS of computing the base's skeleton
+# on its own (a device does it while unpacking, on a thread); Fleet's apply
+# time, peak RSS and throughput.
 # Writes bench/REPORT-delta.md. Never fails on timing; not run by CI.
 #
 # Usage: bench/delta.sh            (BENCH_CORPUS=dir keeps the corpus between runs)
@@ -122,6 +124,8 @@ run_case() {
   read -r en_s en_kib < <(measure "$work/en.log" "$tool" encode "$v1" "$v2" "$work/fleet.delta")
   fl_bytes=$(stat -c %s "$work/fleet.delta")
   rm -rf "$work/base" && mkdir -p "$work/base" && tar -xf "$v1" -C "$work/base"
+  # The base's skeleton, as the device writes it while unpacking v1.
+  read -r sk_s sk_kib < <(measure "$work/sk.log" "$tool" skeleton "$v1" "$work/base.skeleton")
   read -r ap_s ap_kib < <(measure "$work/ap.log" "$tool" apply "$work/fleet.delta" "$work/base" "$work/rebuilt.tar")
   cmp -s "$work/rebuilt.tar" "$v2" || { echo "bench: $name: rebuilt tar differs" >&2; exit 1; }
   local ratio mbs
@@ -130,10 +134,10 @@ run_case() {
   mbs=$(awk "BEGIN { if ($ap_s > 0) printf \"%.0f\", $tar_bytes / 1e6 / $ap_s; else print \"(< 10 ms)\" }")
   echo "$name: tar $tar_bytes gzip $gz_bytes zstd-patch $zp_bytes xdelta3 $xd_bytes fleet $fl_bytes ($ratio x zstd)" >&2
   echo "  zstd ${zp_s}s ${zp_kib}KiB; xdelta3 ${xd_s}s ${xd_kib}KiB; fleet encode ${en_s}s ${en_kib}KiB; apply ${ap_s}s ${ap_kib}KiB ${mbs} MB/s" >&2
-  sed 's/^/    /' "$work/en.log" "$work/ap.log" >&2
+  sed 's/^/    /' "$work/en.log" "$work/sk.log" "$work/ap.log" >&2
   rows+="| $name | $(mib "$tar_bytes") | $gz_bytes | $zp_bytes | $xd_bytes | **$fl_bytes** | $ratio | $(awk "BEGIN { printf \"%.2f\", 100 * $fl_bytes / $gz_bytes }")% |
 "
-  timing+="| $name | $zp_s / $((zp_kib / 1024)) | $xd_s / $((xd_kib / 1024)) | $en_s / $((en_kib / 1024)) | $ap_s / $((ap_kib / 1024)) | $mbs |
+  timing+="| $name | $zp_s / $((zp_kib / 1024)) | $xd_s / $((xd_kib / 1024)) | $en_s / $((en_kib / 1024)) | $sk_s / $((sk_kib / 1024)) | $ap_s / $((ap_kib / 1024)) | $mbs |
 "
   rm -f "$work/zp.zst" "$work/xd.vcdiff" "$work/fleet.delta" "$work/rebuilt.tar"
 }
@@ -153,7 +157,8 @@ report=bench/REPORT-delta.md
   echo "Written by \`bench/delta.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m), shared machine;"
   echo "zstd $(zstd -V | grep -o 'v[0-9.]*'), xdelta3 $(xdelta3 -V 2>&1 | grep -o '[0-9][0-9.]*' | head -1))."
   echo "Each case is the uncompressed v2 layer tar; v1's tar (or, for Fleet's apply, v1 unpacked"
-  echo "into a directory, as a device's snapshot) is the base."
+  echo "into a directory with v1's skeleton beside it, as a device's snapshot) is the base."
+  echo "Fleet's delta is format v$(grep -o 'VERSION: u16 = [0-9]*' protocol/src/delta/format.rs | grep -o '[0-9]*$')."
   echo
   echo "## Bytes sent"
   echo
@@ -163,8 +168,8 @@ report=bench/REPORT-delta.md
   echo
   echo "## Time (s) / peak RSS (MiB)"
   echo
-  echo "| case | zstd --patch-from encode | xdelta3 encode | Fleet encode (server) | Fleet apply (device) | apply MB/s of tar |"
-  echo "|---|---|---|---|---|---|"
+  echo "| case | zstd --patch-from encode | xdelta3 encode | Fleet encode (server) | Fleet base skeleton (device, alone) | Fleet apply (device) | apply MB/s of tar |"
+  echo "|---|---|---|---|---|---|---|"
   printf '%s' "$timing"
 } >"$report.tmp"
 mv "$report.tmp" "$report"

@@ -6,6 +6,8 @@
 //! ```text
 //! sha256/<hex>/fs/             the unpacked layer (an overlayfs lowerdir)
 //! sha256/<hex>/snapshot.json   what was unpacked: LayerStats, whiteout format
+//! sha256/<hex>/skeleton        the layer's skeleton (protocol/DELTA.md), if
+//!                              complete: only then is it a delta base
 //! tmp/                         unpacks in progress and removals; emptied on open
 //! ```
 //!
@@ -47,6 +49,7 @@ use crate::unpack::{self, Compression, LayerStats, Limits, UnpackError, Whiteout
 
 const META_FILE: &str = "snapshot.json";
 const FS_DIR: &str = "fs";
+const SKELETON_FILE: &str = "skeleton";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -182,6 +185,14 @@ impl SnapshotStore {
             .then(|| self.path(diff_id))
     }
 
+    /// The skeleton file of a complete snapshot, if it has one (snapshots
+    /// made by agents before delta format v2 have none). Only a snapshot
+    /// with a skeleton is offered as a delta base.
+    pub fn skeleton(&self, diff_id: &Digest) -> Option<PathBuf> {
+        let path = self.dir(diff_id).join(SKELETON_FILE);
+        (self.get(diff_id).is_some() && path.is_file()).then_some(path)
+    }
+
     /// The recorded metadata of a complete snapshot.
     pub fn info(&self, diff_id: &Digest) -> Result<Option<SnapshotInfo>, SnapshotError> {
         let p = self.dir(diff_id).join(META_FILE);
@@ -254,6 +265,9 @@ impl SnapshotStore {
                 base: base.clone(),
             })?;
             dirs.insert(base.clone(), dir);
+            if let Some(skeleton) = self.skeleton(base) {
+                dirs.set_skeleton(base.clone(), skeleton);
+            }
         }
         let file = fs::File::open(delta_file).map_err(io_err("open", delta_file))?;
         let work = self.temp_dir(&diff_id.hex()[..12])?;
@@ -296,6 +310,7 @@ impl SnapshotStore {
             &fs_dir,
             &self.limits,
             self.format,
+            Some(&work.join(SKELETON_FILE)),
         );
         let applied = applier.join().map_err(|_| SnapshotError::DeltaThread {
             diff_id: diff_id.clone(),
@@ -329,13 +344,14 @@ impl SnapshotStore {
         work: &Path,
     ) -> Result<PathBuf, SnapshotError> {
         let fs_dir = work.join(FS_DIR);
-        let stats = unpack::unpack_layer_as(
+        let stats = unpack::unpack_layer_with_skeleton(
             blob,
             media_type,
             diff_id,
             &fs_dir,
             &self.limits,
             self.format,
+            Some(&work.join(SKELETON_FILE)),
         )
         .map_err(|source| SnapshotError::Unpack {
             diff_id: diff_id.clone(),

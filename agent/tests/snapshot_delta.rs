@@ -215,3 +215,107 @@ fn an_unsafe_entry_in_the_rebuilt_tar_is_refused_by_the_unpacker() {
     c.assert_nothing_half_made(&diff_id);
     assert!(!Path::new(&c.root).join("snapshots/evil").exists());
 }
+
+/// A layer with the tar features a skeleton must walk like the server:
+/// a pax `path` record, a GNU long name, a hard link, an empty file, a
+/// symlink and a directory.
+fn rich_tar(model: &[u8], note: &[u8]) -> Vec<u8> {
+    let long = "usr/share/a-directory-with-a-rather-long-name/and-another-one-below-it/file-name-well-over-one-hundred-bytes.txt";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(0);
+    h.set_entry_type(tar::EntryType::Directory);
+    b.append_data(&mut h, "models/", &[][..]).unwrap();
+    let mut h = header(model.len());
+    b.append_data(&mut h, "models/m.bin", model).unwrap();
+    let mut h = header(note.len());
+    b.append_data(&mut h, long, note).unwrap();
+    b.append_pax_extensions([("path", "models/pax-named-notes.txt".as_bytes())])
+        .unwrap();
+    let mut h = header(note.len());
+    h.set_path("placeholder").unwrap();
+    h.set_cksum();
+    b.append(&h, note).unwrap();
+    let mut h = header(0);
+    b.append_data(&mut h, "etc/empty", &[][..]).unwrap();
+    let mut h = header(0);
+    h.set_entry_type(tar::EntryType::Link);
+    b.append_link(&mut h, "models/m-link.bin", "models/m.bin")
+        .unwrap();
+    let mut h = header(0);
+    h.set_entry_type(tar::EntryType::Symlink);
+    b.append_link(&mut h, "models/current", "m.bin").unwrap();
+    b.into_inner().unwrap()
+}
+
+fn skeleton_of(tar: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    delta::skeleton(tar, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn snapshots_keep_the_same_skeleton_the_server_computes() {
+    let model = noise(300_000, 8);
+    let mut model2 = model.clone();
+    model2[1000..1100].fill(3);
+    let base = rich_tar(&model, b"notes v1\n");
+    let target = rich_tar(&model2, b"notes v2, longer\n");
+    let c = case(&base, &encode(&base, &target));
+    let skel = c
+        .store
+        .skeleton(&c.base_diff)
+        .expect("base snapshot has a skeleton");
+    assert_eq!(std::fs::read(skel).unwrap(), skeleton_of(&base));
+    // A snapshot rebuilt from a delta gets one too, from the rebuilt tar.
+    let diff_id = Digest::of(&target);
+    c.rebuild(&diff_id).unwrap();
+    let skel = c
+        .store
+        .skeleton(&diff_id)
+        .expect("rebuilt snapshot has a skeleton");
+    assert_eq!(std::fs::read(&skel).unwrap(), skeleton_of(&target));
+    // The skeleton goes with its snapshot.
+    assert!(c.store.remove(&diff_id).unwrap());
+    assert!(!skel.exists());
+    assert!(c.store.skeleton(&diff_id).is_none());
+}
+
+#[test]
+fn a_base_whose_skeleton_differs_or_is_missing_is_refused_before_decoding() {
+    let (base, target, _) = versions();
+    let c = case(&base, &encode(&base, &target));
+    let diff_id = Digest::of(&target);
+    let skel = c.store.skeleton(&c.base_diff).unwrap();
+    let mut bytes = std::fs::read(&skel).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&skel, &bytes).unwrap();
+    let err = c.rebuild(&diff_id).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotError::Delta {
+                source: DeltaError::SkeletonMismatch { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.assert_nothing_half_made(&diff_id);
+
+    // A snapshot from an agent before format v2 has no skeleton.
+    std::fs::remove_file(&skel).unwrap();
+    assert!(c.store.skeleton(&c.base_diff).is_none());
+    let err = c.rebuild(&diff_id).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotError::Delta {
+                source: DeltaError::NoSkeleton { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    c.assert_nothing_half_made(&diff_id);
+}

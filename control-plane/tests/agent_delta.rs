@@ -353,6 +353,29 @@ async fn a_tampered_base_file_falls_back_to_the_whole_layer() {
     device.assert_runs_v2(s.addr, &s);
 }
 
+/// A snapshot made before delta format v2 has no skeleton: it is not
+/// offered as a base, so the changed layer comes whole (no delta asked
+/// for, no fallback), and the new snapshot gets its skeleton.
+#[tokio::test]
+async fn a_base_snapshot_without_a_skeleton_is_not_offered_and_the_layer_comes_whole() {
+    let s = server().await;
+    let device = Device::running_v1(s.addr, &s).await;
+    let skeleton = device.snapshots.skeleton(&s.v1.diff_id).unwrap();
+    std::fs::remove_file(skeleton).unwrap();
+
+    let puller = device.puller(ClientConfig::default());
+    device
+        .pull(&puller, s.addr, &s.v2, std::slice::from_ref(&s.v1.diff_id))
+        .await;
+
+    assert!(device.applied().is_empty());
+    assert!(device.fallbacks().is_empty(), "{:?}", device.fallbacks());
+    assert_eq!(s.deltas.counters().served_bytes.load(Relaxed), 0);
+    assert!(device.store.has_blob(&s.v2.layer), "the whole layer came");
+    device.assert_runs_v2(s.addr, &s);
+    assert!(device.snapshots.skeleton(&s.v2.diff_id).is_some());
+}
+
 /// A proxy to `upstream` that serves every delta changed by `mutate`,
 /// announced under the digest of the changed bytes (a server that stored a
 /// bad delta): the download checks out, the apply must not.

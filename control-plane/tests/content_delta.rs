@@ -18,7 +18,7 @@ use fleet_control_plane::content::{
     self, DELTA_LAYER_SIZE, DELTA_TARGET, DeltaOptions, Deltas, import_oci_layout, media_type,
 };
 use fleet_protocol::Digest;
-use fleet_protocol::delta::{DirBases, Limits, apply};
+use fleet_protocol::delta::{DirBases, Limits, apply, skeleton};
 use serde_json::{Value, json};
 
 /// An OCI layout with one image (one gzip'd layer) tagged `tag`. Returns
@@ -175,11 +175,19 @@ async fn a_changed_layer_is_served_as_a_small_delta_that_rebuilds_its_exact_tar(
         delta.len()
     );
 
-    // The device side: base files from the old layer's unpacked tree.
+    // The device side: base files from the old layer's unpacked tree, and
+    // the skeleton it computed from the old layer's tar while unpacking.
     let base_dir = tempfile::tempdir().unwrap();
-    unpack(&f.v1_tar, base_dir.path());
+    unpack(&f.v1_tar, &base_dir.path().join("fs"));
+    let skeleton_file = base_dir.path().join("skeleton");
+    skeleton(
+        &f.v1_tar[..],
+        std::fs::File::create(&skeleton_file).unwrap(),
+    )
+    .unwrap();
     let mut bases = DirBases::new();
-    bases.insert(f.v1.1.clone(), base_dir.path());
+    bases.insert(f.v1.1.clone(), base_dir.path().join("fs"));
+    bases.set_skeleton(f.v1.1.clone(), skeleton_file);
     let mut rebuilt = Vec::new();
     let applied = apply(
         &delta[..],

@@ -2,13 +2,16 @@
 //! `bench/delta.sh` and by hand).
 //!
 //! ```text
-//! delta_tool encode [--level N] BASE.tar... TARGET.tar OUT.delta
+//! delta_tool encode [--level N] [--probe-level N] BASE.tar... TARGET.tar OUT.delta
+//! delta_tool skeleton LAYER.tar OUT.skeleton
 //! delta_tool apply OUT.delta BASE_DIR... TARGET.tar
 //! ```
 //!
 //! `apply` maps the i-th BASE_DIR (an unpacked base layer) to the i-th
-//! base the delta names and checks the rebuilt tar against the diff_id in
-//! the delta's own header (a device takes it from the signed release).
+//! base the delta names, with `BASE_DIR.skeleton` (written by `skeleton`
+//! from the base's tar, as a device does while unpacking) as its skeleton,
+//! and checks the rebuilt tar against the diff_id in the delta's own header
+//! (a device takes it from the signed release).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -22,17 +25,47 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("encode") => encode(&args[1..]),
         Some("apply") => apply(&args[1..]),
+        Some("skeleton") => skeleton(&args[1..]),
         _ => bail!(
-            "usage: delta_tool encode [--level N] BASE.tar... TARGET.tar OUT | apply DELTA BASE_DIR... TARGET.tar"
+            "usage: delta_tool encode [--level N] [--probe-level N] BASE.tar... TARGET.tar OUT | skeleton LAYER.tar OUT | apply DELTA BASE_DIR... TARGET.tar"
         ),
     }
+}
+
+fn skeleton(args: &[String]) -> anyhow::Result<()> {
+    let [layer, out] = args else {
+        bail!("skeleton needs LAYER.tar OUT");
+    };
+    let input = BufReader::with_capacity(1 << 20, File::open(layer)?);
+    let out = BufWriter::new(File::create(out).with_context(|| format!("creating {out}"))?);
+    let start = Instant::now();
+    let s = delta::skeleton(input, out)?;
+    println!(
+        "skeleton of {} ({} tar bytes): {} bytes, {:.2} s",
+        s.diff_id,
+        s.tar_bytes,
+        s.len,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn encode(args: &[String]) -> anyhow::Result<()> {
     let mut opts = EncodeOptions::default();
     let mut args = args;
-    if args.first().map(String::as_str) == Some("--level") {
-        opts.level = args.get(1).context("--level needs a value")?.parse()?;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--level") => {
+                opts.level = args.get(1).context("--level needs a value")?.parse()?
+            }
+            Some("--probe-level") => {
+                opts.probe_level = args
+                    .get(1)
+                    .context("--probe-level needs a value")?
+                    .parse()?
+            }
+            _ => break,
+        }
         args = &args[2..];
     }
     let [bases @ .., target, out] = args else {
@@ -48,7 +81,7 @@ fn encode(args: &[String]) -> anyhow::Result<()> {
     let e = delta::encode(&mut base_files, target, out_file, &opts)?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "target {} ({} bytes): delta {} bytes ({:.3}%), copied {} patched {} literal {}, {:.2} s",
+        "target {} ({} bytes): delta {} bytes ({:.3}%), copied {} patched {} literal {}, prefix {}, {:.2} s",
         e.target,
         e.target_size,
         e.delta_bytes,
@@ -56,6 +89,7 @@ fn encode(args: &[String]) -> anyhow::Result<()> {
         e.copied,
         e.patched,
         e.literal,
+        e.prefix_len,
         secs
     );
     Ok(())
@@ -77,6 +111,10 @@ fn apply(args: &[String]) -> anyhow::Result<()> {
     let mut bases = DirBases::new();
     for (id, dir) in header.bases.iter().zip(dirs) {
         bases.insert(id.clone(), dir);
+        bases.set_skeleton(
+            id.clone(),
+            format!("{}.skeleton", dir.trim_end_matches('/')),
+        );
     }
     let input = BufReader::with_capacity(1 << 20, File::open(delta_path)?);
     let out = BufWriter::with_capacity(1 << 20, File::create(target)?);

@@ -1,10 +1,12 @@
-//! Byte-level layer deltas, format v1 (protocol/DELTA.md).
+//! Byte-level layer deltas, format v2 (protocol/DELTA.md).
 //!
 //! A delta rebuilds the exact uncompressed tar of a target layer from base
 //! layers the device already has (named by diff_id): tar headers and
 //! padding verbatim, each file's content copied from a base file, patched
 //! against a base file in bounded segments (zstd ref prefix, like
-//! `zstd --patch-from`), or sent literally. [`encode`] runs on the server,
+//! `zstd --patch-from`), or sent literally; tar headers, ops and small
+//! literals travel in one zstd control stream whose ref prefix is the base
+//! layers' [`skeleton`]s. [`encode`] runs on the server,
 //! [`apply`] on the device; both stream and hold at most a few segment
 //! windows in memory. Unlike the rest of this crate the codec does I/O, but
 //! only through the `Read`/`Write`/[`BaseFiles`] it is handed (and
@@ -12,14 +14,18 @@
 
 mod apply;
 mod bases;
+mod control;
 mod encode;
+mod error;
 mod format;
 mod index;
+mod matcher;
 
 pub use apply::{Applied, DeltaError, DeltaHeader, apply, read_header};
 pub use bases::{BaseFiles, DirBases};
 pub use encode::{EncodeError, EncodeOptions, Encoded, encode};
 pub use format::{Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, VERSION, path_is_safe};
+pub use index::{Skeleton, skeleton};
 
 /// HTTP header of a served delta naming the diff_id it rebuilds
 /// (protocol/DELTA.md, "Asking the server for a delta").

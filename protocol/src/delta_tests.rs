@@ -132,10 +132,21 @@ fn fixture() -> Fixture {
 fn small_opts() -> EncodeOptions {
     EncodeOptions {
         level: 3,
+        probe_level: 1,
+        large_frame: 32 << 10,
         segment: 64 << 10,
         slack: 16 << 10,
         min_patch: 256,
+        group_file_max: 24 << 10,
+        inline_max: 8 << 10,
+        max_prefix: 1 << 20,
     }
+}
+
+/// Writes the skeleton of `tar` to `file`, as the agent does on unpack.
+fn write_skeleton(tar: &[u8], file: &Path) {
+    let out = std::fs::File::create(file).unwrap();
+    skeleton(tar, out).unwrap();
 }
 
 fn encode_fixture(f: &Fixture) -> (Vec<u8>, Encoded) {
@@ -154,6 +165,11 @@ fn encode_fixture(f: &Fixture) -> (Vec<u8>, Encoded) {
 fn bases_of(f: &Fixture) -> DirBases {
     let mut b = DirBases::new();
     b.insert(sha(&f.base), f.dir.path().join("base"));
+    let skel = f.dir.path().join("base.skeleton");
+    if !skel.exists() {
+        write_skeleton(&f.base, &skel);
+    }
+    b.set_skeleton(sha(&f.base), skel);
     b
 }
 
@@ -205,10 +221,104 @@ fn identical_layer_costs_only_headers() {
     let mut bases = [Cursor::new(f.base.clone())];
     let e = encode(&mut bases, Cursor::new(&f.base), &mut delta, &small_opts()).unwrap();
     assert_eq!(e.patched, 0);
-    assert!(delta.len() < 4096, "{} bytes", delta.len());
+    // Every entry is matched against the base's skeleton: the header and a
+    // few bytes of control stream.
+    assert!(delta.len() < 400, "{} bytes", delta.len());
     let (r, out) = run(&delta, &bases_of(&f), &sha(&f.base), &Limits::default());
     assert_eq!(r.unwrap().sha256, sha(&f.base));
     assert!(out == f.base);
+}
+
+/// 300 small files, 20 of them changed a little, 2 added, 2 removed: the
+/// unchanged entries cost a few bytes each (matched against the base's
+/// skeleton), the changed ones are patched together in one group.
+#[test]
+fn many_small_files_cost_little_per_entry() {
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            let text = format!(
+                "# module {i}\n{}",
+                "def f(x):\n    return x + 1\n".repeat(40)
+            );
+            (
+                format!("usr/lib/python3/site-packages/pkg/mod_{i:03}.py"),
+                text.into_bytes(),
+            )
+        })
+        .collect();
+    let mut changed = files.clone();
+    for (i, (_, bytes)) in changed.iter_mut().enumerate().filter(|(i, _)| i % 15 == 0) {
+        bytes.extend_from_slice(format!("VERSION = '2.{i}'\n").as_bytes());
+    }
+    changed.remove(7);
+    changed.remove(100);
+    changed.push((
+        "usr/lib/python3/site-packages/pkg/new.py".into(),
+        b"print('new')\n".to_vec(),
+    ));
+    let base = tar_of(&files.iter().map(|(p, b)| E::File(p, b)).collect::<Vec<_>>());
+    let target = tar_of(
+        &changed
+            .iter()
+            .map(|(p, b)| E::File(p, b))
+            .collect::<Vec<_>>(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    tar::Archive::new(&base[..])
+        .unpack(dir.path().join("fs"))
+        .unwrap();
+    write_skeleton(&base, &dir.path().join("skeleton"));
+    let mut bases = DirBases::new();
+    bases.insert(sha(&base), dir.path().join("fs"));
+    bases.set_skeleton(sha(&base), dir.path().join("skeleton"));
+    let mut delta = Vec::new();
+    let opts = EncodeOptions {
+        level: 19,
+        ..small_opts()
+    };
+    let e = encode(
+        &mut [Cursor::new(base.clone())],
+        Cursor::new(&target),
+        &mut delta,
+        &opts,
+    )
+    .unwrap();
+    // 20 changed files patched, the 278 others copied.
+    assert!(e.patched > 20 * 1000 && e.copied > 278 * 1000, "{e:?}");
+    let (r, out) = run(&delta, &bases, &sha(&target), &Limits::default());
+    r.unwrap();
+    assert!(out == target);
+    assert!(
+        delta.len() < 1500,
+        "{} bytes for {} entries",
+        delta.len(),
+        changed.len()
+    );
+}
+
+/// A base skeleton over `max_prefix` is left out of the prefix: the delta
+/// still rebuilds the target, without asking the device for it.
+#[test]
+fn a_skeleton_over_the_prefix_cap_is_left_out() {
+    let f = fixture();
+    let mut delta = Vec::new();
+    let opts = EncodeOptions {
+        max_prefix: 100,
+        ..small_opts()
+    };
+    let e = encode(
+        &mut [Cursor::new(f.base.clone())],
+        Cursor::new(&f.target),
+        &mut delta,
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(e.prefix_len, 0);
+    let mut bases = DirBases::new();
+    bases.insert(sha(&f.base), f.dir.path().join("base"));
+    let (r, out) = run(&delta, &bases, &sha(&f.target), &Limits::default());
+    assert_eq!(r.unwrap().sha256, sha(&f.target));
+    assert!(out == f.target);
 }
 
 #[test]
@@ -297,13 +407,15 @@ fn window_over_the_device_cap_is_refused_as_memory_bomb() {
 fn unknown_version_and_magic_are_refused() {
     let f = fixture();
     let (delta, _) = encode_fixture(&f);
-    let mut v2 = delta.clone();
-    v2[8] = 2;
-    let (r, _) = run(&v2, &bases_of(&f), &sha(&f.target), &Limits::default());
-    assert!(
-        matches!(r, Err(DeltaError::UnsupportedVersion { version: 2 })),
-        "{r:?}"
-    );
+    for version in [1u16, 3] {
+        let mut other = delta.clone();
+        other[8..10].copy_from_slice(&version.to_le_bytes());
+        let (r, _) = run(&other, &bases_of(&f), &sha(&f.target), &Limits::default());
+        assert!(
+            matches!(r, Err(DeltaError::UnsupportedVersion { version: v }) if v == version),
+            "v{version}: {r:?}"
+        );
+    }
     let mut magic = delta;
     magic[0] = b'X';
     let (r, _) = run(&magic, &bases_of(&f), &sha(&f.target), &Limits::default());
@@ -323,22 +435,33 @@ fn missing_base_layer_is_refused() {
     assert!(matches!(r, Err(DeltaError::UnknownBase { .. })), "{r:?}");
 }
 
-/// A hand-made delta whose one op copies `path` from base 0.
-fn copy_delta(base: &[u8; 32], path: &str) -> Vec<u8> {
+/// A hand-made delta (no prefix) whose control stream is `ops`, in one
+/// chunk.
+fn hand_delta(base: &[u8; 32], ops: &[u8]) -> Vec<u8> {
     let header = Header {
         target: [0; 32],
         target_size: 10,
         bases: vec![*base],
         window_cap: 1 << 20,
+        prefix_bases: Vec::new(),
+        prefix_len: 0,
+        prefix_sha: Sha256::digest(b"").into(),
     };
     let mut d = header.encode();
-    d.push(OP_COPY);
-    d.extend_from_slice(&0u32.to_le_bytes());
-    d.extend_from_slice(&(path.len() as u16).to_le_bytes());
-    d.extend_from_slice(path.as_bytes());
-    d.extend_from_slice(&10u64.to_le_bytes());
-    d.extend_from_slice(&[0; 32]);
+    let frame = zstd::bulk::compress(ops, 3).unwrap();
+    d.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    d.extend_from_slice(&frame);
     d
+}
+
+/// A hand-made delta whose one op copies `path` from base 0.
+fn copy_delta(base: &[u8; 32], path: &str) -> Vec<u8> {
+    let mut ops = vec![OP_COPY];
+    ops.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    ops.extend_from_slice(path.as_bytes());
+    ops.extend_from_slice(&10u64.to_le_bytes());
+    ops.extend_from_slice(&[0; 32]);
+    hand_delta(base, &ops)
 }
 
 #[test]
@@ -416,10 +539,43 @@ proptest! {
     }
 }
 
-/// (delta, target tar, bases), built once for the property test.
-fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
-    static ONCE: std::sync::OnceLock<(Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir)> =
-        std::sync::OnceLock::new();
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    /// Any control stream (ops from the real tags with arbitrary fields)
+    /// is refused or rebuilds exactly its target: never a panic.
+    #[test]
+    fn arbitrary_control_streams_never_panic(
+        ops in proptest::collection::vec(
+            (prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 0xFF, 9]),
+             proptest::collection::vec(any::<u8>(), 0..24)),
+            0..12,
+        ),
+    ) {
+        let f = small_fixture();
+        let mut control = Vec::new();
+        for (tag, fields) in ops {
+            control.push(tag);
+            if matches!(tag, 3 | 4 | 6) {
+                // A real path now and then, so base files open.
+                control.extend_from_slice(&1u16.to_le_bytes());
+                control.push(b'f');
+            }
+            control.extend_from_slice(&fields);
+        }
+        let delta = hand_delta(&f.4, &control);
+        let mut out = Vec::new();
+        let expected = Digest::from_sha256([0; 32]);
+        let r = apply(&delta[..], &f.2, &mut out, &expected, &Limits::default());
+        prop_assert!(r.is_err());
+    }
+}
+
+/// (delta, target tar, bases, their directory, the base's diff_id), built
+/// once for the property tests.
+type SmallFixture = (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir, [u8; 32]);
+
+fn small_fixture() -> &'static SmallFixture {
+    static ONCE: std::sync::OnceLock<SmallFixture> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
         let a = noise(200_000, 21);
         let mut b = a.clone();
@@ -434,7 +590,9 @@ fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
             E::File("h", b"new"),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        tar::Archive::new(&base[..]).unpack(dir.path()).unwrap();
+        tar::Archive::new(&base[..])
+            .unpack(dir.path().join("fs"))
+            .unwrap();
         let opts = EncodeOptions {
             min_patch: 16,
             ..small_opts()
@@ -448,7 +606,10 @@ fn small_fixture() -> &'static (Vec<u8>, Vec<u8>, DirBases, tempfile::TempDir) {
         )
         .unwrap();
         let mut bases = DirBases::new();
-        bases.insert(sha(&base), dir.path());
-        (delta, target, bases, dir)
+        bases.insert(sha(&base), dir.path().join("fs"));
+        write_skeleton(&base, &dir.path().join("skeleton"));
+        bases.set_skeleton(sha(&base), dir.path().join("skeleton"));
+        let base_sha = Sha256::digest(&base).into();
+        (delta, target, bases, dir, base_sha)
     })
 }

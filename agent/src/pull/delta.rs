@@ -97,7 +97,9 @@ impl Puller {
         };
         let bases: Vec<Digest> = bases
             .iter()
-            .filter(|b| snapshots.get(b).is_some())
+            // A snapshot without a skeleton (made before delta format v2)
+            // cannot be a base: its layer is fetched whole if needed.
+            .filter(|b| snapshots.skeleton(b).is_some())
             .take(fleet_protocol::delta::MAX_BASES as usize)
             .cloned()
             .collect();

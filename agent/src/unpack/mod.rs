@@ -36,6 +36,7 @@
 mod extract;
 mod fsutil;
 mod guard;
+mod skeleton;
 mod whiteout;
 
 use std::cell::Cell;
@@ -216,7 +217,14 @@ pub fn unpack_layer(
 ) -> Result<LayerStats, UnpackError> {
     prepare_dest(dest)?;
     let format = WhiteoutFormat::detect(dest);
-    let result = unpack_into(blob, media_type, expected_diff_id, dest, limits, format);
+    let result = unpack_into(
+        blob,
+        media_type,
+        expected_diff_id,
+        dest,
+        limits,
+        (format, None),
+    );
     if result.is_err() {
         let _ = remove_tree(dest);
     }
@@ -232,8 +240,39 @@ pub fn unpack_layer_as(
     limits: &Limits,
     format: WhiteoutFormat,
 ) -> Result<LayerStats, UnpackError> {
+    unpack_layer_with_skeleton(
+        blob,
+        media_type,
+        expected_diff_id,
+        dest,
+        limits,
+        format,
+        None,
+    )
+}
+
+/// [`unpack_layer_as`] that also writes the layer's skeleton (protocol
+/// DELTA.md) to `skeleton`, computed from the same stream on a thread. The
+/// skeleton file exists afterwards only if it is complete; its failure does
+/// not fail the unpack.
+pub fn unpack_layer_with_skeleton(
+    blob: &Path,
+    media_type: &str,
+    expected_diff_id: &Digest,
+    dest: &Path,
+    limits: &Limits,
+    format: WhiteoutFormat,
+    skeleton: Option<&Path>,
+) -> Result<LayerStats, UnpackError> {
     prepare_dest(dest)?;
-    let result = unpack_into(blob, media_type, expected_diff_id, dest, limits, format);
+    let result = unpack_into(
+        blob,
+        media_type,
+        expected_diff_id,
+        dest,
+        limits,
+        (format, skeleton),
+    );
     if result.is_err() {
         let _ = remove_tree(dest);
     }
@@ -269,7 +308,7 @@ fn unpack_into(
     expected_diff_id: &Digest,
     dest: &Path,
     limits: &Limits,
-    format: WhiteoutFormat,
+    (format, skeleton): (WhiteoutFormat, Option<&Path>),
 ) -> Result<LayerStats, UnpackError> {
     let open_err = |source| UnpackError::OpenBlob {
         path: blob.to_path_buf(),
@@ -297,13 +336,23 @@ fn unpack_into(
                 .map_err(|source| UnpackError::Read { source })?,
         ),
     };
-    unpack_stream(decoder, compression, expected_diff_id, dest, limits, format)
+    unpack_stream(
+        decoder,
+        compression,
+        expected_diff_id,
+        dest,
+        limits,
+        format,
+        skeleton,
+    )
 }
 
 /// Extracts the uncompressed layer tar read from `tar_stream` into `dest`
 /// (an existing empty directory), hashing every byte of the stream (read to
 /// its end) and checking it against `expected_diff_id`. `compression` is
-/// only recorded in the stats. On error the caller removes `dest`.
+/// only recorded in the stats. With `skeleton`, the layer's skeleton is
+/// written there as in [`unpack_layer_with_skeleton`]. On error the caller
+/// removes `dest`.
 pub fn unpack_stream(
     tar_stream: impl Read + 'static,
     compression: Compression,
@@ -311,10 +360,19 @@ pub fn unpack_stream(
     dest: &Path,
     limits: &Limits,
     format: WhiteoutFormat,
+    skeleton: Option<&Path>,
 ) -> Result<LayerStats, UnpackError> {
     let decoder: Box<dyn Read> = Box::new(tar_stream);
     let over_limit = Rc::new(Cell::new(None));
+    let tee = skeleton.and_then(|path| match skeleton::SkeletonTee::spawn(path) {
+        Ok(tee) => Some(tee),
+        Err(error) => {
+            tracing::warn!(layer = %expected_diff_id, %error, "cannot start the layer skeleton");
+            None
+        }
+    });
     let hashing = HashingReader {
+        tee,
         inner: decoder,
         hasher: Sha256::new(),
         count: 0,
@@ -361,13 +419,20 @@ pub fn unpack_stream(
     // end-of-archive blocks.
     let mut hashing = archive.into_inner();
     io::copy(&mut hashing, &mut io::sink()).map_err(read_err)?;
+    let tee = hashing.tee.take();
     let actual = Digest::from_sha256(hashing.hasher.finalize().into());
     stats.tar_bytes = hashing.count;
     if &actual != expected_diff_id {
+        if let Some(tee) = tee {
+            tee.abandon();
+        }
         return Err(UnpackError::DiffIdMismatch {
             expected: expected_diff_id.clone(),
             actual,
         });
+    }
+    if let Some(tee) = tee {
+        tee.finish(expected_diff_id);
     }
     extract::apply_dir_metadata(dest, dirs, &mut stats)?;
     Ok(stats)
@@ -417,6 +482,8 @@ enum Over {
 
 /// Hashes and counts the uncompressed stream, failing past the caps.
 struct HashingReader {
+    /// A copy of the stream for the skeleton thread.
+    tee: Option<skeleton::SkeletonTee>,
     inner: Box<dyn Read>,
     hasher: Sha256,
     count: u64,
@@ -440,6 +507,9 @@ impl Read for HashingReader {
             return Err(io::Error::other("layer has an oversized metadata record"));
         }
         self.hasher.update(&buf[..n]);
+        if let Some(tee) = &mut self.tee {
+            tee.send(&buf[..n]);
+        }
         Ok(n)
     }
 }

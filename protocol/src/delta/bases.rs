@@ -18,12 +18,17 @@ pub trait BaseFiles {
     fn has_layer(&self, diff_id: &Digest) -> bool;
     /// Opens the regular file `path` of layer `diff_id` for reading.
     fn open(&self, diff_id: &Digest, path: &str) -> io::Result<Self::File>;
+    /// Opens the skeleton of layer `diff_id` ([`super::skeleton`] of its
+    /// tar), as recorded when the layer was unpacked. `NotFound` when there
+    /// is none.
+    fn skeleton(&self, diff_id: &Digest) -> io::Result<Box<dyn Read + '_>>;
 }
 
 /// Base layers unpacked one per directory, keyed by diff_id.
 #[derive(Debug, Clone, Default)]
 pub struct DirBases {
     dirs: HashMap<Digest, PathBuf>,
+    skeletons: HashMap<Digest, PathBuf>,
 }
 
 impl DirBases {
@@ -34,6 +39,11 @@ impl DirBases {
     /// Registers `dir` as the unpacked tree of layer `diff_id`.
     pub fn insert(&mut self, diff_id: Digest, dir: impl Into<PathBuf>) {
         self.dirs.insert(diff_id, dir.into());
+    }
+
+    /// Registers `file` as the skeleton of layer `diff_id`.
+    pub fn set_skeleton(&mut self, diff_id: Digest, file: impl Into<PathBuf>) {
+        self.skeletons.insert(diff_id, file.into());
     }
 }
 
@@ -50,6 +60,14 @@ impl BaseFiles for DirBases {
             .get(diff_id)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown base layer"))?;
         open_inside(root, path)
+    }
+
+    fn skeleton(&self, diff_id: &Digest) -> io::Result<Box<dyn Read + '_>> {
+        let path = self
+            .skeletons
+            .get(diff_id)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no skeleton recorded"))?;
+        Ok(Box::new(io::BufReader::new(File::open(path)?)))
     }
 }
 

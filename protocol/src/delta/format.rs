@@ -1,17 +1,38 @@
-//! Wire layout of delta format v1 (protocol/DELTA.md): constants, the
+//! Wire layout of delta format v2 (protocol/DELTA.md): constants, the
 //! header, op tags, the device's limits and the path rule.
 
 /// First eight bytes of every delta.
 pub const MAGIC: [u8; 8] = *b"FLTDELTA";
 /// The only format version this crate reads and writes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
-/// Op tags. Every op starts with one of these bytes.
+/// Op tags of the control stream. Every op starts with one of these bytes.
+/// `Raw`: bytes inline in the control stream.
 pub(crate) const OP_RAW: u8 = 1;
-pub(crate) const OP_LITERAL: u8 = 2;
+/// `Data`: bytes in a separate zstd frame after the control chunk.
+pub(crate) const OP_DATA: u8 = 2;
+/// `Copy`: a whole file of the current base layer.
 pub(crate) const OP_COPY: u8 = 3;
+/// `Patch`: a file patched against a file of the current base layer.
 pub(crate) const OP_PATCH: u8 = 4;
+/// `Base`: sets the current base layer (0 at the start).
+pub(crate) const OP_BASE: u8 = 5;
+/// `Group`: small files patched together in one frame against their base
+/// files, decoded into a buffer that `Take` ops hand out in order.
+pub(crate) const OP_GROUP: u8 = 6;
+/// `Take`: the next file of the current group.
+pub(crate) const OP_TAKE: u8 = 7;
+/// Most files in one group.
+pub(crate) const MAX_GROUP_FILES: u32 = 4096;
 pub(crate) const OP_END: u8 = 0xFF;
+
+/// Largest `Raw` op: longer runs of inline bytes are cut into ops of this
+/// size (the same rule in a skeleton and in a delta, so they match).
+pub(crate) const RAW_CHUNK: usize = 64 << 10;
+
+/// zstd `windowLog` ceiling of the control stream (8 MiB): the device's
+/// decoding buffer for it.
+pub(crate) const CONTROL_WINDOW_LOG: u32 = 23;
 
 /// Hard ceilings of the format, whatever the device's limits say.
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -29,17 +50,21 @@ pub struct Limits {
     pub max_target_size: u64,
     /// Most segments in one `Patch` op.
     pub max_segments: u32,
+    /// Largest ref prefix of the control stream (the base layers'
+    /// skeletons), held in memory while applying.
+    pub max_prefix: u32,
 }
 
 impl Default for Limits {
-    /// 16 MiB windows (what [`super::EncodeOptions::default`] produces):
-    /// apply memory stays under 2 × window + 1 MiB, ~33 MiB (DELTA.md).
+    /// 16 MiB windows (what [`super::EncodeOptions::default`] produces) and
+    /// an 8 MiB prefix: apply memory stays under ~50 MiB (DELTA.md).
     fn default() -> Self {
         Self {
             max_window: 16 << 20,
             max_bases: 128,
             max_target_size: 64 << 30,
             max_segments: 1 << 20,
+            max_prefix: 8 << 20,
         }
     }
 }
@@ -54,6 +79,12 @@ pub struct Header {
     pub bases: Vec<[u8; 32]>,
     /// Largest base range and largest output of any frame, in bytes.
     pub window_cap: u32,
+    /// Indexes (into `bases`) of the layers whose skeletons, concatenated
+    /// in this order, are the control stream's ref prefix.
+    pub prefix_bases: Vec<u32>,
+    pub prefix_len: u32,
+    /// SHA-256 of the prefix.
+    pub prefix_sha: [u8; 32],
 }
 
 impl Header {
@@ -69,6 +100,13 @@ impl Header {
         for base in &self.bases {
             out.extend_from_slice(base);
         }
+        let count = u32::try_from(self.prefix_bases.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for index in &self.prefix_bases {
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+        out.extend_from_slice(&self.prefix_len.to_le_bytes());
+        out.extend_from_slice(&self.prefix_sha);
         out
     }
 }
