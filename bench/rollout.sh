@@ -13,17 +13,21 @@
 # Writes bench/REPORT-rollout.md. Never fails on timing.
 #
 # Usage: bench/rollout.sh [DEVICES]   (default 1000)
+#        bench/rollout.sh --report-from LOG   (the report from a saved run's output)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-devices=${1:-1000}
 report=bench/REPORT-rollout.md
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-
-export FLEET_SIM_DEVICES=$devices
-cargo test --release --locked -p fleet-control-plane --test fleet_sim -- \
-  --include-ignored --nocapture --test-threads 1 2>&1 | tee "$log" >&2
-line=$(grep '^rollout_overhead ' "$log" | tail -1)
+if [ "${1:-}" = --report-from ]; then
+  log=$2
+else
+  devices=${1:-1000}
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  export FLEET_SIM_DEVICES=$devices
+  cargo test --release --locked -p fleet-control-plane --test fleet_sim -- \
+    --include-ignored --nocapture --test-threads 1 2>&1 | tee "$log" >&2
+fi
+line=$(grep -o 'rollout_overhead devices=.*' "$log" | tail -1)
 [ -n "$line" ] || { echo "bench/rollout.sh: no measurement in the output" >&2; exit 1; }
 val() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }
 behaviour=$(grep -E '^test a_fleet_in_five_waves' "$log" | sed 's/^test /- /')
@@ -39,17 +43,29 @@ each desired state as an agent does and report it committed $(val apply_s) s lat
 
 | | seconds |
 |---|---|
-| a. one wave: publish → last device committed (the devices' apply time) | $(val one_wave_s) |
+| a. one wave: publish → last device committed | $(val one_wave_s) |
 | b. five waves (10, 10%, 25%, 50%, rest), no bake: publish → last device committed | $(val five_waves_s) |
-| 5 × a (the same devices applying five times in a row, no orchestration) | $(val five_x_one_wave_s) |
+| the devices' own apply time over five waves in a row (5 × $(val apply_s) s) | $(echo "$(val apply_s) * 5" | bc) |
 
-Orchestration overhead of the waves, b against 5 × a: **$(val overhead_vs_five_x_one_wave)**
-(goal ≤ 10%); against the bare apply floor (5 × $(val apply_s) s):
-$(val overhead_vs_apply_floor).
+Orchestration overhead of the waves, b against the devices' own apply time
+over five waves: **$(val overhead_vs_apply_floor)** (goal ≤ 10%). For
+reference, b against 5 × a (each wave as slow as the one-wave run):
+$(val overhead_vs_five_x_one_wave).
+
+What the figures say: in (a) the devices apply for $(val apply_s) s, so
+$(echo "$(val one_wave_s) - $(val apply_s)" | bc) s are the server's own time to take $(val devices) devices
+through one wave: signing and storing each desired state, publishing it,
+and, for every status report, stepping the rollout over all its devices
+and writing the whole rollout record (one store commit per report; read in
+the code, not profiled). That
+per-report cost, linear in the rollout's size, is what the waves pay in
+(b); it is the first thing to batch (step a rollout once per batch of
+reports) when the server is taken to 100,000 devices.
 
 Behaviour at $(val devices) devices in the same run (five waves, 2% of the
 devices failing):
 
 $behaviour
 MD
+echo >>"$report"
 echo "wrote $report" >&2
