@@ -58,9 +58,13 @@ impl Downloads {
         }
     }
 
-    /// The progress of `app`'s download, if one runs (or ran last).
+    /// The progress of `app`'s download, if one runs (or ran last) and its
+    /// size is known (before the manifest is read there is nothing to show).
     pub(super) fn get(&self, app: &AppName) -> Option<Progress> {
-        self.lock().get(app).map(Tracker::progress)
+        self.lock()
+            .get(app)
+            .filter(|t| t.total > 0)
+            .map(Tracker::progress)
     }
 
     /// The delta fallbacks of `app`'s last download (oldest first).
@@ -183,6 +187,18 @@ mod tests {
         let p = d.get(&app()).unwrap();
         assert_eq!((p.bytes_done, p.bytes_total, p.bytes_reused), (70, 100, 10));
         d.clear(&app());
+        assert!(d.get(&app()).is_none());
+    }
+
+    #[test]
+    fn no_progress_is_shown_before_the_size_of_the_download_is_known() {
+        let d = Downloads::default();
+        let early = PullEvent::Progress {
+            digest: Digest::of(b"config"),
+            done: 5,
+            total: 5,
+        };
+        d.record(&app(), early, Instant::now());
         assert!(d.get(&app()).is_none());
     }
 
