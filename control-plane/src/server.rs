@@ -503,7 +503,11 @@ fn random_password() -> String {
     hex::encode(bytes)
 }
 
-/// Device messages, handed to the engine until `stop`.
+/// Device messages taken through the engine at once, at most.
+const INBOUND_BATCH: usize = 1024;
+
+/// Device messages, handed to the engine until `stop` (in batches of what
+/// queued up while the previous batch was handled).
 async fn inbound_loop(
     fleet: Fleet,
     stop: CancellationToken,
@@ -514,8 +518,16 @@ async fn inbound_loop(
             () = stop.cancelled() => break,
             msg = inbound_rx.recv() => match msg {
                 Some(m) => {
-                    if let Err(e) = fleet.inbound(m).await {
-                        tracing::warn!(error = %e, "handling a device message failed");
+                    // What queued up meanwhile goes through the engine with it.
+                    let mut batch = vec![m];
+                    while batch.len() < INBOUND_BATCH {
+                        match inbound_rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = fleet.inbound_batch(batch).await {
+                        tracing::warn!(error = %e, "handling device messages failed");
                     }
                 }
                 None => break,

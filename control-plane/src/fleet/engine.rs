@@ -447,6 +447,32 @@ impl Fleet {
     /// registers a device or changes what it runs also goes through the
     /// engine (registration, rollout waves).
     pub async fn inbound(&self, message: Inbound) -> Result<(), FleetError> {
+        self.inbound_batch(vec![message]).await
+    }
+
+    /// Handles messages in order, as [`Fleet::inbound`] does one, but takes
+    /// the statuses that need the engine through it together: each rollout
+    /// steps once for the whole batch and the changes commit at once,
+    /// instead of once per report.
+    pub async fn inbound_batch(&self, messages: Vec<Inbound>) -> Result<(), FleetError> {
+        let mut devices: Vec<DeviceId> = Vec::new();
+        for message in messages {
+            if let Some(device) = self.ingest(message)
+                && !devices.contains(&device)
+            {
+                devices.push(device);
+            }
+        }
+        if !devices.is_empty() {
+            self.change(move |i, now| i.on_statuses(&devices, now))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes one message into the in-memory latest state; the device if its
+    /// status must go through the engine.
+    fn ingest(&self, message: Inbound) -> Option<DeviceId> {
         let i = &self.inner;
         let now = now();
         match message {
@@ -455,7 +481,7 @@ impl Fleet {
                 let device = report.device.clone();
                 let ingest = i.live.on_status(report, now);
                 if ingest.repeat {
-                    return Ok(());
+                    return None;
                 }
                 i.updates
                     .on_status(ingest.previous.as_deref(), &ingest.current, now_f64());
@@ -464,15 +490,12 @@ impl Fleet {
                 } else {
                     ingest.current.info.is_some()
                 };
-                if needs_engine {
-                    self.change(move |i, now| i.on_status(&device, now)).await?;
-                }
-                Ok(())
+                needs_engine.then_some(device)
             }
             Inbound::Presence { device, online } => {
                 i.counters.ingested(MessageKind::Presence);
                 i.live.on_presence(&device, online, now);
-                Ok(())
+                None
             }
             Inbound::Telemetry(t) => {
                 i.counters.ingested(MessageKind::Telemetry);
@@ -480,7 +503,7 @@ impl Fleet {
                     Some(device) => i.live.on_telemetry(&device, t, now),
                     None => i.counters.rejected(MessageKind::Telemetry),
                 }
-                Ok(())
+                None
             }
         }
     }
@@ -498,12 +521,21 @@ impl Inner {
     /// A status changed what `id` runs (its latest state is already in
     /// memory): registers the device on its first report with info, then
     /// moves on the running rollouts it is part of.
-    fn on_status(&self, id: &DeviceId, now: u64) -> Result<((), Vec<DeviceId>), FleetError> {
-        if !self.register(id, now)? {
+    /// Statuses of `ids` that registered a device or changed what it runs:
+    /// registration, then every rollout they are part of steps once, then
+    /// each catches up with its groups' releases.
+    fn on_statuses(&self, ids: &[DeviceId], now: u64) -> Result<((), Vec<DeviceId>), FleetError> {
+        let mut registered = Vec::with_capacity(ids.len());
+        for id in ids {
+            if self.register(id, now)? {
+                registered.push(id.clone());
+            }
+        }
+        if registered.is_empty() {
             return Ok(((), vec![]));
         }
-        let mut devices = self.on_progress(id, now)?;
-        for d in self.catch_up_commit(std::slice::from_ref(id), now)? {
+        let mut devices = self.on_progress(&registered, now)?;
+        for d in self.catch_up_commit(&registered, now)? {
             if !devices.contains(&d) {
                 devices.push(d);
             }

@@ -197,20 +197,22 @@ impl Fleet {
 }
 
 impl Inner {
-    /// `device` reported something new: every running rollout it is part
-    /// of takes the progress. Returns the devices whose desired state changed.
+    /// `devices` reported something new: every running rollout one of them
+    /// is part of takes the progress (once). Returns the devices whose
+    /// desired state changed.
     pub(super) fn on_progress(
         &self,
-        device: &DeviceId,
+        devices: &[DeviceId],
         now: u64,
     ) -> Result<Vec<DeviceId>, FleetError> {
         let mut staged = Staged::default();
         let mut writes = Vec::new();
+        let reporting: std::collections::HashSet<&DeviceId> = devices.iter().collect();
         for r in self.store.rollouts()? {
             // A halted rollout still hears its devices: one failing after
             // the halt is rolled back like those before it.
             let listening = matches!(r.state, RolloutState::Running | RolloutState::Halted);
-            if !listening || !r.devices().any(|d| d == device) {
+            if !listening || !r.devices().any(|d| reporting.contains(d)) {
                 continue;
             }
             let reports = self.reports(&r)?;
