@@ -305,7 +305,14 @@ impl Fleet {
             return;
         }
         let _guard = self.inner.publish.lock().await;
+        // Marked in the store in batches: one commit (and flush) per batch,
+        // not per device. A crash before the mark only publishes the same
+        // bytes again at the next start.
+        let mut published = Vec::new();
         for device in devices {
+            if published.len() >= PUBLISH_MARK_BATCH {
+                self.mark_published(std::mem::take(&mut published)).await;
+            }
             let d = device.clone();
             let record = match self.blocking(move |i| Ok(i.store.desired(&d)?)).await {
                 Ok(Some(r)) if !r.published => r,
@@ -341,21 +348,30 @@ impl Fleet {
                         self.inner.live.status(&device).as_deref(),
                         now_f64(),
                     );
-                    let d = device.clone();
-                    let marked = self
-                        .blocking(move |i| {
-                            let _guard = i.lock()?;
-                            i.mark_published(&d, generation)
-                        })
-                        .await;
-                    if let Err(e) = marked {
-                        tracing::warn!(%device, error = %e, "cannot mark desired state published");
-                    }
+                    published.push((device, generation));
                 }
                 Err(e) => {
                     tracing::warn!(%device, generation, error = %e, "publishing desired state failed; will retry");
                 }
             }
+        }
+        self.mark_published(published).await;
+    }
+
+    /// Records that each (device, generation) of `published` went out.
+    async fn mark_published(&self, published: Vec<(DeviceId, u64)>) {
+        if published.is_empty() {
+            return;
+        }
+        let n = published.len();
+        let marked = self
+            .blocking(move |i| {
+                let _guard = i.lock()?;
+                i.mark_published(&published)
+            })
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(count = n, error = %e, "cannot mark desired states published");
         }
     }
 
@@ -586,17 +602,26 @@ impl Inner {
         Ok(written)
     }
 
-    fn mark_published(&self, device: &DeviceId, generation: u64) -> Result<(), FleetError> {
-        if let Some(mut r) = self.store.desired(device)?
-            && r.generation == generation
-            && !r.published
-        {
-            r.published = true;
-            self.store.commit(vec![Write::Desired(r)])?;
+    fn mark_published(&self, published: &[(DeviceId, u64)]) -> Result<(), FleetError> {
+        let mut writes = Vec::with_capacity(published.len());
+        for (device, generation) in published {
+            if let Some(mut r) = self.store.desired(device)?
+                && r.generation == *generation
+                && !r.published
+            {
+                r.published = true;
+                writes.push(Write::Desired(r));
+            }
+        }
+        if !writes.is_empty() {
+            self.store.commit(writes)?;
         }
         Ok(())
     }
 }
+
+/// Desired states marked published in one store commit, at most.
+const PUBLISH_MARK_BATCH: usize = 256;
 
 /// Writes `items` in batches of at most `size` with `write`, in order, and sums
 /// what it returns. On the first error, hands back the error with every item
