@@ -54,13 +54,14 @@ $(val overhead_vs_five_x_one_wave).
 
 What the figures say: in (a) the devices apply for $(val apply_s) s, so
 $(echo "$(val one_wave_s) - $(val apply_s)" | bc) s are the server's own time to take $(val devices) devices
-through one wave: signing and storing each desired state, publishing it,
-and, for every status report, stepping the rollout over all its devices
-and writing the whole rollout record (one store commit per report; read in
-the code, not profiled). That
-per-report cost, linear in the rollout's size, is what the waves pay in
-(b); it is the first thing to batch (step a rollout once per batch of
-reports) when the server is taken to 100,000 devices.
+through one wave: signing and storing each desired state, publishing it
+(one publication per device), marking it published, and stepping the
+rollout on the devices' reports. Reports that queue up are taken through
+the engine as one batch (one rollout step and one store commit per batch),
+and published states are marked 256 per commit; before those two changes
+the same benchmark gave 66% (one wave 10.0 s, five waves 16.6 s). What is
+left is per-device work in the server that the waves repeat five times;
+it is where the server goes next on the way to 100,000 devices.
 
 Behaviour at $(val devices) devices in the same run (five waves, 2% of the
 devices failing):
