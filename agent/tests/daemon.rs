@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleet_protocol::message::{StatusReport, Telemetry, decode};
+use fleet_protocol::message::{RuntimeSettings, StatusReport, Telemetry, decode};
 use fleet_protocol::topic::{Topic, TopicScheme};
 use fleet_protocol::{AppName, DeviceId, Phase, Release, SCHEMA_VERSION};
 use lifecycle_support as ls;
@@ -263,30 +263,79 @@ impl Server {
     }
 }
 
+/// What every test here runs on: crun, a scratch directory, Mosquitto and
+/// the registry. `None` (each missing part says so) when one cannot run.
+struct Bench {
+    crun: PathBuf,
+    scratch: tempfile::TempDir,
+    broker: Mosquitto,
+    registry: support::Registry,
+}
+
+impl Bench {
+    async fn start(test: &str) -> Option<Bench> {
+        if !ls::can_run(test) {
+            return None;
+        }
+        let crun = ls::runtime_binary(test, "crun")?;
+        let scratch = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(scratch.path())?;
+        let registry = support::Registry::start().await?;
+        Some(Bench {
+            crun,
+            scratch,
+            broker,
+            registry,
+        })
+    }
+}
+
 /// A busybox image (one uncompressed layer) pushed to the registry.
 async fn push_busybox(registry: &support::Registry, scratch: &Path) -> fleet_protocol::Digest {
     let _layout = ls::Layout::new(&scratch.join("layout"));
+    let layer = busybox_layer(scratch);
+    support::push_image(&registry.base(), "edge/busybox", "1", &[layer], "amd64")
+        .await
+        .manifest
+}
+
+/// The busybox root file system under `scratch` (made by [`push_busybox`])
+/// as one uncompressed layer.
+fn busybox_layer(scratch: &Path) -> support::Layer {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder
         .append_dir_all(".", scratch.join("busybox-rootfs"))
         .unwrap();
-    let layer = support::raw_layer(builder.into_inner().unwrap());
-    support::push_image(&registry.base(), "edge/busybox", "1", &[layer], "amd64")
-        .await
-        .manifest
+    support::raw_layer(builder.into_inner().unwrap())
+}
+
+/// A good runtime running `sleep <secs>`.
+fn sleep_runtime(secs: u32) -> RuntimeSettings {
+    let mut runtime = ls::settings(ls::Behaviour::Good);
+    runtime.args = Some(vec!["/bin/sh".into(), "-c".into(), format!("sleep {secs}")]);
+    runtime
 }
 
 fn signed_release(
     repository: &str,
     manifest: &fleet_protocol::Digest,
 ) -> fleet_protocol::dsse::Envelope {
-    let mut runtime = ls::settings(ls::Behaviour::Good);
-    runtime.args = Some(vec!["/bin/sh".into(), "-c".into(), "sleep 100000".into()]);
+    sign_release(repository, manifest, "1.0.0", sleep_runtime(100_000))
+}
+
+/// App `cam` at `version`, image `repository@manifest`, signed with the
+/// release key.
+fn sign_release(
+    repository: &str,
+    manifest: &fleet_protocol::Digest,
+    version: &str,
+    runtime: RuntimeSettings,
+) -> fleet_protocol::dsse::Envelope {
     let release = Release {
         schema: SCHEMA_VERSION,
         app: AppName::new("cam").unwrap(),
-        version: "1.0.0".into(),
+        version: version.to_owned(),
         repository: repository.to_owned(),
         manifest_digest: manifest.clone(),
         runtime,
@@ -331,17 +380,13 @@ fn committed_running(r: &StatusReport, release: &fleet_protocol::Digest) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_pulls_runs_reports_and_survives_kill_9() {
     const TEST: &str = "daemon_pulls_runs_reports_and_survives_kill_9";
-    if !ls::can_run(TEST) {
-        return;
-    }
-    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
-        return;
-    };
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(scratch.path()) else {
-        return;
-    };
-    let Some(registry) = support::Registry::start().await else {
+    let Some(Bench {
+        crun,
+        scratch,
+        broker,
+        registry,
+    }) = Bench::start(TEST).await
+    else {
         return;
     };
     let manifest = push_busybox(&registry, scratch.path()).await;
@@ -530,17 +575,13 @@ async fn daemon_pulls_runs_reports_and_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_reports_download_progress_while_pulling() {
     const TEST: &str = "daemon_reports_download_progress_while_pulling";
-    if !ls::can_run(TEST) {
-        return;
-    }
-    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
-        return;
-    };
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(scratch.path()) else {
-        return;
-    };
-    let Some(registry) = support::Registry::start().await else {
+    let Some(Bench {
+        crun,
+        scratch,
+        broker,
+        registry,
+    }) = Bench::start(TEST).await
+    else {
         return;
     };
     let manifest = push_busybox(&registry, scratch.path()).await;
@@ -632,29 +673,17 @@ fn app_state(r: &StatusReport) -> Option<(u64, Phase, Option<fleet_protocol::Dig
 async fn a_newer_desired_state_interrupts_a_download_which_later_resumes() {
     const TEST: &str = "a_newer_desired_state_interrupts_a_download_which_later_resumes";
     const BIG: usize = 8 << 20;
-    if !ls::can_run(TEST) {
-        return;
-    }
-    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
-        return;
-    };
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(scratch.path()) else {
-        return;
-    };
-    let Some(registry) = support::Registry::start().await else {
+    let Some(Bench {
+        crun,
+        scratch,
+        broker,
+        registry,
+    }) = Bench::start(TEST).await
+    else {
         return;
     };
     let small = push_busybox(&registry, scratch.path()).await;
     // The large release: busybox plus a layer of 8 MiB of random bytes.
-    let busybox_layer = {
-        let mut builder = tar::Builder::new(Vec::new());
-        builder.follow_symlinks(false);
-        builder
-            .append_dir_all(".", scratch.path().join("busybox-rootfs"))
-            .unwrap();
-        support::raw_layer(builder.into_inner().unwrap())
-    };
     let payload = support::random_bytes(BIG, 7);
     let big_layer = {
         let mut builder = tar::Builder::new(Vec::new());
@@ -674,7 +703,7 @@ async fn a_newer_desired_state_interrupts_a_download_which_later_resumes() {
         &registry.base(),
         "edge/big",
         "1",
-        &[busybox_layer, big_layer],
+        &[busybox_layer(scratch.path()), big_layer],
         "amd64",
     )
     .await
@@ -780,22 +809,9 @@ fn sleeping_release(
     secs: u32,
     probation: Option<u64>,
 ) -> fleet_protocol::dsse::Envelope {
-    let mut runtime = ls::settings(ls::Behaviour::Good);
-    runtime.args = Some(vec!["/bin/sh".into(), "-c".into(), format!("sleep {secs}")]);
+    let mut runtime = sleep_runtime(secs);
     runtime.probation_secs = probation;
-    let release = Release {
-        schema: SCHEMA_VERSION,
-        app: AppName::new("cam").unwrap(),
-        version: format!("sleep-{secs}"),
-        repository: repository.to_owned(),
-        manifest_digest: manifest.clone(),
-        runtime,
-    };
-    fleet_protocol::dsse::sign(
-        fleet_protocol::dsse::RELEASE_PAYLOAD_TYPE,
-        &serde_json::to_vec(&release).unwrap(),
-        &[&ls::release_key()],
-    )
+    sign_release(repository, manifest, &format!("sleep-{secs}"), runtime)
 }
 
 /// Preemption in probation: a release on a ten-minute probation is rolled
@@ -804,17 +820,13 @@ fn sleeping_release(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_desired_state_interrupts_a_probation() {
     const TEST: &str = "a_newer_desired_state_interrupts_a_probation";
-    if !ls::can_run(TEST) {
-        return;
-    }
-    let Some(crun) = ls::runtime_binary(TEST, "crun") else {
-        return;
-    };
-    let scratch = tempfile::tempdir().unwrap();
-    let Some(broker) = Mosquitto::start(scratch.path()) else {
-        return;
-    };
-    let Some(registry) = support::Registry::start().await else {
+    let Some(Bench {
+        crun,
+        scratch,
+        broker,
+        registry,
+    }) = Bench::start(TEST).await
+    else {
         return;
     };
     let manifest = push_busybox(&registry, scratch.path()).await;

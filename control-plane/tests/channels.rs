@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
+use fleet_control_plane::api::types::FollowChannel;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::fleet::rollout::ProgressState;
 use fleet_control_plane::store::{
@@ -41,14 +41,7 @@ async fn register(run: &Running, client: &Client, ids: &[&str]) {
 }
 
 async fn cameras_following(client: &Client, waves: Vec<usize>, supersede: Supersede) {
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(client).await;
     let g = client
         .follow(
             &group("cameras"),
@@ -334,14 +327,7 @@ async fn a_failing_canary_halts_the_rollout_is_rolled_back_and_no_other_device_r
     let run = start(site.config(), publisher.clone()).await;
     let client = run.client(run.token.as_deref().unwrap());
     register(&run, &client, &["cam-1", "cam-2", "cam-3", "cam-4"]).await;
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     client
         .follow(&group("cameras"), &guarded(vec![1]))
         .await
@@ -443,14 +429,7 @@ async fn a_server_restart_mid_wave_continues_the_channel_rollout_without_skips_o
     let token = run.token.clone().unwrap();
     let client = run.client(&token);
     register(&run, &client, &["cam-1", "cam-2", "cam-3"]).await;
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     client
         .follow(&group("cameras"), &guarded(vec![1, 1]))
         .await
@@ -612,14 +591,7 @@ async fn an_offline_device_is_pending_at_the_wave_deadline_and_the_next_wave_goe
     let run = start(config, recording()).await;
     let client = run.client(run.token.as_deref().unwrap());
     register(&run, &client, &["cam-1", "cam-2"]).await;
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     let mut follow = guarded(vec![1]);
     follow.safety.wave_deadline_secs = Some(0);
     client.follow(&group("cameras"), &follow).await.unwrap();
@@ -665,14 +637,7 @@ async fn a_canary_that_fails_during_the_bake_halts_before_the_next_wave_and_a_qu
     let run = start(config, publisher.clone()).await;
     let client = run.client(run.token.as_deref().unwrap());
     register(&run, &client, &["cam-1", "cam-2"]).await;
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     let mut follow = guarded(vec![1]);
     follow.safety.bake_secs = Some(2);
     client.follow(&group("cameras"), &follow).await.unwrap();

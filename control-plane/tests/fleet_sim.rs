@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
+use fleet_control_plane::api::types::FollowChannel;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::fleet::ports::{DesiredPublisher, Inbound, PortError};
 use fleet_control_plane::fleet::rollout::ProgressState;
@@ -203,14 +203,7 @@ async fn fleet_on_v0(fails: impl Fn(usize) -> bool, apply: Duration) -> Sim {
         (client.devices().await.unwrap().len() == devices()).then_some(())
     })
     .await;
-    client
-        .create_group(&CreateGroup {
-            name: GroupName::new("cameras").unwrap(),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     follow(&client, vec![], Safety::default()).await;
     // v0 is good everywhere; v0's digest is the one the devices are sent.
     let v0_bytes = site.release("model", "v0");

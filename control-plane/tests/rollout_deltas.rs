@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, CreateRollout};
+use fleet_control_plane::api::types::CreateRollout;
 use fleet_control_plane::content::{
     self, DELTA_TARGET, DeltaOptions, Deltas, import_oci_layout, media_type,
 };
@@ -131,14 +131,7 @@ async fn a_rollout_computes_the_delta_from_the_release_a_device_runs_before_it_a
         (client.devices().await.unwrap().len() == 1).then_some(())
     })
     .await;
-    client
-        .create_group(&CreateGroup {
-            name: GroupName::new("cameras").unwrap(),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     let v1 = client
         .add_release(release(&site, "v1", &v1_manifest))
         .await

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Site, dev, eventually, hello, now};
-use fleet_control_plane::api::types::{CreateGroup, CreateRollout};
+use common::{Site, cameras_group, dev, eventually, hello, now};
+use fleet_control_plane::api::types::CreateRollout;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::device_token::DeviceTokens;
 use fleet_control_plane::fleet::RolloutView;
@@ -221,14 +221,7 @@ async fn a_release_whose_canary_memory_or_restarts_jump_halts_at_the_gate_and_a_
         (client.devices().await.unwrap().len() == 4).then_some(())
     })
     .await;
-    client
-        .create_group(&CreateGroup {
-            name: GroupName::new("cameras").unwrap(),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     // Policies that cannot work here are refused by name.
     let mut no_bake = gated();
     no_bake.bake_secs = None;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, CreateRollout};
+use fleet_control_plane::api::types::CreateRollout;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::fleet::RolloutView;
 use fleet_control_plane::fleet::rollout::Action;
@@ -230,14 +230,7 @@ async fn a_promql_gate_promotes_a_good_release_halts_a_bad_one_and_pauses_withou
         (client.devices().await.unwrap().len() == 2).then_some(())
     })
     .await;
-    client
-        .create_group(&CreateGroup {
-            name: GroupName::new("cameras").unwrap(),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
 
     // v1 everywhere, ungated.
     let r = start_rollout(&client, &site, "v1", Safety::default()).await;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, CreateRollout, SetLabels};
+use fleet_control_plane::api::types::{CreateRollout, SetLabels};
 use fleet_control_plane::client::{Client, ClientError};
 use fleet_control_plane::fleet::ports::RecordingPublisher;
 use fleet_control_plane::fleet::rollout::{Action, ProgressState};
@@ -49,17 +49,6 @@ async fn register(run: &Running, client: &Client, devices: &[(&str, &[(&str, &st
         (client.devices().await.unwrap().len() == n).then_some(())
     })
     .await;
-}
-
-async fn cameras_group(client: &Client) {
-    client
-        .create_group(&CreateGroup {
-            name: group("cameras"),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
 }
 
 fn publications_for(p: &RecordingPublisher, id: &str) -> Vec<Vec<u8>> {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod served;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use fleet_control_plane::api::types::{CreateGroup, FollowChannel};
+use fleet_control_plane::api::types::FollowChannel;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::config::Config;
 use fleet_control_plane::device_token::DeviceTokens;
@@ -26,15 +27,8 @@ use fleet_protocol::message::encode;
 use fleet_protocol::topic::Topic;
 use fleet_protocol::{AppName, Digest, GroupName, TopicScheme, TrustedRoot, verify_desired_state};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use served::free_port;
 use tokio::task::JoinHandle;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `fleet-server` as a child process.
 struct ServerProcess {
@@ -260,14 +254,7 @@ async fn a_server_killed_mid_wave_goes_on_after_restart_without_skips_or_double_
     let away = devices.remove(2);
     assert_eq!(away.id, "cam-3");
     drop(away);
-    client
-        .create_group(&CreateGroup {
-            name: GroupName::new("cameras").unwrap(),
-            selector: [("role".to_owned(), "camera".to_owned())].into(),
-            members: vec![],
-        })
-        .await
-        .unwrap();
+    cameras_group(&client).await;
     client
         .follow(
             &GroupName::new("cameras").unwrap(),

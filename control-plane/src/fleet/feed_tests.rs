@@ -1,48 +1,28 @@
 //! `max_unavailable` through the pure rollout step: a wave larger than the
 //! limit is fed as its devices settle, never more than the limit mid-update.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fleet_protocol::message::ReleaseRef;
-use fleet_protocol::{AppName, AppStatus, DeviceId, Digest, ErrorCode, GroupName, Phase};
-use fleet_protocol::{SCHEMA_VERSION, StatusReport};
+use fleet_protocol::{AppStatus, DeviceId, ErrorCode, Phase};
 
 use crate::fleet::rollout::{
     Effect, Event, ProgressState, Reports, device_progress, plan_waves, step,
 };
+use crate::fleet::test_fixtures::{self as fixtures, ids, record};
 use crate::store::{RolloutRecord, RolloutState, Safety, WaveSize, WaveState};
-
-fn ids(n: usize) -> Vec<DeviceId> {
-    (0..n)
-        .map(|i| DeviceId::new(format!("d{i}")).unwrap())
-        .collect()
-}
 
 /// `n` devices in one wave, at most `max` mid-update.
 fn rollout(n: usize, max: WaveSize, deadline: Option<u64>) -> RolloutRecord {
-    RolloutRecord {
-        id: 3,
-        release_digest: Digest::of(b"v2"),
-        app: AppName::new("model").unwrap(),
-        version: "v2".into(),
-        group: GroupName::new("cameras").unwrap(),
-        state: RolloutState::Running,
-        waves: plan_waves(ids(n), &[]),
-        previous: BTreeMap::new(),
-        reverted: Default::default(),
-        safety: Safety {
+    record(
+        3,
+        plan_waves(ids(n), &[]),
+        Safety {
             max_unavailable: Some(max),
             wave_deadline_secs: deadline,
             ..Safety::default()
         },
-        excluded: vec![],
-        halt_reason: None,
-        gate_failure: None,
-        pause_reason: None,
-        created_at: 100,
-        updated_at: 100,
-    }
+    )
 }
 
 fn report(r: &RolloutRecord, reports: &mut Reports, device: &DeviceId, phase: Phase) {
@@ -63,16 +43,7 @@ fn report(r: &RolloutRecord, reports: &mut Reports, device: &DeviceId, phase: Ph
         error: None,
         delta_fallbacks: vec![],
     };
-    let status = StatusReport {
-        schema: SCHEMA_VERSION,
-        device: device.clone(),
-        reported_at: 1,
-        generation: Some(2),
-        apps: vec![app],
-        rejected: None,
-        info: None,
-    };
-    reports.insert(device.clone(), Arc::new(status));
+    reports.extend([fixtures::report(device, app)]);
 }
 
 fn deployed(effects: &[Effect]) -> Vec<DeviceId> {

@@ -2,17 +2,14 @@
 //! devices' telemetry jumps halts at the gate (with the gate, the measured
 //! value and the threshold), a quiet one is promoted, missing data pauses.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fleet_protocol::message::{AppTelemetry, Health, ReleaseRef};
-use fleet_protocol::{
-    AppName, AppStatus, DeviceId, Digest, ErrorCode, GroupName, Phase, SCHEMA_VERSION,
-    StatusReport, Telemetry,
-};
+use fleet_protocol::{AppName, AppStatus, DeviceId, Digest, ErrorCode, Phase, Telemetry};
 
 use super::*;
 use crate::fleet::rollout::{Effect, Event, step};
+use crate::fleet::test_fixtures::{deployed_waves as deployed, ids, record, report, reverted};
 use crate::store::{
     HaltRollback, RolloutRecord, RolloutState, Safety, TelemetryGates, Threshold, WaveSize,
     WaveState,
@@ -20,37 +17,18 @@ use crate::store::{
 
 const MIB: u64 = 1 << 20;
 
-fn ids(n: usize) -> Vec<DeviceId> {
-    (0..n)
-        .map(|i| DeviceId::new(format!("d{i}")).unwrap())
-        .collect()
-}
-
 /// Four devices: a canary wave (d0) and the rest (d1..d3, the baseline),
 /// baking 60 s; d0 ran v1 before.
 fn rollout(gates: TelemetryGates) -> RolloutRecord {
-    let r = RolloutRecord {
-        id: 9,
-        release_digest: Digest::of(b"v2"),
-        app: AppName::new("model").unwrap(),
-        version: "v2".into(),
-        group: GroupName::new("cameras").unwrap(),
-        state: RolloutState::Running,
-        waves: crate::fleet::rollout::plan_waves(ids(4), &[WaveSize::Count(1)]),
-        previous: BTreeMap::new(),
-        reverted: Default::default(),
-        safety: Safety {
+    let r = record(
+        9,
+        crate::fleet::rollout::plan_waves(ids(4), &[WaveSize::Count(1)]),
+        Safety {
             bake_secs: Some(60),
             gates,
             ..Safety::default()
         },
-        excluded: vec![],
-        halt_reason: None,
-        gate_failure: None,
-        pause_reason: None,
-        created_at: 100,
-        updated_at: 100,
-    };
+    );
     let (mut r, _) = step(r, Event::Start, 200).unwrap();
     r.previous
         .insert(ids(1)[0].clone(), Some(Digest::of(b"v1")));
@@ -74,17 +52,8 @@ fn status(r: &RolloutRecord, device: &DeviceId, app: impl FnOnce(&mut AppStatus)
         delta_fallbacks: vec![],
     };
     app(&mut a);
-    let report = StatusReport {
-        schema: SCHEMA_VERSION,
-        device: device.clone(),
-        reported_at: 1,
-        generation: Some(2),
-        apps: vec![a],
-        rejected: None,
-        info: None,
-    };
     let mut seen = Observed::default();
-    seen.status.insert(device.clone(), Arc::new(report));
+    seen.status.extend([report(device, a)]);
     seen
 }
 
@@ -124,27 +93,6 @@ fn with_baseline(mut seen: Observed) -> Observed {
         seen = with_sample(seen, d, 150, 100, 10.0);
     }
     seen
-}
-
-fn deployed(effects: &[Effect]) -> Vec<usize> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Deploy { wave, .. } => Some(*wave),
-            _ => None,
-        })
-        .collect()
-}
-
-fn reverted(effects: &[Effect]) -> Vec<DeviceId> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Revert { previous } => Some(previous.keys().cloned().collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 fn records(effects: &[Effect]) -> Vec<String> {

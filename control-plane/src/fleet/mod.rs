@@ -31,6 +31,8 @@ pub mod promql;
 pub mod releases;
 pub mod rollout;
 pub mod rollouts;
+#[cfg(test)]
+mod test_fixtures;
 
 use fleet_protocol::{Digest, verify};
 

@@ -2,15 +2,11 @@
 //! the waves end to end.
 
 use super::*;
+use crate::fleet::test_fixtures::{
+    app_status, deployed_waves as deployed, ids, record, report, reverted,
+};
 use crate::store::Threshold;
-use fleet_protocol::message::ReleaseRef;
-use fleet_protocol::{AppName, AppStatus, ErrorInfo, GroupName, Phase, SCHEMA_VERSION};
-
-fn ids(n: usize) -> Vec<DeviceId> {
-    (0..n)
-        .map(|i| DeviceId::new(format!("d{i}")).unwrap())
-        .collect()
-}
+use fleet_protocol::{ErrorInfo, Phase};
 
 fn counts(sizes: &[usize]) -> Vec<WaveSize> {
     sizes.iter().copied().map(WaveSize::Count).collect()
@@ -22,56 +18,11 @@ fn digest(s: &str) -> Digest {
 
 /// A rollout of `model` to `devices` in waves of `sizes`, not started.
 fn rollout(devices: usize, sizes: &[usize]) -> RolloutRecord {
-    RolloutRecord {
-        id: 7,
-        release_digest: digest("v2"),
-        app: AppName::new("model").unwrap(),
-        version: "v2".into(),
-        group: GroupName::new("cameras").unwrap(),
-        state: RolloutState::Running,
-        waves: plan_waves(ids(devices), &counts(sizes)),
-        previous: BTreeMap::new(),
-        reverted: Default::default(),
-        safety: Safety::default(),
-        excluded: vec![],
-        halt_reason: None,
-        gate_failure: None,
-        pause_reason: None,
-        created_at: 100,
-        updated_at: 100,
-    }
-}
-
-fn app_status(phase: Phase, running: Option<&Digest>, target: Option<&Digest>) -> AppStatus {
-    let r = |d: &Digest| ReleaseRef {
-        version: "x".into(),
-        release_digest: d.clone(),
-    };
-    AppStatus {
-        app: AppName::new("model").unwrap(),
-        phase,
-        running: running.map(r),
-        target: target.map(r),
-        previous: None,
-        health: Default::default(),
-        restarts: 0,
-        progress: None,
-        error: None,
-        delta_fallbacks: vec![],
-    }
-}
-
-fn report(device: &DeviceId, app: AppStatus) -> (DeviceId, Arc<StatusReport>) {
-    let status = StatusReport {
-        schema: SCHEMA_VERSION,
-        device: device.clone(),
-        reported_at: 1,
-        generation: Some(2),
-        apps: vec![app],
-        rejected: None,
-        info: None,
-    };
-    (device.clone(), Arc::new(status))
+    record(
+        7,
+        plan_waves(ids(devices), &counts(sizes)),
+        Safety::default(),
+    )
 }
 
 fn committed(r: &RolloutRecord, devices: &[DeviceId]) -> Reports {
@@ -433,27 +384,6 @@ fn guarded(safety: Safety) -> RolloutRecord {
         r.previous.insert(d, Some(digest("v1")));
     }
     r
-}
-
-fn deployed(effects: &[Effect]) -> Vec<usize> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Deploy { wave, .. } => Some(*wave),
-            _ => None,
-        })
-        .collect()
-}
-
-fn reverted(effects: &[Effect]) -> Vec<DeviceId> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Revert { previous } => Some(previous.keys().cloned().collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
 }
 
 #[test]

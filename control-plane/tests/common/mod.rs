@@ -166,6 +166,18 @@ pub fn dev(id: &str) -> DeviceId {
     DeviceId::new(id).unwrap()
 }
 
+/// Creates group `cameras`: the devices labelled `role=camera`.
+pub async fn cameras_group(client: &Client) {
+    client
+        .create_group(&fleet_control_plane::api::types::CreateGroup {
+            name: fleet_protocol::GroupName::new("cameras").unwrap(),
+            selector: [("role".to_owned(), "camera".to_owned())].into(),
+            members: vec![],
+        })
+        .await
+        .unwrap();
+}
+
 /// A device's first report: registers it with labels.
 pub fn hello(id: &str, labels: &[(&str, &str)]) -> StatusReport {
     StatusReport {
