@@ -49,6 +49,77 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub content: ContentConfig,
     pub prometheus: PrometheusConfig,
+    pub tls: TlsConfig,
+}
+
+/// Transport security (protocol/SECURITY.md): the fleet CA, the server's
+/// TLS certificate, device certificates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Plain TCP for MQTT and HTTP, devices authenticated by tokens; logs a
+    /// warning at every start. Environment: `FLEET_TLS_INSECURE`.
+    pub insecure: bool,
+    /// DNS names and IP addresses in the server's certificate (what devices
+    /// and fleetctl connect to). Environment: `FLEET_TLS_NAMES`
+    /// (comma-separated).
+    pub names: Vec<String>,
+    /// An operator-provided CA (PEM certificate and PKCS#8 key, the key
+    /// 0600); both or neither. Unset: `<data_dir>/pki/`, made on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of a device certificate (days, 1..=397); devices renew at
+    /// two thirds of it.
+    pub device_cert_days: u64,
+    /// Lifetime of a device certificate in seconds, overriding
+    /// `device_cert_days` when set (for tests of rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_cert_secs: Option<u64>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            ca_cert: None,
+            ca_key: None,
+            device_cert_days: 30,
+            device_cert_secs: None,
+        }
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason| ConfigError::Invalid { field, reason };
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(invalid(
+                "tls.ca_cert",
+                "tls.ca_cert and tls.ca_key are given together or not at all",
+            ));
+        }
+        if !(1..=397).contains(&self.device_cert_days) {
+            return Err(invalid("tls.device_cert_days", "must be 1 to 397"));
+        }
+        if self.device_cert_secs.is_some_and(|s| s < 30) {
+            return Err(invalid("tls.device_cert_secs", "must be at least 30"));
+        }
+        if !self.insecure && self.names.is_empty() {
+            return Err(invalid(
+                "tls.names",
+                "the server certificate needs at least one name",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lifetime of a device certificate, in seconds.
+    pub fn device_cert_lifetime_secs(&self) -> u64 {
+        self.device_cert_secs.unwrap_or(self.device_cert_days * DAY)
+    }
 }
 
 /// The Prometheus that PromQL gates query.
@@ -188,6 +259,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             content: ContentConfig::default(),
             prometheus: PrometheusConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -272,7 +344,8 @@ impl Config {
     /// `FLEET_DIRECTOR_KEY`, `FLEET_TRUST`, `FLEET_DESIRED_LIFETIME_SECS`,
     /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`,
     /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`,
-    /// `FLEET_BROKER_PASSWORD`, `FLEET_PROMETHEUS_URL`. An empty
+    /// `FLEET_BROKER_PASSWORD`, `FLEET_PROMETHEUS_URL`,
+    /// `FLEET_TLS_INSECURE`, `FLEET_TLS_NAMES`. An empty
     /// `FLEET_BROKER_URL`, `FLEET_BROKER_PASSWORD` or
     /// `FLEET_PROMETHEUS_URL` unsets it.
     pub fn apply_env(
@@ -313,6 +386,14 @@ impl Config {
             &mut self.desired.renew_check_secs,
         )?;
         env.set("FLEET_PROMETHEUS_URL", &mut self.prometheus.url, non_empty);
+        env.parse("FLEET_TLS_INSECURE", &mut self.tls.insecure)?;
+        env.set("FLEET_TLS_NAMES", &mut self.tls.names, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
         Ok(())
     }
 
@@ -389,7 +470,7 @@ impl Config {
         if self.prometheus.timeout_secs == 0 {
             return Err(invalid("prometheus.timeout_secs", "must be greater than 0"));
         }
-        Ok(())
+        self.tls.validate()
     }
 
     /// The store's directory.
@@ -472,11 +553,6 @@ mod tests {
                 "[broker]\nembedded = false\nurl = \"http://x\"",
                 &[],
                 "url = \"http://x\"",
-            ),
-            (
-                "[broker]\nembedded = false\nurl = \"mqtts://x\"",
-                &[],
-                "TLS",
             ),
             ("[broker]\nembedded = false", &[], "broker.url"),
             (

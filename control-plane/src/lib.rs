@@ -11,6 +11,7 @@
 //! - [`api`]: the REST API (axum); [`client`]: its typed client.
 //! - [`server`]: `run(config, shutdown)`.
 //! - [`keys`], [`sign`]: key files and offline signing.
+//! - [`pki`]: the fleet CA, device certificates and TLS configurations.
 
 pub mod api;
 pub mod broker;
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod keys;
 pub mod link;
 pub mod metrics;
+pub mod pki;
 pub mod prometheus;
 pub mod server;
 pub mod sign;

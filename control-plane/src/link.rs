@@ -62,6 +62,8 @@ pub struct ServerLinkConfig {
     pub inbound_capacity: usize,
     /// Where rejected messages are counted.
     pub counters: Arc<IngestCounters>,
+    /// TLS for an `mqtts://` broker (trusting the fleet CA).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ServerLinkConfig {
@@ -79,6 +81,7 @@ impl ServerLinkConfig {
             backoff: SERVER_BACKOFF,
             inbound_capacity: 1024,
             counters: IngestCounters::new(),
+            tls: None,
         }
     }
 }
@@ -135,6 +138,7 @@ impl ServerLink {
                 max_in_flight: MAX_OUTSTANDING,
                 supersede_retained: true,
             },
+            tls: config.tls,
         };
         let (tx, rx) = mpsc::channel(256);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));

@@ -1,20 +1,21 @@
 //! The MQTT broker address shared by the agent and the server
-//! (`mqtt://host:port`, `tcp://host:port`, `host[:port]`, `[v6]:port`).
+//! (`mqtts://host:port` over TLS; `mqtt://host:port`, `tcp://host:port`,
+//! `host[:port]`, `[v6]:port` in plain TCP).
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerAddrError {
     #[error("invalid broker address {addr:?}: {reason}")]
     Bad { addr: String, reason: &'static str },
-    #[error("MQTT over TLS (mqtts://) is not supported yet: {addr}")]
-    TlsUnsupported { addr: String },
 }
 
-/// Where the broker is: `mqtt://host:port` or `host:port` (port 1883 when
-/// left out).
+/// Where the broker is: `mqtts://host:port` (TLS, port 8883 when left out),
+/// or `mqtt://host:port` / `host:port` (plain TCP, port 1883).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    /// MQTT over TLS.
+    pub tls: bool,
 }
 
 impl BrokerAddr {
@@ -23,15 +24,18 @@ impl BrokerAddr {
             addr: addr.to_owned(),
             reason,
         };
-        if addr.starts_with("mqtts://") || addr.starts_with("ssl://") {
-            return Err(BrokerAddrError::TlsUnsupported {
-                addr: addr.to_owned(),
-            });
-        }
-        let rest = addr
-            .strip_prefix("mqtt://")
-            .or_else(|| addr.strip_prefix("tcp://"))
-            .unwrap_or(addr);
+        let (tls, rest) = match addr
+            .strip_prefix("mqtts://")
+            .or_else(|| addr.strip_prefix("ssl://"))
+        {
+            Some(rest) => (true, rest),
+            None => (
+                false,
+                addr.strip_prefix("mqtt://")
+                    .or_else(|| addr.strip_prefix("tcp://"))
+                    .unwrap_or(addr),
+            ),
+        };
         if rest.contains("://") {
             return Err(bad("unknown scheme"));
         }
@@ -53,6 +57,7 @@ impl BrokerAddr {
         };
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
+            None if tls => 8883,
             None => 1883,
         };
         if host.is_empty() {
@@ -61,17 +66,20 @@ impl BrokerAddr {
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
 
-/// `mqtt://host:port`, with an IPv6 host in brackets: what [`BrokerAddr::parse`] reads back.
+/// `mqtt[s]://host:port`, with an IPv6 host in brackets: what
+/// [`BrokerAddr::parse`] reads back.
 impl std::fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -103,13 +111,18 @@ mod tests {
 
     #[test]
     fn an_address_reads_back_from_its_display_and_its_json() {
-        for s in ["mqtt://10.0.0.2:1883", "mqtt://[::1]:1884", "broker.local"] {
+        for s in [
+            "mqtt://10.0.0.2:1883",
+            "mqtt://[::1]:1884",
+            "broker.local",
+            "mqtts://[::1]:8884",
+        ] {
             let a = BrokerAddr::parse(s).unwrap();
             assert_eq!(BrokerAddr::parse(&a.to_string()).unwrap(), a);
             let json = serde_json::to_string(&a).unwrap();
             assert_eq!(serde_json::from_str::<BrokerAddr>(&json).unwrap(), a);
         }
-        assert!(serde_json::from_str::<BrokerAddr>("\"mqtts://x\"").is_err());
+        assert!(serde_json::from_str::<BrokerAddr>("\"https://x\"").is_err());
     }
 
     #[test]
@@ -120,10 +133,9 @@ mod tests {
         assert_eq!((a.host.as_str(), a.port), ("broker.local", 1883));
         let a = BrokerAddr::parse("tcp://[::1]:1999/").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
-        assert!(matches!(
-            BrokerAddr::parse("mqtts://x:8883"),
-            Err(BrokerAddrError::TlsUnsupported { .. })
-        ));
+        let a = BrokerAddr::parse("mqtts://x").unwrap();
+        assert_eq!((a.host.as_str(), a.port, a.tls), ("x", 8883, true));
+        assert!(!BrokerAddr::parse("mqtt://x").unwrap().tls);
         assert!(BrokerAddr::parse("http://x").is_err());
         assert!(BrokerAddr::parse("x:port").is_err());
         assert!(BrokerAddr::parse(":1883").is_err());

@@ -248,6 +248,7 @@ impl Default for Config {
             broker: BrokerAddr {
                 host: "127.0.0.1".to_owned(),
                 port: 1883,
+                tls: false,
             },
             token: Secret::default(),
             labels: BTreeMap::new(),

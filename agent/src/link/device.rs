@@ -67,6 +67,8 @@ pub struct AgentLinkConfig {
     /// Most status reports kept while offline (the oldest go first).
     pub outbox_limit: usize,
     pub downlink_capacity: usize,
+    /// TLS (with the device's certificate) for an `mqtts://` broker.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AgentLinkConfig {
@@ -88,6 +90,7 @@ impl AgentLinkConfig {
             backoff: Backoff::default(),
             outbox_limit: 256,
             downlink_capacity: 16,
+            tls: None,
         }
     }
 }
@@ -168,6 +171,7 @@ impl AgentLink {
                 max_in_flight: 64,
                 supersede_retained: true,
             },
+            tls: config.tls,
         };
         let (tx, rx) = mpsc::channel(64);
         let (downlink_tx, downlink_rx) = mpsc::channel(config.downlink_capacity.max(1));

@@ -48,6 +48,10 @@ pub struct LinkOptions {
     /// The last will and its payload.
     pub last_will: Option<(Publication, Vec<u8>)>,
     pub session: SessionConfig,
+    /// The TLS configuration an `mqtts://` broker needs (see
+    /// [`super::tls::client_config`]); [`start`] refuses to connect to one
+    /// without it. Unused with `mqtt://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for LinkOptions {
@@ -220,6 +224,11 @@ pub fn start<H: Handler>(
         .set_keep_alive(options.keep_alive.max(Duration::from_secs(1)))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let (true, Some(tls)) = (options.broker.tls, &options.tls) {
+        mqtt.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     if let Some((will, payload)) = &options.last_will {
         mqtt.set_last_will(LastWill::new(
             will.topic.clone(),

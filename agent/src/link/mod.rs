@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod event_loop;
+pub mod tls;
 
 #[cfg(feature = "agent")]
 mod device;
