@@ -15,7 +15,10 @@
 //! identity is separate from the release trust root: nothing signed here
 //! can make a device run an image (see DESIGN.md, "Trust model").
 
+pub mod revoked;
 pub mod tls;
+
+pub use revoked::Revoked;
 
 use std::fs;
 use std::io::Write as _;
