@@ -36,5 +36,7 @@ pub mod state;
 pub mod store;
 #[cfg(feature = "agent")]
 pub mod telemetry;
+#[cfg(any(feature = "link", feature = "fetch"))]
+pub mod tls;
 #[cfg(feature = "agent")]
 pub mod unpack;

@@ -59,18 +59,44 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client of the server at `base` (e.g. `https://127.0.0.1:8080`),
+    /// trusting the public web roots for `https://`.
     pub fn new(base: &str, token: Option<String>) -> Client {
         Client {
             base: base.trim_end_matches('/').to_owned(),
             token,
-            // A server that does not answer the connect is "unreachable"
-            // after this long, not after the kernel's SYN retries (~2 min).
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
+            http: Self::builder().build().unwrap_or_default(),
+        }
+    }
+
+    /// A client of the server at `base` trusting only the fleet CA in
+    /// `ca_pem` (what `fleet-server` made: `<data>/pki/ca.crt`).
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        ca_pem: &str,
+    ) -> Result<Client, fleet_agent::link::tls::TlsError> {
+        let tls = fleet_agent::link::tls::client_config(ca_pem, false, None)?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: Self::builder()
+                .use_preconfigured_tls((*tls).clone())
                 .build()
                 .unwrap_or_default(),
-        }
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        // A server that does not answer the connect is "unreachable" after
+        // this long, not after the kernel's SYN retries (~2 min).
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10))
+    }
+
+    /// The HTTP client (with the server's trust), for requests outside the
+    /// API such as the content endpoint.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn base(&self) -> &str {

@@ -477,6 +477,14 @@ impl Config {
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
     }
+
+    /// The fleet CA certificate devices and fleetctl trust.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.tls
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki").join("ca.crt"))
+    }
 }
 
 #[cfg(test)]

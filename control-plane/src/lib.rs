@@ -27,6 +27,7 @@ pub mod link;
 pub mod metrics;
 pub mod pki;
 pub mod prometheus;
+pub mod serve;
 pub mod server;
 pub mod sign;
 pub mod store;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
-use crate::broker::{BrokerConfig, EmbeddedBroker, ServerAccount};
+use crate::broker::{BrokerConfig, BrokerTls, EmbeddedBroker, ServerAccount};
 use crate::config::{Config, ConfigError};
 use crate::content::{ContentResolver, ContentStore};
 use crate::device_token::DeviceTokens;
@@ -32,6 +32,7 @@ use crate::fleet::ports::{
 use crate::fleet::promql;
 use crate::fleet::{self, Fleet};
 use crate::link::{BrokerAddr, LinkError, LinkPublisher, ServerLink, ServerLinkConfig};
+use crate::pki::Security;
 use crate::prometheus::Prometheus;
 use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::IngestCounters;
@@ -73,6 +74,8 @@ pub enum ServerError {
     Link(#[from] crate::link::LinkError),
     #[error("Prometheus: {0}")]
     Prometheus(crate::prometheus::PrometheusError),
+    #[error("TLS: {0}")]
+    Pki(#[from] crate::pki::PkiError),
     #[error("HTTP server failed: {source}")]
     Serve {
         #[source]
@@ -85,6 +88,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Config(_) | ServerError::Prometheus(_) => 2,
+            ServerError::Pki(_) => 3,
             ServerError::Director(_) | ServerError::Trust { .. } => 3,
             ServerError::DataDir { .. }
             | ServerError::Store(_)
@@ -133,6 +137,7 @@ impl Default for Plugins {
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    security: Option<Arc<Security>>,
     fleet: Fleet,
     resolver: Arc<dyn ImageResolver>,
     routes: Router,
@@ -164,9 +169,10 @@ impl Server {
     /// device messages goes straight to the engine; then as [`Self::bind_with`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let security = Security::from_config(&config.tls, &config.data_dir, fleet::now())?;
         let mut attached = Attached::default();
-        let (plugins, from_devices) = attach(&config, &mut attached).await?;
-        Self::open(config, plugins, from_devices, None, attached).await
+        let (plugins, from_devices) = attach(&config, security.as_deref(), &mut attached).await?;
+        Self::open(config, security, plugins, from_devices, None, attached).await
     }
 
     /// Validates `config` and opens the server with `plugins` in place of the
@@ -175,9 +181,11 @@ impl Server {
     /// trust root, creates the admin token on first start, binds HTTP.
     pub async fn bind_with(config: Config, plugins: Plugins) -> Result<Server, ServerError> {
         config.validate()?;
+        let security = Security::from_config(&config.tls, &config.data_dir, fleet::now())?;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         Self::open(
             config,
+            security,
             plugins,
             inbound_rx,
             Some(inbound_tx),
@@ -188,6 +196,7 @@ impl Server {
 
     async fn open(
         config: Config,
+        security: Option<Arc<Security>>,
         plugins: Plugins,
         inbound_rx: mpsc::Receiver<Inbound>,
         inbound_tx: Option<mpsc::Sender<Inbound>>,
@@ -260,6 +269,7 @@ impl Server {
         Ok(Server {
             config,
             listener,
+            security,
             fleet,
             resolver: plugins.resolver,
             routes: plugins.routes,
@@ -298,11 +308,27 @@ impl Server {
         &self.config
     }
 
+    /// The fleet CA and TLS configurations; `None` with `[tls] insecure`.
+    pub fn security(&self) -> Option<Arc<Security>> {
+        self.security.clone()
+    }
+
+    /// The API's base URL (`https://` unless insecure).
+    pub fn url(&self) -> Result<String, ServerError> {
+        let scheme = if self.security.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
+    }
+
     /// Serves until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Server {
             config,
             listener,
+            security,
             fleet,
             resolver,
             routes,
@@ -360,13 +386,9 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Serve { source })?;
-        tracing::info!(%addr, "API listening");
-        let graceful = {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
+        let tls = security.as_ref().map(|s| s.http.clone());
+        tracing::info!(%addr, tls = tls.is_some(), "API listening");
+        let served = crate::serve::serve(listener, app, tls, stop.clone())
             .await
             .map_err(|source| ServerError::Serve { source });
         stop.cancel();
@@ -395,10 +417,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let server = Server::bind(config).await?;
     if let Some(token) = server.admin_token() {
         println!("admin token (shown once, stored hashed): {token}");
-        println!(
-            "next: fleetctl login --server http://{} --token {token}",
-            server.local_addr()?
-        );
+        match server.security() {
+            Some(_) => println!(
+                "next: fleetctl login --server {} --ca {} --token {token}",
+                server.url()?,
+                server.config().ca_cert_path().display()
+            ),
+            None => println!(
+                "next: fleetctl login --server {} --token {token}",
+                server.url()?
+            ),
+        }
     }
     server.run(shutdown).await
 }
@@ -435,6 +464,7 @@ impl Drop for Attached {
 /// make, with the link's receiver of device messages.
 async fn attach(
     config: &Config,
+    security: Option<&Security>,
     attached: &mut Attached,
 ) -> Result<(Plugins, mpsc::Receiver<Inbound>), ServerError> {
     let data_dir = &config.data_dir;
@@ -466,6 +496,10 @@ async fn attach(
         );
         broker_config.listen = config.broker.listen;
         broker_config.scheme = scheme.clone();
+        broker_config.tls = security.map(|s| BrokerTls {
+            config: s.broker.clone(),
+            revoked: s.revoked.clone(),
+        });
         let broker = EmbeddedBroker::start(broker_config, attached.stop.child_token()).await?;
         let addr = BrokerAddr::parse(&broker.url()).map_err(LinkError::from)?;
         attached.broker = Some(broker);
@@ -482,6 +516,10 @@ async fn attach(
     let mut link_config = ServerLinkConfig::new(broker_addr, client_id, password);
     link_config.scheme = scheme;
     link_config.counters = counters.clone();
+    link_config.tls = security.map(|s| match config.broker.embedded {
+        true => s.link.clone(),
+        false => s.link_external.clone(),
+    });
     let (link, from_devices, link_task) =
         ServerLink::connect(link_config, attached.stop.child_token());
     attached.link_task = Some(link_task);

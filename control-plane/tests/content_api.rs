@@ -572,7 +572,8 @@ async fn release_requirements_come_from_image_labels_read_over_the_pull_api_flag
     import_oci_layout(&server.store, &img, "edge/labelled", Some("bad"))
         .await
         .unwrap();
-    let base = server.url("");
+    // The content router alone, in plain HTTP: the client is only its way in.
+    let base = fleet_control_plane::client::Client::new(&server.url(""), None);
     let image = ImageRef::parse(&format!("{}/edge/labelled:1", server.addr)).unwrap();
 
     let labels = image_labels(&base, "edge/labelled", &good)

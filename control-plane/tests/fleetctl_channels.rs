@@ -48,11 +48,11 @@ async fn fleetctl_follow_then_publish_starts_the_groups_rollout_with_its_policy(
         (client.devices().await.unwrap().len() == 3).then_some(())
     })
     .await;
-    let url = run.url();
+    let remote = run.remote_args(&token);
     let with = |args: &[&str]| -> Vec<String> {
         args.iter()
-            .chain(&["--server", url.as_str(), "--token", token.as_str()])
             .map(|a| a.to_string())
+            .chain(remote.iter().cloned())
             .collect()
     };
     let (code, _, err) = fleetctl(
@@ -270,11 +270,11 @@ async fn fleetctl_rollout_plan_prints_waves_excluded_and_offline_devices_and_sen
         (!client.device(&dev("orin-3")).await.unwrap().device.online).then_some(())
     })
     .await;
-    let url = run.url();
+    let remote = run.remote_args(&token);
     let with = |args: &[&str]| -> Vec<String> {
         args.iter()
-            .chain(&["--server", url.as_str(), "--token", token.as_str()])
             .map(|a| a.to_string())
+            .chain(remote.iter().cloned())
             .collect()
     };
     let (code, _, err) = fleetctl(

@@ -87,14 +87,32 @@ async fn fleetctl_logs_in_groups_devices_and_rolls_an_image_out() {
     assert!(err.contains("fleetctl login"), "{err}");
 
     // A bad token is refused at login and nothing is saved.
-    let err = fails(&cfg, &["login", "--server", &url, "--token", "fleet_bad"]);
+    let ca = run.ca_path.display().to_string();
+    // Without the fleet CA, the server's certificate is not trusted.
+    let err = fails(&cfg, &["login", "--server", &url, "--token", &token]);
+    assert!(err.contains("cannot reach the server"), "{err}");
+    let err = fails(
+        &cfg,
+        &[
+            "login",
+            "--server",
+            &url,
+            "--token",
+            "fleet_bad",
+            "--ca",
+            &ca,
+        ],
+    );
     assert!(
         err.contains("log in again") || err.contains("refused"),
         "{err}"
     );
     assert!(!cfg.join("credentials").exists());
 
-    let out = ok(&cfg, &["login", "--server", &url, "--token", &token]);
+    let out = ok(
+        &cfg,
+        &["login", "--server", &url, "--token", &token, "--ca", &ca],
+    );
     assert!(out.contains("logged in"), "{out}");
     let mode = std::fs::metadata(cfg.join("credentials"))
         .unwrap()
@@ -310,16 +328,45 @@ async fn fleetctl_exit_codes_tell_usage_rejection_and_unreachable_apart() {
     }
 
     // 3: the server refuses the request.
+    let ca = run.ca_path.display().to_string();
     let (code, err) = exit_async(
         &cfg,
-        &["devices", "ls", "--server", &url, "--token", "fleet_bad"],
+        &[
+            "devices",
+            "ls",
+            "--server",
+            &url,
+            "--token",
+            "fleet_bad",
+            "--ca",
+            &ca,
+        ],
     )
     .await;
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("log in again"), "{err}");
-    let (code, err) = exit_async(&cfg, &["login", "--server", &url, "--token", "fleet_bad"]).await;
+    let (code, err) = exit_async(
+        &cfg,
+        &[
+            "login",
+            "--server",
+            &url,
+            "--token",
+            "fleet_bad",
+            "--ca",
+            &ca,
+        ],
+    )
+    .await;
     assert_eq!(code, Some(3), "{err}");
-    let remote = ["--server", url.as_str(), "--token", token.as_str()];
+    let remote = [
+        "--server",
+        url.as_str(),
+        "--token",
+        token.as_str(),
+        "--ca",
+        ca.as_str(),
+    ];
     let with = |args: &[&str]| -> Vec<String> {
         args.iter().chain(&remote).map(|a| a.to_string()).collect()
     };
@@ -390,6 +437,13 @@ async fn fleetctl_exit_codes_tell_usage_rejection_and_unreachable_apart() {
     run.stop().await;
 }
 
+/// The site's configuration without TLS.
+fn plain(site: &Site) -> fleet_control_plane::config::Config {
+    let mut config = site.config();
+    config.tls.insecure = true;
+    config
+}
+
 /// A loopback TCP proxy to `upstream` that records the request line of
 /// every HTTP/1.1 request going through it.
 async fn recording_proxy(upstream: SocketAddr) -> (String, Arc<Mutex<Vec<String>>>) {
@@ -437,7 +491,8 @@ async fn recording_proxy(upstream: SocketAddr) -> (String, Arc<Mutex<Vec<String>
 async fn fleetctl_rollout_of_an_image_by_digest_is_one_request() {
     let site = Site::new();
     let publisher = recording();
-    let run = start(site.config(), publisher.clone()).await;
+    // The proxy reads request lines: this server speaks plain HTTP.
+    let run = start(plain(&site), publisher.clone()).await;
     let token = run.token.clone().unwrap();
     let cfg = tempfile::tempdir().unwrap();
     let cfg: PathBuf = cfg.path().to_owned();
@@ -515,14 +570,13 @@ async fn fleetctl_devices_table_columns_line_up() {
         (client.devices().await.unwrap().len() == ids.len()).then_some(())
     })
     .await;
-    let url = run.url();
+    let remote = run.remote_args(&token);
     let text = tokio::task::spawn_blocking({
         let cfg = cfg.path().to_owned();
         move || {
-            ok(
-                &cfg,
-                &["devices", "ls", "--server", &url, "--token", &token],
-            )
+            let mut args = vec!["devices", "ls"];
+            args.extend(remote.iter().map(String::as_str));
+            ok(&cfg, &args)
         }
     })
     .await
@@ -581,7 +635,8 @@ async fn fleetctl_rollout_of_a_tag_reads_its_digest_then_starts_in_one_request()
         }),
         ..Plugins::default()
     };
-    let run = start_with(site.config(), plugins).await;
+    // The proxy reads request lines: this server speaks plain HTTP.
+    let run = start_with(plain(&site), plugins).await;
     let token = run.token.clone().unwrap();
     let cfg = tempfile::tempdir().unwrap();
     run.send(hello("cam-1", &[("role", "camera")])).await;

@@ -210,7 +210,7 @@ async fn a_release_whose_canary_memory_or_restarts_jump_halts_at_the_gate_and_a_
     let token = admin_token(&config);
     let tokens = DeviceTokens::open(&config.data_dir).unwrap();
     let fleet = Fleet::start(config).await;
-    let client = Client::new(&fleet.url(), Some(token));
+    let client = fleet.client(&token);
     let mut devices = Vec::new();
     for id in CAMS {
         let d = Device::connect(&fleet, &tokens, id).await;

@@ -69,12 +69,22 @@ async fn the_api_refuses_requests_without_a_valid_token() {
         .expect("first start creates an admin token");
     assert!(token.starts_with("fleet_"));
 
-    let health = reqwest::get(format!("{}/healthz", run.url()))
+    let health = run
+        .http()
+        .get(format!("{}/healthz", run.url()))
+        .send()
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    // TLS is on by default: plain HTTP gets no answer, and a client that
+    // does not trust the fleet CA refuses the server.
+    assert!(run.url().starts_with("https://"));
+    let plain = reqwest::get(format!("http://{}/healthz", run.addr)).await;
+    assert!(plain.is_err(), "{plain:?}");
+    let untrusting = reqwest::get(format!("{}/healthz", run.url())).await;
+    assert!(untrusting.is_err(), "{untrusting:?}");
 
-    let anonymous = Client::new(&run.url(), None);
+    let anonymous = common::client_of(&run.url(), run.ca.as_deref(), None);
     let err = anonymous.devices().await.unwrap_err();
     assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED), "{err}");
     assert!(err.to_string().contains("fleetctl login"), "{err}");
@@ -84,7 +94,8 @@ async fn the_api_refuses_requests_without_a_valid_token() {
         wrong.rollouts().await.unwrap_err(),
         ClientError::Unauthorized { .. }
     ));
-    let raw = reqwest::Client::new()
+    let raw = run
+        .http()
         .post(format!("{}/api/v1/releases", run.url()))
         .header("Authorization", format!("Basic {token}"))
         .body(site.release("model", "v1"))

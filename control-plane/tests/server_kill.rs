@@ -1,6 +1,6 @@
 //! `kill -9` of the real `fleet-server` process (embedded broker, sled
 //! store) in the middle of a channel rollout's wave. Devices are MQTT
-//! clients with their device tokens that record every desired state they
+//! clients with device certificates that record every desired state they
 //! receive. After the restart the rollout goes on from where it was: no
 //! device receives two contents for one generation, none is skipped, and a
 //! device that was offline through the kill (the embedded broker's retained
@@ -19,7 +19,7 @@ use common::*;
 use fleet_control_plane::api::types::FollowChannel;
 use fleet_control_plane::client::Client;
 use fleet_control_plane::config::Config;
-use fleet_control_plane::device_token::DeviceTokens;
+use fleet_control_plane::pki::FleetCa;
 use fleet_control_plane::store::{
     Channel, RolloutState, Safety, SledStore, Supersede, WaveSize, WaveState,
 };
@@ -38,7 +38,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    async fn start(config_file: &std::path::Path, url: &str, run: u32) -> Self {
+    async fn start(config_file: &std::path::Path, url: &str, ca: &str, run: u32) -> Self {
         let log = config_file.with_file_name(format!("server-{run}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
             .args(["--config", config_file.to_str().unwrap()])
@@ -48,10 +48,12 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let health = format!("{url}/healthz");
+        let http = common::http_client(Some(ca));
         eventually("the server answers", || {
-            let health = health.clone();
+            let (health, http) = (health.clone(), http.clone());
             async move {
-                reqwest::get(&health)
+                http.get(&health)
+                    .send()
                     .await
                     .ok()
                     .filter(|r| r.status().is_success())
@@ -99,12 +101,18 @@ struct Device {
 }
 
 impl Device {
-    fn connect(broker: u16, tokens: &DeviceTokens, trust: TrustedRoot, id: &str) -> Device {
+    fn connect(broker: u16, ca: &FleetCa, trust: TrustedRoot, id: &str) -> Device {
         let scheme = TopicScheme::default();
         let desired_topic = scheme.render(&Topic::Desired(dev(id)));
         let mut o = MqttOptions::new(id, "127.0.0.1", broker);
-        o.set_credentials(id, tokens.token(&dev(id)))
-            .set_keep_alive(Duration::from_secs(5));
+        let identity = common::device_identity(ca, id, 3600);
+        let tls =
+            fleet_agent::link::tls::client_config(ca.cert_pem(), false, Some(&identity)).unwrap();
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ))
+        .set_credentials(id, "")
+        .set_keep_alive(Duration::from_secs(5));
         let (client, mut eventloop) = AsyncClient::new(o, 64);
         let received: Received = Arc::default();
         let last_status: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
@@ -227,12 +235,14 @@ async fn a_server_killed_mid_wave_goes_on_after_restart_without_skips_or_double_
             .unwrap()
             .unwrap()
     };
-    let tokens = DeviceTokens::open(&config.data_dir).unwrap();
+    // The CA the server will load (made here so the test has it first).
+    let ca = FleetCa::open_or_create(&config.data_dir.join("pki"), now()).unwrap();
+    let ca_pem = ca.cert_pem().to_owned();
     let file = config.data_dir.join("server.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let url = format!("http://127.0.0.1:{http}");
-    let mut server = ServerProcess::start(&file, &url, 1).await;
-    let client = Client::new(&url, Some(token));
+    let url = format!("https://127.0.0.1:{http}");
+    let mut server = ServerProcess::start(&file, &url, &ca_pem, 1).await;
+    let client = Client::with_ca(&url, Some(token), &ca_pem).unwrap();
     let trust = site.trust();
 
     // Six cameras: a canary, a wave of two, a wave of three (by id). cam-3,
@@ -242,7 +252,7 @@ async fn a_server_killed_mid_wave_goes_on_after_restart_without_skips_or_double_
     let ids: Vec<String> = (1..=6).map(|i| format!("cam-{i}")).collect();
     let mut devices: Vec<Device> = ids
         .iter()
-        .map(|id| Device::connect(broker, &tokens, trust.clone(), id))
+        .map(|id| Device::connect(broker, &ca, trust.clone(), id))
         .collect();
     for d in &devices {
         d.status(&hello(&d.id, &[("role", "camera")])).await;
@@ -298,12 +308,12 @@ async fn a_server_killed_mid_wave_goes_on_after_restart_without_skips_or_double_
     .await;
     server.kill9();
 
-    let mut server = ServerProcess::start(&file, &url, 2).await;
+    let mut server = ServerProcess::start(&file, &url, &ca_pem, 2).await;
     let v = client.rollout(id).await.unwrap();
     assert_eq!(v.state, RolloutState::Running);
     assert_eq!(v.waves[1].state, WaveState::Active, "{v:?}");
     // cam-3 comes back only now.
-    devices.push(Device::connect(broker, &tokens, trust.clone(), "cam-3"));
+    devices.push(Device::connect(broker, &ca, trust.clone(), "cam-3"));
     let by_id = |d: &str| devices.iter().find(|x| x.id == d);
     commit(by_id(&w2[1]).unwrap(), &trust, &v1, &server).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -327,11 +327,12 @@ async fn devices_over_mqtt_show_up_in_metrics_that_promtool_accepts_and_in_fleet
 
     // fleetctl devices show prints the latest telemetry.
     let cfg = tempfile::tempdir().unwrap();
-    let url = fleet.url();
+    let login = fleet.login_args(&token);
     let (human, json) = tokio::task::spawn_blocking({
         let cfg = cfg.path().to_owned();
         move || {
-            fleetctl(&cfg, &["login", "--server", &url, "--token", &token]);
+            let login: Vec<&str> = login.iter().map(String::as_str).collect();
+            fleetctl(&cfg, &login);
             (
                 fleetctl(&cfg, &["devices", "show", "jet-1"]),
                 fleetctl(&cfg, &["devices", "show", "jet-1", "-o", "json"]),
@@ -401,7 +402,7 @@ async fn the_latest_state_is_flushed_at_shutdown_and_served_after_a_restart() {
         s.get(r#"fleet_app_version_devices{app="model",version="v3"}"#),
         Some(&1.0)
     );
-    let client = fleet_control_plane::client::Client::new(&fleet.url(), Some(token));
+    let client = fleet.client(&token);
     let d = client.device(&dev("jet-1")).await.unwrap();
     let t = d.telemetry.expect("telemetry persisted");
     assert_eq!(t.telemetry.gpu_load_percent, Some(45.0));

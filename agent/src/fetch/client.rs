@@ -38,6 +38,12 @@ pub struct ClientConfig {
     /// Longest silence while reading a response.
     pub read_timeout: Duration,
     pub user_agent: String,
+    /// The fleet CA (PEM), trusted besides the public web roots: what the
+    /// control plane's content endpoint presents.
+    pub fleet_ca: Option<String>,
+    /// The device certificate, presented to servers that ask for one (the
+    /// content endpoint).
+    pub identity: Option<crate::tls::ClientIdentity>,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +58,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             user_agent: format!("fleet-agent/{}", crate::VERSION),
+            fleet_ca: None,
+            identity: None,
         }
     }
 }
@@ -96,15 +104,22 @@ pub(super) struct Inner {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, FetchError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        let mut tls = match &cfg.fleet_ca {
+            Some(ca) => (*crate::tls::client_config(ca, true, cfg.identity.as_ref())
+                .map_err(FetchError::FleetTls)?)
+            .clone(),
+            None => {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let roots = rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(FetchError::Tls)?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }
         };
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(FetchError::Tls)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)

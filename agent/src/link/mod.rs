@@ -8,7 +8,8 @@
 
 pub mod backoff;
 pub mod event_loop;
-pub mod tls;
+/// TLS client configurations (also used by the registry client).
+pub use crate::tls;
 
 #[cfg(feature = "agent")]
 mod device;

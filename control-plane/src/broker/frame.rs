@@ -5,7 +5,6 @@
 use bytes::{Buf, BufMut, BytesMut};
 use rumqttd::protocol::v4;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use super::SessionError;
 
@@ -47,8 +46,8 @@ impl PublishHeader {
 }
 
 /// Reads until one whole frame is buffered; `None` on a clean EOF.
-pub(super) async fn read_frame(
-    stream: &mut TcpStream,
+pub(super) async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<BytesMut>, SessionError> {

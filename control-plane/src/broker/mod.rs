@@ -25,33 +25,33 @@
 
 mod frame;
 mod internal;
+mod session;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use fleet_protocol::id::{DeviceId, IdError};
 use fleet_protocol::topic::TopicScheme;
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Connect, LastWill, Login, Packet, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::pki::tls::peer_of;
+use crate::pki::{PeerCert, Revoked};
+
 #[doc(hidden)] // public for the fuzz targets only
 pub use frame::{PublishHeader, next_frame};
-use frame::{connack, puback, read_frame, suback_failure};
 pub use internal::ProbeError;
 use internal::{
     ct_eq, random_secret, reserve_loopback_port, sha256, start_rumqttd, wait_until_ready,
 };
+use session::session;
 
 /// Largest MQTT packet accepted by default: a desired state may be 1 MiB
 /// (`fleet_protocol::message::MAX_MESSAGE_BYTES`) plus topic and header.
@@ -77,8 +77,6 @@ pub enum BrokerError {
         #[source]
         source: ProbeError,
     },
-    #[error("TLS on the embedded broker is not supported yet (configured for {addr})")]
-    TlsUnsupported { addr: SocketAddr },
     #[error("cannot start the broker thread")]
     Thread(#[source] std::io::Error),
 }
@@ -89,6 +87,8 @@ pub enum BrokerError {
 pub enum SessionError {
     #[error("i/o")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
     #[error("malformed MQTT packet")]
     Malformed(#[source] rumqttd::protocol::Error),
     #[error("malformed PUBLISH: {0}")]
@@ -126,6 +126,12 @@ pub enum Refusal {
     BadDeviceToken,
     #[error("last will on forbidden topic {0}")]
     ForbiddenWill(String),
+    #[error("no device certificate (TLS client certificate required)")]
+    NoCertificate,
+    #[error("the client id is not the certificate's device {0}")]
+    CertificateMismatch(DeviceId),
+    #[error("device {0} is revoked")]
+    Revoked(DeviceId),
 }
 
 impl Refusal {
@@ -133,9 +139,12 @@ impl Refusal {
     /// password, 5 not authorised.
     pub fn connack_code(&self) -> u8 {
         match self {
-            Self::NotADeviceId(_) => 2,
+            Self::NotADeviceId(_) | Self::CertificateMismatch(_) => 2,
             Self::BadServerCredentials | Self::UserNameMismatch | Self::BadDeviceToken => 4,
-            Self::NoCredentials | Self::ForbiddenWill(_) => 5,
+            Self::NoCredentials
+            | Self::ForbiddenWill(_)
+            | Self::NoCertificate
+            | Self::Revoked(_) => 5,
         }
     }
 }
@@ -196,14 +205,21 @@ impl std::fmt::Debug for ServerAccount {
     }
 }
 
-/// TLS for the device listener (server certificate, and the CA that signs
-/// device client certificates). The shape is fixed; the embedded broker does
-/// not serve TLS yet and refuses to start when this is set.
-#[derive(Debug, Clone)]
+/// TLS on the device listener: devices are then identified by their
+/// certificates alone (see [`crate::pki`]), and revoked ones cut off.
+#[derive(Clone)]
 pub struct BrokerTls {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-    pub client_ca_path: Option<PathBuf>,
+    /// Verifies client certificates against the fleet CA.
+    pub config: Arc<rustls::ServerConfig>,
+    pub revoked: Revoked,
+}
+
+impl std::fmt::Debug for BrokerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerTls")
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Configuration of [`EmbeddedBroker`].
@@ -235,14 +251,9 @@ impl BrokerConfig {
     }
 }
 
-/// Who a connection is, once its CONNECT was accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Identity {
-    Server,
-    Device(DeviceId),
-}
-
 struct Shared {
+    /// With TLS: the revoked devices (and devices need certificates).
+    revoked: Option<Revoked>,
     scheme: TopicScheme,
     server: ServerAccount,
     devices: Arc<dyn DeviceAuthenticator>,
@@ -254,6 +265,7 @@ struct Shared {
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    tls: bool,
     task: JoinHandle<()>,
 }
 
@@ -264,11 +276,6 @@ impl EmbeddedBroker {
         config: BrokerConfig,
         cancel: CancellationToken,
     ) -> Result<Self, BrokerError> {
-        if config.tls.is_some() {
-            return Err(BrokerError::TlsUnsupported {
-                addr: config.listen,
-            });
-        }
         let secret = random_secret();
         let internal = reserve_loopback_port().map_err(BrokerError::InternalPort)?;
         start_rumqttd(&config, internal, &secret)?;
@@ -285,8 +292,13 @@ impl EmbeddedBroker {
             addr: config.listen,
             source,
         })?;
-        info!(%addr, "MQTT broker listening");
+        info!(%addr, tls = config.tls.is_some(), "MQTT broker listening");
+        let acceptor = config
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.config.clone()));
         let shared = Arc::new(Shared {
+            revoked: config.tls.map(|t| t.revoked),
             scheme: config.scheme,
             server: config.server,
             devices: config.devices,
@@ -295,8 +307,9 @@ impl EmbeddedBroker {
             secret,
         });
         let limit = Arc::new(Semaphore::new(config.max_connections));
-        let task = tokio::spawn(accept_loop(listener, shared, limit, cancel));
-        Ok(Self { addr, task })
+        let tls = acceptor.is_some();
+        let task = tokio::spawn(accept_loop(listener, acceptor, shared, limit, cancel));
+        Ok(Self { addr, tls, task })
     }
 
     /// The address devices connect to (the real port when 0 was asked).
@@ -304,9 +317,11 @@ impl EmbeddedBroker {
         self.addr
     }
 
-    /// `mqtt://host:port`, for [`crate::link::BrokerAddr::parse`].
+    /// `mqtts://host:port` (or `mqtt://` without TLS), for
+    /// [`crate::link::BrokerAddr::parse`].
     pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Waits until the front has stopped (after cancellation) and every
@@ -320,6 +335,7 @@ impl EmbeddedBroker {
 
 async fn accept_loop(
     listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -344,10 +360,25 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let cancel = cancel.clone();
+        let acceptor = acceptor.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            match session(stream, &shared, &cancel).await {
+            let _ = stream.set_nodelay(true);
+            let result = match acceptor {
+                None => session(stream, None, &shared, &cancel).await,
+                Some(acceptor) => match tls_accept(&acceptor, stream).await {
+                    Ok((stream, device)) => session(stream, device, &shared, &cancel).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
                 Ok(()) => debug!(%peer, "connection closed"),
+                Err(e @ SessionError::Refused { .. }) => {
+                    info!(%peer, error = %e, "connection refused")
+                }
+                Err(e @ SessionError::Handshake(_)) => {
+                    info!(%peer, error = %e, "TLS handshake failed")
+                }
                 Err(e) => debug!(%peer, error = %e, "connection closed"),
             }
         });
@@ -358,183 +389,26 @@ async fn accept_loop(
     info!("MQTT broker front stopped");
 }
 
-/// One client connection, proxied to the internal broker.
-async fn session(
-    mut client: TcpStream,
-    shared: &Shared,
-    cancel: &CancellationToken,
-) -> Result<(), SessionError> {
-    client.set_nodelay(true)?;
-    let max = shared.max_packet_bytes;
-    let mut cbuf = BytesMut::with_capacity(4096);
-
-    let first = tokio::select! {
-        _ = cancel.cancelled() => return Ok(()),
-        f = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client, &mut cbuf, max)) => {
-            f.map_err(|_| SessionError::ConnectTimeout(CONNECT_TIMEOUT))??
-        }
-    };
-    let Some(first) = first else { return Ok(()) };
-    let (connect, will, login) = match V4.read_mut(&mut first.clone(), max) {
-        Ok(Packet::Connect(c, _, will, _, login)) => (c, will, login),
-        Ok(_) => return Err(SessionError::NotConnect),
-        Err(v4_err) => {
-            if matches!(v4_err, rumqttd::protocol::Error::InvalidProtocolLevel(_)) {
-                client.write_all(&connack(1)).await?;
-            }
-            return Err(SessionError::Malformed(v4_err));
-        }
-    };
-    let identity = match authorize(shared, &connect, will.as_ref(), login.as_ref()) {
-        Ok(id) => id,
-        Err(reason) => {
-            client.write_all(&connack(reason.connack_code())).await?;
-            return Err(SessionError::Refused {
-                client_id: connect.client_id,
-                reason,
-            });
-        }
-    };
-    debug!(client_id = %connect.client_id, ?identity, "CONNECT accepted");
-
-    let mut broker = TcpStream::connect(shared.internal).await?;
-    broker.set_nodelay(true)?;
-    let login = Some(Login {
-        username: connect.client_id.clone(),
-        password: shared.secret.clone(),
-    });
-    let mut out = BytesMut::new();
-    V4.write(
-        Packet::Connect(connect.clone(), None, will, None, login),
-        &mut out,
-    )
-    .map_err(SessionError::Malformed)?;
-    broker.write_all(&out).await?;
-
-    // Broker → client frames may be larger than what a client may send
-    // (a retained desired state plus headers); frame them with headroom.
-    let max_down = max.saturating_mul(2);
-    let mut bbuf = BytesMut::with_capacity(4096);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            n = client.read_buf(&mut cbuf) => {
-                if n? == 0 {
-                    return Ok(());
-                }
-                while let Some(frame) = next_frame(&mut cbuf, max)? {
-                    match filter(shared, &identity, &frame)? {
-                        Verdict::Forward => broker.write_all(&frame).await?,
-                        Verdict::Reply(reply) => client.write_all(&reply).await?,
-                        Verdict::Drop => {}
-                    }
-                }
-            }
-            n = broker.read_buf(&mut bbuf) => {
-                if n? == 0 {
-                    return Ok(());
-                }
-                while let Some(frame) = next_frame(&mut bbuf, max_down)? {
-                    client.write_all(&frame).await?;
-                }
-            }
-        }
-    }
-}
-
-enum Verdict {
-    Forward,
-    Reply(Vec<u8>),
-    Drop,
-}
-
-/// The ACL decision for one client → broker packet.
-fn filter(shared: &Shared, identity: &Identity, frame: &BytesMut) -> Result<Verdict, SessionError> {
-    let Identity::Device(device) = identity else {
-        return Ok(Verdict::Forward);
-    };
-    let packet_type = frame[0] >> 4;
-    match packet_type {
-        // CONNECT twice is a protocol violation.
-        1 => Err(SessionError::SecondConnect),
-        3 => {
-            let publish = PublishHeader::parse(frame)?;
-            if shared.scheme.device_may_publish(device, &publish.topic) {
-                return Ok(Verdict::Forward);
-            }
-            warn!(%device, topic = %publish.topic, "ACL: publish refused");
-            match (publish.qos, publish.pkid) {
-                (0, _) => Ok(Verdict::Drop),
-                (1, Some(pkid)) => Ok(Verdict::Reply(puback(pkid))),
-                _ => Err(SessionError::ForbiddenPublish {
-                    qos: publish.qos,
-                    topic: publish.topic,
-                }),
-            }
-        }
-        8 => {
-            let Packet::Subscribe(subscribe, _) = V4
-                .read_mut(&mut frame.clone(), frame.len())
-                .map_err(SessionError::Malformed)?
-            else {
-                return Err(SessionError::NotSubscribe);
-            };
-            let denied: Vec<&str> = subscribe
-                .filters
-                .iter()
-                .map(|f| f.path.as_str())
-                .filter(|f| !shared.scheme.device_may_subscribe(device, f))
-                .collect();
-            if denied.is_empty() {
-                return Ok(Verdict::Forward);
-            }
-            warn!(%device, filters = ?denied, "ACL: subscribe refused");
-            Ok(Verdict::Reply(suback_failure(
-                subscribe.pkid,
-                subscribe.filters.len(),
-            )))
-        }
-        _ => Ok(Verdict::Forward),
-    }
-}
-
-fn authorize(
-    shared: &Shared,
-    connect: &Connect,
-    will: Option<&LastWill>,
-    login: Option<&Login>,
-) -> Result<Identity, Refusal> {
-    let Some(login) = login else {
-        return Err(Refusal::NoCredentials);
-    };
-    if connect.client_id == shared.server.client_id {
-        return if login.username == shared.server.client_id
-            && ct_eq(
-                &sha256(login.password.as_bytes()),
-                &sha256(shared.server.password.as_bytes()),
-            ) {
-            Ok(Identity::Server)
-        } else {
-            Err(Refusal::BadServerCredentials)
-        };
-    }
-    let device = DeviceId::new(connect.client_id.as_str()).map_err(Refusal::NotADeviceId)?;
-    if login.username != connect.client_id {
-        return Err(Refusal::UserNameMismatch);
-    }
-    if !shared
-        .devices
-        .authenticate(&device, login.password.as_bytes())
-    {
-        return Err(Refusal::BadDeviceToken);
-    }
-    if let Some(will) = will {
-        let topic = String::from_utf8_lossy(&will.topic);
-        if !shared.scheme.device_may_publish(&device, &topic) {
-            return Err(Refusal::ForbiddenWill(topic.into_owned()));
-        }
-    }
-    Ok(Identity::Device(device))
+/// The TLS handshake (bounded by the CONNECT timeout) and the device the
+/// client's certificate names, if it presented one.
+async fn tls_accept(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> Result<
+    (
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        Option<PeerCert>,
+    ),
+    SessionError,
+> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout(CONNECT_TIMEOUT))?
+        .map_err(SessionError::Handshake)?;
+    let device = peer_of(stream.get_ref().1.peer_certificates())
+        .transpose()
+        .map_err(|e| SessionError::Handshake(std::io::Error::other(e.to_string())))?;
+    Ok((stream, device))
 }
 
 #[cfg(test)]

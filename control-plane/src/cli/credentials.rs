@@ -42,6 +42,10 @@ pub enum CredentialsError {
 pub struct Credentials {
     pub server: String,
     pub token: String,
+    /// The fleet CA (PEM) the server's certificate is checked against;
+    /// unset: the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// The configuration directory: `$FLEET_CONFIG_DIR`, else
@@ -108,21 +112,35 @@ pub fn save(path: &Path, creds: &Credentials) -> Result<(), CredentialsError> {
     fs::rename(&tmp, path).map_err(write_err)
 }
 
-/// Flags/environment win over the file; both parts are needed.
+/// Flags/environment win over the file; server and token are needed.
+/// `ca` is a path to the CA certificate.
 pub fn resolve(
     server: Option<String>,
     token: Option<String>,
+    ca: Option<PathBuf>,
 ) -> Result<Credentials, CredentialsError> {
-    let file = match (&server, &token) {
-        (Some(_), Some(_)) => None,
+    let file = match (&server, &token, &ca) {
+        (Some(_), Some(_), Some(_)) => None,
         _ => load(&credentials_path()?)?,
+    };
+    let ca = match ca {
+        Some(path) => Some(read_ca(&path)?),
+        None => file.as_ref().and_then(|c| c.ca.clone()),
     };
     let server = server.or_else(|| file.as_ref().map(|c| c.server.clone()));
     let token = token.or_else(|| file.as_ref().map(|c| c.token.clone()));
     match (server, token) {
-        (Some(server), Some(token)) => Ok(Credentials { server, token }),
+        (Some(server), Some(token)) => Ok(Credentials { server, token, ca }),
         _ => Err(CredentialsError::Missing),
     }
+}
+
+/// Reads a CA certificate file (PEM).
+pub fn read_ca(path: &Path) -> Result<String, CredentialsError> {
+    fs::read_to_string(path).map_err(|source| CredentialsError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +154,7 @@ mod tests {
         let c = Credentials {
             server: "http://127.0.0.1:1".into(),
             token: "fleet_x".into(),
+            ca: Some("-----BEGIN CERTIFICATE-----".into()),
         };
         save(&path, &c).unwrap();
         save(&path, &c).unwrap();

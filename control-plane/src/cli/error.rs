@@ -59,6 +59,8 @@ pub enum CliError {
     },
     #[error("server URL {url:?} is not http:// or https://")]
     UnsupportedScheme { url: String },
+    #[error("the CA certificate (--ca / FLEET_CA): {message}")]
+    Ca { message: String },
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
     /// A request to the server failed; `doing` says which.
@@ -144,7 +146,8 @@ impl CliError {
             CliError::MissingRolloutTarget
             | CliError::Safety(_)
             | CliError::BadServerUrl { .. }
-            | CliError::UnsupportedScheme { .. } => ExitClass::Usage,
+            | CliError::UnsupportedScheme { .. }
+            | CliError::Ca { .. } => ExitClass::Usage,
             CliError::Credentials(e) => credentials_class(e),
             CliError::Server { source, .. } => client_class(source),
             CliError::Import { source, .. } => import_class(source),

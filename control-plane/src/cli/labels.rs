@@ -59,7 +59,7 @@ pub enum LabelsError {
 /// `runtime` with the requirements the image's labels state where the
 /// flags gave none. Reads nothing when every requirement is already set.
 pub async fn with_image_requirements(
-    server: &str,
+    client: &crate::client::Client,
     image: &ImageRef,
     digest: &Digest,
     mut runtime: RuntimeSettings,
@@ -68,7 +68,7 @@ pub async fn with_image_requirements(
     if flags.l4t.is_some() && flags.cuda.is_some() && flags.soc.is_some() {
         return Ok(runtime);
     }
-    let Some(labels) = image_labels(server, image.repository(), digest).await? else {
+    let Some(labels) = image_labels(client, image.repository(), digest).await? else {
         eprintln!(
             "fleetctl: note: {image} is not in the server's content store; its \
              io.fleet.requires.* labels were not read (requirements come from the flags only)"
@@ -84,14 +84,14 @@ pub async fn with_image_requirements(
 /// endpoint (`None`: the server does not hold the manifest). An index is
 /// read for its linux/arm64 image (the Jetson's), else its first one.
 pub async fn image_labels(
-    server: &str,
+    client: &crate::client::Client,
     repository: &str,
     digest: &Digest,
 ) -> Result<Option<BTreeMap<String, String>>, LabelsError> {
-    let http = reqwest::Client::new();
-    let base = format!("{}/v2/{repository}", server.trim_end_matches('/'));
+    let http = client.http();
+    let base = format!("{}/v2/{repository}", client.base());
     let url = format!("{base}/manifests/{digest}");
-    let Some(bytes) = get(&http, &url, digest).await? else {
+    let Some(bytes) = get(http, &url, digest).await? else {
         return Ok(None);
     };
     let manifest = parse(&url, &bytes)?;
@@ -103,7 +103,7 @@ pub async fn image_labels(
                 .or_else(|| index.manifests.first())
                 .ok_or_else(|| LabelsError::EmptyIndex { url: url.clone() })?;
             let url = format!("{base}/manifests/{}", chosen.digest);
-            let Some(bytes) = get(&http, &url, &chosen.digest).await? else {
+            let Some(bytes) = get(http, &url, &chosen.digest).await? else {
                 return Ok(None);
             };
             match parse(&url, &bytes)? {
@@ -113,7 +113,7 @@ pub async fn image_labels(
         }
     };
     let url = format!("{base}/blobs/{}", image.config.digest);
-    let Some(config) = get(&http, &url, &image.config.digest).await? else {
+    let Some(config) = get(http, &url, &image.config.digest).await? else {
         return Ok(None);
     };
     oci::config_labels(&config)

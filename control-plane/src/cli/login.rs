@@ -4,7 +4,6 @@ use clap::Args;
 
 use super::credentials::{self, Credentials};
 use super::{CliError, check_server_url};
-use crate::client::Client;
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -14,12 +13,18 @@ pub struct LoginArgs {
     /// The API token (fleet-server prints the admin token on its first start).
     #[arg(long, env = "FLEET_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// The fleet CA certificate (fleet-server's `<data>/pki/ca.crt`); saved
+    /// with the credentials. Without it, https:// is checked against the
+    /// public web roots.
+    #[arg(long, env = "FLEET_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Logs in: the credentials are saved only when the server accepted them.
 pub async fn run(args: LoginArgs) -> Result<(), CliError> {
     check_server_url(&args.server)?;
-    let client = Client::new(&args.server, Some(args.token.clone()));
+    let ca = args.ca.as_deref().map(credentials::read_ca).transpose()?;
+    let client = super::client_for(&args.server, args.token.clone(), ca.as_deref())?;
     let devices = client.devices().await.map_err(|source| CliError::Server {
         doing: format!("cannot log in to {}", args.server),
         source,
@@ -30,6 +35,7 @@ pub async fn run(args: LoginArgs) -> Result<(), CliError> {
         &Credentials {
             server: client.base().to_owned(),
             token: args.token,
+            ca,
         },
     )?;
     println!(

@@ -46,6 +46,10 @@ pub struct Remote {
     /// API token (default: from `fleetctl login`).
     #[arg(long, global = true, env = "FLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The fleet CA certificate the server is checked against (default:
+    /// from `fleetctl login`), e.g. fleet-data/pki/ca.crt.
+    #[arg(long, global = true, env = "FLEET_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Output format of read commands.
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -54,15 +58,25 @@ pub struct Remote {
 impl Remote {
     /// The server URL and token, from the flags or the credentials file.
     pub fn credentials(&self) -> Result<Credentials, CliError> {
-        let creds = credentials::resolve(self.server.clone(), self.token.clone())?;
+        let creds = credentials::resolve(self.server.clone(), self.token.clone(), self.ca.clone())?;
         check_server_url(&creds.server)?;
         Ok(creds)
     }
 
     /// A client of the server these flags name.
     pub fn client(&self) -> Result<Client, CliError> {
-        let Credentials { server, token } = self.credentials()?;
-        Ok(Client::new(&server, Some(token)))
+        let Credentials { server, token, ca } = self.credentials()?;
+        client_for(&server, token, ca.as_deref())
+    }
+}
+
+/// A client of `server`, checking its certificate against `ca` when given.
+pub fn client_for(server: &str, token: String, ca: Option<&str>) -> Result<Client, CliError> {
+    match ca {
+        None => Ok(Client::new(server, Some(token))),
+        Some(ca) => Client::with_ca(server, Some(token), ca).map_err(|e| CliError::Ca {
+            message: e.to_string(),
+        }),
     }
 }
 

@@ -254,7 +254,7 @@ pub(super) async fn sign_image(
     let key =
         KeyFile::load_for(key, Role::Release).map_err(|source| CliError::ReleaseKey { source })?;
     let (repository, digest) = target(client, image).await?;
-    let runtime = super::labels::with_image_requirements(client.base(), image, &digest, runtime)
+    let runtime = super::labels::with_image_requirements(client, image, &digest, runtime)
         .await
         .map_err(|source| CliError::Labels {
             image: image.to_string(),

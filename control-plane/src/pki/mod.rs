@@ -15,10 +15,13 @@
 //! identity is separate from the release trust root: nothing signed here
 //! can make a device run an image (see DESIGN.md, "Trust model").
 
+pub mod mosquitto;
 pub mod revoked;
+pub mod setup;
 pub mod tls;
 
 pub use revoked::Revoked;
+pub use setup::Security;
 
 use std::fs;
 use std::io::Write as _;
@@ -46,6 +49,9 @@ pub const CA_EXPIRY_WARNING_SECS: u64 = 365 * 24 * 3600;
 const BACKDATE_SECS: u64 = 300;
 /// The largest CSR accepted (a P-256 CSR is ~400 bytes of PEM).
 pub const MAX_CSR_BYTES: usize = 8 * 1024;
+/// The common name of the server's own client certificate (not a valid
+/// device id: device ids start with a letter or digit).
+pub const SERVER_CLIENT_NAME: &str = "_fleet-server";
 /// The URI name carrying a device's identity.
 pub const DEVICE_URI_PREFIX: &str = "urn:fleet:device:";
 
@@ -289,6 +295,68 @@ impl FleetCa {
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_after,
         })
+    }
+
+    /// Issues the server a client certificate for its own connection to an
+    /// external broker (Mosquitto), named [`SERVER_CLIENT_NAME`]: a name no
+    /// device id can take.
+    pub fn issue_server_client(&self, now: u64) -> Result<ServerIdentity, PkiError> {
+        let issue = |e: rcgen::Error| PkiError::Issue(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, SERVER_CLIENT_NAME);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        let not_after = (now + SERVER_CERT_LIFETIME_SECS).min(self.not_after);
+        params.not_before = datetime(now.saturating_sub(BACKDATE_SECS))?;
+        params.not_after = datetime(not_after)?;
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(issue)?;
+        Ok(ServerIdentity {
+            chain: vec![cert.der().clone(), self.cert_der.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_after,
+        })
+    }
+
+    /// A certificate revocation list of `serials` (hex), valid for
+    /// `valid_secs`: for brokers that check one (Mosquitto's `crlfile`).
+    pub fn crl_pem(
+        &self,
+        serials: &[String],
+        now: u64,
+        valid_secs: u64,
+    ) -> Result<String, PkiError> {
+        let issue = |e: rcgen::Error| PkiError::Issue(e.to_string());
+        let revoked_certs = serials
+            .iter()
+            .map(|s| {
+                let bytes = hex::decode(s)
+                    .map_err(|_| PkiError::Issue(format!("serial {s:?} is not hex")))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: datetime(now)?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: datetime(now.saturating_sub(BACKDATE_SECS))?,
+            next_update: datetime(now + valid_secs)?,
+            crl_number: SerialNumber::from_slice(&now.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params
+            .signed_by(&self.issuer()?)
+            .map_err(issue)?
+            .pem()
+            .map_err(issue)?)
     }
 
     /// Issues `device` a certificate for the public key in `csr_pem` (whose

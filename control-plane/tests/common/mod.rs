@@ -91,6 +91,10 @@ pub fn release_signed_by(key: &KeyFile, app: &str, version: &str) -> Vec<u8> {
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The fleet CA (PEM), `None` with `[tls] insecure`.
+    pub ca: Option<String>,
+    /// Its file (for `fleetctl --ca`).
+    pub ca_path: PathBuf,
     pub token: Option<String>,
     pub inbound: mpsc::Sender<Inbound>,
     pub shutdown: CancellationToken,
@@ -99,11 +103,34 @@ pub struct Running {
 
 impl Running {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.ca {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     pub fn client(&self, token: &str) -> Client {
-        Client::new(&self.url(), Some(token.to_owned()))
+        client_of(&self.url(), self.ca.as_deref(), Some(token.to_owned()))
+    }
+
+    /// `--server URL --token T [--ca FILE]`: what fleetctl needs to reach
+    /// this server.
+    pub fn remote_args(&self, token: &str) -> Vec<String> {
+        let mut args = vec![
+            "--server".to_owned(),
+            self.url(),
+            "--token".to_owned(),
+            token.to_owned(),
+        ];
+        if self.ca.is_some() {
+            args.extend(["--ca".to_owned(), self.ca_path.display().to_string()]);
+        }
+        args
+    }
+
+    /// A raw HTTP client trusting the server (its CA when TLS is on).
+    pub fn http(&self) -> reqwest::Client {
+        http_client(self.ca.as_deref())
     }
 
     pub async fn stop(self) {
@@ -129,8 +156,10 @@ pub async fn start(config: Config, publisher: Arc<dyn DesiredPublisher>) -> Runn
 
 /// A server with the given plugins (e.g. an image resolver).
 pub async fn start_with(config: Config, plugins: Plugins) -> Running {
+    let ca_path = config.ca_cert_path();
     let server = Server::bind_with(config, plugins).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let ca = server.security().map(|s| s.ca.cert_pem().to_owned());
     let token = server.admin_token().map(str::to_owned);
     let inbound = server.inbound().expect("bind_with takes device messages");
     let shutdown = CancellationToken::new();
@@ -138,6 +167,8 @@ pub async fn start_with(config: Config, plugins: Plugins) -> Running {
     let task = tokio::spawn(async move { server.run(stop).await.unwrap() });
     Running {
         addr,
+        ca,
+        ca_path,
         token,
         inbound,
         shutdown,
@@ -246,4 +277,47 @@ where
 
 pub fn keys_dir(site: &Site) -> &Path {
     site.dir.path()
+}
+
+/// An API client of `url`, trusting `ca` (PEM) when given.
+pub fn client_of(url: &str, ca: Option<&str>, token: Option<String>) -> Client {
+    match ca {
+        Some(ca) => Client::with_ca(url, token, ca).unwrap(),
+        None => Client::new(url, token),
+    }
+}
+
+/// A raw HTTP client trusting `ca` (PEM) alone when given.
+pub fn http_client(ca: Option<&str>) -> reqwest::Client {
+    let builder = reqwest::Client::builder();
+    let builder = match ca {
+        Some(ca) => builder.use_preconfigured_tls(
+            (*fleet_agent::link::tls::client_config(ca, false, None).unwrap()).clone(),
+        ),
+        None => builder,
+    };
+    builder.build().unwrap()
+}
+
+/// A device key made here and its certificate from `ca`: what enrollment
+/// gives a device.
+pub fn device_identity(
+    ca: &fleet_control_plane::pki::FleetCa,
+    id: &str,
+    lifetime_secs: u64,
+) -> fleet_agent::link::tls::ClientIdentity {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let cert = ca
+        .sign_device_csr(&csr, &dev(id), lifetime_secs, now())
+        .unwrap();
+    fleet_agent::link::tls::ClientIdentity {
+        cert_pem: cert.pem,
+        key_pem: key.serialize_pem(),
+    }
 }

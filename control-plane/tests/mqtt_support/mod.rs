@@ -1,6 +1,9 @@
 //! Real brokers for the MQTT tests: the embedded broker, or a Mosquitto
-//! process on a free loopback port with a password file and an ACL generated
-//! from the topic scheme. Scenarios run against either.
+//! process on a free loopback port, each either over TLS with device
+//! certificates from a fleet CA (Mosquitto set up by `pki::mosquitto`, as
+//! `fleet-server mosquitto-config` does) or in plain TCP with device tokens
+//! (a password file and an ACL generated from the topic scheme for
+//! Mosquitto). Scenarios run against every kind.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,11 +13,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_agent::link::tls::{ClientIdentity, client_config};
 use fleet_agent::link::{AgentLink, AgentLinkConfig, Downlink};
 use fleet_control_plane::broker::{
-    BrokerConfig, EmbeddedBroker, ServerAccount, StaticDeviceTokens,
+    BrokerConfig, BrokerTls, EmbeddedBroker, ServerAccount, StaticDeviceTokens,
 };
 use fleet_control_plane::link::{Backoff, BrokerAddr, Inbound, ServerLink, ServerLinkConfig};
+use fleet_control_plane::pki::{FleetCa, Revoked, mosquitto, tls as pki_tls};
 use fleet_protocol::id::DeviceId;
 use fleet_protocol::message::{StatusReport, Telemetry, encode};
 use fleet_protocol::topic::{Topic, TopicScheme};
@@ -37,6 +42,25 @@ pub const DEVICES: [(&str, &str); 4] = [
 pub enum Kind {
     Embedded,
     Mosquitto,
+    EmbeddedTls,
+    MosquittoTls,
+}
+
+impl Kind {
+    pub fn tls(self) -> bool {
+        matches!(self, Kind::EmbeddedTls | Kind::MosquittoTls)
+    }
+
+    pub fn mosquitto(self) -> bool {
+        matches!(self, Kind::Mosquitto | Kind::MosquittoTls)
+    }
+}
+
+/// The fleet CA of a TLS broker, and what it revoked.
+pub struct Pki {
+    pub ca: FleetCa,
+    pub revoked: Revoked,
+    pub revoked_serials: Vec<String>,
 }
 
 enum Running {
@@ -50,24 +74,32 @@ pub struct TestBroker {
     port: u16,
     dir: tempfile::TempDir,
     running: Running,
+    pub pki: Option<Pki>,
 }
 
 impl TestBroker {
     /// `None` when the broker cannot run here (the reason is printed).
     pub async fn start(kind: Kind) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
+        if kind.mosquitto() && (which("mosquitto").is_none() || which("mosquitto_passwd").is_none())
+        {
+            eprintln!("SKIPPED: mosquitto or mosquitto_passwd is not installed");
+            return None;
+        }
         if kind == Kind::Mosquitto {
-            if which("mosquitto").is_none() || which("mosquitto_passwd").is_none() {
-                eprintln!("SKIPPED: mosquitto or mosquitto_passwd is not installed");
-                return None;
-            }
             write_mosquitto_config(dir.path());
         }
+        let pki = kind.tls().then(|| Pki {
+            ca: FleetCa::open_or_create(&dir.path().join("ca"), now()).unwrap(),
+            revoked: Revoked::default(),
+            revoked_serials: Vec::new(),
+        });
         let mut b = Self {
             kind,
             port: 0,
             dir,
             running: Running::Stopped,
+            pki,
         };
         b.run().await;
         Some(b)
@@ -75,7 +107,7 @@ impl TestBroker {
 
     async fn run(&mut self) {
         match self.kind {
-            Kind::Embedded => {
+            Kind::Embedded | Kind::EmbeddedTls => {
                 let mut tokens = StaticDeviceTokens::new();
                 for (d, t) in DEVICES {
                     tokens.insert(DeviceId::new(d).unwrap(), t);
@@ -88,19 +120,46 @@ impl TestBroker {
                     Arc::new(tokens),
                 );
                 config.listen = SocketAddr::from(([127, 0, 0, 1], self.port));
+                if let Some(pki) = &self.pki {
+                    let id = pki.ca.issue_server(&["127.0.0.1".into()], now()).unwrap();
+                    config.tls = Some(BrokerTls {
+                        config: pki_tls::server_config(&pki.ca, &id, &[]).unwrap(),
+                        revoked: pki.revoked.clone(),
+                    });
+                }
                 let cancel = CancellationToken::new();
                 let broker = EmbeddedBroker::start(config, cancel.clone()).await.unwrap();
                 self.port = broker.local_addr().port();
                 self.running = Running::Embedded(cancel, broker);
             }
-            Kind::Mosquitto => {
+            Kind::Mosquitto | Kind::MosquittoTls => {
                 if self.port == 0 {
                     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                     self.port = l.local_addr().unwrap().port();
                 }
-                let conf = self.dir.path().join("mosquitto.conf");
-                let base = std::fs::read_to_string(self.dir.path().join("base.conf")).unwrap();
-                std::fs::write(&conf, format!("listener {} 127.0.0.1\n{base}", self.port)).unwrap();
+                let conf = match &self.pki {
+                    None => {
+                        let conf = self.dir.path().join("mosquitto.conf");
+                        let base =
+                            std::fs::read_to_string(self.dir.path().join("base.conf")).unwrap();
+                        let listener = format!("listener {} 127.0.0.1\n{base}", self.port);
+                        std::fs::write(&conf, listener).unwrap();
+                        conf
+                    }
+                    Some(_) => {
+                        let conf = self.write_mosquitto_tls();
+                        let main = self.dir.path().join("mosquitto.conf");
+                        std::fs::write(
+                            &main,
+                            format!(
+                                "persistence false\ninclude_dir {}\n",
+                                conf.parent().unwrap().display()
+                            ),
+                        )
+                        .unwrap();
+                        main
+                    }
+                };
                 let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
                 let child = Command::new("mosquitto")
                     .arg("-c")
@@ -148,7 +207,110 @@ impl TestBroker {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        match self.kind.tls() {
+            true => format!("mqtts://127.0.0.1:{}", self.port),
+            false => format!("mqtt://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn write_mosquitto_tls(&self) -> std::path::PathBuf {
+        let pki = self.pki.as_ref().unwrap();
+        let names = ["127.0.0.1".to_owned()];
+        let setup = mosquitto::MosquittoSetup {
+            names: &names,
+            port: self.port,
+            address: Some("127.0.0.1"),
+            scheme: &TopicScheme::default(),
+            revoked_serials: &pki.revoked_serials,
+        };
+        let dir = self.dir.path().join("conf.d");
+        let conf = mosquitto::write(&pki.ca, &setup, &dir, now()).unwrap();
+        // As the docs say: the files belong to the user Mosquitto runs as.
+        chown_to_mosquitto(&dir);
+        conf
+    }
+
+    /// A certificate for `device` from this broker's CA, and its serial.
+    pub fn identity(&self, device: &str, lifetime_secs: u64, now: u64) -> (ClientIdentity, String) {
+        let ca = &self.pki.as_ref().expect("a TLS broker").ca;
+        issue(ca, device, lifetime_secs, now)
+    }
+
+    /// Revokes `device` (its certificate `serial`): the embedded broker is
+    /// told at once; Mosquitto gets a new CRL and a SIGHUP.
+    pub fn revoke(&mut self, device: &str, serial: &str) {
+        let pki = self.pki.as_mut().expect("a TLS broker");
+        pki.revoked_serials.push(serial.to_owned());
+        pki.revoked.insert(dev(device));
+        if self.kind.mosquitto() {
+            self.write_mosquitto_tls();
+            if let Running::Mosquitto(child) = &self.running {
+                nix_hup(child.id());
+            }
+        }
+    }
+
+    /// MQTT options for `client_id` logging in as `user`/`pass`, over TLS
+    /// with `identity` when the broker is a TLS one.
+    pub fn options(
+        &self,
+        client_id: &str,
+        user: &str,
+        pass: &str,
+        identity: Option<&ClientIdentity>,
+    ) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", self.port);
+        o.set_credentials(user, pass)
+            .set_keep_alive(Duration::from_secs(30));
+        if let Some(pki) = &self.pki {
+            let tls = client_config(pki.ca.cert_pem(), false, identity).unwrap();
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
+        o
+    }
+
+    /// How `device` logs in: its certificate over TLS, its token otherwise.
+    pub fn device_options(&self, device: &str) -> MqttOptions {
+        match &self.pki {
+            Some(_) => {
+                let (id, _) = self.identity(device, 3600, now());
+                self.options(device, device, "", Some(&id))
+            }
+            None => self.options(device, device, token(device), None),
+        }
+    }
+
+    /// The server's TLS client configuration: the CA, plus the server's own
+    /// certificate for Mosquitto (the embedded broker takes its password).
+    pub fn server_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        let pki = self.pki.as_ref()?;
+        let own = self.kind.mosquitto().then(|| {
+            let own = pki.ca.issue_server_client(now()).unwrap();
+            ClientIdentity {
+                cert_pem: own.chain_pem(),
+                key_pem: own.key_pem(),
+            }
+        });
+        Some(client_config(pki.ca.cert_pem(), false, own.as_ref()).unwrap())
+    }
+
+    /// The server's account as raw MQTT options.
+    pub fn server_options(&self) -> MqttOptions {
+        let mut o = MqttOptions::new(SERVER_ID, "127.0.0.1", self.port);
+        o.set_credentials(SERVER_ID, SERVER_PASSWORD)
+            .set_keep_alive(Duration::from_secs(30));
+        if let Some(tls) = self.server_tls() {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
+        o
     }
 
     pub fn addr(&self) -> BrokerAddr {
@@ -227,6 +389,60 @@ pub fn dev(id: &str) -> DeviceId {
     DeviceId::new(id).unwrap()
 }
 
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A device key and its certificate from `ca` (valid from `now`), and the
+/// certificate's serial.
+pub fn issue(ca: &FleetCa, device: &str, lifetime_secs: u64, now: u64) -> (ClientIdentity, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let cert = ca
+        .sign_device_csr(&csr, &dev(device), lifetime_secs, now)
+        .unwrap();
+    (
+        ClientIdentity {
+            cert_pem: cert.pem,
+            key_pem: key.serialize_pem(),
+        },
+        cert.serial,
+    )
+}
+
+/// `chown -R mosquitto: dir` when that user exists (Mosquitto started as
+/// root drops to it).
+fn chown_to_mosquitto(dir: &Path) {
+    let Ok(out) = Command::new("id").args(["-u", "mosquitto"]).output() else {
+        return;
+    };
+    if !out.status.success() {
+        return;
+    }
+    let st = Command::new("chown")
+        .args(["-R", "mosquitto:"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R mosquitto: {}", dir.display());
+}
+
+fn nix_hup(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -HUP mosquitto");
+}
+
 pub fn token(id: &str) -> &'static str {
     DEVICES.iter().find(|(d, _)| *d == id).unwrap().1
 }
@@ -244,6 +460,7 @@ pub fn server_link(
 ) -> (ServerLink, mpsc::Receiver<Inbound>) {
     let mut config = ServerLinkConfig::new(broker.addr(), SERVER_ID, SERVER_PASSWORD);
     config.backoff = fast_backoff();
+    config.tls = broker.server_tls();
     let (link, rx, _task) = ServerLink::connect(config, cancel.clone());
     (link, rx)
 }
@@ -271,6 +488,10 @@ pub async fn agent_link(
     };
     config.host_root = host_root.to_owned();
     config.labels = BTreeMap::from([("site".to_owned(), "lab".to_owned())]);
+    if let Some(pki) = &broker.pki {
+        let (id, _) = broker.identity(device, 3600, now());
+        config.tls = Some(client_config(pki.ca.cert_pem(), false, Some(&id)).unwrap());
+    }
     AgentLink::start(config, cancel.clone()).await.unwrap()
 }
 
@@ -315,9 +536,7 @@ pub async fn raw_client(
     broker: &TestBroker,
     device: &str,
 ) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
-    let mut o = MqttOptions::new(device, "127.0.0.1", broker.port);
-    o.set_credentials(device, token(device))
-        .set_keep_alive(Duration::from_secs(30));
+    let o = broker.device_options(device);
     let (client, mut eventloop) = AsyncClient::new(o, 16);
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -627,6 +846,7 @@ pub async fn status_is_buffered_on_disk_while_the_broker_is_down(kind: Kind) {
 /// Wrong tokens, a client id that is not the user name, and (on the
 /// embedded broker) a last will on another device's topic are refused.
 pub async fn bad_credentials_are_refused(kind: Kind) {
+    assert!(!kind.tls(), "tokens are the plain-TCP credentials");
     let Some(broker) = TestBroker::start(kind).await else {
         return;
     };
@@ -724,9 +944,7 @@ pub async fn both_sides_publish_each_kind_with_the_scheme_delivery(kind: Kind) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A late raw subscriber (the server's account) over everything.
-    let mut o = MqttOptions::new(SERVER_ID, "127.0.0.1", broker.port);
-    o.set_credentials(SERVER_ID, SERVER_PASSWORD)
-        .set_keep_alive(Duration::from_secs(30));
+    let o = broker.server_options();
     let (client, mut events) = AsyncClient::new(o, 16);
     client
         .subscribe(format!("{}/#", scheme.prefix()), QoS::AtLeastOnce)
@@ -783,4 +1001,83 @@ pub async fn both_sides_publish_each_kind_with_the_scheme_delivery(kind: Kind) {
     assert_eq!(s.generation, Some(5));
     late.cancel();
     cancel.cancel();
+}
+
+/// Over TLS the certificate is the identity: no certificate (even with the
+/// right token), another CA's, an expired one and, on the embedded broker, a
+/// client id other than the certificate's are refused; a revoked device is
+/// refused from then on, and the embedded broker cuts its live connection.
+pub async fn certificates_decide_identity(kind: Kind) {
+    assert!(kind.tls());
+    let Some(mut broker) = TestBroker::start(kind).await else {
+        return;
+    };
+    async fn connect(o: MqttOptions) -> Result<Event, rumqttc::ConnectionError> {
+        let (_c, mut ev) = AsyncClient::new(o, 4);
+        tokio::time::timeout(WAIT, ev.poll())
+            .await
+            .expect("no answer")
+    }
+    fn accepted(r: &Result<Event, rumqttc::ConnectionError>) -> bool {
+        matches!(r, Ok(Event::Incoming(Packet::ConnAck(c)))
+            if c.code == rumqttc::ConnectReturnCode::Success)
+    }
+    // Positive control.
+    let r = connect(broker.device_options("cam-a")).await;
+    assert!(accepted(&r), "{r:?}");
+    // No certificate, with the token plain TCP would take.
+    let r = connect(broker.options("cam-a", "cam-a", token("cam-a"), None)).await;
+    assert!(!accepted(&r), "no certificate: {r:?}");
+    // Another CA's certificate for the same device id.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = FleetCa::open_or_create(other_dir.path(), now()).unwrap();
+    let (stranger, _) = issue(&other, "cam-a", 3600, now());
+    let r = connect(broker.options("cam-a", "cam-a", "", Some(&stranger))).await;
+    assert!(!accepted(&r), "foreign CA: {r:?}");
+    // An expired certificate.
+    let (expired, _) = broker.identity("cam-a", 60, now() - 3600);
+    let r = connect(broker.options("cam-a", "cam-a", "", Some(&expired))).await;
+    assert!(!accepted(&r), "expired: {r:?}");
+    if !kind.mosquitto() {
+        // Mosquitto (use_username_as_clientid) replaces the client id with
+        // the certificate's name; the embedded broker refuses the mismatch.
+        let (a, _) = broker.identity("cam-a", 3600, now());
+        let r = connect(broker.options("cam-b", "cam-b", "", Some(&a))).await;
+        assert!(!accepted(&r), "client id of another device: {r:?}");
+    }
+
+    // Revocation.
+    let (c, serial) = broker.identity("cam-c", 3600, now());
+    let (_client, mut live) = AsyncClient::new(broker.options("cam-c", "cam-c", "", Some(&c)), 4);
+    let r = tokio::time::timeout(WAIT, live.poll()).await.unwrap();
+    assert!(accepted(&r), "{r:?}");
+    broker.revoke("cam-c", &serial);
+    if !kind.mosquitto() {
+        let cut = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Err(e) = live.poll().await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the revoked device stayed connected");
+        eprintln!("revoked device cut off: {cut}");
+    }
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            let r = connect(broker.options("cam-c", "cam-c", "", Some(&c))).await;
+            if !accepted(&r) {
+                return r;
+            }
+            // Mosquitto reads the new CRL when it handles the SIGHUP.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the revoked device can still connect");
+    eprintln!("revoked device refused: {refused:?}");
+    // Other devices are unaffected.
+    let r = connect(broker.device_options("cam-a")).await;
+    assert!(accepted(&r), "{r:?}");
 }

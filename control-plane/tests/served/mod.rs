@@ -1,15 +1,17 @@
 //! The whole fleet-server (`server::run`, with its embedded broker) on
-//! fresh loopback ports, and devices as raw MQTT clients with their device
-//! tokens: for tests that go through the broker like real agents.
+//! fresh loopback ports, and devices as raw MQTT clients with device
+//! certificates from the fleet CA (device tokens with `[tls] insecure`):
+//! for tests that go through the broker like real agents.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::common::{dev, eventually, now};
+use crate::common::{dev, device_identity, eventually, http_client, now};
 use fleet_control_plane::config::Config;
 use fleet_control_plane::device_token::DeviceTokens;
+use fleet_control_plane::pki::FleetCa;
 use fleet_control_plane::store::SledStore;
 use fleet_protocol::message::{Presence, encode};
 use fleet_protocol::topic::Topic;
@@ -30,6 +32,10 @@ pub fn free_port() -> u16 {
 pub struct Fleet {
     pub http: SocketAddr,
     pub broker: u16,
+    /// The fleet's CA (loaded from its data directory), `None` when insecure.
+    pub ca: Option<std::sync::Arc<FleetCa>>,
+    /// Where its certificate is (for `fleetctl --ca`).
+    pub ca_path: std::path::PathBuf,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -41,6 +47,15 @@ impl Fleet {
         config.http.listen = http;
         config.broker.embedded = true;
         config.broker.listen = SocketAddr::from(([127, 0, 0, 1], broker));
+        let insecure = config.tls.insecure;
+        let ca_paths = (
+            config.ca_cert_path(),
+            config
+                .tls
+                .ca_key
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("pki").join("ca.key")),
+        );
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -48,17 +63,33 @@ impl Fleet {
                 .await
                 .unwrap();
         });
+        let ca = if insecure {
+            None
+        } else {
+            let ca = eventually("the server made its CA", || {
+                let (cert, key) = ca_paths.clone();
+                let (cert, key) = (cert.clone(), key.clone());
+                async move { FleetCa::load(&cert, &key, now()).ok() }
+            })
+            .await;
+            Some(std::sync::Arc::new(ca))
+        };
         let f = Fleet {
             http,
             broker,
+            ca,
+            ca_path: ca_paths.0,
             shutdown,
             task,
         };
         let url = format!("{}/healthz", f.url());
+        let client = f.http_client();
         eventually("the server answers", || {
-            let url = url.clone();
+            let (url, client) = (url.clone(), client.clone());
             async move {
-                reqwest::get(&url)
+                client
+                    .get(&url)
+                    .send()
                     .await
                     .ok()
                     .filter(|r| r.status().is_success())
@@ -69,11 +100,47 @@ impl Fleet {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        match self.ca {
+            Some(_) => format!("https://{}", self.http),
+            None => format!("http://{}", self.http),
+        }
+    }
+
+    /// The fleet CA (PEM), when TLS is on.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_deref().map(FleetCa::cert_pem)
+    }
+
+    /// A raw HTTP client trusting the server.
+    pub fn http_client(&self) -> reqwest::Client {
+        http_client(self.ca_pem())
+    }
+
+    /// `fleetctl login` arguments for this server.
+    pub fn login_args(&self, token: &str) -> Vec<String> {
+        let mut args = vec![
+            "login".to_owned(),
+            "--server".to_owned(),
+            self.url(),
+            "--token".to_owned(),
+            token.to_owned(),
+        ];
+        if self.ca.is_some() {
+            args.extend(["--ca".to_owned(), self.ca_path.display().to_string()]);
+        }
+        args
+    }
+
+    /// An API client with `token`.
+    pub fn client(&self, token: &str) -> fleet_control_plane::client::Client {
+        crate::common::client_of(&self.url(), self.ca_pem(), Some(token.to_owned()))
     }
 
     pub async fn metrics(&self) -> String {
-        let r = reqwest::get(format!("{}/metrics", self.url()))
+        let r = self
+            .http_client()
+            .get(format!("{}/metrics", self.url()))
+            .send()
             .await
             .unwrap();
         assert!(r.status().is_success());
@@ -122,8 +189,22 @@ impl Device {
         let scheme = TopicScheme::default();
         let online = scheme.render(&Topic::Online(dev(id)));
         let mut o = MqttOptions::new(id, "127.0.0.1", fleet.broker);
-        o.set_credentials(id, tokens.token(&dev(id)))
-            .set_keep_alive(Duration::from_secs(30))
+        match &fleet.ca {
+            Some(ca) => {
+                let identity = device_identity(ca, id, 3600);
+                let tls =
+                    fleet_agent::link::tls::client_config(ca.cert_pem(), false, Some(&identity))
+                        .unwrap();
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls),
+                ))
+                .set_credentials(id, "");
+            }
+            None => {
+                o.set_credentials(id, tokens.token(&dev(id)));
+            }
+        }
+        o.set_keep_alive(Duration::from_secs(30))
             .set_last_will(LastWill::new(
                 online,
                 encode(&Presence::offline(dev(id))).unwrap(),
