@@ -33,6 +33,8 @@ pub mod snapshot;
 #[cfg(feature = "agent")]
 pub mod state;
 #[cfg(feature = "agent")]
+pub mod state_dir;
+#[cfg(feature = "agent")]
 pub mod store;
 #[cfg(feature = "agent")]
 pub mod telemetry;

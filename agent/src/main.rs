@@ -39,6 +39,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon sets up its own logs (--log-format); every other command
+    // shows warnings (e.g. a state directory whose modes were repaired).
+    if !matches!(
+        cli.command,
+        Some(Command::Run(_)) | Some(Command::OciHook(_))
+    ) {
+        cmd::run::init_logs(cmd::run::LogFormat::Human, "warn");
+    }
     let result = match cli.command {
         None => return ExitCode::SUCCESS,
         Some(Command::Run(args)) => return cmd::run::run(args),

@@ -117,6 +117,7 @@ impl SnapshotStore {
     pub fn open(state_dir: &Path) -> Result<Self, SnapshotError> {
         let root = state_dir.join("snapshots");
         let tmp = root.join("tmp");
+        crate::state_dir::create_private(&root).map_err(io_err("create", &root))?;
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         let format = WhiteoutFormat::detect(&tmp);
         Self::open_with(state_dir, Limits::default(), format)
@@ -131,6 +132,9 @@ impl SnapshotStore {
         let root = state_dir.join("snapshots");
         let tmp = root.join("tmp");
         let sha = root.join("sha256");
+        // Layers keep their setuid bits: nobody but the agent's user may
+        // walk into the unpacked trees (see crate::state_dir).
+        crate::state_dir::create_private(&root).map_err(io_err("create", &root))?;
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         fs::create_dir_all(&sha).map_err(io_err("create", &sha))?;
         for e in fs::read_dir(&tmp).map_err(io_err("read", &tmp))? {

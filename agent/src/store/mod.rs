@@ -77,6 +77,8 @@ pub enum StoreError {
     TooLarge { digest: Digest, limit: u64 },
     #[error("a pull is in progress; try garbage collection again later")]
     Busy,
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 impl StoreError {
@@ -146,8 +148,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `root`.
+    /// Opens (creating if needed) the store under `root`, the agent's state
+    /// directory, after making that directory private
+    /// ([`crate::state_dir::secure`]: every process that uses a state
+    /// directory opens its store first).
     pub fn open(root: &Path, cfg: StoreConfig) -> Result<Self, StoreError> {
+        crate::state_dir::secure(root)?;
         for dir in [root.join("blobs/sha256"), root.join("tmp")] {
             fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         }
