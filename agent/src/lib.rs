@@ -13,6 +13,8 @@ pub mod daemon;
 #[cfg(feature = "agent")]
 pub mod deploy;
 #[cfg(feature = "agent")]
+pub mod fsck;
+#[cfg(feature = "agent")]
 pub mod gpu;
 #[cfg(feature = "agent")]
 pub mod health;

@@ -422,6 +422,24 @@ impl SnapshotStore {
         Ok(true)
     }
 
+    /// Moves a snapshot out of the store to `dest` (a path that does not
+    /// exist yet, on the same filesystem) in one rename: for
+    /// `fleet-agent fsck --repair`, which quarantines damaged snapshots. A
+    /// container whose overlay stacks it keeps running on the moved tree.
+    /// Returns whether there was one.
+    pub fn move_out(&self, diff_id: &Digest, dest: &Path) -> Result<bool, SnapshotError> {
+        let dir = self.dir(diff_id);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(false);
+        }
+        fs::rename(&dir, dest).map_err(io_err("move out", &dir))?;
+        let parent = self.root.join("sha256");
+        fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &parent))?;
+        Ok(true)
+    }
+
     /// The diff_ids of every complete snapshot, sorted.
     pub fn list(&self) -> Result<Vec<Digest>, SnapshotError> {
         let sha = self.root.join("sha256");

@@ -638,10 +638,7 @@ fn replay_names_the_damaged_file_and_refuses_a_damaged_skeleton() {
     // A header byte of the skeleton's own (Raw) bytes changed.
     let mut bad = skel.clone();
     bad[10] ^= 1;
-    assert!(matches!(
-        replay(&bad),
-        Err(DeltaError::HashMismatch { .. })
-    ));
+    assert!(matches!(replay(&bad), Err(DeltaError::HashMismatch { .. })));
     assert!(matches!(
         replay(&skel[..skel.len() - 3]),
         Err(DeltaError::Truncated { .. })

@@ -244,6 +244,31 @@ impl Store {
         self.get_json(&self.blobs, digest.as_str())
     }
 
+    /// Every blob record (digest, what was recorded), whether or not its
+    /// file is still there (`fleet-agent fsck` compares the two).
+    pub fn blob_records(&self) -> Result<Vec<(String, BlobInfo)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.blobs.iter() {
+            let (k, v) = item.map_err(|source| self.db_err(source))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let info = serde_json::from_slice(&v).map_err(|source| StoreError::Record {
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, info));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the record of `key` (as [`Store::blob_records`] lists it)
+    /// without touching any file.
+    pub fn remove_blob_record(&self, key: &str) -> Result<(), StoreError> {
+        self.blobs
+            .remove(key.as_bytes())
+            .map_err(|source| self.db_err(source))?;
+        Ok(())
+    }
+
     /// Where a download of `digest` in progress lives.
     pub fn partial(&self, digest: &Digest) -> Partial {
         Partial::in_dir(&self.tmp_dir(), digest)

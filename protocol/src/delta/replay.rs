@@ -129,12 +129,11 @@ impl<R: Read, W: Write> Replay<R, W> {
             });
         }
         self.exact(len)?;
-        let path = String::from_utf8(self.buf[..len].to_vec()).map_err(|e| {
-            DeltaError::UnsafePath {
+        let path =
+            String::from_utf8(self.buf[..len].to_vec()).map_err(|e| DeltaError::UnsafePath {
                 offset,
                 path: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-            }
-        })?;
+            })?;
         if !path_is_safe(&path) {
             return Err(DeltaError::UnsafePath { offset, path });
         }
