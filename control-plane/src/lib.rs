@@ -23,6 +23,7 @@ pub mod director;
 pub mod fleet;
 pub mod keys;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod prometheus;
 pub mod server;
