@@ -236,7 +236,14 @@ async fn a_changed_byte_in_a_snapshot_file_is_found() {
 async fn interrupted_pull(reg: &Registry, state: &Path) -> fleet_protocol::Digest {
     let blob = random_bytes(2 << 20, 7);
     let layer = raw_layer(blob);
-    push_image(&reg.base(), "edge/big", "1", &[layer.clone()], "amd64").await;
+    push_image(
+        &reg.base(),
+        "edge/big",
+        "1",
+        std::slice::from_ref(&layer),
+        "amd64",
+    )
+    .await;
     let proxy = Proxy::start(
         &reg.addr,
         ProxyOpts {

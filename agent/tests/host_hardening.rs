@@ -121,7 +121,14 @@ async fn a_setuid_binary_of_an_unpacked_image_is_out_of_reach_of_other_users() {
         return;
     };
     let layer = setuid_layer();
-    push_image(&reg.base(), "edge/suid", "1", &[layer.clone()], "amd64").await;
+    push_image(
+        &reg.base(),
+        "edge/suid",
+        "1",
+        std::slice::from_ref(&layer),
+        "amd64",
+    )
+    .await;
     let parent = open_parent();
     let state = parent.path().join("fleet-agent");
     let reference = format!("{}/edge/suid:1", reg.addr);
