@@ -13,6 +13,8 @@ pub mod daemon;
 #[cfg(feature = "agent")]
 pub mod deploy;
 #[cfg(feature = "agent")]
+pub mod fsck;
+#[cfg(feature = "agent")]
 pub mod gpu;
 #[cfg(feature = "agent")]
 pub mod health;
@@ -32,6 +34,8 @@ pub mod runtime;
 pub mod snapshot;
 #[cfg(feature = "agent")]
 pub mod state;
+#[cfg(feature = "agent")]
+pub mod state_dir;
 #[cfg(feature = "agent")]
 pub mod store;
 #[cfg(feature = "agent")]

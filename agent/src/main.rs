@@ -23,6 +23,11 @@ enum Command {
     Pull(cmd::pull::PullArgs),
     /// Remove blobs no kept image references, and stale downloads.
     Gc(cmd::pull::GcArgs),
+    /// Check a stopped agent's blobs and snapshots against their digests,
+    /// its downloads and references; --repair sets damaged content aside.
+    /// Exit status: 0 clean, 1 problems found, 2 could not check (e.g. the
+    /// agent is running).
+    Fsck(cmd::fsck::FsckArgs),
     /// Apply a signed desired state (offline: --content), like one from MQTT.
     /// Exit status: 0 committed, 1 rolled back or failed, 2 rejected, 3 error.
     Apply(cmd::deploy::ApplyArgs),
@@ -39,6 +44,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon sets up its own logs (--log-format); every other command
+    // shows warnings (e.g. a state directory whose modes were repaired).
+    if !matches!(
+        cli.command,
+        Some(Command::Run(_)) | Some(Command::OciHook(_))
+    ) {
+        cmd::run::init_logs(cmd::run::LogFormat::Human, "warn");
+    }
     let result = match cli.command {
         None => return ExitCode::SUCCESS,
         Some(Command::Run(args)) => return cmd::run::run(args),
@@ -51,6 +64,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some(Command::Gc(args)) => cmd::pull::gc(args),
+        Some(Command::Fsck(args)) => return cmd::fsck::run(args),
         Some(Command::Telemetry(args)) => cmd::telemetry::run(args),
         Some(Command::OciHook(args)) => cmd::oci_hook::run(args),
     };

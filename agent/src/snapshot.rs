@@ -117,6 +117,7 @@ impl SnapshotStore {
     pub fn open(state_dir: &Path) -> Result<Self, SnapshotError> {
         let root = state_dir.join("snapshots");
         let tmp = root.join("tmp");
+        crate::state_dir::create_private(&root).map_err(io_err("create", &root))?;
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         let format = WhiteoutFormat::detect(&tmp);
         Self::open_with(state_dir, Limits::default(), format)
@@ -131,6 +132,9 @@ impl SnapshotStore {
         let root = state_dir.join("snapshots");
         let tmp = root.join("tmp");
         let sha = root.join("sha256");
+        // Layers keep their setuid bits: nobody but the agent's user may
+        // walk into the unpacked trees (see crate::state_dir).
+        crate::state_dir::create_private(&root).map_err(io_err("create", &root))?;
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         fs::create_dir_all(&sha).map_err(io_err("create", &sha))?;
         for e in fs::read_dir(&tmp).map_err(io_err("read", &tmp))? {
@@ -415,6 +419,24 @@ impl SnapshotStore {
         ));
         fs::rename(&dir, &trash).map_err(io_err("move out", &dir))?;
         unpack::remove_tree(&trash).map_err(io_err("remove", &trash))?;
+        Ok(true)
+    }
+
+    /// Moves a snapshot out of the store to `dest` (a path that does not
+    /// exist yet, on the same filesystem) in one rename: for
+    /// `fleet-agent fsck --repair`, which quarantines damaged snapshots. A
+    /// container whose overlay stacks it keeps running on the moved tree.
+    /// Returns whether there was one.
+    pub fn move_out(&self, diff_id: &Digest, dest: &Path) -> Result<bool, SnapshotError> {
+        let dir = self.dir(diff_id);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(false);
+        }
+        fs::rename(&dir, dest).map_err(io_err("move out", &dir))?;
+        let parent = self.root.join("sha256");
+        fs::File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync", &parent))?;
         Ok(true)
     }
 

@@ -595,3 +595,51 @@ async fn start_latency_is_measured_from_bundle_to_running_process() {
         supervisor.stop(Duration::from_secs(1)).await.unwrap();
     }
 }
+
+/// The state directory is 0700 (agent/src/state_dir.rs): a container whose
+/// process runs as another user still starts and reads its files, because
+/// only root (the runtime, the overlay mounter) walks the host path down to
+/// the rootfs; the process sees the rootfs from inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_container_user_runs_under_the_private_state_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let test = "private-state";
+    if !can_run(test) {
+        return;
+    }
+    for (kind, binary) in runtimes(test) {
+        for mode in [RootfsMode::Overlay, RootfsMode::Copy] {
+            let env = Env::with_mode(kind, &binary, mode);
+            let state = env.tmp.path();
+            fleet_agent::state_dir::secure(state).unwrap();
+            let private = std::fs::metadata(state).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(private, 0o700);
+            let snapshot = env.busybox_snapshot();
+            let mut s = settings(
+                &["/bin/sh", "-c", "id -u; cat /etc/motd"],
+                RestartPolicy::No,
+            );
+            s.user = Some("65534:65534".into());
+            let staged = env.stage(test, &[snapshot], &image(&["/bin/sh"]), &s).await;
+            let supervisor = env.runtime.start(&staged).await.unwrap();
+            let mut status = supervisor.subscribe();
+            tokio::time::timeout(
+                LONG,
+                status.wait_for(|s| matches!(s.state, RunState::Exited { .. })),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let stdout = staged.dir.join("logs/stdout.log");
+            assert!(
+                wait_until(LONG, || read(&stdout).contains("bottom layer")).await,
+                "{kind} {mode:?}: stdout {:?}, stderr {:?}",
+                read(&stdout),
+                read(&staged.dir.join("logs/stderr.log"))
+            );
+            assert_eq!(read(&stdout), "65534\nbottom layer\n", "{kind} {mode:?}");
+            assert_eq!(supervisor.status().last_exit, Some(Some(0)), "{kind}");
+            env.runtime.remove(&staged.id).await.unwrap();
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub mod director;
 pub mod fleet;
 pub mod keys;
 pub mod link;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod prometheus;

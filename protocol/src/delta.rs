@@ -8,7 +8,8 @@
 //! literals travel in one zstd control stream whose ref prefix is the base
 //! layers' [`skeleton`]s. [`encode`] runs on the server,
 //! [`apply`] on the device; both stream and hold at most a few segment
-//! windows in memory. Unlike the rest of this crate the codec does I/O, but
+//! windows in memory. [`replay_skeleton`] rebuilds a layer from its own
+//! skeleton and unpacked files, to re-verify a snapshot. Unlike the rest of this crate the codec does I/O, but
 //! only through the `Read`/`Write`/[`BaseFiles`] it is handed (and
 //! [`DirBases`], a directory-per-layer `BaseFiles`).
 
@@ -20,12 +21,14 @@ mod error;
 mod format;
 mod index;
 mod matcher;
+mod replay;
 
 pub use apply::{Applied, DeltaError, DeltaHeader, apply, read_header};
 pub use bases::{BaseFiles, DirBases};
 pub use encode::{EncodeError, EncodeOptions, Encoded, encode};
 pub use format::{Limits, MAGIC, MAX_BASES, MAX_PATH_BYTES, VERSION, path_is_safe};
 pub use index::{Skeleton, skeleton};
+pub use replay::replay_skeleton;
 
 /// HTTP header of a served delta naming the diff_id it rebuilds
 /// (protocol/DELTA.md, "Asking the server for a delta").

@@ -613,3 +613,56 @@ fn small_fixture() -> &'static SmallFixture {
         (delta, target, bases, dir, base_sha)
     })
 }
+
+#[test]
+fn a_skeleton_replayed_over_its_unpacked_files_is_the_exact_layer() {
+    let f = fixture();
+    let bases = bases_of(&f);
+    let skel = std::fs::read(f.dir.path().join("base.skeleton")).unwrap();
+    let layer = sha(&f.base);
+    let mut out = Vec::new();
+    let done = replay_skeleton(&skel[..], &layer, &bases, &mut out).unwrap();
+    assert_eq!(out, f.base);
+    assert_eq!(done.sha256, layer);
+    assert_eq!(done.bytes, f.base.len() as u64);
+}
+
+#[test]
+fn replay_names_the_damaged_file_and_refuses_a_damaged_skeleton() {
+    let f = fixture();
+    let bases = bases_of(&f);
+    let skel = std::fs::read(f.dir.path().join("base.skeleton")).unwrap();
+    let layer = sha(&f.base);
+    let replay = |skel: &[u8]| replay_skeleton(skel, &layer, &bases, std::io::sink());
+
+    // A header byte of the skeleton's own (Raw) bytes changed.
+    let mut bad = skel.clone();
+    bad[10] ^= 1;
+    assert!(matches!(replay(&bad), Err(DeltaError::HashMismatch { .. })));
+    assert!(matches!(
+        replay(&skel[..skel.len() - 3]),
+        Err(DeltaError::Truncated { .. })
+    ));
+
+    let keep = f.dir.path().join("base/etc/keep.conf");
+    let mut bytes = std::fs::read(&keep).unwrap();
+    bytes[7] ^= 0x80;
+    std::fs::write(&keep, &bytes).unwrap();
+    assert!(matches!(
+        replay(&skel),
+        Err(DeltaError::BaseMismatch { path, .. }) if path == "etc/keep.conf"
+    ));
+    bytes[7] ^= 0x80;
+    bytes.push(0);
+    std::fs::write(&keep, &bytes).unwrap();
+    assert!(matches!(
+        replay(&skel),
+        Err(DeltaError::BaseMismatch { path, .. }) if path == "etc/keep.conf"
+    ));
+
+    std::fs::remove_file(&keep).unwrap();
+    assert!(matches!(
+        replay(&skel),
+        Err(DeltaError::BaseOpen { path, .. }) if path == "etc/keep.conf"
+    ));
+}

@@ -15,14 +15,14 @@ use fleet_agent::store::{GcOptions, Store, StoreConfig};
 pub struct StoreArgs {
     /// The agent's state directory (content store under it).
     #[arg(long, env = "FLEET_STATE_DIR", default_value = "/var/lib/fleet-agent")]
-    state_dir: PathBuf,
+    pub state_dir: PathBuf,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-    output: Output,
+    pub output: Output,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub enum Output {
     Text,
     Json,
 }

@@ -37,10 +37,13 @@ pub struct RunArgs {
     log_format: LogFormat,
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs on stderr, filtered by RUST_LOG or else `default` (e.g. `info`);
+/// colour only when stderr is a terminal (a log file or a pipe gets plain
+/// text).
+pub fn init_logs(format: LogFormat, default: &str) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -89,7 +92,7 @@ async fn wait_for_signal() {
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
-    init_logs(args.log_format);
+    init_logs(args.log_format, "info");
     let config = match config(&args) {
         Ok(c) => c,
         Err(e) => {

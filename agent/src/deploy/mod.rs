@@ -181,9 +181,11 @@ impl Deployer {
     /// Opens the agent's state under `config.state_dir` and loads the trust root.
     pub async fn open(config: Config) -> Result<Self, DeployError> {
         let device = config.device_id()?;
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| DeployError::Read {
-            path: config.state_dir.clone(),
-            source,
+        crate::state_dir::create_private(&config.state_dir).map_err(|source| {
+            DeployError::Read {
+                path: config.state_dir.clone(),
+                source,
+            }
         })?;
         let store = Arc::new(Store::open(&config.state_dir, config.store_config())?);
         let state = State::open(store.db().clone(), config.state_dir.join("meta"))?;

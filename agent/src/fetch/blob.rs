@@ -48,6 +48,14 @@ impl Partial {
         }
     }
 
+    /// The blob size the journal records, when the journal is readable and
+    /// is for `digest` (what a resume needs); `None` otherwise.
+    pub fn journaled_size(&self, digest: &Digest) -> Option<u64> {
+        read_journal(&self.journal)
+            .filter(|j| j.digest == *digest)
+            .map(|j| j.size)
+    }
+
     /// Bytes a resumed download could keep (0 without a journal).
     pub fn resumable_len(&self, digest: &Digest, size: u64) -> u64 {
         match read_journal(&self.journal) {

@@ -77,6 +77,8 @@ pub enum StoreError {
     TooLarge { digest: Digest, limit: u64 },
     #[error("a pull is in progress; try garbage collection again later")]
     Busy,
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
 }
 
 impl StoreError {
@@ -146,8 +148,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `root`.
+    /// Opens (creating if needed) the store under `root`, the agent's state
+    /// directory, after making that directory private
+    /// ([`crate::state_dir::secure`]: every process that uses a state
+    /// directory opens its store first).
     pub fn open(root: &Path, cfg: StoreConfig) -> Result<Self, StoreError> {
+        crate::state_dir::secure(root)?;
         for dir in [root.join("blobs/sha256"), root.join("tmp")] {
             fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         }
@@ -236,6 +242,31 @@ impl Store {
 
     pub fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>, StoreError> {
         self.get_json(&self.blobs, digest.as_str())
+    }
+
+    /// Every blob record (digest, what was recorded), whether or not its
+    /// file is still there (`fleet-agent fsck` compares the two).
+    pub fn blob_records(&self) -> Result<Vec<(String, BlobInfo)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.blobs.iter() {
+            let (k, v) = item.map_err(|source| self.db_err(source))?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let info = serde_json::from_slice(&v).map_err(|source| StoreError::Record {
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, info));
+        }
+        Ok(out)
+    }
+
+    /// Forgets the record of `key` (as [`Store::blob_records`] lists it)
+    /// without touching any file.
+    pub fn remove_blob_record(&self, key: &str) -> Result<(), StoreError> {
+        self.blobs
+            .remove(key.as_bytes())
+            .map_err(|source| self.db_err(source))?;
+        Ok(())
     }
 
     /// Where a download of `digest` in progress lives.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use fleet_control_plane::config::Config;
-use fleet_control_plane::server;
+use fleet_control_plane::{logging, server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,15 +44,10 @@ enum ServerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::init(match cli.log_format {
+        LogFormat::Human => logging::Format::Human,
+        LogFormat::Json => logging::Format::Json,
+    });
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
