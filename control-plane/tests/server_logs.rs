@@ -11,16 +11,21 @@ use std::time::Duration;
 
 use common::*;
 use fleet_control_plane::config::Config;
-use fleet_control_plane::device_token::DeviceTokens;
+use fleet_control_plane::pki::FleetCa;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 use served::free_port;
 
 /// Connects as `id`, waits for the broker's CONNACK, disconnects cleanly
 /// and waits until the connection is closed.
-async fn connect_and_disconnect(broker: u16, tokens: &DeviceTokens, id: &str) {
+async fn connect_and_disconnect(broker: u16, ca: &FleetCa, id: &str) {
     let mut o = MqttOptions::new(id, "127.0.0.1", broker);
-    o.set_credentials(id, tokens.token(&dev(id)))
-        .set_keep_alive(Duration::from_secs(5));
+    let identity = device_identity(ca, id, 3600);
+    let tls = fleet_agent::link::tls::client_config(ca.cert_pem(), false, Some(&identity)).unwrap();
+    o.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls),
+    ))
+    .set_credentials(id, "")
+    .set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(o, 8);
     let run = async {
         loop {
@@ -46,7 +51,8 @@ async fn a_log_file_has_no_colour_and_no_error_for_normal_mqtt_traffic() {
     config.broker.embedded = true;
     config.broker.listen = ([127, 0, 0, 1], broker).into();
     std::fs::create_dir_all(&config.data_dir).unwrap();
-    let tokens = DeviceTokens::open(&config.data_dir).unwrap();
+    // The CA the server will load (made here so the test has it first).
+    let ca = FleetCa::open_or_create(&config.data_dir.join("pki"), now()).unwrap();
     let file = config.data_dir.join("server.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
     let log = config.data_dir.join("server.log");
@@ -59,11 +65,14 @@ async fn a_log_file_has_no_colour_and_no_error_for_normal_mqtt_traffic() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let health = format!("http://127.0.0.1:{http}/healthz");
+    let health = format!("https://127.0.0.1:{http}/healthz");
+    let client = http_client(Some(ca.cert_pem()));
     eventually("the server answers", || {
-        let health = health.clone();
+        let (health, client) = (health.clone(), client.clone());
         async move {
-            reqwest::get(&health)
+            client
+                .get(&health)
+                .send()
                 .await
                 .ok()
                 .filter(|r| r.status().is_success())
@@ -72,7 +81,7 @@ async fn a_log_file_has_no_colour_and_no_error_for_normal_mqtt_traffic() {
     .await;
 
     for id in ["cam-1", "cam-2"] {
-        connect_and_disconnect(broker, &tokens, id).await;
+        connect_and_disconnect(broker, &ca, id).await;
     }
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     eventually("the broker saw both disconnects", || async {
