@@ -107,7 +107,7 @@ pub struct Plugins {
     pub preparer: Arc<dyn UpdatePreparer>,
     /// Extra routes merged at the root (e.g. the OCI pull API under `/v2`).
     pub routes: Router,
-    /// Extra routes merged at the root behind the API's token check (e.g.
+    /// Extra routes merged at the root that need an operator token (e.g.
     /// image import).
     pub authed_routes: Option<Router>,
     /// The layer-delta cache, whose counters `/metrics` exposes.
@@ -352,11 +352,9 @@ impl Server {
             app = app.merge(api::metrics_router(fleet.clone(), deltas));
         }
         if let Some(authed) = authed_routes {
-            app = app.merge(authed.route_layer(axum::middleware::from_fn_with_state(
-                fleet.store().clone(),
-                api::auth::require_token,
-            )));
+            app = app.merge(api::access::restrict(authed, api::access::OPERATOR));
         }
+        let app = api::audit::guarded(app, fleet.store().clone());
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Serve { source })?;
@@ -365,10 +363,13 @@ impl Server {
             let stop = stop.clone();
             async move { stop.cancelled().await }
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-            .map_err(|source| ServerError::Serve { source });
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(|source| ServerError::Serve { source });
         stop.cancel();
         tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
