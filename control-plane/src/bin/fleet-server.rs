@@ -44,8 +44,13 @@ enum ServerCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    // sled's trace level prints every key it reads, the hashes of API tokens
+    // among them: it stays at debug whatever RUST_LOG says of all crates.
+    if let Ok(cap) = "sled=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
