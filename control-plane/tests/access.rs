@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod served;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -252,4 +253,50 @@ async fn a_device_certificate_is_refused_on_every_operator_route_and_audited() {
     }
     serving.abort();
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_import_route_of_the_whole_server_needs_an_operator_token() {
+    let site = Site::new();
+    let config = site.config();
+    let admin = served::admin_token(&config);
+    let fleet = served::Fleet::start(config).await;
+    let client = fleetctl_client(&fleet.url(), &admin);
+    let viewer = client
+        .create_token("dash", TokenRole::Viewer)
+        .await
+        .unwrap();
+    let operator = client
+        .create_token("ci", TokenRole::Operator)
+        .await
+        .unwrap();
+    let import = |token: Option<String>| {
+        let mut req = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/images/import?repository=edge/app&tag=1",
+                fleet.url()
+            ))
+            .body("not a tar");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(import(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(import(Some(viewer.token)).await, StatusCode::FORBIDDEN);
+    // Past the check: the body is refused for what it is.
+    assert_eq!(import(Some(operator.token)).await, StatusCode::BAD_REQUEST);
+
+    let audit = client.audit(100, None).await.unwrap();
+    let imports: Vec<(&str, u16)> = audit
+        .iter()
+        .filter(|r| r.route.as_deref() == Some("/api/v1/images/import"))
+        .map(|r| (r.who.as_str(), r.status))
+        .collect();
+    assert_eq!(imports, [("anonymous", 401), ("dash", 403), ("ci", 400)]);
+    fleet.stop().await;
+}
+
+fn fleetctl_client(url: &str, token: &str) -> fleet_control_plane::client::Client {
+    fleet_control_plane::client::Client::new(url, Some(token.to_owned()))
 }

@@ -315,4 +315,31 @@ mod tests {
             assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         }
     }
+
+    #[test]
+    fn the_api_module_doc_lists_every_route_with_its_role() {
+        let rows: Vec<Vec<&str>> = include_str!("mod.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! |"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        for route in crate::api::routes().table() {
+            let path = format!("/api/v1{}", route.path);
+            let listed = rows.iter().any(|cells| {
+                let [methods, paths, role, ..] = cells.as_slice() else {
+                    return false;
+                };
+                methods.split(", ").any(|m| m == route.method.as_str())
+                    && paths
+                        .split(", ")
+                        .any(|p| p.trim_matches('`').split('?').next() == Some(path.as_str()))
+                    && *role == route.access.to_string()
+            });
+            assert!(
+                listed,
+                "{} {path} ({}) is not in the table of api/mod.rs",
+                route.method, route.access
+            );
+        }
+    }
 }
