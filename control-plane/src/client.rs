@@ -7,11 +7,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::types::{
-    AddMembers, CreateGroup, CreateRollout, DeviceView, ErrorBody, ErrorCode, FollowChannel,
-    GroupView, PlanView, PublishView, ReleaseView, ResolveView, RolloutView, SetLabels,
+    AddMembers, CreateGroup, CreateRollout, CreateToken, CreatedToken, DeviceView, ErrorBody,
+    ErrorCode, FollowChannel, GroupView, PlanView, PublishView, ReleaseView, ResolveView,
+    RolloutView, SetLabels, TokenView,
 };
 use crate::fleet::rollout::Action;
-use crate::store::{Channel, EventRecord, RolloutId};
+use crate::store::{AuditRecord, Channel, EventRecord, RolloutId, TokenRole};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -268,6 +269,45 @@ impl Client {
 
     pub async fn events(&self, limit: usize) -> Result<Vec<EventRecord>, ClientError> {
         self.get(&format!("/events?limit={limit}")).await
+    }
+
+    /// The audit log: the newest `limit` records, or the first `limit`
+    /// after sequence number `after`; oldest first (admin).
+    pub async fn audit(
+        &self,
+        limit: usize,
+        after: Option<u64>,
+    ) -> Result<Vec<AuditRecord>, ClientError> {
+        let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        self.get(&format!("/audit?limit={limit}{after}")).await
+    }
+
+    /// The API tokens (names and roles; admin).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, ClientError> {
+        self.get("/tokens").await
+    }
+
+    /// Creates an API token; the answer holds it, the only time (admin).
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: TokenRole,
+    ) -> Result<CreatedToken, ClientError> {
+        let req = CreateToken {
+            name: name.to_owned(),
+            role,
+        };
+        self.post("/tokens", &req).await
+    }
+
+    /// Revokes the API token `name` (admin).
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView, ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("/tokens/{}", url_encode(name)),
+            None,
+        )
+        .await
     }
 }
 

@@ -37,13 +37,18 @@ pub enum Format {
 
 /// Installs the process's logger (once, at start).
 pub fn init(format: Format) {
-    let filter =
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let noise = BrokerNoise {
         show: filter
             .max_level_hint()
             .is_some_and(|l| l >= LevelFilter::DEBUG),
     };
+    // sled's trace level prints every key it reads, the hashes of API tokens
+    // among them: it stays at debug whatever RUST_LOG says of all crates.
+    if let Ok(cap) = "sled=debug".parse() {
+        filter = filter.add_directive(cap);
+    }
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = match format {
         Format::Human => layer

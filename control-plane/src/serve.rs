@@ -3,9 +3,11 @@
 //!
 //! Each request carries the peer's address (`ConnectInfo<SocketAddr>`) and,
 //! when the client presented a certificate the handshake verified against
-//! the fleet CA, its device identity ([`PeerCert`]) in its extensions: what
-//! device routes authorise on. A certificate that verifies but is not a
-//! device certificate is refused at connection time.
+//! the fleet CA, its device identity ([`PeerCert`], and the API's
+//! [`Caller::Device`]) in its extensions: what device routes authorise on.
+//! A certificate that verifies but is not a device certificate is refused at
+//! connection time; a revoked device's requests are answered 403 (checked at
+//! every request, so a revocation also ends a kept-alive connection's use).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +23,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::pki::PeerCert;
+use crate::api::access::Caller;
 use crate::pki::tls::peer_of;
+use crate::pki::{PeerCert, Revoked};
 
 /// How long a client may take to finish the TLS handshake, and to send a
 /// request's headers.
@@ -36,9 +39,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, Revoked)>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
+    let (tls, revoked) = tls.unzip();
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     loop {
@@ -56,6 +60,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
+        let revoked = revoked.clone().unwrap_or_default();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
@@ -71,6 +76,7 @@ pub async fn serve(
                 Some(Ok(device)) => Some(device),
                 Some(Err(e)) => return warn!(%peer, error = %e, "client certificate refused"),
             };
+            let device = device.map(|d| (d, revoked));
             connection(tls, peer, device, app, watcher).await;
         });
     }
@@ -87,7 +93,7 @@ pub async fn serve(
 async fn connection<S>(
     stream: S,
     peer: SocketAddr,
-    device: Option<PeerCert>,
+    device: Option<(PeerCert, Revoked)>,
     app: Router,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -95,10 +101,24 @@ async fn connection<S>(
 {
     let service = tower::service_fn(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        if let Some(device) = &device {
+        let mut refused = None;
+        if let Some((device, revoked)) = &device {
+            if revoked.contains(&device.device) {
+                info!(%peer, device = %device.device, "request of a revoked device refused");
+                refused = Some(revoked_response(&device.device));
+            }
             request.extensions_mut().insert(device.clone());
+            request
+                .extensions_mut()
+                .insert(Caller::Device(device.device.clone()));
         }
-        app.clone().oneshot(request.map(axum::body::Body::new))
+        let app = app.clone();
+        async move {
+            match refused {
+                Some(response) => Ok(response),
+                None => app.oneshot(request.map(axum::body::Body::new)).await,
+            }
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -107,4 +127,14 @@ async fn connection<S>(
     if let Err(e) = watcher.watch(conn).await {
         debug!(%peer, error = %e, "HTTP connection ended");
     }
+}
+
+fn revoked_response(device: &fleet_protocol::DeviceId) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    crate::api::ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        crate::api::ErrorCode::Forbidden,
+        format!("device {device} is revoked"),
+    )
+    .into_response()
 }

@@ -111,7 +111,7 @@ pub struct Plugins {
     pub preparer: Arc<dyn UpdatePreparer>,
     /// Extra routes merged at the root (e.g. the OCI pull API under `/v2`).
     pub routes: Router,
-    /// Extra routes merged at the root behind the API's token check (e.g.
+    /// Extra routes merged at the root that need an operator token (e.g.
     /// image import).
     pub authed_routes: Option<Router>,
     /// The layer-delta cache, whose counters `/metrics` exposes.
@@ -378,15 +378,15 @@ impl Server {
             app = app.merge(api::metrics_router(fleet.clone(), deltas));
         }
         if let Some(authed) = authed_routes {
-            app = app.merge(authed.route_layer(axum::middleware::from_fn_with_state(
-                fleet.store().clone(),
-                api::auth::require_token,
-            )));
+            app = app.merge(api::access::restrict(authed, api::access::OPERATOR));
         }
+        let app = api::audit::guarded(app, fleet.store().clone());
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Serve { source })?;
-        let tls = security.as_ref().map(|s| s.http.clone());
+        let tls = security
+            .as_ref()
+            .map(|s| (s.http.clone(), s.revoked.clone()));
         tracing::info!(%addr, tls = tls.is_some(), "API listening");
         let served = crate::serve::serve(listener, app, tls, stop.clone())
             .await

@@ -1,14 +1,14 @@
-//! Bearer tokens: random, shown once, stored as their sha256.
+//! Bearer tokens: random, shown once, stored as their sha256; the caller a
+//! request's token names.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use rand_core::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
+use super::access::{Caller, Unidentified};
 use super::{ApiError, ErrorCode};
 use crate::store::{Store, StoreError, TokenRecord, TokenRole, Write};
 
@@ -52,47 +52,42 @@ pub fn ensure_admin_token(store: &dyn Store, now: u64) -> Result<Option<String>,
     Ok(Some(token))
 }
 
-/// Middleware: a valid `Authorization: Bearer <token>` or 401.
-pub async fn require_token(
-    State(store): State<Arc<dyn Store>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let unauthorized = |message: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message).into_response()
+/// The caller a request's `Authorization` header names: the token's holder,
+/// or an anonymous caller with the reason (none, not a bearer token, an
+/// unknown or revoked token). Fails only when the store cannot be read.
+pub async fn identify(store: &Arc<dyn Store>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Ok(Caller::Anonymous(Unidentified::NoToken));
     };
-    let Some(token) = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-    else {
-        return unauthorized(
-            "missing bearer token: run `fleetctl login --server URL --token TOKEN`",
-        );
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(token) = token else {
+        return Ok(Caller::Anonymous(Unidentified::NotBearer));
     };
     let hash = hash_token(token);
-    let found = tokio::task::spawn_blocking(move || store.token(&hash)).await;
-    match found {
-        Ok(Ok(Some(_record))) => next.run(request).await,
-        Ok(Ok(None)) => {
-            unauthorized("invalid token: check it, or log in again with `fleetctl login`")
-        }
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.token(&hash)).await {
+        Ok(Ok(Some(record))) => Ok(Caller::Operator {
+            token_name: record.name,
+            role: record.role,
+        }),
+        Ok(Ok(None)) => Ok(Caller::Anonymous(Unidentified::UnknownToken)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "token lookup failed");
-            ApiError::new(
+            Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Store,
                 e.to_string(),
-            )
-            .into_response()
+            ))
         }
-        Err(e) => ApiError::new(
+        Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             e.to_string(),
-        )
-        .into_response(),
+        )),
     }
 }

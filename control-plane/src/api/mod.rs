@@ -1,26 +1,43 @@
-//! The REST API (`/api/v1`, JSON, bearer tokens).
+//! The REST API (`/api/v1`, JSON, bearer tokens with roles).
 //!
-//! | method | path | what |
-//! |---|---|---|
-//! | GET | `/healthz` | liveness (no token) |
-//! | GET | `/metrics` | Prometheus metrics (no token; `http.metrics`) |
-//! | GET | `/api/v1/devices`, `/api/v1/devices/{id}` | devices with their latest status |
-//! | GET | `/api/v1/devices/{id}/desired` | the last signed desired state |
-//! | POST | `/api/v1/devices/{id}/labels` | set / remove operator labels |
-//! | GET, POST | `/api/v1/groups` | list, create |
-//! | GET | `/api/v1/groups/{name}` | one group |
-//! | POST | `/api/v1/groups/{name}/members` | add explicit members |
-//! | POST | `/api/v1/groups/{name}/follow` | follow a channel for an app |
-//! | POST | `/api/v1/channels/{channel}/releases` | publish a signed release to a channel |
-//! | GET, POST | `/api/v1/releases` | list, add a signed release (verified) |
-//! | GET, POST | `/api/v1/rollouts` | list, start |
-//! | POST | `/api/v1/rollouts/plan` | waves, excluded and offline devices of a rollout request; nothing kept or sent |
-//! | GET | `/api/v1/rollouts/{id}` | one rollout with per-device progress |
-//! | POST | `/api/v1/rollouts/{id}/{pause,resume,abort,undo}` | operator actions |
-//! | GET | `/api/v1/images/resolve?ref=` | tag → manifest digest |
-//! | GET | `/api/v1/events?limit=` | the event log |
+//! Every API route needs a role (see [`access`]): `viewer` < `operator` <
+//! `admin`, each allowed what the ones before it are. Without a valid token
+//! the answer is 401; with a token of a lower role, or a device's client
+//! certificate, 403 naming the role needed. Every call but GET/HEAD, and
+//! every refused one, is kept in the audit log ([`audit`]). The audit log
+//! is admin-only: it names every token and the addresses they call from,
+//! which is what an attacker maps first; operators see what happened to the
+//! fleet in the event log.
+//!
+//! | method | path | role | what |
+//! |---|---|---|---|
+//! | GET | `/healthz` | none | liveness |
+//! | GET | `/metrics` | none | Prometheus metrics (`http.metrics`) |
+//! | GET | `/api/v1/devices`, `/api/v1/devices/{id}` | viewer | devices with their latest status |
+//! | GET | `/api/v1/devices/{id}/desired` | viewer | the last signed desired state |
+//! | POST | `/api/v1/devices/{id}/labels` | operator | set / remove operator labels |
+//! | GET | `/api/v1/groups`, `/api/v1/groups/{name}` | viewer | groups |
+//! | POST | `/api/v1/groups` | admin | create a group |
+//! | POST | `/api/v1/groups/{name}/members` | admin | add explicit members |
+//! | POST | `/api/v1/groups/{name}/follow` | admin | follow a channel for an app |
+//! | POST | `/api/v1/channels/{channel}/releases` | operator | publish a signed release to a channel |
+//! | GET | `/api/v1/releases` | viewer | releases |
+//! | POST | `/api/v1/releases` | operator | add a signed release (verified) |
+//! | GET | `/api/v1/rollouts`, `/api/v1/rollouts/{id}` | viewer | rollouts, one with per-device progress |
+//! | POST | `/api/v1/rollouts` | operator | start a rollout |
+//! | POST | `/api/v1/rollouts/plan` | operator | waves, excluded and offline devices of a rollout request; nothing kept or sent |
+//! | POST | `/api/v1/rollouts/{id}/{action}` | operator | pause, resume, abort, undo |
+//! | GET | `/api/v1/images/resolve?ref=` | viewer | tag → manifest digest |
+//! | POST | `/api/v1/images/import` | operator | upload an image (the content module) |
+//! | GET | `/api/v1/events?limit=` | viewer | the event log |
+//! | GET | `/api/v1/audit?limit=&after=` | admin | the audit log |
+//! | GET, POST | `/api/v1/tokens` | admin | list API tokens (never a token or its hash); create one (the answer holds the token, once) |
+//! | DELETE | `/api/v1/tokens/{name}` | admin | revoke a token (never the last admin token) |
 
+pub mod access;
+pub mod audit;
 pub mod auth;
+pub mod tokens;
 pub mod types;
 
 use std::sync::Arc;
@@ -28,7 +45,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use fleet_protocol::{GroupName, ImageRef};
 use serde::Deserialize;
@@ -40,6 +57,7 @@ use crate::fleet::{
     FollowChannel, GroupView, PlanView, PublishView, ReleaseView, RolloutView, SetLabels,
 };
 use crate::store::{Channel, RolloutId};
+use access::{ADMIN, OPERATOR, Routes, VIEWER};
 pub use types::ErrorCode;
 use types::ResolveView;
 
@@ -122,33 +140,42 @@ where
     })
 }
 
-/// The API router; `auth` guards everything under `/api`.
+/// Every API route (under `/api/v1`) with the role it needs: the one
+/// place a route is added. Enrollment goes here as [`access::Access::Public`],
+/// routes for devices as [`access::Access::Device`].
+pub fn routes() -> Routes<ApiState> {
+    Routes::new()
+        .get("/devices", VIEWER, devices)
+        .get("/devices/{id}", VIEWER, device)
+        .get("/devices/{id}/desired", VIEWER, device_desired)
+        .post("/devices/{id}/labels", OPERATOR, set_labels)
+        .get("/groups", VIEWER, groups)
+        .post("/groups", ADMIN, create_group)
+        .get("/groups/{name}", VIEWER, group)
+        .post("/groups/{name}/members", ADMIN, add_members)
+        .post("/groups/{name}/follow", ADMIN, follow)
+        .post("/channels/{channel}/releases", OPERATOR, publish_release)
+        .get("/releases", VIEWER, releases)
+        .post("/releases", OPERATOR, add_release)
+        .get("/rollouts", VIEWER, rollouts)
+        .post("/rollouts", OPERATOR, start_rollout)
+        .post("/rollouts/plan", OPERATOR, plan_rollout)
+        .get("/rollouts/{id}", VIEWER, rollout)
+        .post("/rollouts/{id}/{action}", OPERATOR, rollout_action)
+        .get("/images/resolve", VIEWER, resolve)
+        .get("/events", VIEWER, events)
+        .get("/audit", ADMIN, audit::list)
+        .get("/tokens", ADMIN, tokens::list_tokens)
+        .post("/tokens", ADMIN, tokens::create_token)
+        .delete("/tokens/{name}", ADMIN, tokens::revoke_token)
+}
+
+/// `/healthz` and the API routes; the server puts its whole router behind
+/// [`audit::guarded`], which identifies callers and writes the audit log.
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
-        .route("/devices", get(devices))
-        .route("/devices/{id}", get(device))
-        .route("/devices/{id}/desired", get(device_desired))
-        .route("/devices/{id}/labels", post(set_labels))
-        .route("/groups", get(groups).post(create_group))
-        .route("/groups/{name}", get(group))
-        .route("/groups/{name}/members", post(add_members))
-        .route("/groups/{name}/follow", post(follow))
-        .route("/channels/{channel}/releases", post(publish_release))
-        .route("/releases", get(releases).post(add_release))
-        .route("/rollouts", get(rollouts).post(start_rollout))
-        .route("/rollouts/plan", post(plan_rollout))
-        .route("/rollouts/{id}", get(rollout))
-        .route("/rollouts/{id}/{action}", post(rollout_action))
-        .route("/images/resolve", get(resolve))
-        .route("/events", get(events))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.fleet.store().clone(),
-            auth::require_token,
-        ))
-        .with_state(state);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .nest("/api/v1", api)
+        .nest("/api/v1", routes().into_router().with_state(state))
 }
 
 /// `/metrics`: the Prometheus exposition, without a token (as Prometheus

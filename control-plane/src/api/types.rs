@@ -5,6 +5,8 @@
 use fleet_protocol::{Digest, VerifyError};
 use serde::{Deserialize, Serialize};
 
+use crate::store::TokenRole;
+
 pub use crate::fleet::{
     AddMembers, CreateGroup, CreateRollout, DesiredSummary, DeviceView, FollowChannel, GroupView,
     PlanView, PublishView, ReleaseView, RolloutView, SetLabels, TelemetryView, WaveView,
@@ -27,6 +29,9 @@ pub enum ErrorCode {
     /// An image reference that does not resolve to a digest.
     Unresolved,
     Unauthorized,
+    /// A valid caller without the right to this call (e.g. a viewer token
+    /// on a mutating route, a device on an operator route).
+    Forbidden,
     Store,
     Director,
     Internal,
@@ -48,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::Unresolved => "unresolved",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Store => "store",
             ErrorCode::Director => "director",
             ErrorCode::Internal => "internal",
@@ -64,6 +70,7 @@ impl ErrorCode {
             "invalid" => ErrorCode::Invalid,
             "unresolved" => ErrorCode::Unresolved,
             "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
             "store" => ErrorCode::Store,
             "director" => ErrorCode::Director,
             "internal" => ErrorCode::Internal,
@@ -101,6 +108,44 @@ pub struct ResolveView {
     pub digest: Digest,
 }
 
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// An API token as listed: never the token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub name: String,
+    pub role: TokenRole,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// The answer to a token creation: the only time the token is shown.
+/// (Its `Debug` leaves the token out.)
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: TokenRole,
+    pub created_at: u64,
+    pub token: String,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("created_at", &self.created_at)
+            .field("token", &"(hidden)")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +158,7 @@ mod tests {
             ErrorCode::Invalid,
             ErrorCode::Unresolved,
             ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
             ErrorCode::Store,
             ErrorCode::Director,
             ErrorCode::Internal,

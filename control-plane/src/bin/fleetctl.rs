@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
+use fleet_control_plane::cli::audit::AuditArgs;
 use fleet_control_plane::cli::desired::DesiredCommand;
 use fleet_control_plane::cli::devices::DevicesArgs;
 use fleet_control_plane::cli::groups::GroupsArgs;
@@ -12,6 +13,7 @@ use fleet_control_plane::cli::keys::KeysCommand;
 use fleet_control_plane::cli::login::LoginArgs;
 use fleet_control_plane::cli::release::ReleaseCommand;
 use fleet_control_plane::cli::rollout::RolloutArgs;
+use fleet_control_plane::cli::tokens::TokensArgs;
 use fleet_control_plane::cli::{self, CliError, EXIT_CODES_HELP};
 
 #[derive(Parser)]
@@ -50,6 +52,10 @@ enum Command {
     Groups(GroupsArgs),
     /// Images in the server's content store.
     Image(ImageArgs),
+    /// API tokens with roles (viewer, operator, admin): create, list, revoke.
+    Tokens(TokensArgs),
+    /// The audit log: who called what, when, from where (admin).
+    Audit(AuditArgs),
     /// Print a shell completion script, e.g. `fleetctl completions bash`.
     Completions { shell: clap_complete::Shell },
 }
@@ -64,6 +70,8 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Devices(a) => cli::block_on(cli::devices::run(a)),
         Command::Groups(a) => cli::block_on(cli::groups::run(a)),
         Command::Image(a) => cli::block_on(cli::image::run(a)),
+        Command::Tokens(a) => cli::block_on(cli::tokens::run(a)),
+        Command::Audit(a) => cli::block_on(cli::audit::run(a)),
         Command::Completions { shell } => cli::completions(shell, &mut Cli::command()),
     }
 }

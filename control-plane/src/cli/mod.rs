@@ -1,9 +1,10 @@
 //! `fleetctl`'s commands, one file per command group; the binary only
 //! parses the command line and dispatches here. Offline: [`keys`],
 //! [`release`], [`desired`]. Against a server: [`login`], [`rollout`],
-//! [`devices`], [`groups`], [`image`]. Every command returns a
+//! [`devices`], [`groups`], [`image`], [`tokens`], [`audit`]. Every command returns a
 //! [`CliError`], whose [`ExitClass`] is the process's exit code.
 
+pub mod audit;
 pub mod credentials;
 pub mod desired;
 pub mod devices;
@@ -17,6 +18,7 @@ pub mod login;
 pub mod release;
 pub mod render;
 pub mod rollout;
+pub mod tokens;
 
 use std::future::Future;
 use std::io::Write as _;

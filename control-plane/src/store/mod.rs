@@ -3,17 +3,21 @@
 //! Reads are per record type; every write goes through [`Store::commit`],
 //! which applies a batch atomically and durably (on return it is on disk), so
 //! that the fleet engine can persist a change (a new generation, a rollout
-//! step) before it publishes anything. The sled backend is [`SledStore`]; a
+//! step) before it publishes anything. The one exception is the audit log
+//! ([`Store::audit_append`]): it records an API call whatever that call
+//! wrote, after it was answered. The sled backend is [`SledStore`]; a
 //! SQL backend implements the same trait with one transaction per commit.
 //!
 //! Methods are blocking: async callers run them in `spawn_blocking`.
 
+mod audit;
 mod gates;
 mod model;
 mod policy;
 mod promql;
 mod sled_store;
 
+pub use audit::*;
 pub use gates::*;
 pub use model::*;
 pub use policy::*;
@@ -63,6 +67,8 @@ pub enum Write {
     /// Appended with the next sequence number.
     Event(EventRecord),
     Token(TokenRecord),
+    /// Removes the token with this hash (revocation).
+    DeleteToken(String),
     /// A device's latest telemetry (replaces the previous one).
     Telemetry(TelemetryRecord),
 }
@@ -91,6 +97,15 @@ pub trait Store: Send + Sync + 'static {
 
     fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     fn token_count(&self) -> Result<usize, StoreError>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Appends `record` to the audit log with the next sequence number
+    /// (returned), durably, and drops the oldest records beyond
+    /// [`AUDIT_RETENTION`].
+    fn audit_append(&self, record: AuditRecord) -> Result<u64, StoreError>;
+    /// Audit records oldest first: those after sequence number `after`
+    /// (the first `limit` of them), or without `after` the newest `limit`.
+    fn audit(&self, after: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// The latest telemetry of every device that sent some.
     fn telemetry_all(&self) -> Result<Vec<TelemetryRecord>, StoreError>;

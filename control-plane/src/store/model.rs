@@ -432,6 +432,8 @@ pub enum EventKind {
     RolloutUndo,
     #[serde(rename = "token.created")]
     TokenCreated,
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
     #[serde(rename = "rollout.halted")]
     RolloutHalted,
     #[serde(rename = "release.published")]
@@ -464,6 +466,7 @@ impl EventKind {
             EventKind::RolloutAbort => "rollout.abort",
             EventKind::RolloutUndo => "rollout.undo",
             EventKind::TokenCreated => "token.created",
+            EventKind::TokenRevoked => "token.revoked",
             EventKind::RolloutHalted => "rollout.halted",
             EventKind::ReleasePublished => "release.published",
             EventKind::GroupFollow => "group.follow",
@@ -479,10 +482,56 @@ impl std::fmt::Display for EventKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an API token may do; each role may do everything the roles before
+/// it may (`viewer < operator < admin`, the derived order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRole {
+    /// Reads: devices, groups, releases, rollouts, events.
+    Viewer,
+    /// Rollouts (start, plan, pause, resume, abort, undo), labels,
+    /// releases, image imports.
+    Operator,
+    /// Groups, tokens, the audit log (and enrollment, device revocation).
     Admin,
+}
+
+impl TokenRole {
+    pub const ALL: [TokenRole; 3] = [TokenRole::Viewer, TokenRole::Operator, TokenRole::Admin];
+
+    /// The wire form: `viewer`, `operator`, `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Viewer => "viewer",
+            TokenRole::Operator => "operator",
+            TokenRole::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{given:?} is no role: give viewer, operator or admin")]
+pub struct UnknownRole {
+    pub given: String,
+}
+
+impl std::str::FromStr for TokenRole {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TokenRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole {
+                given: s.to_owned(),
+            })
+    }
 }
 
 /// An API token; only its sha256 is stored.
@@ -525,16 +574,31 @@ mod tests {
             EventKind::RolloutAbort,
             EventKind::RolloutUndo,
             EventKind::TokenCreated,
+            EventKind::TokenRevoked,
             EventKind::RolloutHalted,
             EventKind::ReleasePublished,
             EventKind::GroupFollow,
             EventKind::GroupCatchUp,
+            EventKind::RolloutGate,
         ];
         for kind in all {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
         }
+    }
+
+    #[test]
+    fn roles_are_ordered_and_keep_their_wire_names() {
+        assert!(TokenRole::Viewer < TokenRole::Operator);
+        assert!(TokenRole::Operator < TokenRole::Admin);
+        for role in TokenRole::ALL {
+            let json = serde_json::to_string(&role).unwrap();
+            assert_eq!(json, format!("\"{role}\""));
+            assert_eq!(role.as_str().parse::<TokenRole>().unwrap(), role);
+        }
+        let e = "root".parse::<TokenRole>().unwrap_err();
+        assert!(e.to_string().contains("\"root\""), "{e}");
     }
 
     #[test]

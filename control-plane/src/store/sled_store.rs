@@ -9,11 +9,14 @@ use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    DesiredRecord, DeviceRecord, EventRecord, GroupRecord, ReleaseRecord, RolloutId, RolloutRecord,
-    Store, StoreError, TelemetryRecord, TokenRecord, Write,
+    AUDIT_RETENTION, AuditRecord, DesiredRecord, DeviceRecord, EventRecord, GroupRecord,
+    ReleaseRecord, RolloutId, RolloutRecord, Store, StoreError, TelemetryRecord, TokenRecord,
+    Write,
 };
 
 const NEXT_ROLLOUT: &[u8] = b"next_rollout_id";
+/// The last audit sequence number handed out (contiguous: 1, 2, 3, ...).
+const LAST_AUDIT: &[u8] = b"last_audit_seq";
 
 pub struct SledStore {
     db: sled::Db,
@@ -26,6 +29,8 @@ pub struct SledStore {
     tokens: sled::Tree,
     telemetry: sled::Tree,
     meta: sled::Tree,
+    audit: sled::Tree,
+    audit_retention: u64,
 }
 
 fn io(what: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
@@ -92,8 +97,46 @@ impl SledStore {
             tokens: tree("tokens")?,
             telemetry: tree("telemetry")?,
             meta: tree("meta")?,
+            audit: tree("audit")?,
+            audit_retention: AUDIT_RETENTION,
             db,
         })
+    }
+
+    /// Keeps only the newest `n` audit records (instead of
+    /// [`AUDIT_RETENTION`]); for tests of the retention.
+    pub fn with_audit_retention(mut self, n: u64) -> SledStore {
+        self.audit_retention = n.max(1);
+        self
+    }
+
+    /// Drops the audit records older than the newest `retention` ones,
+    /// `last` being the newest sequence number (they are contiguous).
+    fn trim_audit(&self, last: u64) -> Result<(), StoreError> {
+        let keep_from = last.saturating_sub(self.audit_retention).saturating_add(1);
+        while let Some((key, _)) = self.audit.first().map_err(io("audit"))? {
+            let seq = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if seq >= keep_from {
+                break;
+            }
+            self.audit.remove(key).map_err(io("audit"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A corrupt token record's error without its key: the key is the token's
+/// hash, which no log line or error may show.
+fn hide_token_key(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt { what, source, .. } => StoreError::Corrupt {
+            what,
+            key: "(hidden)".into(),
+            source,
+        },
+        e => e,
     }
 }
 
@@ -167,11 +210,73 @@ impl Store for SledStore {
     }
 
     fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        get(&self.tokens, "token", hash.as_bytes())
+        get(&self.tokens, "token", hash.as_bytes()).map_err(hide_token_key)
     }
 
     fn token_count(&self) -> Result<usize, StoreError> {
         Ok(self.tokens.len())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        all(&self.tokens, "token").map_err(hide_token_key)
+    }
+
+    fn audit_append(&self, record: AuditRecord) -> Result<u64, StoreError> {
+        let result: Result<u64, TransactionError<StoreError>> = (&self.meta, &self.audit)
+            .transaction(|(meta, audit)| {
+                let last = meta
+                    .get(LAST_AUDIT)?
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let seq = last.saturating_add(1);
+                let mut record = record.clone();
+                record.seq = seq;
+                let bytes =
+                    encode("audit", &record).map_err(ConflictableTransactionError::Abort)?;
+                meta.insert(LAST_AUDIT, &seq.to_be_bytes())?;
+                audit.insert(&seq.to_be_bytes(), bytes)?;
+                Ok(seq)
+            });
+        let seq = match result {
+            Ok(seq) => seq,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(source)) => {
+                return Err(StoreError::Io {
+                    what: "audit",
+                    source,
+                });
+            }
+        };
+        self.trim_audit(seq)?;
+        self.db.flush().map_err(io("audit flush"))?;
+        Ok(seq)
+    }
+
+    fn audit(&self, after: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let decode_item = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, v) = item.map_err(io("audit"))?;
+            decode("audit", &k, &v)
+        };
+        match after {
+            Some(after) => self
+                .audit
+                .range(after.saturating_add(1).to_be_bytes()..)
+                .take(limit)
+                .map(decode_item)
+                .collect(),
+            None => {
+                let mut out = self
+                    .audit
+                    .iter()
+                    .rev()
+                    .take(limit)
+                    .map(decode_item)
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.reverse();
+                Ok(out)
+            }
+        }
     }
 
     fn telemetry_all(&self) -> Result<Vec<TelemetryRecord>, StoreError> {
@@ -196,6 +301,7 @@ impl Store for SledStore {
                 Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
                 Write::Event(r) => Op::Event(r),
                 Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
+                Write::DeleteToken(hash) => Op::Del(6, hash.into_bytes()),
                 Write::Telemetry(r) => {
                     Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?)
                 }
@@ -255,7 +361,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{EventKind, RolloutState, TokenRole, Wave, WaveState};
+    use crate::store::{AuditCaller, EventKind, RolloutState, TokenRole, Wave, WaveState};
     use fleet_protocol::AppName;
 
     fn dev(id: &str) -> DeviceRecord {
@@ -340,5 +446,71 @@ mod tests {
         assert!(s.token("h").unwrap().is_some());
         s.commit(vec![Write::DeleteGroup(GroupName::new("none").unwrap())])
             .unwrap();
+    }
+
+    fn audited(path: &str) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            at: 10,
+            caller: AuditCaller::Anonymous,
+            who: "anonymous".into(),
+            role: None,
+            method: "POST".into(),
+            route: None,
+            path: path.into(),
+            peer: None,
+            status: 401,
+            refusal: Some("no token".into()),
+        }
+    }
+
+    #[test]
+    fn the_audit_log_numbers_pages_and_keeps_only_the_newest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap().with_audit_retention(3);
+            for i in 1..=5 {
+                assert_eq!(s.audit_append(audited(&format!("/{i}"))).unwrap(), i);
+            }
+            let paths = |v: Vec<AuditRecord>| v.into_iter().map(|r| r.path).collect::<Vec<_>>();
+            assert_eq!(paths(s.audit(None, 10).unwrap()), ["/3", "/4", "/5"]);
+            assert_eq!(paths(s.audit(None, 2).unwrap()), ["/4", "/5"]);
+            assert_eq!(paths(s.audit(Some(3), 10).unwrap()), ["/4", "/5"]);
+            assert_eq!(paths(s.audit(Some(0), 1).unwrap()), ["/3"]);
+            assert!(s.audit(Some(5), 10).unwrap().is_empty());
+        }
+        // Numbers go on after a restart; the retention still holds.
+        let s = SledStore::open(dir.path()).unwrap().with_audit_retention(3);
+        assert_eq!(s.audit_append(audited("/6")).unwrap(), 6);
+        let seqs: Vec<u64> = s.audit(None, 10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [4, 5, 6]);
+    }
+
+    #[test]
+    fn tokens_are_listed_and_revoked_and_a_corrupt_one_hides_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let token = |hash: &str, name: &str| TokenRecord {
+            hash: hash.into(),
+            name: name.into(),
+            role: TokenRole::Viewer,
+            created_at: 1,
+        };
+        s.commit(vec![
+            Write::Token(token("h1", "a")),
+            Write::Token(token("h2", "b")),
+        ])
+        .unwrap();
+        s.commit(vec![Write::DeleteToken("h1".into())]).unwrap();
+        let names: Vec<String> = s.tokens().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["b"]);
+        assert!(s.token("h1").unwrap().is_none());
+        s.tokens
+            .insert("secrethash", b"not json".as_slice())
+            .unwrap();
+        let e = s.token("secrethash").unwrap_err().to_string();
+        assert!(!e.contains("secrethash"), "{e}");
+        let e = s.tokens().unwrap_err().to_string();
+        assert!(!e.contains("secrethash"), "{e}");
     }
 }

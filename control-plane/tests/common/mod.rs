@@ -95,6 +95,8 @@ pub struct Running {
     pub ca: Option<String>,
     /// Its file (for `fleetctl --ca`).
     pub ca_path: PathBuf,
+    /// The server's CA and TLS state (`None` with `[tls] insecure`).
+    pub security: Option<Arc<fleet_control_plane::pki::Security>>,
     pub token: Option<String>,
     pub inbound: mpsc::Sender<Inbound>,
     pub shutdown: CancellationToken,
@@ -159,7 +161,8 @@ pub async fn start_with(config: Config, plugins: Plugins) -> Running {
     let ca_path = config.ca_cert_path();
     let server = Server::bind_with(config, plugins).await.unwrap();
     let addr = server.local_addr().unwrap();
-    let ca = server.security().map(|s| s.ca.cert_pem().to_owned());
+    let security = server.security();
+    let ca = security.as_ref().map(|s| s.ca.cert_pem().to_owned());
     let token = server.admin_token().map(str::to_owned);
     let inbound = server.inbound().expect("bind_with takes device messages");
     let shutdown = CancellationToken::new();
@@ -169,6 +172,7 @@ pub async fn start_with(config: Config, plugins: Plugins) -> Running {
         addr,
         ca,
         ca_path,
+        security,
         token,
         inbound,
         shutdown,
