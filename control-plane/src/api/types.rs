@@ -27,6 +27,11 @@ pub enum ErrorCode {
     /// An image reference that does not resolve to a digest.
     Unresolved,
     Unauthorized,
+    /// A valid caller without the right to this call (e.g. a viewer token
+    /// on a mutating route, a device on an operator route).
+    Forbidden,
+    /// Too many requests: the answer's `Retry-After` says when to come back.
+    RateLimited,
     Store,
     Director,
     Internal,
@@ -48,6 +53,8 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::Unresolved => "unresolved",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Store => "store",
             ErrorCode::Director => "director",
             ErrorCode::Internal => "internal",
@@ -64,6 +71,8 @@ impl ErrorCode {
             "invalid" => ErrorCode::Invalid,
             "unresolved" => ErrorCode::Unresolved,
             "unauthorized" => ErrorCode::Unauthorized,
+            "forbidden" => ErrorCode::Forbidden,
+            "rate_limited" => ErrorCode::RateLimited,
             "store" => ErrorCode::Store,
             "director" => ErrorCode::Director,
             "internal" => ErrorCode::Internal,
@@ -113,6 +122,8 @@ mod tests {
             ErrorCode::Invalid,
             ErrorCode::Unresolved,
             ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
             ErrorCode::Store,
             ErrorCode::Director,
             ErrorCode::Internal,
