@@ -13,6 +13,8 @@ use crate::api::types::{
 use crate::fleet::rollout::Action;
 use crate::store::{Channel, EventRecord, RolloutId};
 
+mod enroll;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the server at {url}: {source}")]
