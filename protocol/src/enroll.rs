@@ -149,6 +149,10 @@ pub struct Issued {
     pub ca: String,
     /// Hex of the certificate's serial number.
     pub serial: String,
+    /// When the server issued it (unix seconds, the server's clock).
+    pub issued_at: u64,
+    /// The certificate's validity: `not_before` is set a few minutes before
+    /// `issued_at`, for devices whose clocks lag.
     pub not_before: u64,
     pub not_after: u64,
 }
@@ -159,10 +163,13 @@ pub struct Pending {
     pub pending: bool,
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed:
-/// at two thirds of its life.
-pub fn renew_at(not_before: u64, not_after: u64) -> u64 {
-    not_before + not_after.saturating_sub(not_before) / 3 * 2
+/// When a certificate issued at `issued_at` and valid until `not_after` is
+/// renewed: at two thirds of its life. Its life counts from its issue, not
+/// from its backdated `not_before` (with a one-minute certificate, five
+/// minutes of backdating would make it due at once, forever).
+pub fn renew_at(issued_at: u64, not_after: u64) -> u64 {
+    let life = not_after.saturating_sub(issued_at);
+    issued_at + life - life / 3
 }
 
 #[cfg(test)]
@@ -200,6 +207,7 @@ mod tests {
     fn renewal_is_due_at_two_thirds_of_the_life() {
         assert_eq!(renew_at(100, 130), 120);
         assert_eq!(renew_at(0, 30 * 24 * 3600), 20 * 24 * 3600);
+        assert_eq!(renew_at(1000, 1060), 1040);
         assert_eq!(renew_at(100, 50), 100);
     }
 

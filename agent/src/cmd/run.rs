@@ -37,7 +37,7 @@ pub struct RunArgs {
     log_format: LogFormat,
 }
 
-fn init_logs(format: LogFormat) {
+pub fn init_logs(format: LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

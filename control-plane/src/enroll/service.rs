@@ -189,7 +189,7 @@ impl Step {
         writes.push(Write::DeviceCert(record));
         writes.push(event(EventKind::DeviceEnrolled, device, message, now));
         Ok(Locked {
-            value: Enrolled::Issued(issued(&self.ca, cert)),
+            value: Enrolled::Issued(issued(&self.ca, cert, now)),
             writes,
             join: Some((group, device.clone())),
         })
@@ -248,11 +248,12 @@ enum Approval {
     Given,
 }
 
-fn issued(ca: &FleetCa, cert: crate::pki::IssuedCert) -> Issued {
+fn issued(ca: &FleetCa, cert: crate::pki::IssuedCert, issued_at: u64) -> Issued {
     Issued {
         certificate: cert.pem,
         ca: ca.cert_pem().to_owned(),
         serial: cert.serial,
+        issued_at,
         not_before: cert.not_before,
         not_after: cert.not_after,
     }
@@ -300,7 +301,7 @@ pub async fn renew(
             );
             record.renewed_at = Some(now);
             Ok(Locked {
-                value: issued(&ca, cert),
+                value: issued(&ca, cert, now),
                 writes: vec![Write::DeviceCert(record)],
                 join: None,
             })
