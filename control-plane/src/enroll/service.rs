@@ -148,7 +148,7 @@ impl Step {
                 Approval::Wait(write) => {
                     return Ok(Locked {
                         value: Enrolled::Pending,
-                        writes: write.into_iter().collect(),
+                        writes: write.into_iter().map(|w| *w).collect(),
                         join: None,
                     });
                 }
@@ -230,21 +230,23 @@ impl Step {
         }
         tracing::info!(device = %self.device, token = %token.id, key_sha256 = %self.csr.key_sha256,
             peer = ?self.peer, "enrollment waits for approval");
-        Ok(Approval::Wait(Some(Write::Pending(PendingEnrollment {
-            device: self.device.clone(),
-            csr: self.csr.pem.clone(),
-            key_sha256: self.csr.key_sha256.clone(),
-            token_id: token.id.clone(),
-            requested_at: now,
-            peer: self.peer.clone(),
-            approved: false,
-        }))))
+        Ok(Approval::Wait(Some(Box::new(Write::Pending(
+            PendingEnrollment {
+                device: self.device.clone(),
+                csr: self.csr.pem.clone(),
+                key_sha256: self.csr.key_sha256.clone(),
+                token_id: token.id.clone(),
+                requested_at: now,
+                peer: self.peer.clone(),
+                approved: false,
+            },
+        )))))
     }
 }
 
 enum Approval {
     /// Not approved yet; the write records the request if it is new.
-    Wait(Option<Write>),
+    Wait(Option<Box<Write>>),
     Given,
 }
 

@@ -119,6 +119,46 @@ fn hide_key(e: StoreError) -> StoreError {
     }
 }
 
+/// One write of a commit, encoded: a put or a delete in the tree at an
+/// index of the commit's tuple of trees, or an event (numbered in the
+/// transaction).
+enum Op {
+    Put(usize, Vec<u8>, Vec<u8>),
+    Del(usize, Vec<u8>),
+    Event(EventRecord),
+}
+
+fn op(w: Write) -> Result<Op, StoreError> {
+    Ok(match w {
+        Write::Device(r) => Op::Put(0, r.id.as_str().into(), encode("device", &r)?),
+        Write::Group(r) => Op::Put(1, r.name.as_str().into(), encode("group", &r)?),
+        Write::DeleteGroup(name) => Op::Del(1, name.as_str().into()),
+        Write::Release(r) => Op::Put(2, r.digest.as_str().into(), encode("release", &r)?),
+        Write::Rollout(r) => Op::Put(3, r.id.to_be_bytes().into(), encode("rollout", &r)?),
+        Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
+        Write::Event(r) => Op::Event(r),
+        Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
+        Write::Telemetry(r) => Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?),
+        Write::EnrollToken(r) => Op::Put(
+            8,
+            r.secret_sha256.as_bytes().into(),
+            encode("enroll token", &r)?,
+        ),
+        Write::Pending(r) => Op::Put(
+            9,
+            r.device.as_str().into(),
+            encode("pending enrollment", &r)?,
+        ),
+        Write::DeletePending(d) => Op::Del(9, d.as_str().into()),
+        Write::DeviceCert(r) => Op::Put(
+            10,
+            r.device.as_str().into(),
+            encode("device certificate", &r)?,
+        ),
+        Write::Revoke(r) => Op::Put(11, r.device.as_str().into(), encode("revoked device", &r)?),
+    })
+}
+
 impl Store for SledStore {
     fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         get(&self.devices, "device", id.as_str().as_bytes())
@@ -243,46 +283,7 @@ impl Store for SledStore {
 
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         // Encode first so the transaction closure cannot fail on serde.
-        enum Op {
-            Put(usize, Vec<u8>, Vec<u8>),
-            Del(usize, Vec<u8>),
-            Event(EventRecord),
-        }
-        let mut ops = Vec::with_capacity(writes.len());
-        for w in writes {
-            ops.push(match w {
-                Write::Device(r) => Op::Put(0, r.id.as_str().into(), encode("device", &r)?),
-                Write::Group(r) => Op::Put(1, r.name.as_str().into(), encode("group", &r)?),
-                Write::DeleteGroup(name) => Op::Del(1, name.as_str().into()),
-                Write::Release(r) => Op::Put(2, r.digest.as_str().into(), encode("release", &r)?),
-                Write::Rollout(r) => Op::Put(3, r.id.to_be_bytes().into(), encode("rollout", &r)?),
-                Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
-                Write::Event(r) => Op::Event(r),
-                Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
-                Write::Telemetry(r) => {
-                    Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?)
-                }
-                Write::EnrollToken(r) => Op::Put(
-                    8,
-                    r.secret_sha256.as_bytes().into(),
-                    encode("enroll token", &r)?,
-                ),
-                Write::Pending(r) => Op::Put(
-                    9,
-                    r.device.as_str().into(),
-                    encode("pending enrollment", &r)?,
-                ),
-                Write::DeletePending(d) => Op::Del(9, d.as_str().into()),
-                Write::DeviceCert(r) => Op::Put(
-                    10,
-                    r.device.as_str().into(),
-                    encode("device certificate", &r)?,
-                ),
-                Write::Revoke(r) => {
-                    Op::Put(11, r.device.as_str().into(), encode("revoked device", &r)?)
-                }
-            });
-        }
+        let ops = writes.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
         let trees = (
             &self.devices,
             &self.groups,
