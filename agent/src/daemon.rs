@@ -22,12 +22,17 @@
 //!   cgroup CPU and memory, store figures), QoS 0, not retained; while the
 //!   broker is away nothing is sampled or kept.
 //!
+//! With a device certificate (`<state_dir>/identity/`, made on a first
+//! start with `enroll_token`), the link to an `mqtts://` broker and the
+//! HTTP client present it, and [`identity`] renews it in the background.
+//!
 //! Beside the loop, [`socket`] answers `fleet-agent status` on
 //! `<state_dir>/agent.sock` with a report built when asked.
 //!
 //! On shutdown the supervisors are detached (containers keep running), a
 //! last status is queued, and the link says `offline` and disconnects.
 
+mod identity;
 pub mod socket;
 
 use std::collections::VecDeque;
@@ -65,6 +70,20 @@ pub enum DaemonError {
     Link(#[from] LinkError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error("device identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] crate::identity::EnrollError),
+    #[error(
+        "the device certificate in {dir} is for device {identity}, but the configuration says {configured}"
+    )]
+    IdentityDevice {
+        dir: std::path::PathBuf,
+        identity: fleet_protocol::DeviceId,
+        configured: fleet_protocol::DeviceId,
+    },
+    #[error("the device certificate does not make a TLS configuration: {0}")]
+    Tls(#[from] crate::link::tls::TlsError),
 }
 
 impl DaemonError {
@@ -72,20 +91,36 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Config(_) | DaemonError::Link(LinkError::Address(_)) => 2,
-            DaemonError::Deploy(DeployError::Config(_)) => 2,
+            DaemonError::Deploy(DeployError::Config(_)) | DaemonError::IdentityDevice { .. } => 2,
             _ => 1,
         }
     }
 }
 
 /// Runs the agent until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     config.validate()?;
+    let identity = identity::at_start(&config, &shutdown).await?;
+    if let Some(id) = &identity {
+        match &config.device_id {
+            Some(configured) if configured != &id.device => {
+                return Err(DaemonError::IdentityDevice {
+                    dir: crate::identity::dir(&config.state_dir),
+                    identity: id.device.clone(),
+                    configured: configured.clone(),
+                });
+            }
+            _ => config.device_id = Some(id.device.clone()),
+        }
+    }
     let device = config.device_id()?;
     let deployer = Deployer::open(config.clone())
         .await
         .map_err(DaemonError::Deploy)?;
-    let source = content_source(&config, &deployer)?;
+    let (source, http) = content_source(&config, &deployer, identity.as_ref())?;
+    let renewal = identity
+        .as_ref()
+        .and_then(|id| identity::Renewal::start(&config, id, http));
 
     let mut link_config = AgentLinkConfig::new(
         config.broker.clone(),
@@ -95,6 +130,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     link_config.labels = config.labels.clone();
     link_config.host_root = config.host_root.clone();
+    if let Some(id) = &identity {
+        link_config.tls = Some(id.tls_config(false)?);
+        link_config.tls_updates = renewal.as_ref().map(|r| r.link_updates.clone());
+    }
     let link_cancel = CancellationToken::new();
     let (link, downlink, link_task) = AgentLink::start(link_config, link_cancel.clone()).await?;
 
@@ -139,24 +178,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     if tokio::time::timeout(LINK_GRACE, link_task).await.is_err() {
         warn!("the MQTT link did not stop in time");
     }
+    if let Some(renewal) = renewal {
+        renewal.stop().await;
+    }
     result
 }
 
 /// Where release content comes from: registries through the fetch client
 /// (the server's content endpoint is one: releases name it as their
-/// registry).
-fn content_source(config: &Config, deployer: &Deployer) -> Result<ContentSource, DaemonError> {
+/// registry). With an identity, the client trusts the fleet CA besides the
+/// web roots and presents the device certificate; the client is returned
+/// too, for renewals to update.
+fn content_source(
+    config: &Config,
+    deployer: &Deployer,
+    identity: Option<&crate::identity::Identity>,
+) -> Result<(ContentSource, Client), DaemonError> {
     let mut client = ClientConfig::default();
     if let Some(host) = config.plain_http_server() {
         client.plain_http.push(host);
     }
+    if let Some(id) = identity {
+        client.tls = Some(id.tls_config(true)?);
+    }
     let client = Client::new(client)?;
-    let puller = Puller::new(client, deployer.store().clone(), Platform::host());
-    Ok(ContentSource::Registry(if config.store.deltas {
+    let puller = Puller::new(client.clone(), deployer.store().clone(), Platform::host());
+    let source = ContentSource::Registry(if config.store.deltas {
         puller.with_deltas(deployer.snapshots().clone())
     } else {
         puller
-    }))
+    });
+    Ok((source, client))
 }
 
 struct Daemon {

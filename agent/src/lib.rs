@@ -21,6 +21,9 @@ pub mod health;
 /// The host's files under `host_root` (`/`, or a fixture tree).
 #[cfg(feature = "agent")]
 pub mod host_root;
+/// The device's key and certificate: enrollment and renewal.
+#[cfg(feature = "agent")]
+pub mod identity;
 #[cfg(feature = "agent")]
 pub mod image;
 #[cfg(feature = "link")]

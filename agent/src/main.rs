@@ -16,6 +16,9 @@ enum Command {
     /// Run the device daemon: MQTT link, desired state in, containers out.
     /// Exit status: 0 after SIGTERM/ctrl-c, 2 bad configuration, 1 error.
     Run(cmd::run::RunArgs),
+    /// Get this device's certificate with a bootstrap token (`fleetctl enroll create`).
+    /// Exit status: 0 enrolled, 1 refused or failed, 2 bad arguments or configuration.
+    Enroll(cmd::enroll::EnrollArgs),
     /// Verify a signed desired state against a trust root, as the agent does on receipt.
     /// Exit status: 0 verified, 1 rejected, 2 unreadable input or unusable trust root.
     Verify(cmd::verify::Args),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => return ExitCode::SUCCESS,
         Some(Command::Run(args)) => return cmd::run::run(args),
+        Some(Command::Enroll(args)) => return cmd::enroll::run(args),
         Some(Command::Verify(args)) => return cmd::verify::run(args),
         Some(Command::Apply(args)) => return cmd::deploy::apply(args),
         Some(Command::Resume(args)) => return cmd::deploy::resume(args),

@@ -14,6 +14,8 @@ use crate::api::types::{
 use crate::fleet::rollout::Action;
 use crate::store::{AuditRecord, Channel, EventRecord, RolloutId, TokenRole};
 
+mod enroll;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the server at {url}: {source}")]

@@ -50,6 +50,8 @@ pub struct Config {
     pub content: ContentConfig,
     pub prometheus: PrometheusConfig,
     pub tls: TlsConfig,
+    /// `[enroll]`: rate limits of the enrollment endpoints.
+    pub enroll: crate::enroll::EnrollConfig,
 }
 
 /// Transport security (protocol/SECURITY.md): the fleet CA, the server's
@@ -260,6 +262,7 @@ impl Default for Config {
             content: ContentConfig::default(),
             prometheus: PrometheusConfig::default(),
             tls: TlsConfig::default(),
+            enroll: Default::default(),
         }
     }
 }
@@ -470,6 +473,12 @@ impl Config {
         if self.prometheus.timeout_secs == 0 {
             return Err(invalid("prometheus.timeout_secs", "must be greater than 0"));
         }
+        self.enroll
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                field: "enroll",
+                reason,
+            })?;
         self.tls.validate()
     }
 

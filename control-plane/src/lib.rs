@@ -11,7 +11,8 @@
 //! - [`api`]: the REST API (axum); [`client`]: its typed client.
 //! - [`server`]: `run(config, shutdown)`.
 //! - [`keys`], [`sign`]: key files and offline signing.
-//! - [`pki`]: the fleet CA, device certificates and TLS configurations.
+//! - [`pki`]: the fleet CA, device certificates and TLS configurations;
+//!   [`enroll`]: enrollment, renewal and revocation of device certificates.
 
 pub mod api;
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod content;
 pub mod device_token;
 pub mod director;
+pub mod enroll;
 pub mod fleet;
 pub mod keys;
 pub mod link;

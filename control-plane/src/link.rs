@@ -139,6 +139,7 @@ impl ServerLink {
                 supersede_retained: true,
             },
             tls: config.tls,
+            tls_updates: None,
         };
         let (tx, rx) = mpsc::channel(256);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_capacity.max(1));

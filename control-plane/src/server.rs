@@ -240,6 +240,21 @@ impl Server {
                     source: std::io::Error::other(e),
                 })??
         };
+        if let Some(security) = &security {
+            // The revoked devices, before the broker or the API lets any in.
+            let (store, revoked) = (store.clone(), security.revoked.clone());
+            let n = tokio::task::spawn_blocking(move || {
+                let all = store.revoked_all()?;
+                let n = all.len();
+                all.into_iter().for_each(|r| revoked.insert(r.device));
+                Ok::<_, StoreError>(n)
+            })
+            .await
+            .map_err(|e| ServerError::Serve {
+                source: std::io::Error::other(e),
+            })??;
+            tracing::debug!(devices = n, "revoked devices loaded");
+        }
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -379,6 +394,15 @@ impl Server {
         }
         if let Some(authed) = authed_routes {
             app = app.merge(api::access::restrict(authed, api::access::OPERATOR));
+        }
+        if let Some(security) = &security {
+            app = app.merge(crate::enroll::router(crate::enroll::EnrollState::new(
+                fleet.clone(),
+                security.ca.clone(),
+                security.revoked.clone(),
+                &config.enroll,
+                security.device_cert_lifetime_secs,
+            )));
         }
         let app = api::audit::guarded(app, fleet.store().clone());
         let addr = listener

@@ -7,6 +7,7 @@ pub mod broker;
 #[cfg(feature = "delta")]
 pub mod delta;
 pub mod dsse;
+pub mod enroll;
 pub mod env;
 pub mod id;
 pub mod image_ref;

@@ -1,6 +1,7 @@
 //! The subcommands of the `fleet-agent` binary, one module each.
 
 pub mod deploy;
+pub mod enroll;
 pub mod fsck;
 pub mod oci_hook;
 pub mod pull;

@@ -9,6 +9,8 @@
 //! server = "http://10.0.0.2:8080"       # the control plane (content endpoint)
 //! broker = "mqtt://127.0.0.1:1883"      # the MQTT broker
 //! token = "..."                         # the device's MQTT password
+//! enroll_token = "fleet-enroll_..."     # first start without an identity:
+//!                                       # enroll at `server` (https://)
 //! status_interval_secs = 30             # periodic status report
 //! supervise_interval_secs = 10          # periodic check that committed apps run
 //! telemetry_interval_secs = 60          # telemetry (QoS 0, dropped while offline)
@@ -38,7 +40,8 @@
 //!
 //! Environment overrides: `FLEET_AGENT_DEVICE_ID`, `FLEET_AGENT_STATE_DIR`,
 //! `FLEET_AGENT_TRUST`, `FLEET_AGENT_SERVER`, `FLEET_AGENT_BROKER`,
-//! `FLEET_AGENT_TOKEN`, `FLEET_AGENT_STATUS_INTERVAL_SECS`,
+//! `FLEET_AGENT_TOKEN`, `FLEET_AGENT_ENROLL_TOKEN`,
+//! `FLEET_AGENT_STATUS_INTERVAL_SECS`,
 //! `FLEET_AGENT_TELEMETRY_INTERVAL_SECS`, `FLEET_AGENT_HOST_ROOT`,
 //! `FLEET_AGENT_RUNTIME`, `FLEET_AGENT_RUNTIME_BINARY`,
 //! `FLEET_AGENT_RUNTIME_ROOT`, `FLEET_AGENT_PROBATION_SECS`,
@@ -111,6 +114,10 @@ pub struct Config {
     pub broker: BrokerAddr,
     /// The device's MQTT password (its user name is the device id).
     pub token: Secret,
+    /// A bootstrap token (`fleetctl enroll create`): on a start without an
+    /// identity under `<state_dir>/identity/` (or with an expired one), the
+    /// agent enrolls at `server` with it first (protocol/SECURITY.md).
+    pub enroll_token: Secret,
     /// Labels reported to the server with the device info.
     pub labels: BTreeMap<String, String>,
     /// Seconds between periodic status reports.
@@ -251,6 +258,7 @@ impl Default for Config {
                 tls: false,
             },
             token: Secret::default(),
+            enroll_token: Secret::default(),
             labels: BTreeMap::new(),
             status_interval_secs: 30,
             supervise_interval_secs: 10,
@@ -335,6 +343,7 @@ impl Config {
         env.set("FLEET_AGENT_SERVER", &mut self.server, Some);
         env.parse("FLEET_AGENT_BROKER", &mut self.broker)?;
         env.set("FLEET_AGENT_TOKEN", &mut self.token, Secret);
+        env.set("FLEET_AGENT_ENROLL_TOKEN", &mut self.enroll_token, Secret);
         env.parse(
             "FLEET_AGENT_STATUS_INTERVAL_SECS",
             &mut self.status_interval_secs,
@@ -393,6 +402,24 @@ impl Config {
             return Err(ConfigError::ServerUrl {
                 url: server.clone(),
             });
+        }
+        if !self.enroll_token.expose().is_empty() {
+            if fleet_protocol::enroll::EnrollToken::parse(self.enroll_token.expose()).is_err() {
+                return invalid(
+                    "enroll_token",
+                    "is not an enrollment token (fleet-enroll_<64 hex>_<64 hex>, as `fleetctl enroll create` prints it)",
+                );
+            }
+            if !self
+                .server
+                .as_deref()
+                .is_some_and(|s| s.starts_with("https://"))
+            {
+                return invalid(
+                    "enroll_token",
+                    "needs `server` set to the server's https:// URL",
+                );
+            }
         }
         if self.deploy.crash_loop_restarts == 0 {
             return invalid("deploy.crash_loop_restarts", "must be at least 1");

@@ -145,3 +145,29 @@ fn every_variable_overrides_its_field() {
         "a bad value changes nothing"
     );
 }
+
+#[test]
+fn an_enroll_token_needs_an_https_server_and_stays_out_of_debug() {
+    let token = format!("fleet-enroll_{}_{}", "1".repeat(64), "a".repeat(64));
+    let with = |server: Option<&str>, token: &str| Config {
+        server: server.map(str::to_owned),
+        enroll_token: Secret(token.to_owned()),
+        ..Config::default()
+    };
+    let good = with(Some("https://fleet.example:8443"), &token);
+    good.validate().unwrap();
+    assert!(!format!("{good:?}").contains(&"1".repeat(64)));
+    for (server, token) in [
+        (Some("https://fleet.example"), "fleet_notenroll"),
+        (Some("http://fleet.example"), token.as_str()),
+        (None, token.as_str()),
+    ] {
+        let err = with(server, token).validate().unwrap_err();
+        assert!(err.to_string().contains("enroll_token"), "{err}");
+        assert!(!err.to_string().contains(&"1".repeat(64)), "{err}");
+    }
+    let mut c = Config::default();
+    c.apply_env(|k| (k == "FLEET_AGENT_ENROLL_TOKEN").then(|| token.clone()))
+        .unwrap();
+    assert_eq!(c.enroll_token.expose(), token);
+}

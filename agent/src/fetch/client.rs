@@ -38,12 +38,10 @@ pub struct ClientConfig {
     /// Longest silence while reading a response.
     pub read_timeout: Duration,
     pub user_agent: String,
-    /// The fleet CA (PEM), trusted besides the public web roots: what the
-    /// control plane's content endpoint presents.
-    pub fleet_ca: Option<String>,
-    /// The device certificate, presented to servers that ask for one (the
-    /// content endpoint).
-    pub identity: Option<crate::tls::ClientIdentity>,
+    /// The TLS configuration of every request (e.g. trusting the fleet CA
+    /// besides the web roots and presenting the device's certificate);
+    /// `None`: the public web roots, no client certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -58,10 +56,38 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             user_agent: format!("fleet-agent/{}", crate::VERSION),
-            fleet_ca: None,
-            identity: None,
+            tls: None,
         }
     }
+}
+
+/// A reqwest client for `cfg` over `tls` (default: the public web roots).
+fn http_client(
+    cfg: &ClientConfig,
+    tls: Option<&rustls::ClientConfig>,
+) -> Result<reqwest::Client, FetchError> {
+    let mut tls = match tls {
+        Some(tls) => tls.clone(),
+        None => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(FetchError::Tls)?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(cfg.connect_timeout)
+        .read_timeout(cfg.read_timeout)
+        .user_agent(cfg.user_agent.clone())
+        .build()
+        .map_err(FetchError::Build)
 }
 
 /// A manifest as fetched: its verified digest, media type and bytes.
@@ -94,7 +120,8 @@ pub struct Client {
 }
 
 pub(super) struct Inner {
-    pub(super) http: reqwest::Client,
+    /// Replaced by [`Client::set_tls`] (a renewed device certificate).
+    http: std::sync::RwLock<reqwest::Client>,
     pub(super) cfg: ClientConfig,
     pub(super) tokens: TokenCache,
     pub(super) limiter: Option<RateLimiter>,
@@ -104,33 +131,10 @@ pub(super) struct Inner {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self, FetchError> {
-        let mut tls = match &cfg.fleet_ca {
-            Some(ca) => (*crate::tls::client_config(ca, true, cfg.identity.as_ref())
-                .map_err(FetchError::FleetTls)?)
-            .clone(),
-            None => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let roots = rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(FetchError::Tls)?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
-            }
-        };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .user_agent(cfg.user_agent.clone())
-            .build()
-            .map_err(FetchError::Build)?;
+        let http = http_client(&cfg, cfg.tls.as_deref())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                http,
+                http: std::sync::RwLock::new(http),
                 limiter: cfg.max_bandwidth.map(RateLimiter::new),
                 blob_slots: Semaphore::new(cfg.max_concurrent_blobs.max(1)),
                 tokens: TokenCache::default(),
@@ -139,6 +143,23 @@ impl Client {
             }),
             interrupt: None,
         })
+    }
+
+    /// Uses `tls` for the requests from now on (every clone of this client
+    /// too); requests under way finish with the previous configuration.
+    pub fn set_tls(&self, tls: &rustls::ClientConfig) -> Result<(), FetchError> {
+        let http = http_client(&self.inner.cfg, Some(tls))?;
+        *self.inner.http.write().unwrap_or_else(|e| e.into_inner()) = http;
+        Ok(())
+    }
+
+    /// The HTTP client requests go through now.
+    pub(super) fn http(&self) -> reqwest::Client {
+        self.inner
+            .http
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A clone of this client (sharing everything) whose blob downloads stop
@@ -241,8 +262,7 @@ impl Client {
         let mut challenged = false;
         loop {
             let req = self
-                .inner
-                .http
+                .http()
                 .request(method.clone(), url)
                 .headers(headers.clone());
             let resp = self
@@ -314,7 +334,7 @@ impl Client {
                 };
                 // A realm that is no URL fails as the request is built
                 // (`TokenError::Request`, a builder error).
-                let mut req = self.inner.http.get(realm.as_str());
+                let mut req = self.http().get(realm.as_str());
                 if let Some(s) = &service {
                     req = req.query(&[("service", s.as_str())]);
                 }

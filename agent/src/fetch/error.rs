@@ -11,8 +11,6 @@ pub enum FetchError {
     Build(#[source] reqwest::Error),
     #[error("TLS setup failed")]
     Tls(#[source] rustls::Error),
-    #[error("TLS setup with the fleet CA failed")]
-    FleetTls(#[source] crate::tls::TlsError),
     #[error("request to {url} failed")]
     Http {
         url: String,

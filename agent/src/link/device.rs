@@ -69,6 +69,9 @@ pub struct AgentLinkConfig {
     pub downlink_capacity: usize,
     /// TLS (with the device's certificate) for an `mqtts://` broker.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Newer TLS configurations (renewed certificates), for the next
+    /// connection.
+    pub tls_updates: Option<tokio::sync::watch::Receiver<Arc<rustls::ClientConfig>>>,
 }
 
 impl AgentLinkConfig {
@@ -91,6 +94,7 @@ impl AgentLinkConfig {
             outbox_limit: 256,
             downlink_capacity: 16,
             tls: None,
+            tls_updates: None,
         }
     }
 }
@@ -172,6 +176,7 @@ impl AgentLink {
                 supersede_retained: true,
             },
             tls: config.tls,
+            tls_updates: config.tls_updates,
         };
         let (tx, rx) = mpsc::channel(64);
         let (downlink_tx, downlink_rx) = mpsc::channel(config.downlink_capacity.max(1));

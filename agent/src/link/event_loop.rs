@@ -52,6 +52,9 @@ pub struct LinkOptions {
     /// [`super::tls::client_config`]); [`start`] refuses to connect to one
     /// without it. Unused with `mqtt://`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Newer TLS configurations (a renewed device certificate): taken for
+    /// the next connection; the connection up stays as it is.
+    pub tls_updates: Option<watch::Receiver<std::sync::Arc<rustls::ClientConfig>>>,
 }
 
 impl std::fmt::Debug for LinkOptions {
@@ -248,12 +251,14 @@ pub fn start<H: Handler>(
         subscriptions: options.subscriptions,
         connected: connected_tx,
     };
+    let tls_updates = options.tls_updates.filter(|_| options.broker.tls);
     let task = tokio::spawn(run(
         core,
         eventloop,
         handler,
         requests,
         options.backoff,
+        tls_updates,
         cancel,
     ));
     (connected, task)
@@ -265,11 +270,23 @@ async fn run<H: Handler>(
     mut handler: H,
     mut requests: mpsc::Receiver<H::Request>,
     backoff: Backoff,
+    mut tls_updates: Option<watch::Receiver<std::sync::Arc<rustls::ClientConfig>>>,
     cancel: CancellationToken,
 ) {
     let mut delay = backoff.first();
     let mut requests_open = true;
     loop {
+        if let Some(updates) = &mut tls_updates
+            && updates.has_changed().unwrap_or(false)
+        {
+            let tls = updates.borrow_and_update().clone();
+            eventloop
+                .mqtt_options
+                .set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls),
+                ));
+            tracing::debug!("a new TLS configuration for the next connection");
+        }
         // The poll future is kept across requests and dropped only on
         // cancellation, so rumqttc never loses a half-done step.
         let event = {

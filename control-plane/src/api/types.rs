@@ -32,6 +32,8 @@ pub enum ErrorCode {
     /// A valid caller without the right to this call (e.g. a viewer token
     /// on a mutating route, a device on an operator route).
     Forbidden,
+    /// Too many requests: the answer's `Retry-After` says when to come back.
+    RateLimited,
     Store,
     Director,
     Internal,
@@ -54,6 +56,7 @@ impl ErrorCode {
             ErrorCode::Unresolved => "unresolved",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Store => "store",
             ErrorCode::Director => "director",
             ErrorCode::Internal => "internal",
@@ -71,6 +74,7 @@ impl ErrorCode {
             "unresolved" => ErrorCode::Unresolved,
             "unauthorized" => ErrorCode::Unauthorized,
             "forbidden" => ErrorCode::Forbidden,
+            "rate_limited" => ErrorCode::RateLimited,
             "store" => ErrorCode::Store,
             "director" => ErrorCode::Director,
             "internal" => ErrorCode::Internal,
@@ -159,6 +163,7 @@ mod tests {
             ErrorCode::Unresolved,
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
             ErrorCode::Store,
             ErrorCode::Director,
             ErrorCode::Internal,

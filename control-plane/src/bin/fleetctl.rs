@@ -7,6 +7,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use fleet_control_plane::cli::audit::AuditArgs;
 use fleet_control_plane::cli::desired::DesiredCommand;
 use fleet_control_plane::cli::devices::DevicesArgs;
+use fleet_control_plane::cli::enroll::EnrollArgs;
 use fleet_control_plane::cli::groups::GroupsArgs;
 use fleet_control_plane::cli::image::ImageArgs;
 use fleet_control_plane::cli::keys::KeysCommand;
@@ -48,6 +49,8 @@ enum Command {
     Rollout(RolloutArgs),
     /// Devices known to the server.
     Devices(DevicesArgs),
+    /// Device enrollment: bootstrap tokens, approvals.
+    Enroll(EnrollArgs),
     /// Groups of devices (by label selector or explicit members) and labels.
     Groups(GroupsArgs),
     /// Images in the server's content store.
@@ -68,6 +71,7 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Login(a) => cli::block_on(cli::login::run(a)),
         Command::Rollout(a) => cli::block_on(cli::rollout::run(a)),
         Command::Devices(a) => cli::block_on(cli::devices::run(a)),
+        Command::Enroll(a) => cli::block_on(cli::enroll::run(a)),
         Command::Groups(a) => cli::block_on(cli::groups::run(a)),
         Command::Image(a) => cli::block_on(cli::image::run(a)),
         Command::Tokens(a) => cli::block_on(cli::tokens::run(a)),

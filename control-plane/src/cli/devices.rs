@@ -19,6 +19,9 @@ pub enum DevicesCommand {
     Ls,
     /// One device with its latest status.
     Show { id: DeviceId },
+    /// Revoke a device for good: the broker cuts it off at once, the API,
+    /// renewal and enrollment refuse it from then on (admin).
+    Revoke { id: DeviceId },
 }
 
 pub async fn run(args: DevicesArgs) -> Result<(), CliError> {
@@ -50,6 +53,27 @@ pub async fn run(args: DevicesArgs) -> Result<(), CliError> {
                 Output::Json => print_json(&d),
                 Output::Text => {
                     render::device(&d);
+                    Ok(())
+                }
+            }
+        }
+        DevicesCommand::Revoke { id } => {
+            let r = client
+                .revoke_device(&id)
+                .await
+                .map_err(|source| CliError::Server {
+                    doing: format!("cannot revoke device {id}"),
+                    source,
+                })?;
+            match remote.output {
+                Output::Json => print_json(&r),
+                Output::Text => {
+                    println!(
+                        "device {} revoked at {} ({} certificate(s)); it needs a new device id to come back",
+                        r.device,
+                        render::utc(r.revoked_at),
+                        r.serials.len()
+                    );
                     Ok(())
                 }
             }

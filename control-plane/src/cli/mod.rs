@@ -1,13 +1,14 @@
 //! `fleetctl`'s commands, one file per command group; the binary only
 //! parses the command line and dispatches here. Offline: [`keys`],
 //! [`release`], [`desired`]. Against a server: [`login`], [`rollout`],
-//! [`devices`], [`groups`], [`image`], [`tokens`], [`audit`]. Every command returns a
+//! [`devices`], [`groups`], [`image`], [`tokens`], [`audit`], [`enroll`]. Every command returns a
 //! [`CliError`], whose [`ExitClass`] is the process's exit code.
 
 pub mod audit;
 pub mod credentials;
 pub mod desired;
 pub mod devices;
+pub mod enroll;
 mod error;
 pub mod gates;
 pub mod groups;

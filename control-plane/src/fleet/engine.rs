@@ -530,7 +530,7 @@ impl Fleet {
 }
 
 impl Inner {
-    fn lock(&self) -> Result<MutexGuard<'_, ()>, FleetError> {
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, ()>, FleetError> {
         self.write.lock().map_err(|_| FleetError::LockPoisoned)
     }
 

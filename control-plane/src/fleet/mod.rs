@@ -22,6 +22,7 @@ pub mod analysis;
 pub mod channels;
 pub mod devices;
 pub mod engine;
+pub mod enroll;
 pub mod feed;
 pub mod gates;
 pub mod groups;

@@ -11,6 +11,7 @@
 //! Methods are blocking: async callers run them in `spawn_blocking`.
 
 mod audit;
+mod enroll;
 mod gates;
 mod model;
 mod policy;
@@ -18,6 +19,7 @@ mod promql;
 mod sled_store;
 
 pub use audit::*;
+pub use enroll::*;
 pub use gates::*;
 pub use model::*;
 pub use policy::*;
@@ -71,6 +73,16 @@ pub enum Write {
     DeleteToken(String),
     /// A device's latest telemetry (replaces the previous one).
     Telemetry(TelemetryRecord),
+    /// An enrollment token (created, used once more, or revoked).
+    EnrollToken(EnrollTokenRecord),
+    /// An enrollment waiting for approval (added or approved).
+    Pending(PendingEnrollment),
+    /// The device's pending enrollment is done with.
+    DeletePending(DeviceId),
+    /// The certificates issued to a device.
+    DeviceCert(DeviceCertRecord),
+    /// A device revoked, for good.
+    Revoke(RevokedDevice),
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -109,6 +121,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest telemetry of every device that sent some.
     fn telemetry_all(&self) -> Result<Vec<TelemetryRecord>, StoreError>;
+
+    /// The enrollment token whose secret hashes to `secret_sha256`.
+    fn enroll_token(&self, secret_sha256: &str) -> Result<Option<EnrollTokenRecord>, StoreError>;
+    /// Every enrollment token, by hash.
+    fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRecord>, StoreError>;
+    fn pending(&self, device: &DeviceId) -> Result<Option<PendingEnrollment>, StoreError>;
+    fn pendings(&self) -> Result<Vec<PendingEnrollment>, StoreError>;
+    fn device_cert(&self, device: &DeviceId) -> Result<Option<DeviceCertRecord>, StoreError>;
+    fn revoked(&self, device: &DeviceId) -> Result<Option<RevokedDevice>, StoreError>;
+    /// Every revoked device (loaded into `pki::Revoked` at start).
+    fn revoked_all(&self) -> Result<Vec<RevokedDevice>, StoreError>;
 
     /// Applies `writes` atomically and makes them durable before returning.
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError>;

@@ -446,6 +446,18 @@ pub enum EventKind {
     /// A gate's verdict on a baking wave: held, or could not decide.
     #[serde(rename = "rollout.gate")]
     RolloutGate,
+    /// A device got its certificate with an enrollment token.
+    #[serde(rename = "device.enrolled")]
+    DeviceEnrolled,
+    /// A device was revoked (for good).
+    #[serde(rename = "device.revoked")]
+    DeviceRevoked,
+    /// An enrollment token was made or revoked.
+    #[serde(rename = "enroll.token")]
+    EnrollToken,
+    /// A pending enrollment was approved or rejected.
+    #[serde(rename = "enroll.pending")]
+    EnrollPending,
 }
 
 impl EventKind {
@@ -472,6 +484,10 @@ impl EventKind {
             EventKind::GroupFollow => "group.follow",
             EventKind::GroupCatchUp => "group.catch_up",
             EventKind::RolloutGate => "rollout.gate",
+            EventKind::DeviceEnrolled => "device.enrolled",
+            EventKind::DeviceRevoked => "device.revoked",
+            EventKind::EnrollToken => "enroll.token",
+            EventKind::EnrollPending => "enroll.pending",
         }
     }
 }
@@ -580,6 +596,10 @@ mod tests {
             EventKind::GroupFollow,
             EventKind::GroupCatchUp,
             EventKind::RolloutGate,
+            EventKind::DeviceEnrolled,
+            EventKind::DeviceRevoked,
+            EventKind::EnrollToken,
+            EventKind::EnrollPending,
         ];
         for kind in all {
             let json = serde_json::to_string(&kind).unwrap();

@@ -9,9 +9,9 @@ use sled::Transactional as _;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::{
-    AUDIT_RETENTION, AuditRecord, DesiredRecord, DeviceRecord, EventRecord, GroupRecord,
-    ReleaseRecord, RolloutId, RolloutRecord, Store, StoreError, TelemetryRecord, TokenRecord,
-    Write,
+    AUDIT_RETENTION, AuditRecord, DesiredRecord, DeviceCertRecord, DeviceRecord, EnrollTokenRecord,
+    EventRecord, GroupRecord, PendingEnrollment, ReleaseRecord, RevokedDevice, RolloutId,
+    RolloutRecord, Store, StoreError, TelemetryRecord, TokenRecord, Write,
 };
 
 const NEXT_ROLLOUT: &[u8] = b"next_rollout_id";
@@ -31,6 +31,10 @@ pub struct SledStore {
     meta: sled::Tree,
     audit: sled::Tree,
     audit_retention: u64,
+    enroll_tokens: sled::Tree,
+    pending: sled::Tree,
+    device_certs: sled::Tree,
+    revoked: sled::Tree,
 }
 
 fn io(what: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
@@ -99,6 +103,10 @@ impl SledStore {
             meta: tree("meta")?,
             audit: tree("audit")?,
             audit_retention: AUDIT_RETENTION,
+            enroll_tokens: tree("enroll_tokens")?,
+            pending: tree("enroll_pending")?,
+            device_certs: tree("device_certs")?,
+            revoked: tree("revoked_devices")?,
             db,
         })
     }
@@ -138,6 +146,60 @@ fn hide_token_key(e: StoreError) -> StoreError {
         },
         e => e,
     }
+}
+
+/// A corrupt enrollment token's error without its key: the key is the
+/// secret's hash, which no log line or error shows.
+fn hide_key(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt { what, source, .. } => StoreError::Corrupt {
+            what,
+            key: "(hidden)".into(),
+            source,
+        },
+        e => e,
+    }
+}
+
+/// One write of a commit, encoded: a put or a delete in the tree at an
+/// index of the commit's tuple of trees, or an event (numbered in the
+/// transaction).
+enum Op {
+    Put(usize, Vec<u8>, Vec<u8>),
+    Del(usize, Vec<u8>),
+    Event(EventRecord),
+}
+
+fn op(w: Write) -> Result<Op, StoreError> {
+    Ok(match w {
+        Write::Device(r) => Op::Put(0, r.id.as_str().into(), encode("device", &r)?),
+        Write::Group(r) => Op::Put(1, r.name.as_str().into(), encode("group", &r)?),
+        Write::DeleteGroup(name) => Op::Del(1, name.as_str().into()),
+        Write::Release(r) => Op::Put(2, r.digest.as_str().into(), encode("release", &r)?),
+        Write::Rollout(r) => Op::Put(3, r.id.to_be_bytes().into(), encode("rollout", &r)?),
+        Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
+        Write::Event(r) => Op::Event(r),
+        Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
+        Write::DeleteToken(hash) => Op::Del(6, hash.into_bytes()),
+        Write::Telemetry(r) => Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?),
+        Write::EnrollToken(r) => Op::Put(
+            8,
+            r.secret_sha256.as_bytes().into(),
+            encode("enroll token", &r)?,
+        ),
+        Write::Pending(r) => Op::Put(
+            9,
+            r.device.as_str().into(),
+            encode("pending enrollment", &r)?,
+        ),
+        Write::DeletePending(d) => Op::Del(9, d.as_str().into()),
+        Write::DeviceCert(r) => Op::Put(
+            10,
+            r.device.as_str().into(),
+            encode("device certificate", &r)?,
+        ),
+        Write::Revoke(r) => Op::Put(11, r.device.as_str().into(), encode("revoked device", &r)?),
+    })
 }
 
 impl Store for SledStore {
@@ -283,30 +345,50 @@ impl Store for SledStore {
         all(&self.telemetry, "telemetry")
     }
 
+    fn enroll_token(&self, secret_sha256: &str) -> Result<Option<EnrollTokenRecord>, StoreError> {
+        get(
+            &self.enroll_tokens,
+            "enroll token",
+            secret_sha256.as_bytes(),
+        )
+        .map_err(hide_key)
+    }
+
+    fn enroll_tokens(&self) -> Result<Vec<EnrollTokenRecord>, StoreError> {
+        all(&self.enroll_tokens, "enroll token").map_err(hide_key)
+    }
+
+    fn pending(&self, device: &DeviceId) -> Result<Option<PendingEnrollment>, StoreError> {
+        get(
+            &self.pending,
+            "pending enrollment",
+            device.as_str().as_bytes(),
+        )
+    }
+
+    fn pendings(&self) -> Result<Vec<PendingEnrollment>, StoreError> {
+        all(&self.pending, "pending enrollment")
+    }
+
+    fn device_cert(&self, device: &DeviceId) -> Result<Option<DeviceCertRecord>, StoreError> {
+        get(
+            &self.device_certs,
+            "device certificate",
+            device.as_str().as_bytes(),
+        )
+    }
+
+    fn revoked(&self, device: &DeviceId) -> Result<Option<RevokedDevice>, StoreError> {
+        get(&self.revoked, "revoked device", device.as_str().as_bytes())
+    }
+
+    fn revoked_all(&self) -> Result<Vec<RevokedDevice>, StoreError> {
+        all(&self.revoked, "revoked device")
+    }
+
     fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         // Encode first so the transaction closure cannot fail on serde.
-        enum Op {
-            Put(usize, Vec<u8>, Vec<u8>),
-            Del(usize, Vec<u8>),
-            Event(EventRecord),
-        }
-        let mut ops = Vec::with_capacity(writes.len());
-        for w in writes {
-            ops.push(match w {
-                Write::Device(r) => Op::Put(0, r.id.as_str().into(), encode("device", &r)?),
-                Write::Group(r) => Op::Put(1, r.name.as_str().into(), encode("group", &r)?),
-                Write::DeleteGroup(name) => Op::Del(1, name.as_str().into()),
-                Write::Release(r) => Op::Put(2, r.digest.as_str().into(), encode("release", &r)?),
-                Write::Rollout(r) => Op::Put(3, r.id.to_be_bytes().into(), encode("rollout", &r)?),
-                Write::Desired(r) => Op::Put(4, r.device.as_str().into(), encode("desired", &r)?),
-                Write::Event(r) => Op::Event(r),
-                Write::Token(r) => Op::Put(6, r.hash.as_bytes().into(), encode("token", &r)?),
-                Write::DeleteToken(hash) => Op::Del(6, hash.into_bytes()),
-                Write::Telemetry(r) => {
-                    Op::Put(7, r.device.as_str().into(), encode("telemetry", &r)?)
-                }
-            });
-        }
+        let ops = writes.into_iter().map(op).collect::<Result<Vec<_>, _>>()?;
         let trees = (
             &self.devices,
             &self.groups,
@@ -316,11 +398,39 @@ impl Store for SledStore {
             &self.events,
             &self.tokens,
             &self.telemetry,
+            &self.enroll_tokens,
+            &self.pending,
+            &self.device_certs,
+            &self.revoked,
         );
         let result: Result<(), TransactionError<StoreError>> = trees.transaction(
-            |(devices, groups, releases, rollouts, desired, events, tokens, telemetry)| {
+            |(
+                devices,
+                groups,
+                releases,
+                rollouts,
+                desired,
+                events,
+                tokens,
+                telemetry,
+                enroll_tokens,
+                pending,
+                device_certs,
+                revoked,
+            )| {
                 let trees = [
-                    devices, groups, releases, rollouts, desired, events, tokens, telemetry,
+                    devices,
+                    groups,
+                    releases,
+                    rollouts,
+                    desired,
+                    events,
+                    tokens,
+                    telemetry,
+                    enroll_tokens,
+                    pending,
+                    device_certs,
+                    revoked,
                 ];
                 for op in &ops {
                     match op {
@@ -511,6 +621,81 @@ mod tests {
         let e = s.token("secrethash").unwrap_err().to_string();
         assert!(!e.contains("secrethash"), "{e}");
         let e = s.tokens().unwrap_err().to_string();
+        assert!(!e.contains("secrethash"), "{e}");
+    }
+
+    #[test]
+    fn enrollment_records_survive_reopen_and_a_corrupt_token_hides_its_hash() {
+        use crate::store::{IssuedSerial, PendingEnrollment, RevokedDevice};
+        let dir = tempfile::tempdir().unwrap();
+        let cam = DeviceId::new("cam-01").unwrap();
+        let token = EnrollTokenRecord {
+            id: "0123456789abcdef".into(),
+            secret_sha256: "0123456789abcdef".repeat(4),
+            group: GroupName::new("cameras").unwrap(),
+            uses: 2,
+            used: 1,
+            expires_at: 100,
+            approve: true,
+            reenroll: false,
+            created_at: 1,
+            revoked: false,
+        };
+        let pending = PendingEnrollment {
+            device: cam.clone(),
+            csr: "csr".into(),
+            key_sha256: "k".into(),
+            token_id: token.id.clone(),
+            requested_at: 2,
+            peer: Some("127.0.0.1".into()),
+            approved: false,
+        };
+        let cert = DeviceCertRecord {
+            device: cam.clone(),
+            key_sha256: "k".into(),
+            issued: vec![IssuedSerial {
+                serial: "41".into(),
+                not_before: 1,
+                not_after: 50,
+            }],
+            token_id: token.id.clone(),
+            enrolled_at: 2,
+            renewed_at: None,
+        };
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.commit(vec![
+                Write::EnrollToken(token.clone()),
+                Write::Pending(pending.clone()),
+                Write::DeviceCert(cert.clone()),
+                Write::Revoke(RevokedDevice {
+                    device: cam.clone(),
+                    revoked_at: 3,
+                    serials: vec!["41".into()],
+                }),
+            ])
+            .unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.enroll_token(&token.secret_sha256).unwrap(),
+            Some(token.clone())
+        );
+        assert_eq!(s.enroll_tokens().unwrap(), vec![token.clone()]);
+        assert_eq!(s.pending(&cam).unwrap(), Some(pending));
+        assert_eq!(s.pendings().unwrap().len(), 1);
+        assert_eq!(s.device_cert(&cam).unwrap(), Some(cert));
+        assert_eq!(s.revoked(&cam).unwrap().unwrap().serials, ["41"]);
+        assert_eq!(s.revoked_all().unwrap().len(), 1);
+        s.commit(vec![Write::DeletePending(cam.clone())]).unwrap();
+        assert!(s.pending(&cam).unwrap().is_none());
+
+        s.enroll_tokens
+            .insert("secrethash", b"not json".as_slice())
+            .unwrap();
+        let e = s.enroll_token("secrethash").unwrap_err().to_string();
+        assert!(!e.contains("secrethash"), "{e}");
+        let e = s.enroll_tokens().unwrap_err().to_string();
         assert!(!e.contains("secrethash"), "{e}");
     }
 }
