@@ -4,12 +4,16 @@
 #   sudo scripts/fleet-local.sh          # runs until Ctrl-C, then stops everything
 #   sudo scripts/fleet-local.sh --once   # stops everything after the rollouts
 #   scripts/fleet-local.sh --once --check  # also asserts the outcome (the test suite's end-to-end test)
-#   scripts/fleet-local.sh --broker mosquitto  # Mosquitto with an ACL file instead of the embedded broker
+#   scripts/fleet-local.sh --broker mosquitto  # Mosquitto (TLS, device certificates, ACL) instead of the embedded broker
 #
+# Everything speaks TLS with the fleet CA the server makes on its first
+# start (protocol/SECURITY.md): the API, the content endpoint and MQTT.
 # It builds the three programs, creates the signing keys and trust root,
 # starts fleet-server (REST API, embedded MQTT broker, OCI content endpoint),
-# three fleet-agent devices with their own state directories running real
-# containers with crun, imports a sample image (v1 and v2, made with umoci),
+# three fleet-agent devices with their own state directories that enroll
+# with a bootstrap token (their keys made on the device, their certificates
+# from the fleet CA) and run real containers with crun, imports a sample
+# image (v1 and v2, made with umoci),
 # rolls out v1 and then v2 to the group `cameras` with fleetctl, and shows
 # the devices, their versions and what the runtime reports. Prometheus scrapes
 # the server's /metrics (the Grafana dashboards in grafana/ read from it);
@@ -52,8 +56,9 @@ fi
 bin=${CARGO_TARGET_DIR:-$repo/target}/$profile
 work=${FLEET_LOCAL_DIR:-$repo/target/fleet-local}
 http_port=${FLEET_LOCAL_HTTP_PORT:-8080}
-mqtt_port=${FLEET_LOCAL_MQTT_PORT:-1883}
-server=http://127.0.0.1:$http_port
+mqtt_port=${FLEET_LOCAL_MQTT_PORT:-8883}
+server=https://127.0.0.1:$http_port
+ca=$work/server-data/pki/ca.crt
 # Prometheus takes the first free loopback port from 9090 (or the one given).
 free_port() {
   local p=$1
@@ -90,7 +95,7 @@ echo "== fleetctl keys init (root, release and director keys; trust.json)"
 
 if [ "$broker" = mosquitto ]; then
   broker_section="embedded = false
-url = \"mqtt://127.0.0.1:$mqtt_port\""
+url = \"mqtts://127.0.0.1:$mqtt_port\""
 else
   broker_section="embedded = true
 listen = \"127.0.0.1:$mqtt_port\""
@@ -106,24 +111,13 @@ key = "$work/keys/director.key"
 trust = "$work/keys/trust.json"
 TOML
 if [ "$broker" = mosquitto ]; then
-  echo "== starting Mosquitto on 127.0.0.1:$mqtt_port with per-device ACLs (fleet-server mosquitto-acl)"
-  server_password=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-  mosquitto_passwd -b -c mosquitto.passwd fleet-server "$server_password"
-  for i in 1 2 3; do
-    mosquitto_passwd -b mosquitto.passwd "cam-0$i" "$("$bin/fleet-server" --config server.toml device-token "cam-0$i")"
-  done
-  "$bin/fleet-server" --config server.toml mosquitto-acl >mosquitto.acl
-  cat >mosquitto.conf <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous false
-password_file $work/mosquitto.passwd
-acl_file $work/mosquitto.acl
-use_username_as_clientid true
-persistence false
-CONF
+  echo "== starting Mosquitto on 127.0.0.1:$mqtt_port: TLS, device certificates, per-device ACL (fleet-server mosquitto-config)"
+  "$bin/fleet-server" --config server.toml mosquitto-config --out "$work/mosquitto" \
+    --port "$mqtt_port" --address 127.0.0.1 >/dev/null
+  id -u mosquitto >/dev/null 2>&1 && chown -R mosquitto: "$work/mosquitto"
+  printf 'persistence false\ninclude_dir %s\n' "$work/mosquitto" >mosquitto.conf
   mosquitto -c mosquitto.conf >mosquitto.log 2>&1 &
   pids+=($!)
-  export FLEET_BROKER_PASSWORD=$server_password
 fi
 echo "== starting fleet-server (API $server, MQTT 127.0.0.1:$mqtt_port [$broker], content at $server/v2/)"
 "$bin/fleet-server" --config server.toml >server.out 2>server.log &
@@ -142,6 +136,9 @@ global:
   evaluation_interval: 2s
 scrape_configs:
   - job_name: fleet-server
+    scheme: https
+    tls_config:
+      ca_file: $ca
     static_configs:
       - targets: ["127.0.0.1:$http_port"]
 YAML
@@ -154,7 +151,7 @@ for _ in $(seq 100); do
 done
 curl -sf "$prom/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat prometheus.log; exit 1; }
 export FLEET_CONFIG_DIR=$work/fleetctl
-"$bin/fleetctl" login --server "$server" --token "$token"
+"$bin/fleetctl" login --server "$server" --token "$token" --ca "$ca"
 
 echo "== building the sample image edge/demo (v1, v2) with umoci and importing it"
 make_image() { # tag version
@@ -174,13 +171,15 @@ make_image v1 "v1"
 make_image v2 "v2"
 "$bin/fleetctl" image import img --repository edge/demo
 
-echo "== starting three devices (cam-01..cam-03), each with its own state dir and crun root;"
-echo "   cam-03 reads its sensors from the Jetson Orin fixture $jetson_fixture"
+"$bin/fleetctl" groups add cameras --selector role=camera
+echo "== fleetctl enroll create --group cameras --uses 3: the devices' bootstrap token"
+enroll_token=$("$bin/fleetctl" enroll create --group cameras --uses 3 --expires 1h)
+echo "== starting three devices (cam-01..cam-03), each with its own state dir and crun root,"
+echo "   enrolling on first start; cam-03 reads its sensors from the Jetson Orin fixture $jetson_fixture"
 for i in 1 2 3; do
   dev=cam-0$i
   d=$work/devices/$dev
   mkdir -p "$d"
-  dtoken=$("$bin/fleet-server" --config server.toml device-token "$dev")
   host_root=""
   [ "$i" -eq 3 ] && host_root="host_root = \"$jetson_fixture\""
   cat >"$d/agent.toml" <<TOML
@@ -188,8 +187,8 @@ device_id = "$dev"
 state_dir = "$d/state"
 trust = "$work/keys/trust.json"
 server = "$server"
-broker = "mqtt://127.0.0.1:$mqtt_port"
-token = "$dtoken"
+broker = "mqtts://127.0.0.1:$mqtt_port"
+enroll_token = "$enroll_token"
 status_interval_secs = 5
 telemetry_interval_secs = 2
 $host_root
@@ -200,6 +199,7 @@ site = "lab"
 kind = "crun"
 root = "$d/runtime"
 TOML
+  chmod 600 "$d/agent.toml"
   "$bin/fleet-agent" run --config "$d/agent.toml" >"$d/agent.log" 2>&1 &
   pids+=($!)
 done
@@ -210,7 +210,6 @@ for _ in $(seq 120); do
   [ "$n" -ge 3 ] && break
   sleep 0.5
 done
-"$bin/fleetctl" groups add cameras --selector role=camera
 "$bin/fleetctl" devices ls
 
 for v in v1 v2; do

@@ -198,6 +198,9 @@ fn content_source(
     if let Some(host) = config.plain_http_server() {
         client.plain_http.push(host);
     }
+    if let Some(host) = config.https_server() {
+        client.https.push(host);
+    }
     if let Some(id) = identity {
         client.tls = Some(id.tls_config(true)?);
     }

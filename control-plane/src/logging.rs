@@ -46,7 +46,9 @@ pub fn init(format: Format) {
     };
     // sled's trace level prints every key it reads, the hashes of API tokens
     // among them: it stays at debug whatever RUST_LOG says of all crates.
-    if let Ok(cap) = "sled=debug".parse() {
+    if filter.max_level_hint() == Some(LevelFilter::TRACE)
+        && let Ok(cap) = "sled=debug".parse()
+    {
         filter = filter.add_directive(cap);
     }
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

@@ -473,6 +473,14 @@ impl Config {
 
     /// The `host:port` of an `http://` server, which the registry client
     /// then reaches over plain HTTP.
+    /// The `host:port` of an `https://` server (its content endpoint is
+    /// reached over TLS even on loopback).
+    pub fn https_server(&self) -> Option<String> {
+        let rest = self.server.as_deref()?.strip_prefix("https://")?;
+        let host = rest.split('/').next().unwrap_or(rest);
+        (!host.is_empty()).then(|| host.to_owned())
+    }
+
     pub fn plain_http_server(&self) -> Option<String> {
         let rest = self.server.as_deref()?.strip_prefix("http://")?;
         let host = rest.split('/').next().unwrap_or(rest);

@@ -32,8 +32,13 @@ pub struct ClientConfig {
     pub max_concurrent_blobs: usize,
     /// Credentials by registry domain (as written in references, e.g. `ghcr.io`, `docker.io`).
     pub credentials: HashMap<String, Credentials>,
-    /// Registry domains reached over plain HTTP; loopback registries always are.
+    /// Registry domains reached over plain HTTP; loopback registries always
+    /// are, unless in `https`.
     pub plain_http: Vec<String>,
+    /// Registries (`host:port` as written in references) reached over HTTPS
+    /// even on loopback: the control plane's content endpoint when the
+    /// agent's `server` is `https://`.
+    pub https: Vec<String>,
     pub connect_timeout: Duration,
     /// Longest silence while reading a response.
     pub read_timeout: Duration,
@@ -53,6 +58,7 @@ impl Default for ClientConfig {
             max_concurrent_blobs: 3,
             credentials: HashMap::new(),
             plain_http: Vec::new(),
+            https: Vec::new(),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
             user_agent: format!("fleet-agent/{}", crate::VERSION),
@@ -201,7 +207,13 @@ impl Client {
         let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
         let loopback =
             matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
-        let plain = loopback || self.inner.cfg.plain_http.iter().any(|p| p == domain);
+        let https = self
+            .inner
+            .cfg
+            .https
+            .iter()
+            .any(|h| h == host || h == domain);
+        let plain = !https && (loopback || self.inner.cfg.plain_http.iter().any(|p| p == domain));
         let scheme = if plain { "http" } else { "https" };
         format!("{scheme}://{host}/v2/{}", image.repository())
     }

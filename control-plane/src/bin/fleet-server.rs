@@ -40,6 +40,22 @@ enum ServerCommand {
     /// status/telemetry/online; the server's account may do everything
     /// under the prefix. Use it with `use_username_as_clientid true`.
     MosquittoAcl,
+    /// Write what Mosquitto needs to be this fleet's broker over TLS with
+    /// device certificates (CA, server certificate for [tls] names, CRL of
+    /// the revoked devices, ACL, fleet.conf): see `pki::mosquitto`. Run it
+    /// with the server stopped (it reads the store); then `chown -R
+    /// mosquitto: DIR` and `include_dir DIR` in mosquitto.conf.
+    MosquittoConfig {
+        /// Where the files go (made 0700).
+        #[arg(long)]
+        out: PathBuf,
+        /// The TLS listener's port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// The listener's address (default: all).
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +84,9 @@ fn main() -> ExitCode {
             scheme.prefix()
         );
         return ExitCode::SUCCESS;
+    }
+    if let Some(ServerCommand::MosquittoConfig { out, port, address }) = &cli.command {
+        return mosquitto_config(&config, out, *port, address.as_deref());
     }
     if let Some(ServerCommand::DeviceToken { device }) = cli.command {
         return match fleet_control_plane::device_token::DeviceTokens::open(&config.data_dir) {
@@ -106,6 +125,56 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("fleet-server: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn mosquitto_config(
+    config: &Config,
+    out: &std::path::Path,
+    port: u16,
+    address: Option<&str>,
+) -> ExitCode {
+    use fleet_control_plane::pki::{FleetCa, mosquitto};
+    use fleet_control_plane::store::Store as _;
+    let now = fleet_control_plane::fleet::now();
+    let ca = match (&config.tls.ca_cert, &config.tls.ca_key) {
+        (Some(cert), Some(key)) => FleetCa::load(cert, key, now),
+        _ => FleetCa::open_or_create(&config.data_dir.join("pki"), now),
+    };
+    let ca = match ca {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("fleet-server: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let revoked = match fleet_control_plane::store::SledStore::open(&config.store_dir())
+        .and_then(|s| s.revoked_all())
+    {
+        Ok(all) => all.into_iter().flat_map(|r| r.serials).collect::<Vec<_>>(),
+        Err(e) => {
+            eprintln!(
+                "fleet-server: reading the revoked devices (is the server running? stop it first): {e}"
+            );
+            return ExitCode::from(4);
+        }
+    };
+    let setup = mosquitto::MosquittoSetup {
+        names: &config.tls.names,
+        port,
+        address,
+        scheme: &config.broker.topic_prefix,
+        revoked_serials: &revoked,
+    };
+    match mosquitto::write(&ca, &setup, out, now) {
+        Ok(conf) => {
+            println!("{}", conf.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-server: {e}");
+            ExitCode::from(4)
         }
     }
 }

@@ -92,7 +92,11 @@ where
     let mut revocations = shared.revoked.as_ref().map(|r| r.subscribe());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => {
+                // A clean close (TLS close_notify) when the broker stops.
+                let _ = client.shutdown().await;
+                return Ok(());
+            }
             revoked = next_revocation(&mut revocations) => {
                 if let Identity::Device(device) = &identity
                     && (revoked.as_ref() == Some(device)

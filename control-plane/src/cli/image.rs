@@ -37,13 +37,16 @@ pub enum ImageCommand {
 
 pub async fn run(args: ImageArgs) -> Result<(), CliError> {
     let creds = args.remote.credentials()?;
+    // The API client's HTTP client: it trusts the fleet CA.
+    let api = args.remote.client()?;
     match args.command {
         ImageCommand::Import {
             path,
             repository,
             tag,
         } => {
-            let summary = import_image(
+            let summary = import_image_with(
+                api.http(),
                 &creds.server,
                 Some(&creds.token),
                 &path,
