@@ -102,6 +102,11 @@ impl Client {
         &self.http
     }
 
+    /// The API token this client sends.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

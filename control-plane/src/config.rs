@@ -159,6 +159,11 @@ pub struct ContentConfig {
     /// How long a failed delta computation is remembered before a request
     /// or a rollout may try it again (seconds).
     pub delta_retry_failed_secs: u64,
+    /// Serve images (`/v2/`) to anyone who can reach the server. Off: a
+    /// device certificate or an API token (any role) is needed, when TLS is
+    /// on (without TLS devices have no certificate to show, and pulls are
+    /// anonymous). Environment: `FLEET_CONTENT_ANONYMOUS_PULL`.
+    pub anonymous_pull: bool,
 }
 
 /// Most delta computations a server may run at once.
@@ -180,6 +185,7 @@ impl Default for ContentConfig {
             delta_ratio: fleet_protocol::delta::DEFAULT_RATIO,
             delta_max_concurrent: None,
             delta_retry_failed_secs: 60,
+            anonymous_pull: false,
         }
     }
 }
@@ -348,7 +354,8 @@ impl Config {
     /// `FLEET_DESIRED_RENEW_MARGIN_SECS`, `FLEET_DESIRED_RENEW_CHECK_SECS`,
     /// `FLEET_HTTP_METRICS`, `FLEET_TELEMETRY_FLUSH_SECS`,
     /// `FLEET_BROKER_PASSWORD`, `FLEET_PROMETHEUS_URL`,
-    /// `FLEET_TLS_INSECURE`, `FLEET_TLS_NAMES`. An empty
+    /// `FLEET_TLS_INSECURE`, `FLEET_TLS_NAMES`, `FLEET_CONTENT_ANONYMOUS_PULL`.
+    /// An empty
     /// `FLEET_BROKER_URL`, `FLEET_BROKER_PASSWORD` or
     /// `FLEET_PROMETHEUS_URL` unsets it.
     pub fn apply_env(
@@ -390,6 +397,10 @@ impl Config {
         )?;
         env.set("FLEET_PROMETHEUS_URL", &mut self.prometheus.url, non_empty);
         env.parse("FLEET_TLS_INSECURE", &mut self.tls.insecure)?;
+        env.parse(
+            "FLEET_CONTENT_ANONYMOUS_PULL",
+            &mut self.content.anonymous_pull,
+        )?;
         env.set("FLEET_TLS_NAMES", &mut self.tls.names, |v| {
             v.split(',')
                 .map(str::trim)

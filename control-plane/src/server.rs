@@ -384,6 +384,12 @@ impl Server {
         };
         tasks.spawn(gate_loop(fleet.clone(), stop.clone(), query));
 
+        // Images: to devices (certificate) and operators (token), unless
+        // anonymous pulls are configured or TLS is off.
+        let routes = match security.is_some() && !config.content.anonymous_pull {
+            true => api::access::restrict(routes, api::access::Access::Reader),
+            false => routes,
+        };
         let mut app = api::router(ApiState {
             fleet: fleet.clone(),
             resolver,

@@ -189,7 +189,16 @@ async fn a_rollout_computes_the_delta_from_the_release_a_device_runs_before_it_a
         run.url(),
         bases.join(",")
     );
+    // Without credentials the content endpoint refuses (TLS is on).
     let r = run.http().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = run
+        .http()
+        .get(&url)
+        .bearer_auth(run.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the first request finds the delta ready");
     assert_eq!(r.headers()[DELTA_TARGET], v2_diff_ids[1].as_str());
     let body = r.bytes().await.unwrap();

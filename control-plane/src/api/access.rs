@@ -32,6 +32,8 @@ pub enum Access {
     Role(TokenRole),
     /// Only a device, by its client certificate.
     Device,
+    /// A device (certificate) or an API token of any role: reading content.
+    Reader,
 }
 
 pub const VIEWER: Access = Access::Role(TokenRole::Viewer);
@@ -44,6 +46,7 @@ impl std::fmt::Display for Access {
             Access::Public => f.write_str("public"),
             Access::Role(role) => f.write_str(role.as_str()),
             Access::Device => f.write_str("device"),
+            Access::Reader => f.write_str("device or any token"),
         }
     }
 }
@@ -116,6 +119,8 @@ pub fn decide(access: Access, caller: &Caller) -> Result<(), Refusal> {
             "devices may not call operator routes".into(),
             format!("device {id} may not call this: it needs an API token with the {needed} role"),
         )),
+        (Access::Reader, Caller::Device(_) | Caller::Operator { .. }) => Ok(()),
+        (Access::Reader, Caller::Anonymous(why)) => Err(unidentified(*why)),
         (Access::Device, Caller::Device(_)) => Ok(()),
         (Access::Device, Caller::Anonymous(_)) => Err(Refusal::unauthorized(
             "no device certificate",

@@ -88,10 +88,9 @@ pub async fn image_labels(
     repository: &str,
     digest: &Digest,
 ) -> Result<Option<BTreeMap<String, String>>, LabelsError> {
-    let http = client.http();
     let base = format!("{}/v2/{repository}", client.base());
     let url = format!("{base}/manifests/{digest}");
-    let Some(bytes) = get(http, &url, digest).await? else {
+    let Some(bytes) = get(client, &url, digest).await? else {
         return Ok(None);
     };
     let manifest = parse(&url, &bytes)?;
@@ -103,7 +102,7 @@ pub async fn image_labels(
                 .or_else(|| index.manifests.first())
                 .ok_or_else(|| LabelsError::EmptyIndex { url: url.clone() })?;
             let url = format!("{base}/manifests/{}", chosen.digest);
-            let Some(bytes) = get(http, &url, &chosen.digest).await? else {
+            let Some(bytes) = get(client, &url, &chosen.digest).await? else {
                 return Ok(None);
             };
             match parse(&url, &bytes)? {
@@ -113,7 +112,7 @@ pub async fn image_labels(
         }
     };
     let url = format!("{base}/blobs/{}", image.config.digest);
-    let Some(config) = get(http, &url, &image.config.digest).await? else {
+    let Some(config) = get(client, &url, &image.config.digest).await? else {
         return Ok(None);
     };
     oci::config_labels(&config)
@@ -130,7 +129,7 @@ fn parse(url: &str, bytes: &[u8]) -> Result<Manifest, LabelsError> {
 
 /// The document at `url`, checked against `digest` (`None`: 404).
 async fn get(
-    http: &reqwest::Client,
+    client: &crate::client::Client,
     url: &str,
     digest: &Digest,
 ) -> Result<Option<Vec<u8>>, LabelsError> {
@@ -142,12 +141,14 @@ async fn get(
             LabelsError::Http { url, source }
         }
     };
-    let mut resp = http
+    let mut request = client
+        .http()
         .get(url)
-        .header(reqwest::header::ACCEPT, media_type::MANIFEST_ACCEPT)
-        .send()
-        .await
-        .map_err(http_err)?;
+        .header(reqwest::header::ACCEPT, media_type::MANIFEST_ACCEPT);
+    if let Some(token) = client.token() {
+        request = request.bearer_auth(token);
+    }
+    let mut resp = request.send().await.map_err(http_err)?;
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Ok(None),
