@@ -396,7 +396,8 @@ impl Server {
         })
         .merge(routes);
         if config.http.metrics {
-            app = app.merge(api::metrics_router(fleet.clone(), deltas));
+            let ca_not_after = security.as_ref().map(|s| s.ca.not_after());
+            app = app.merge(api::metrics_router(fleet.clone(), deltas, ca_not_after));
         }
         if let Some(authed) = authed_routes {
             app = app.merge(api::access::restrict(authed, api::access::OPERATOR));

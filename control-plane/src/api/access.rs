@@ -190,8 +190,12 @@ pub async fn check(State(access): State<Access>, request: Request, next: Next) -
 }
 
 /// Puts every route of `router` behind `access` (for routes built outside
-/// [`Routes`], e.g. the content module's image import).
+/// [`Routes`], e.g. the content module's image import). A router without
+/// routes stays as it is.
 pub fn restrict<S: Clone + Send + Sync + 'static>(router: Router<S>, access: Access) -> Router<S> {
+    if !router.has_routes() {
+        return router;
+    }
     router.route_layer(middleware::from_fn_with_state(access, check))
 }
 

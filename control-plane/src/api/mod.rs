@@ -181,18 +181,32 @@ pub fn router(state: ApiState) -> Router {
 /// `/metrics`: the Prometheus exposition, without a token (as Prometheus
 /// scrapes it; see `control-plane/METRICS.md`).
 /// With `deltas`, the layer-delta counters are exposed too.
-pub fn metrics_router(fleet: Fleet, deltas: Option<crate::content::Deltas>) -> Router {
+/// With `ca_not_after`, the fleet CA's expiry too.
+pub fn metrics_router(
+    fleet: Fleet,
+    deltas: Option<crate::content::Deltas>,
+    ca_not_after: Option<u64>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .with_state((fleet, deltas))
+        .with_state((fleet, deltas, ca_not_after))
 }
 
+type MetricsState = (Fleet, Option<crate::content::Deltas>, Option<u64>);
+
 async fn metrics(
-    State((fleet, deltas)): State<(Fleet, Option<crate::content::Deltas>)>,
+    State((fleet, deltas, ca_not_after)): State<MetricsState>,
 ) -> Result<Response, ApiError> {
     let mut text = crate::metrics::scrape(&fleet).await?;
     if let Some(d) = deltas {
         text.push_str(&d.render_metrics());
+    }
+    if let Some(not_after) = ca_not_after {
+        text.push_str(&format!(
+            "# HELP fleet_ca_expiry_timestamp_seconds When the fleet CA expires (unix seconds).\n\
+             # TYPE fleet_ca_expiry_timestamp_seconds gauge\n\
+             fleet_ca_expiry_timestamp_seconds {not_after}\n"
+        ));
     }
     Ok((
         [(

@@ -566,8 +566,9 @@ fn desired_bytes(device: &str, marker: &str) -> Vec<u8> {
 
 // ----------------------------------------------------------------- scenarios
 
-/// A device can neither read another device's desired state nor publish its
-/// status; its own topics work (positive controls).
+/// A device can neither read another device's desired state (by its topic
+/// or by a wildcard over the prefix) nor publish its status; its own topics
+/// work (positive controls).
 pub async fn acl_keeps_devices_apart(kind: Kind) {
     let Some(broker) = TestBroker::start(kind).await else {
         return;
@@ -591,6 +592,11 @@ pub async fn acl_keeps_devices_apart(kind: Kind) {
     let b_desired = scheme.render(&Topic::Desired(dev("cam-b")));
     let a_desired = scheme.render(&Topic::Desired(dev("cam-a")));
     a.subscribe(b_desired.clone(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Everything under the prefix: refused (embedded), or filtered by the
+    // ACL to A's own topics (Mosquitto).
+    a.subscribe(format!("{}/#", scheme.prefix()), QoS::AtLeastOnce)
         .await
         .unwrap();
     a.subscribe(a_desired.clone(), QoS::AtLeastOnce)
