@@ -106,7 +106,7 @@ fn device_id(prefix: &str, i: usize) -> anyhow::Result<DeviceId> {
 }
 
 fn jetson(i: usize) -> bool {
-    i % 4 == 0
+    i.is_multiple_of(4)
 }
 
 fn telemetry(i: usize, round: usize, now: u64) -> Telemetry {
