@@ -270,10 +270,10 @@ impl LocalSocket {
 
     async fn stop(self) {
         self.stop.cancel();
-        if let Some(task) = self.task {
-            if tokio::time::timeout(LINK_GRACE, task).await.is_err() {
-                warn!("the local status socket did not stop in time");
-            }
+        if let Some(task) = self.task
+            && tokio::time::timeout(LINK_GRACE, task).await.is_err()
+        {
+            warn!("the local status socket did not stop in time");
         }
     }
 }

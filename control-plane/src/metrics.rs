@@ -217,10 +217,10 @@ fn presence_counts(o: &mut Out, input: &Input<'_>, membership: &[Vec<&GroupRecor
         if i == 0 {
             online += 1;
         }
-        if groups.is_empty() {
-            if let Some(c) = per_group.get_mut("") {
-                c[i] += 1;
-            }
+        if groups.is_empty()
+            && let Some(c) = per_group.get_mut("")
+        {
+            c[i] += 1;
         }
         for g in groups {
             if let Some(c) = per_group.get_mut(g.name.as_str()) {

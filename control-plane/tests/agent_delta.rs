@@ -390,10 +390,10 @@ async fn corrupting_proxy(upstream: SocketAddr, mutate: fn(&mut Vec<u8>)) -> Soc
             let url = format!("http://{upstream}{path}");
             let head = req.method() == axum::http::Method::HEAD;
             let mut up = http.get(&url);
-            if !path.contains("/deltas/") {
-                if let Some(r) = req.headers().get("range") {
-                    up = up.header("range", r.to_str().unwrap());
-                }
+            if !path.contains("/deltas/")
+                && let Some(r) = req.headers().get("range")
+            {
+                up = up.header("range", r.to_str().unwrap());
             }
             let resp = up.send().await.unwrap();
             let status = resp.status().as_u16();

@@ -52,10 +52,10 @@ impl SkeletonTee {
         if bytes.is_empty() {
             return;
         }
-        if let Some(tx) = &self.tx {
-            if tx.send(bytes.to_vec()).is_err() {
-                self.tx = None;
-            }
+        if let Some(tx) = &self.tx
+            && tx.send(bytes.to_vec()).is_err()
+        {
+            self.tx = None;
         }
     }
 

@@ -352,11 +352,11 @@ impl FleetCa {
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        Ok(params
+        params
             .signed_by(&self.issuer()?)
             .map_err(issue)?
             .pem()
-            .map_err(issue)?)
+            .map_err(issue)
     }
 
     /// Issues `device` a certificate for the public key in `csr_pem` (whose

@@ -54,10 +54,10 @@ pub fn substitute(expr: &str, values: &BTreeMap<String, String>) -> Result<Strin
 pub fn variables_used(expr: &str) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     for (i, _) in expr.match_indices(['$', '[']) {
-        if let Some((name, _)) = reference(&expr[i..]) {
-            if !BUILTINS.iter().any(|(b, _)| *b == name) {
-                used.insert(name.to_owned());
-            }
+        if let Some((name, _)) = reference(&expr[i..])
+            && !BUILTINS.iter().any(|(b, _)| *b == name)
+        {
+            used.insert(name.to_owned());
         }
     }
     used

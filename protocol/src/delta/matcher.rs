@@ -69,10 +69,10 @@ impl Matcher {
     /// Identical content anywhere → `(r, true)`; else a similar file to
     /// patch against: same path, same shape, same file name (closest size).
     pub(crate) fn find(&self, indexes: &[TarIndex], f: &TarFile) -> Option<(BaseRef, bool)> {
-        if let Some(r) = self.by_path.get(&f.path) {
-            if indexes[r.base].files[r.file].sha == f.sha {
-                return Some((*r, true));
-            }
+        if let Some(r) = self.by_path.get(&f.path)
+            && indexes[r.base].files[r.file].sha == f.sha
+        {
+            return Some((*r, true));
         }
         if let Some(r) = self.by_sha.get(&f.sha) {
             return Some((*r, true));
