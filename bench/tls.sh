@@ -39,17 +39,27 @@ done
 
 # Every device connection holds three descriptors in the server's process
 # (the device's socket, the front's loopback socket to rumqttd, rumqttd's end
-# of it) and one in the load generator: raise the soft limit to the hard one.
+# of it) and one in the load generator: raise the limit to what N needs, or
+# else to the hard limit.
 fd_soft_before=$(ulimit -Sn)
 fd_hard=$(ulimit -Hn)
 [ "$fd_hard" = unlimited ] && fd_hard=1048576
+fd_need=$((3 * asked + 256))
+fd_refused=""
+if [ "$fd_hard" -lt "$fd_need" ]; then
+  if (ulimit -n "$fd_need") 2>/dev/null; then
+    fd_hard=$fd_need
+  else
+    fd_refused="\`ulimit -n $fd_need\` was refused: raising a hard limit needs CAP_SYS_RESOURCE"
+  fi
+fi
 ulimit -n "$fd_hard"
 fd_capacity=$(((fd_hard - 256) / 3))
 devices=$asked
 fd_note=""
 if [ "$asked" -gt "$fd_capacity" ] && [ "${BENCH_TLS_FORCE:-0}" != 1 ]; then
   devices=$fd_capacity
-  fd_note="$asked devices were asked for, but the open-file limit here is $fd_hard (hard; raising it needs CAP_SYS_RESOURCE, which this machine's root does not have) and the server's process holds three descriptors per device connection: at most $fd_capacity devices fit (256 kept for the rest of the process). Measured at $devices."
+  fd_note="$asked devices were asked for, but the hard open-file limit here is $fd_hard ($fd_refused) and the server's process holds three descriptors per device connection: at most $fd_capacity devices fit (256 kept for the rest of the process). Measured at $devices."
   echo "bench/tls.sh: $fd_note" >&2
 fi
 
@@ -299,6 +309,10 @@ done
   echo "machine's cores (and other builds may run): figures are noisy; the per-CPU-second"
   echo "figures are the steadier ones."
   echo
+  echo "Quick check (under a minute once built; not part of CI): \`BENCH_TLS_DEVICES=200"
+  echo "BENCH_TLS_REPORT=/tmp/REPORT-tls-quick.md bench/tls.sh\` exits 0 when both modes"
+  echo "connected every device (1 otherwise), whatever the timings."
+  echo
   echo "## What ran"
   echo
   echo "Two fleet-servers in turn, each with its embedded broker (the ACL front and rumqttd"
@@ -315,7 +329,7 @@ done
   echo "every handshake is a full one (ECDHE X25519, the server's ECDSA P-256 signature,"
   echo "the client chain and CertificateVerify checked)."
   echo
-  echo "File descriptors: the soft limit was raised from $fd_soft_before to the hard limit, $fd_hard."
+  echo "File descriptors: the limit was raised from $fd_soft_before to $fd_hard."
   if [ -n "$fd_note" ]; then
     echo "**$fd_note**"
     echo "Past the limit the front's accept fails (EMFILE; it logs and retries every 50 ms)"
@@ -367,9 +381,9 @@ done
   echo "| threads | $plain_threads | $tls_threads | |"
   echo
   echo "RSS counts the process's memory only: the sockets' kernel buffers are not in it."
-  echo "TLS adds $(bench_calc "$tls_kib - $plain_kib" 1) KiB to each connection ($(bench_calc "100 * ($tls_kib - $plain_kib) / ($plain_kib + 0.000001)" 0)%): what the TLS stream keeps (the rustls"
-  echo "connection's state and record buffers). The rest is a connection however it is made: the front's two 4 KiB"
-  echo "frame buffers and task, and rumqttd's side of the internal connection (its link"
+  echo "TLS adds $(bench_calc "$tls_kib - $plain_kib" 1) KiB to each connection ($(bench_calc "100 * ($tls_kib - $plain_kib) / ($plain_kib + 0.000001)" 0)%): what the TLS stream keeps (the"
+  echo "rustls connection's state and record buffers). The rest is a connection however it"
+  echo "is made: the front's two 4 KiB frame buffers and task, and rumqttd's side of the internal connection (its link"
   echo "task, network buffers and per-connection queues in the router, sized by its"
   echo "constant \`MAX_CHANNEL_CAPACITY\` = 200 packets; which of these weighs most was not"
   echo "measured). At 10,000 devices that is $(bench_calc "10000 * $plain_kib / 1024" 0) MiB plain, $(bench_calc "10000 * $tls_kib / 1024" 0) MiB with TLS, before any"
@@ -399,10 +413,10 @@ done
   echo "32,905 reports was lost that way, and 4 reports over TLS (whose slower devices spread"
   echo "the burst). That is the embedded broker under a burst, plain or TLS, not a cost of TLS."
   echo
-  echo "CPU time is counted in 10 ms ticks and the"
-  echo "server's batched store flush (every 5 s) may or may not fall inside the span, so"
-  echo "differences of a tenth of a second are noise. What TLS adds per report is the"
-  echo "symmetric encryption of one record each way."
+  echo "CPU time is counted in 10 ms ticks and the server's batched store flush (every 5 s)"
+  echo "may or may not fall inside the span: a difference of a tenth of a second or less is"
+  echo "within noise. What TLS adds per report is the symmetric encryption of one record each"
+  echo "way."
   echo
   if [ "$all_ok" = 1 ]; then
     echo "Both modes connected every one of the $devices devices."
