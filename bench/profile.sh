@@ -166,6 +166,10 @@ password = "bench"
 [director]
 key = "$bench_work/keys/director.key"
 trust = "$bench_work/keys/trust.json"
+# Plain TCP and device tokens: this measures ingest; bench/tls.sh measures
+# what TLS and device certificates add.
+[tls]
+insecure = true
 TOML
   "$bin" --config "$dir/server.toml" >"$dir/server.log" 2>&1 &
   server_pid=$!
