@@ -161,3 +161,41 @@ async fn probe(internal: SocketAddr, secret: &str) -> Result<(), ProbeError> {
         Err(ProbeError::Unexpected(frame.to_vec()))
     }
 }
+
+/// File descriptors one device connection takes in the server: its socket,
+/// and the front's socket to rumqttd and rumqttd's end of it.
+pub(super) const FDS_PER_CONNECTION: u64 = 3;
+
+/// Raises the soft open-file limit to the hard one (the default soft limit,
+/// often 1,024, would cap the broker at ~300 devices), and warns when even
+/// the hard limit cannot hold `max_connections` devices.
+pub(super) fn raise_open_files(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let need = max_connections as u64 * FDS_PER_CONNECTION + 256;
+    let soft = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) if soft < hard => {
+            let raised = rustix::process::Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => hard,
+                Err(e) => {
+                    tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                    soft
+                }
+            }
+        }
+        (Some(soft), _) => soft,
+        (None, _) => return,
+    };
+    if soft < need {
+        tracing::warn!(
+            open_files = soft,
+            devices = (soft.saturating_sub(256)) / FDS_PER_CONNECTION,
+            max_connections,
+            "the open-file limit holds fewer device connections than the broker's max_connections: raise it (systemd LimitNOFILE={need}, or ulimit -Hn)"
+        );
+    }
+}

@@ -49,7 +49,8 @@ use crate::pki::{PeerCert, Revoked};
 pub use frame::{PublishHeader, next_frame};
 pub use internal::ProbeError;
 use internal::{
-    ct_eq, random_secret, reserve_loopback_port, sha256, start_rumqttd, wait_until_ready,
+    ct_eq, raise_open_files, random_secret, reserve_loopback_port, sha256, start_rumqttd,
+    wait_until_ready,
 };
 use session::session;
 
@@ -276,6 +277,7 @@ impl EmbeddedBroker {
         config: BrokerConfig,
         cancel: CancellationToken,
     ) -> Result<Self, BrokerError> {
+        raise_open_files(config.max_connections);
         let secret = random_secret();
         let internal = reserve_loopback_port().map_err(BrokerError::InternalPort)?;
         start_rumqttd(&config, internal, &secret)?;
