@@ -270,45 +270,51 @@ impl FleetCa {
     /// addresses), with a fresh key.
     pub fn issue_server(&self, names: &[String], now: u64) -> Result<ServerIdentity, PkiError> {
         let issue = |e: rcgen::Error| PkiError::Issue(e.to_string());
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(issue)?;
-        params.subject_alt_names = names
+        let sans = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
                 Err(_) => n.clone().try_into().map(SanType::DnsName).map_err(issue),
             })
             .collect::<Result<_, _>>()?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "fleet-server");
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        let not_after = (now + SERVER_CERT_LIFETIME_SECS).min(self.not_after);
-        params.not_before = datetime(now.saturating_sub(BACKDATE_SECS))?;
-        params.not_after = datetime(not_after)?;
-        let cert = params.signed_by(&key, &self.issuer()?).map_err(issue)?;
-        Ok(ServerIdentity {
-            chain: vec![cert.der().clone(), self.cert_der.clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            not_after,
-        })
+        self.issue_own(
+            "fleet-server",
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+        )
     }
 
     /// Issues the server a client certificate for its own connection to an
     /// external broker (Mosquitto), named [`SERVER_CLIENT_NAME`]: a name no
     /// device id can take.
     pub fn issue_server_client(&self, now: u64) -> Result<ServerIdentity, PkiError> {
+        self.issue_own(
+            SERVER_CLIENT_NAME,
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+        )
+    }
+
+    /// A certificate of the server's own, with a fresh key, valid
+    /// [`SERVER_CERT_LIFETIME_SECS`] (never past the CA).
+    fn issue_own(
+        &self,
+        name: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        now: u64,
+    ) -> Result<ServerIdentity, PkiError> {
         let issue = |e: rcgen::Error| PkiError::Issue(e.to_string());
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(issue)?;
         let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, SERVER_CLIENT_NAME);
+        dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
         let not_after = (now + SERVER_CERT_LIFETIME_SECS).min(self.not_after);
